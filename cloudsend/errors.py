@@ -1,0 +1,77 @@
+"""One error hierarchy. Every error carries a hint telling the user how to fix it.
+
+The CLI is the only place that turns these into a message and an exit code.
+"""
+
+from __future__ import annotations
+
+
+class CloudsendError(Exception):
+    """Base of every error cloudsend reports to a user (never shown as a traceback)."""
+
+    exit_code = 1
+    kind = "error"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+class ConfigError(CloudsendError):
+    """The config file is wrong: names the key, the file and line, and how to fix it."""
+
+    exit_code = 2
+    kind = "config error"
+
+
+class ProvisionError(CloudsendError):
+    """Machines could not be created, found or destroyed."""
+
+    exit_code = 3
+    kind = "provision error"
+
+
+class TransportError(CloudsendError):
+    """A host could not be reached or a command/file transfer on it failed."""
+
+    exit_code = 4
+    kind = "transport error"
+
+
+class BootstrapError(CloudsendError):
+    """An environment could not be set up on a host."""
+
+    exit_code = 5
+    kind = "bootstrap error"
+
+
+class JobError(CloudsendError):
+    """One or more jobs failed (ABORTED)."""
+
+    exit_code = 6
+    kind = "job error"
+
+
+class StateError(CloudsendError):
+    """The local state store is unreadable or inconsistent."""
+
+    exit_code = 7
+    kind = "state error"
+
+
+EXIT_CODES_HELP = """Exit codes:
+  0  success (every job DONE)
+  1  unexpected error
+  2  config error (bad key, type, path)
+  3  provision error (machines)
+  4  transport error (host unreachable)
+  5  bootstrap error (environment setup failed)
+  6  job error (some jobs ABORTED)
+  7  state error (.cloudsend/state.db)
+  130 interrupted (Ctrl-C); run again to resume"""
