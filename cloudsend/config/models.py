@@ -2,70 +2,248 @@
 
 Field names are the original CloudSend tool's keys (see shared/config-reference.md);
 list-or-scalar keys are normalised to lists so the rest of the code sees one shape.
+
+`None` for any key means "not set" (the original's files are full of `'cpus_req': None`):
+the key takes its default, except booleans, where None is False as it was in the original.
+Checks that need the file system or several sections at once (paths, environment names,
+run_script) live in `cloudsend.config.checks`, run by the loader.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+import math
+import os
+import re
+import shlex
+from datetime import timedelta
+from pathlib import Path, PurePath
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from annotated_types import Ge
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from cloudsend.errors import ConfigError
+
+_ONE_OR_MANY = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "string"}},
+        {"type": "null"},
+    ]
+}
 
 
 def _as_list(value: Any) -> Any:
     if value is None:
         return []
-    if isinstance(value, (str, Path)):
+    if isinstance(value, (str, PurePath)):
         return [value]
     return value
+
+
+def _no_bool(value: Any) -> Any:
+    # pydantic takes True as 1; `repeat: yes` is a mistake, not one repetition.
+    if isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {value}")
+    return value
+
+
+def _packages_or_path(value: Any) -> Any:
+    """env_pypi / env_conda: a list is package names, a string is a path (resolved later)."""
+    if value is None:
+        return None
+    if isinstance(value, PurePath):
+        return Path(value)
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("expected a list of packages or a path, got an empty string")
+        return Path(value)
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            if not isinstance(item, str):
+                raise ValueError(f"package names must be strings, got {item!r}")
+        return list(value)
+    raise ValueError(
+        "expected a list of package names or a path to a file (a string), "
+        f"got {type(value).__name__}"
+    )
+
+
+_DURATION = re.compile(
+    r"^(?:(?P<d>\d+(?:\.\d+)?)d)?(?:(?P<h>\d+(?:\.\d+)?)h)?"
+    r"(?:(?P<m>\d+(?:\.\d+)?)m(?:in)?)?(?:(?P<s>\d+(?:\.\d+)?)s)?$"
+)
+_DURATION_HELP = "a duration such as '6h', '90m', '1d12h' or a number of hours"
+
+
+def _duration(value: Any) -> Any:
+    """eco_life: the original took a datetime.timedelta; YAML users write '6h'."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        hours = value.total_seconds() / 3600
+    elif isinstance(value, bool):
+        raise ValueError(f"expected {_DURATION_HELP}, got {value}")
+    elif isinstance(value, (int, float)):
+        hours = float(value)
+    elif isinstance(value, str):
+        hours = _parse_hours(value)
+    else:
+        raise ValueError(f"expected {_DURATION_HELP}, got {type(value).__name__}")
+    if not math.isfinite(hours) or hours <= 0 or hours > 24 * 366:
+        raise ValueError(f"expected a positive duration of at most a year, got {value!r}")
+    return timedelta(hours=hours)
+
+
+def _parse_hours(value: str) -> float:
+    text = value.strip().lower().replace(" ", "")
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
+    match = _DURATION.match(text)
+    if not text or match is None:
+        raise ValueError(f"expected {_DURATION_HELP}, got {value!r}")
+    parts = {k: float(v) for k, v in match.groupdict().items() if v}
+    return (
+        parts.get("d", 0) * 24
+        + parts.get("h", 0)
+        + parts.get("m", 0) / 60
+        + parts.get("s", 0) / 3600
+    )
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+# Bounds inside the type, not on Field: pydantic then puts them in the JSON Schema of an
+# optional field too (with Field(ge=1) on `int | None` some versions drop them).
+PositiveInt = Annotated[int, Ge(1), BeforeValidator(_no_bool)]
+StrList = Annotated[list[str], BeforeValidator(_as_list), WithJsonSchema(_ONE_OR_MANY)]
+PathList = Annotated[list[Path], BeforeValidator(_as_list), WithJsonSchema(_ONE_OR_MANY)]
+PackagesOrPath = Annotated[
+    list[str] | Path | None,
+    BeforeValidator(_packages_or_path),
+    WithJsonSchema(_ONE_OR_MANY),
+]
+Duration = Annotated[
+    timedelta | None,
+    BeforeValidator(_duration),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "null"}]}),
+]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _none_is_unset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = {}
+        for key, value in data.items():
+            field = cls.model_fields.get(key) if isinstance(key, str) else None
+            if value is None and field is not None:
+                if field.annotation is bool:
+                    value = False  # the original tested these for truth: None was off
+                elif field.get_default(call_default_factory=True) is not None:
+                    continue  # leave it out: the default applies
+            out[key] = value
+        return out
+
 
 class InstanceConfig(_Model):
-    region: str | None = None
-    cloud_id: str | None = None
-    img_id: str | None = None
-    img_username: str | None = None
-    type: str | None = None
-    cpus: int | None = Field(default=None, ge=1)
-    gpu: str | None = None
-    disk_size: int | None = Field(default=None, ge=1)
-    disk_type: str | None = None
-    eco: bool = False
-    eco_life: str | int | None = None
-    max_bid: float | None = Field(default=None, gt=0)
-    number: int = Field(default=1, ge=1)
-    explode: bool = False
+    """One `instances[]` entry: a kind of machine, `number` times."""
+
+    region: str | None = Field(None, description="Region; overrides the profile's region.")
+    cloud_id: str | None = Field(
+        None, description="VPC id to use; none or a missing one: cloudsend creates its own."
+    )
+    img_id: str | None = Field(None, description="Machine image (AMI); default latest Ubuntu LTS.")
+    img_username: str | None = Field(None, description="SSH user of img_id (default ubuntu).")
+    type: str | None = Field(None, description="Instance type, e.g. t3.micro.")
+    cpus: PositiveInt | None = Field(
+        None, description="CPU cores to use; the capacity jobs are packed into."
+    )
+    gpu: str | None = Field(None, description="GPU kind wanted; pick a type that has it.")
+    disk_size: PositiveInt | None = Field(None, description="Root volume size in GB.")
+    disk_type: str | None = Field(None, description="Root volume type (gp3, io2, st1...).")
+    eco: bool = Field(False, description="True: a spot instance (cheaper, may be interrupted).")
+    eco_life: Duration = Field(
+        None, description=f"How long a spot request may live: {_DURATION_HELP}."
+    )
+    max_bid: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="Highest spot price in $/hour."
+    )
+    number: Int = Field(1, ge=1, description="How many instances of this entry.")
+    explode: bool = Field(
+        False, description="May this entry's CPUs be split across several smaller instances."
+    )
 
 
 class EnvironmentConfig(_Model):
-    name: str | None = None
-    command: str | None = None
-    env_aptget: list[str] = Field(default_factory=list)
-    # list of packages, or a path (environment.yml or a conda env dir); paths are resolved
-    env_conda: list[str] | Path | None = None
-    env_conda_channels: list[str] = Field(default_factory=list)
-    # list of packages, or a path (requirements.txt or a venv dir to freeze)
-    env_pypi: list[str] | Path | None = None
-    env_julia: list[str] = Field(default_factory=list)
+    """One `environments[]` entry: the software jobs run with."""
 
-    _norm_lists = field_validator("env_aptget", "env_conda_channels", "env_julia", mode="before")(
-        classmethod(lambda cls, v: _as_list(v))
+    name: str | None = Field(
+        None, description="Unique name; may be left out when there is only one environment."
+    )
+    command: str | None = Field(
+        None,
+        description="A bash script (path, relative to the config file) run when deploying, "
+        "or an inline shell command.",
+    )
+    env_aptget: StrList = Field(default_factory=list, description="apt packages.")
+    env_conda: PackagesOrPath = Field(
+        None,
+        description="Conda packages (a list), or a path to an environment.yml or to a conda "
+        "env dir to reproduce.",
+    )
+    env_conda_channels: StrList = Field(
+        default_factory=list, description="Conda channels; default conda-forge."
+    )
+    env_pypi: PackagesOrPath = Field(
+        None,
+        description="pip packages (a list), or a path to a requirements.txt or to a venv to "
+        "reproduce. With env_conda: installed inside the conda env; alone: a venv.",
+    )
+    env_julia: StrList = Field(
+        default_factory=list, description="A Julia package name or a list of them."
     )
 
 
 class JobConfig(_Model):
-    env_name: str | None = None
-    cpus_req: int = Field(default=1, ge=1)
-    run_script: str | None = None
-    run_command: str | None = None
-    upload_files: list[Path] = Field(default_factory=list)
-    input_files: list[Path] = Field(default_factory=list)
-    output_files: list[str] = Field(default_factory=list)
-    repeat: int = Field(default=1, ge=1)
+    """One `jobs[]` entry: a script or command, run `repeat` times."""
+
+    env_name: str | None = Field(
+        None,
+        description="Environment to run in. Left out: the only environment if there is "
+        "exactly one, otherwise no environment (the host's own tools).",
+    )
+    cpus_req: Int = Field(1, ge=1, description="CPUs the job needs (for packing).")
+    run_script: str | None = Field(
+        None,
+        description="'path/script.py arg1 \"arg two\"': .py runs with the environment's "
+        "python, .jl with julia. Takes priority over run_command.",
+    )
+    run_command: str | None = Field(None, description="Any shell command.")
+    upload_files: PathList = Field(
+        default_factory=list, description="File(s) uploaded into the job's work dir."
+    )
+    input_files: PathList = Field(
+        default_factory=list,
+        description="File(s) the script reads, put in its work dir (also: input_file).",
+    )
+    output_files: StrList = Field(
+        default_factory=list,
+        description="File(s) the script writes, relative to its work dir; fetched back when "
+        "the job is done (also: output_file).",
+    )
+    repeat: Int = Field(1, ge=1, description="Run this job N times, each its own process.")
 
     @model_validator(mode="before")
     @classmethod
@@ -74,34 +252,53 @@ class JobConfig(_Model):
         if isinstance(data, dict):
             data = dict(data)
             for single, plural in (("input_file", "input_files"), ("output_file", "output_files")):
-                if single in data:
-                    extra = _as_list(data.pop(single))
-                    data[plural] = _as_list(data.get(plural)) + list(extra)
+                if single not in data:
+                    continue
+                extra = _as_list(data.pop(single))
+                current = _as_list(data.get(plural))
+                if isinstance(extra, (list, tuple)) and isinstance(current, (list, tuple)):
+                    data[plural] = [*current, *extra]
+                elif not isinstance(extra, (list, tuple)):
+                    data[plural] = extra  # a bad value: let the field report it
         return data
-
-    _norm_lists = field_validator("upload_files", "input_files", "output_files", mode="before")(
-        classmethod(lambda cls, v: _as_list(v))
-    )
 
 
 class Config(_Model):
-    project: str | None = None
-    profile: str | None = None
-    dev: bool = False
-    debug: int = Field(default=0, ge=0, le=3)
-    maestro: Literal["local", "remote"] = "local"
-    auto_stop: bool = True
-    provider: Literal["local", "ssh", "aws"] = "local"
-    job_assign: Literal["random", "multi_knapsack"] = "multi_knapsack"
-    recover: bool = True
-    print_deploy: bool = False
-    mutualize_uploads: bool = True
+    """A whole config file: globals, then instances, environments and jobs."""
 
-    instances: list[InstanceConfig] = Field(default_factory=list)
-    environments: list[EnvironmentConfig] = Field(default_factory=list)
-    jobs: list[JobConfig] = Field(default_factory=list)
+    project: str | None = Field(
+        None, description="Name used in instance/stack names; default: the config file name."
+    )
+    profile: str | None = Field(None, description="AWS profile from ~/.aws; none: default chain.")
+    dev: bool = Field(False, description="Keep the same instances and environments across edits.")
+    debug: Int = Field(0, ge=0, le=3, description="Verbosity, 0 to 3.")
+    maestro: Literal["local", "remote"] = Field(
+        "local", description="Where the orchestrator runs; only 'local' for now."
+    )
+    auto_stop: bool = Field(True, description="Stop instances once their jobs are done.")
+    provider: Literal["local", "ssh", "aws"] = Field(
+        "local", description="Where jobs run: this machine (local), your hosts (ssh) or aws."
+    )
+    job_assign: Literal["random", "multi_knapsack"] = Field(
+        "multi_knapsack",
+        description="How jobs go to instances: random, or packed by cpus_req (multi_knapsack).",
+    )
+    recover: bool = Field(True, description="Record state and resume from it on the next run.")
+    print_deploy: bool = Field(False, description="Stream environment setup output live.")
+    mutualize_uploads: bool = Field(
+        True,
+        description="True: each uploaded file stored once per host and linked into job dirs; "
+        "False: copied per job.",
+    )
+
+    instances: list[InstanceConfig] = Field(default_factory=list, description="Machines to run on.")
+    environments: list[EnvironmentConfig] = Field(
+        default_factory=list, description="Software environments."
+    )
+    jobs: list[JobConfig] = Field(default_factory=list, description="What to run.")
 
     # Where the config came from: relative paths were resolved against base_dir.
+    # Set by the loader, never read from the file (the loader rejects them as keys).
     source: Path | None = Field(default=None, exclude=True)
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
@@ -119,9 +316,38 @@ class Config(_Model):
         return self.base_dir / ".cloudsend"
 
     def environment(self, name: str | None) -> EnvironmentConfig | None:
+        """The environment a job with `env_name=name` runs in.
+
+        A name picks the environment of that name (None if there is none; the loader has
+        already rejected unknown names). No name (None) picks the only environment when
+        exactly one is defined; with none or several, the job runs with no environment,
+        on the host's own tools.
+        """
         if name is None:
             return self.environments[0] if len(self.environments) == 1 else None
         for env in self.environments:
             if env.name == name:
                 return env
         return None
+
+    def script_argv(self, job: JobConfig) -> list[str] | None:
+        """`job.run_script` split like a shell would (shlex), its script made absolute
+        against base_dir; None when the job has no run_script (it uses run_command)."""
+        if job.run_script is None or not job.run_script.strip():
+            return None
+        try:
+            argv = shlex.split(job.run_script)
+        except ValueError as exc:
+            raise ConfigError(f"run_script {job.run_script!r} cannot be split: {exc}") from None
+        if not argv:
+            return None
+        script = Path(argv[0]).expanduser()
+        argv[0] = os.path.normpath(script if script.is_absolute() else self.base_dir / script)
+        return argv
+
+    @field_validator("project")
+    @classmethod
+    def _project_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("expected a name, got an empty string (leave project out instead)")
+        return value

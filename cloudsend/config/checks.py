@@ -1,0 +1,251 @@
+"""Checks that span sections or touch the file system, run on a validated Config.
+
+`check_and_resolve` also rewrites every relative path to an absolute one (against
+`Config.base_dir`), so nothing downstream depends on the working directory. It returns
+every problem at once: all missing files are reported before anything runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import re
+import shlex
+from pathlib import Path, PurePath
+
+from cloudsend.config.messages import Issue, KeyPath, did_you_mean, format_path
+from cloudsend.config.models import Config, EnvironmentConfig, InstanceConfig, JobConfig
+
+# Instance keys (and the global profile) that only mean something on a cloud.
+CLOUD_ONLY_KEYS = (
+    "eco",
+    "eco_life",
+    "max_bid",
+    "img_id",
+    "img_username",
+    "region",
+    "cloud_id",
+    "type",
+    "gpu",
+    "disk_size",
+    "disk_type",
+)
+
+
+def check_and_resolve(config: Config) -> list[Issue]:
+    """Validate `config` in place (resolving paths); return the problems found."""
+    issues: list[Issue] = []
+    if config.maestro == "remote":
+        issues.append(
+            Issue(
+                ("maestro",),
+                "remote is not supported yet (coming in a later release); use maestro: local",
+            )
+        )
+    names = _check_environments(config, issues)
+    for index, job in enumerate(config.jobs):
+        _check_job(config, ("jobs", index), job, names, issues)
+    return issues
+
+
+def local_notices(config: Config) -> list[str]:
+    """One notice per cloud-only key the user set (to a non-default value) that the local
+    provider ignores; none when the config is not for the local provider."""
+    if config.provider != "local":
+        return []
+    notices = []
+    if config.profile is not None:
+        notices.append(_ignored("profile"))
+    for index, instance in enumerate(config.instances):
+        for key in CLOUD_ONLY_KEYS:
+            default = InstanceConfig.model_fields[key].get_default(call_default_factory=True)
+            if key in instance.model_fields_set and getattr(instance, key) != default:
+                notices.append(_ignored(f"instances[{index}].{key}"))
+    return notices
+
+
+def _ignored(key: str) -> str:
+    return f"{key} is ignored by the local provider (it only means something on a cloud)"
+
+
+def _absolute(base: Path, value: str | PurePath) -> Path:
+    path = Path(value)
+    # No home directory to expand `~` to: keep the path as written.
+    with contextlib.suppress(RuntimeError, ValueError, KeyError):
+        path = path.expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else base / path))
+
+
+def _kind(path: Path) -> str:
+    """'file', 'dir' or 'missing' (an unusable name counts as missing)."""
+    try:
+        if path.is_file():
+            return "file"
+        return "dir" if path.is_dir() else "missing"
+    except (OSError, ValueError):
+        return "missing"
+
+
+def _missing(config: Config, key: KeyPath, what: str, value: object, path: Path) -> Issue:
+    return Issue(
+        key,
+        f"{what} {str(value)!r} not found (looked for {path})",
+        hint=f"relative paths are resolved against the config file's folder, {config.base_dir}",
+    )
+
+
+def _check_environments(config: Config, issues: list[Issue]) -> list[str]:
+    seen: dict[str, int] = {}
+    several = len(config.environments) > 1
+    for index, env in enumerate(config.environments):
+        key: KeyPath = ("environments", index, "name")
+        if env.name is None and several:
+            issues.append(Issue(key, "missing: with several environments each needs a unique name"))
+        elif env.name is not None and not env.name.strip():
+            issues.append(Issue(key, "is empty; give the environment a name"))
+        elif env.name is not None and env.name in seen:
+            other = format_path(("environments", seen[env.name]))
+            issues.append(
+                Issue(key, f"duplicate environment name {env.name!r} (also {other}); rename one")
+            )
+        if env.name is not None:
+            seen.setdefault(env.name, index)
+        _resolve_environment(config, ("environments", index), env, issues)
+    return list(seen)
+
+
+def _resolve_environment(
+    config: Config, key: KeyPath, env: EnvironmentConfig, issues: list[Issue]
+) -> None:
+    for field in ("env_conda", "env_pypi"):
+        value = getattr(env, field)
+        if isinstance(value, PurePath):
+            path = _absolute(config.base_dir, value)
+            if _kind(path) == "missing":
+                issues.append(_missing(config, (*key, field), "path", value, path))
+            setattr(env, field, path)
+    command = (env.command or "").strip()
+    if not command:
+        env.command = None
+        return
+    path = _absolute(config.base_dir, command)
+    if _kind(path) == "file":
+        env.command = str(path)  # a script: the bootstrap embeds it
+    elif re.fullmatch(r"\S+", command) and (command.endswith(".sh") or "/" in command):
+        # One word that looks like a script path: a typo, not an inline command.
+        issues.append(_missing(config, (*key, "command"), "script", command, path))
+
+
+def _check_job(
+    config: Config, key: KeyPath, job: JobConfig, names: list[str], issues: list[Issue]
+) -> None:
+    if job.env_name is not None and job.env_name not in names:
+        guess = did_you_mean(job.env_name, names)
+        if guess:
+            tail = f"; did you mean {guess!r}?"
+        elif names:
+            tail = " (environments: " + ", ".join(names) + ")"
+        else:
+            tail = " (no environment has a name)"
+        issues.append(Issue((*key, "env_name"), f"unknown environment {job.env_name!r}{tail}"))
+    if job.run_script is not None and not job.run_script.strip():
+        job.run_script = None
+    if job.run_command is not None and not job.run_command.strip():
+        job.run_command = None
+    if job.run_script is None and job.run_command is None:
+        issues.append(Issue(key, "needs run_script (a script and its arguments) or run_command"))
+    script = None
+    if job.run_script is not None:
+        script = _resolve_script(config, (*key, "run_script"), job, issues)
+    _resolve_inputs(config, key, job, script, issues)
+    _check_outputs(key, job, issues)
+
+
+def _resolve_script(
+    config: Config, key: KeyPath, job: JobConfig, issues: list[Issue]
+) -> Path | None:
+    """Make run_script's script absolute; return it when it is an existing file."""
+    assert job.run_script is not None
+    try:
+        argv = shlex.split(job.run_script)
+    except ValueError as exc:
+        issues.append(Issue(key, f"cannot be split into a script and arguments: {exc}"))
+        return None
+    if not argv:
+        issues.append(Issue(key, "names no script"))
+        return None
+    path = _absolute(config.base_dir, argv[0])
+    job.run_script = shlex.join([str(path), *argv[1:]])
+    kind = _kind(path)
+    if kind == "missing":
+        issues.append(_missing(config, key, "script", argv[0], path))
+    elif kind == "dir":
+        issues.append(Issue(key, f"script {argv[0]!r} is a directory ({path})"))
+    return path if kind == "file" else None
+
+
+def _resolve_inputs(
+    config: Config, key: KeyPath, job: JobConfig, script: Path | None, issues: list[Issue]
+) -> None:
+    # The script, upload_files and input_files are all linked into the job's work dir by
+    # their basename: two different files with one name would overwrite each other.
+    by_name: dict[str, tuple[KeyPath, Path]] = {}
+    if script is not None:
+        by_name[script.name] = ((*key, "run_script"), script)
+    for field in ("upload_files", "input_files"):
+        resolved = []
+        for index, value in enumerate(getattr(job, field)):
+            where: KeyPath = (*key, field, index)
+            path = _absolute(config.base_dir, value)
+            resolved.append(path)
+            kind = _kind(path)
+            if kind == "missing":
+                issues.append(_missing(config, where, "file", value, path))
+                continue
+            if kind == "dir":
+                issues.append(
+                    Issue(where, f"{str(value)!r} is a directory; list the files in it instead")
+                )
+                continue
+            first = by_name.setdefault(path.name, (where, path))
+            if first[1] != path:
+                issues.append(
+                    Issue(
+                        where,
+                        f"{str(value)!r} and {format_path(first[0])} ({first[1]}) would both be "
+                        f"{path.name!r} in the job's work dir; rename one",
+                    )
+                )
+        setattr(job, field, resolved)
+
+
+def _check_outputs(key: KeyPath, job: JobConfig, issues: list[Issue]) -> None:
+    cleaned = []
+    for index, value in enumerate(job.output_files):
+        where: KeyPath = (*key, "output_files", index)
+        text = value.strip()
+        norm = posixpath.normpath(text) if text else ""
+        if not text or "\0" in text:
+            issues.append(Issue(where, f"{value!r} is not a file name"))
+        elif text.startswith("~"):
+            issues.append(
+                Issue(
+                    where, f"{value!r}: '~' is not expanded; outputs are relative to the work dir"
+                )
+            )
+        elif text.startswith("/") or re.match(r"[A-Za-z]:[\\/]", text):
+            issues.append(
+                Issue(
+                    where,
+                    f"{value!r} is an absolute path; outputs are relative to the job's work dir",
+                )
+            )
+        elif norm == ".." or norm.startswith("../"):
+            issues.append(
+                Issue(where, f"{value!r} leaves the job's work dir; outputs must stay inside it")
+            )
+        elif norm == ".":
+            issues.append(Issue(where, f"{value!r} is the work dir itself; name a file in it"))
+        cleaned.append(norm or value)
+    job.output_files = cleaned

@@ -1,0 +1,142 @@
+"""`load_config`: any source in, a validated Config with absolute paths out, or one ConfigError.
+
+The steps, each a plain function: read the source (sources.py) → copy it into plain data,
+rejecting what no config can hold (this bounds size and depth, so nothing later can
+recurse or loop on a hostile file) → pydantic → cross-section and file checks (checks.py).
+Whatever the input, the only exception that leaves is ConfigError.
+"""
+
+from __future__ import annotations
+
+from datetime import date, time, timedelta
+from pathlib import Path, PurePath
+from typing import Any
+
+from pydantic import ValidationError
+
+from cloudsend.config.checks import check_and_resolve
+from cloudsend.config.messages import (
+    INTERNAL_KEYS,
+    Issue,
+    KeyPath,
+    Locator,
+    config_error,
+    issues_from_validation,
+    show,
+    unknown_key,
+)
+from cloudsend.config.models import Config
+from cloudsend.config.sources import read_source
+
+MAX_DEPTH = 32  # real configs nest 4 deep
+MAX_NODES = 100_000  # YAML aliases can make a tiny file describe a huge structure
+_SCALARS = (str, int, float, bool, date, time, timedelta, type(None))
+
+
+def load_config(source: str | Path | dict[Any, Any], *, base_dir: Path | None = None) -> Config:
+    """Load and validate a config.
+
+    `source` is a path to a YAML (.yaml/.yml) or Python (.py, defining `config = {...}`)
+    file, or a dict. Relative paths in the config are resolved against `base_dir`, which
+    defaults to the config file's folder (for a dict: the current directory). The returned
+    Config has `source` (the file, absolute; None for a dict) and `base_dir` set.
+    """
+    raw = read_source(source, base_dir)
+    data, present, issues = plain_data(raw.data)
+    locator = Locator(raw.name, raw.lines, present)
+    issues = raw.issues + issues
+    if data is None and issues:  # too big or too deep: nothing more worth saying
+        raise config_error(issues, locator)
+    if not isinstance(data, dict):
+        kind = _kind(raw.data)
+        issues.append(
+            Issue(
+                (),
+                f"the top level must be a mapping of keys, got {kind}",
+                hint="a config is a mapping of keys: project:, instances:, environments:, jobs:",
+            )
+        )
+        raise config_error(issues, locator)
+    for key in INTERNAL_KEYS & data.keys():
+        issues.append(unknown_key((key,), key, Config))
+        del data[key]
+    if issues:
+        raise config_error(issues, locator)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise config_error(issues_from_validation(exc), locator) from None
+    config.source = raw.path
+    config.base_dir = raw.base_dir
+    issues = check_and_resolve(config)
+    if issues:
+        raise config_error(issues, locator)
+    return config
+
+
+def plain_data(value: Any) -> tuple[Any, set[KeyPath], list[Issue]]:
+    """A copy of `value` made of dicts with string keys, lists and scalars (tuples become
+    lists, paths strings), the set of key paths it holds, and the problems found.
+
+    Iterative and bounded (MAX_DEPTH, MAX_NODES), so self-referencing YAML anchors or
+    Python objects end in an Issue instead of a hang or a RecursionError.
+    """
+    present: set[KeyPath] = set()
+    issues: list[Issue] = []
+    root: list[Any] = [None]
+    # (value, key path, container to write into, slot in it)
+    stack: list[tuple[Any, KeyPath, Any, Any]] = [(value, (), root, 0)]
+    nodes = 0
+    while stack:
+        item, path, parent, slot = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            text = f"is too large (more than {MAX_NODES} values; YAML aliases?)"
+            return None, present, [Issue((), text)]
+        if len(path) > MAX_DEPTH:
+            text = f"nests deeper than {MAX_DEPTH} levels (a YAML anchor inside itself?)"
+            return None, present, [Issue(path[:4], text)]
+        if path:
+            present.add(path)
+        if isinstance(item, dict):
+            copy: dict[str, Any] = {}
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    text = f"keys must be strings, got {show(key)} (put it in quotes)"
+                    issues.append(Issue(path, text))
+                    continue
+                copy[key] = None
+                stack.append((child, (*path, key), copy, key))
+            parent[slot] = copy
+        elif isinstance(item, (list, tuple)):
+            items: list[Any] = [None] * len(item)
+            for index, child in enumerate(item):
+                stack.append((child, (*path, index), items, index))
+            parent[slot] = items
+        elif isinstance(item, PurePath):
+            parent[slot] = str(item)
+        elif isinstance(item, _SCALARS):
+            parent[slot] = item
+        else:
+            issues.append(
+                Issue(
+                    path,
+                    f"unsupported value of type {type(item).__name__} "
+                    "(use strings, numbers, true/false, lists and mappings)",
+                )
+            )
+    return root[0], present, issues
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, str):
+        return f"a string ({show(value, 40)})"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    if value is None:
+        return "nothing"
+    return f"a {type(value).__name__}"

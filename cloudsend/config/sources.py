@@ -1,0 +1,224 @@
+"""Reading a config source into plain data plus the line of every key.
+
+YAML lines come from the composed node tree (one parse: compose, then construct). Python
+files are run with runpy (the original tool's `config = {...}` format) and their lines come
+from the `ast` of the dict literal assigned to `config`, following simple names
+(`jobs = [...]; config = {"jobs": jobs}`); where a key cannot be found its line is omitted.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import runpy
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cloudsend.config.messages import Issue, KeyPath, Locator, config_error, describe
+
+YAML_SUFFIXES = (".yaml", ".yml")
+PYTHON_SUFFIXES = (".py",)
+
+
+@dataclass
+class Source:
+    data: Any
+    name: str | None  # the file as the user named it, for messages
+    path: Path | None  # absolute
+    base_dir: Path  # absolute: relative paths in the config are resolved against it
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+    issues: list[Issue] = field(default_factory=list)  # found while reading (duplicate keys)
+
+
+def read_source(source: str | Path | dict[Any, Any], base_dir: Path | None) -> Source:
+    if isinstance(source, dict):
+        folder = Path(os.path.abspath(base_dir if base_dir is not None else Path.cwd()))
+        return Source(source, None, None, folder)
+    if not isinstance(source, (str, os.PathLike)):
+        raise config_error(
+            [Issue((), f"expected a file path or a dict, got {type(source).__name__}")],
+            Locator(),
+        )
+    name = os.fspath(source)
+    path = Path(os.path.abspath(Path(name).expanduser()))
+    where = Locator(name)
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        raise config_error([Issue((), "is a directory, not a config file")], where)
+    if suffix not in YAML_SUFFIXES + PYTHON_SUFFIXES:
+        raise config_error(
+            [Issue((), f"unsupported config file type {suffix!r}; use .yaml, .yml or .py")],
+            where,
+        )
+    if not path.is_file():
+        raise config_error([Issue((), "not found", hint=f"looked for {path}")], where)
+    folder = Path(os.path.abspath(base_dir)) if base_dir is not None else path.parent
+    if suffix in YAML_SUFFIXES:
+        data, lines, issues = _read_yaml(path, where)
+    else:
+        data, lines = _read_python(path, where)
+        issues = []
+    return Source(data, name, path, folder, lines, issues)
+
+
+def _read_text(path: Path, where: Locator) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise config_error(
+            [Issue((), f"is not UTF-8 text ({exc.reason} at byte {exc.start})")], where
+        ) from None
+    except OSError as exc:
+        raise config_error([Issue((), f"cannot be read: {exc.strerror or exc}")], where) from None
+
+
+def _read_yaml(path: Path, where: Locator) -> tuple[Any, dict[KeyPath, int], list[Issue]]:
+    text = _read_text(path, where)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise config_error([_yaml_issue(exc)], where) from None
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        raise config_error([_yaml_issue(exc)], where) from None
+    except RecursionError:
+        raise config_error([Issue((), "is nested too deeply to read")], where) from None
+    except Exception as exc:
+        # PyYAML's constructors fail with plain exceptions on some bad tagged values
+        # (e.g. `!!timestamp x`): still the file's fault, so still a ConfigError.
+        raise config_error([Issue((), f"cannot be read as YAML: {describe(exc)}")], where) from None
+    finally:
+        loader.dispose()
+    if node is None:
+        raise config_error([Issue((), "is empty", hint=_TOP_HINT)], where) from None
+    lines, issues = _yaml_lines(node)
+    return data, lines, issues
+
+
+_TOP_HINT = "a config is a mapping of keys: project:, instances:, environments:, jobs:"
+
+
+def _yaml_issue(exc: yaml.YAMLError) -> Issue:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None)
+    context = getattr(exc, "context", None)
+    text = problem or str(exc)
+    if context:
+        text = f"{text} ({context})"
+    hint = "check indentation and quoting at that line (YAML does not allow tabs)"
+    if mark is not None:
+        return Issue((), f"YAML syntax error: {text}", hint=hint, line=mark.line + 1)
+    return Issue((), f"YAML syntax error: {text}", hint=hint)
+
+
+def _yaml_lines(root: yaml.Node) -> tuple[dict[KeyPath, int], list[Issue]]:
+    lines: dict[KeyPath, int] = {}
+    issues: list[Issue] = []
+    seen: set[int] = set()  # aliases share nodes: walk each once (and never loop)
+    stack: list[tuple[yaml.Node, KeyPath]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    continue
+                line = key.start_mark.line + 1
+                if key.value in first and key.value != "<<":
+                    issues.append(
+                        Issue(
+                            (*path, key.value),
+                            f"duplicate key (first at line {first[key.value]}); keep one",
+                            line=line,
+                        )
+                    )
+                first.setdefault(key.value, line)
+                lines.setdefault((*path, key.value), line)
+                stack.append((value, (*path, key.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                lines[path + (index,)] = item.start_mark.line + 1
+                stack.append((item, (*path, index)))
+    return lines, issues
+
+
+def _read_python(path: Path, where: Locator) -> tuple[Any, dict[KeyPath, int]]:
+    try:
+        namespace = runpy.run_path(str(path), run_name="__cloudsend_config__")
+    except SyntaxError as exc:
+        line = exc.lineno if exc.filename == str(path) else None
+        raise config_error(
+            [Issue((), f"Python syntax error: {exc.msg}", line=line)], where
+        ) from None
+    except (Exception, SystemExit) as exc:
+        # Running the user's file is running their code: any failure is a config error.
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+        line = frames[-1].lineno if frames else None
+        text = f"running the file raised {describe(exc)}"
+        if isinstance(exc, SystemExit):
+            text = "running the file called exit()"
+        raise config_error(
+            [Issue((), text, line=line, hint="fix the file so `python FILE` runs")], where
+        ) from None
+    if "config" not in namespace:
+        raise config_error(
+            [Issue((), "defines no `config` variable", hint="assign config = {...} in the file")],
+            where,
+        )
+    return namespace["config"], _python_lines(path)
+
+
+def _python_lines(path: Path) -> dict[KeyPath, int]:
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OSError):
+        return {}
+    names: dict[str, ast.expr] = {}  # module-level `name = <expr>`, the last one wins
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign):
+            for target in stmt.targets:
+                if isinstance(target, ast.Name):
+                    names[target.id] = stmt.value
+        elif (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and stmt.value is not None
+        ):
+            names[stmt.target.id] = stmt.value
+    lines: dict[KeyPath, int] = {}
+    if "config" not in names:
+        return lines
+    stack: list[tuple[ast.expr, KeyPath, int]] = [(names["config"], (), 0)]
+    budget = 20_000  # names can point at each other: bound the walk
+    while stack and budget > 0:
+        budget -= 1
+        node, keys, hops = stack.pop()
+        if isinstance(node, ast.Name) and node.id in names and hops < 20:
+            stack.append((names[node.id], keys, hops + 1))  # follow `jobs = [...]`
+        elif isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                    lines[keys + (key.value,)] = key.lineno
+                    stack.append((value, keys + (key.value,), hops))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            if node.func.id == "dict":
+                for kw in node.keywords:
+                    if kw.arg is not None:
+                        lines[keys + (kw.arg,)] = kw.value.lineno
+                        stack.append((kw.value, keys + (kw.arg,), hops))
+        elif isinstance(node, (ast.List, ast.Tuple)):
+            for index, item in enumerate(node.elts):
+                if isinstance(item, ast.Starred):
+                    break  # indices after a *spread are unknown
+                lines[keys + (index,)] = item.lineno
+                stack.append((item, keys + (index,), hops))
+    return lines

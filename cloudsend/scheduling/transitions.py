@@ -1,0 +1,170 @@
+"""Job state transitions and the resume decision, as pure functions.
+
+The hosts' agents are the source of truth for job progress; the local store records intent
+(where each job went, which attempt, whether its outputs were fetched). `plan_resume` combines
+the two into what the pipeline must do next, so the rules live in one tested place instead of
+in the pipeline's control flow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+from cloudsend.core import FINAL_STATES, CloudSendProcessState
+
+State = CloudSendProcessState
+
+# Agent job states that are not process states: an environment still being built means the job
+# waits for it (the agent reports such jobs as WAIT; BUILDING can show up in env-level views).
+_AGENT_ALIASES = {"BUILDING": State.WAIT}
+_REAL_STATES = frozenset(
+    {State.UNKNOWN, State.WAIT, State.QUEUE, State.IDLE, State.RUNNING, State.DONE, State.ABORTED}
+)
+
+
+def agent_state_to_process_state(name: str) -> CloudSendProcessState:
+    """Map a state name reported by an agent (or kept in the store) to a process state.
+
+    WAIT, QUEUE, IDLE, RUNNING, DONE, ABORTED map to themselves (any case); BUILDING → WAIT;
+    anything else, ANY included (it is a mask, not a state), → UNKNOWN.
+    """
+    key = name.strip().upper()
+    if key in _AGENT_ALIASES:
+        return _AGENT_ALIASES[key]
+    state = CloudSendProcessState.from_name(key)
+    return state if state in _REAL_STATES else State.UNKNOWN
+
+
+def as_state(state: CloudSendProcessState | str) -> CloudSendProcessState:
+    """Accept either a process state or its name (as the store and the agents write it)."""
+    if isinstance(state, CloudSendProcessState):
+        return state
+    return agent_state_to_process_state(state)
+
+
+def is_final(state: CloudSendProcessState | str) -> bool:
+    """DONE or ABORTED: the agent will not change it again (unless resubmitted)."""
+    s = as_state(state)
+    return s in _REAL_STATES and bool(s & FINAL_STATES)
+
+
+class HostView(str, Enum):
+    """What the job's host said about the job in the latest status round."""
+
+    LISTED = "listed"  # its host answered and lists the job: the state given is the agent's
+    MISSING = "missing"  # no host has it: never submitted, or its host was replaced or wiped
+    UNREACHABLE = "unreachable"  # its host did not answer: it may well still be running there
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """What is known about one job when deciding how to resume.
+
+    ``state`` is the agent's state when ``host`` is LISTED, otherwise the store's last known
+    state. ``attempt`` is the store's (0 = never submitted).
+    """
+
+    job_id: str
+    state: CloudSendProcessState
+    attempt: int = 0
+    fetched: bool = False
+    host: HostView = HostView.MISSING
+
+
+Decision = Literal["finished", "to_fetch", "to_submit", "watch", "wait", "failed"]
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """Every job lands in exactly one bucket.
+
+    - ``finished``: DONE with outputs fetched; never touched again.
+    - ``to_fetch``: DONE on a host that answers; fetch its outputs.
+    - ``to_submit``: job id → the attempt number to submit it with (previous attempt + 1).
+    - ``watch``: live on a host that answers (WAIT/QUEUE/IDLE/RUNNING); poll it.
+    - ``wait``: its host did not answer; decide again on the next round rather than risk running
+      it twice.
+    - ``failed``: ABORTED and retries were not asked for; reported to the user.
+    """
+
+    finished: frozenset[str] = frozenset()
+    to_fetch: frozenset[str] = frozenset()
+    to_submit: dict[str, int] = field(default_factory=dict)
+    watch: frozenset[str] = frozenset()
+    wait: frozenset[str] = frozenset()
+    failed: frozenset[str] = frozenset()
+
+    @property
+    def done(self) -> bool:
+        """Nothing left to do but report: no job will change state any more."""
+        return not (self.to_fetch or self.to_submit or self.watch or self.wait)
+
+
+def decide(job: JobSnapshot, *, retry_aborted: bool = False) -> Decision:
+    """The bucket of :class:`ResumePlan` one job goes to (see :func:`plan_resume`)."""
+    state = as_state(job.state)
+    if state == State.DONE:
+        if job.fetched:
+            return "finished"
+        if job.host == HostView.LISTED:
+            return "to_fetch"
+        if job.host == HostView.UNREACHABLE:
+            return "wait"
+        # DONE but its host no longer has it: the unfetched outputs went with the host.
+        return "to_submit"
+    if state == State.ABORTED:
+        # A failure is final unless asked: re-running a script that crashed usually crashes
+        # again, and a silent retry would hide the error from the user.
+        return "to_submit" if retry_aborted else "failed"
+    if job.host == HostView.LISTED:
+        return "watch"
+    if job.host == HostView.UNREACHABLE:
+        return "wait"
+    # Not final and on no host: never submitted, or lost with its host (replaced, wiped).
+    return "to_submit"
+
+
+def plan_resume(jobs: Iterable[JobSnapshot], *, retry_aborted: bool = False) -> ResumePlan:
+    """Decide, for every job, what resuming a run means. Rules (first match wins):
+
+    ============  ========  ===========  =====================================
+    state         fetched   host         decision
+    ============  ========  ===========  =====================================
+    DONE          yes       any          finished
+    DONE          no        listed       to_fetch
+    DONE          no        unreachable  wait
+    DONE          no        missing      to_submit (outputs lost with the host)
+    ABORTED       any       any          to_submit if retry_aborted else failed
+    other         any       listed       watch
+    other         any       unreachable  wait
+    other         any       missing      to_submit
+    ============  ========  ===========  =====================================
+
+    Submissions use ``attempt + 1`` (1 for a job never submitted): the agent only resets an
+    existing job for a greater attempt, and the store keeps one attempts row per number.
+    """
+    buckets: dict[Decision, set[str]] = {
+        "finished": set(),
+        "to_fetch": set(),
+        "watch": set(),
+        "wait": set(),
+        "failed": set(),
+    }
+    to_submit: dict[str, int] = {}
+    for job in jobs:
+        bucket = decide(job, retry_aborted=retry_aborted)
+        if bucket == "to_submit":
+            to_submit[job.job_id] = max(job.attempt, 0) + 1
+        else:
+            buckets[bucket].add(job.job_id)
+    return ResumePlan(
+        finished=frozenset(buckets["finished"]),
+        to_fetch=frozenset(buckets["to_fetch"]),
+        to_submit=to_submit,
+        watch=frozenset(buckets["watch"]),
+        wait=frozenset(buckets["wait"]),
+        failed=frozenset(buckets["failed"]),
+    )
