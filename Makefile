@@ -1,0 +1,21 @@
+# The two commands of the README, and the checks CI runs.
+PYTHON ?= python3
+
+.PHONY: quickstart test install lint bench
+
+install:
+	$(PYTHON) -m pip install -q -e '.[test]'
+
+# Runs examples/quickstart.yaml on this machine and prints the results.
+quickstart:
+	$(PYTHON) -m pip install -q -e .
+	cloudsend run examples/quickstart.yaml
+
+# The whole test suite, plus ruff and mypy (what .ci/run calls).
+test: install
+	$(PYTHON) -m ruff check cloudsend tests benchmarks stacks
+	$(PYTHON) -m mypy
+	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+bench:
+	$(PYTHON) benchmarks/startup.py

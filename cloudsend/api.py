@@ -1,0 +1,143 @@
+"""The Python API, with the original CloudSend tool's lifecycle.
+
+    client = cloudsend.provider.get_client("cloudsend.yaml")
+    await client.start()
+    await client.deploy()
+    await client.run()
+    await client.wait(CloudSendProcessState.DONE | CloudSendProcessState.ABORTED)
+    await client.fetch_results("out")
+    await client.finalize()
+
+`SyncClient` offers the same methods for plain scripts. Nothing here prints unless given a
+reporter (the CLI passes one that draws progress).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from cloudsend.config import load_config
+from cloudsend.config.models import Config
+from cloudsend.core import FINAL_STATES, CloudSendProcessState
+from cloudsend.pipeline.reporting import JobView, Reporter, RunSummary
+from cloudsend.pipeline.session import Session
+
+
+def _load(config: Config | dict[str, Any] | str | Path) -> Config:
+    return config if isinstance(config, Config) else load_config(config)
+
+
+class SyncClient:
+    """Blocking lifecycle: start, deploy, run, wait, fetch_results, finalize, down."""
+
+    def __init__(
+        self,
+        config: Config | dict[str, Any] | str | Path,
+        reporter: Reporter | None = None,
+        *,
+        poll_wait: float = 2.0,
+    ) -> None:
+        self.config = _load(config)
+        self.session = Session(self.config, reporter, poll_wait=poll_wait)
+
+    def start(self, reset: bool = False) -> None:
+        self.session.start(reset=reset)
+
+    def deploy(self) -> None:
+        self.session.deploy()
+
+    def run(self) -> int:
+        return self.session.run()
+
+    def wait(
+        self, states: CloudSendProcessState = FINAL_STATES, timeout: float | None = None
+    ) -> list[JobView]:
+        return self.session.wait(states, timeout)
+
+    def wakeup(self) -> None:
+        """Reconnect after a pause (laptop asleep, cloudsend restarted): refresh from hosts."""
+        if self.session.run_id is None:
+            self.session.attach()
+        self.session.reconcile()
+
+    def get_jobs_states(self) -> dict[str, CloudSendProcessState]:
+        self.session.reconcile()
+        return {v.job_id: CloudSendProcessState.from_name(v.state) for v in self.session.views()}
+
+    def summary(self) -> RunSummary:
+        return self.session.summary()
+
+    def print_jobs_summary(self, file: TextIO | None = None) -> None:
+        out = file or sys.stdout
+        counts = self.summary().counts()
+        print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no jobs", file=out)
+        for v in self.session.views():
+            print(f"  {v.job_id:40} {v.state:8} {v.host or '-'}", file=out)
+
+    def print_aborted_logs(self, file: TextIO | None = None) -> None:
+        out = file or sys.stdout
+        for v in self.session.views():
+            if v.state == "ABORTED":
+                print(f"--- {v.job_id} (exit {v.exit_code}): {v.reason or ''}", file=out)
+                print(self.session.logs(v.job_id, "stderr"), file=out)
+
+    def fetch_results(self, out_dir: str | Path | None = None) -> Path:
+        return self.session.fetch_results(Path(out_dir) if out_dir is not None else None)
+
+    def finalize(self) -> None:
+        self.session.finalize()
+
+    def down(self, keep: bool = False) -> None:
+        self.session.down(keep=keep)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class Client:
+    """The asynchronous lifecycle of the original tool; each call runs in a worker thread."""
+
+    def __init__(self, config: Config | dict[str, Any] | str | Path,
+                 reporter: Reporter | None = None, *, poll_wait: float = 2.0) -> None:
+        self.sync = SyncClient(config, reporter, poll_wait=poll_wait)
+
+    async def start(self, reset: bool = False) -> None:
+        await asyncio.to_thread(self.sync.start, reset)
+
+    async def deploy(self) -> None:
+        await asyncio.to_thread(self.sync.deploy)
+
+    async def run(self) -> int:
+        return await asyncio.to_thread(self.sync.run)
+
+    async def wait(
+        self, states: CloudSendProcessState = FINAL_STATES, timeout: float | None = None
+    ) -> list[JobView]:
+        return await asyncio.to_thread(self.sync.wait, states, timeout)
+
+    async def wakeup(self) -> None:
+        await asyncio.to_thread(self.sync.wakeup)
+
+    async def get_jobs_states(self) -> dict[str, CloudSendProcessState]:
+        return await asyncio.to_thread(self.sync.get_jobs_states)
+
+    async def print_jobs_summary(self) -> None:
+        await asyncio.to_thread(self.sync.print_jobs_summary)
+
+    async def print_aborted_logs(self) -> None:
+        await asyncio.to_thread(self.sync.print_aborted_logs)
+
+    async def fetch_results(self, out_dir: str | Path | None = None) -> Path:
+        return await asyncio.to_thread(self.sync.fetch_results, out_dir)
+
+    async def finalize(self) -> None:
+        await asyncio.to_thread(self.sync.finalize)
+
+    async def down(self, keep: bool = False) -> None:
+        await asyncio.to_thread(self.sync.down, keep)
+
+    def close(self) -> None:
+        self.sync.close()

@@ -1,0 +1,261 @@
+"""The `cloudsend` command. Imports stay inside commands so `--help` is instant."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from cloudsend.errors import EXIT_CODES_HELP, CloudsendError, JobError
+
+if TYPE_CHECKING:
+    from cloudsend.api import SyncClient
+
+CONFIG_ARG = click.argument(
+    "config", required=False, default="cloudsend.yaml",
+    type=click.Path(dir_okay=False, path_type=Path),
+)
+JSON_OPT = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=False)
+
+
+def _client(config: Path, quiet: bool = False, poll_wait: float = 2.0) -> tuple[SyncClient, Any]:
+    from cloudsend.api import SyncClient
+    from cloudsend.ui import RichReporter
+
+    reporter = RichReporter(_console(), quiet=quiet)
+    return SyncClient(config, reporter, poll_wait=poll_wait), reporter
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=EXIT_CODES_HELP.replace("\n", "\n\n"),
+)
+@click.version_option(package_name="cloudsend")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def cli(debug: bool) -> None:
+    """Run your scripts on machines described in one config file.
+
+    CONFIG defaults to ./cloudsend.yaml (YAML, or a Python file defining `config = {...}`).
+    The default provider, `local`, runs everything on this machine.
+    """
+
+
+@cli.command()
+@CONFIG_ARG
+@click.option("--reset", is_flag=True,
+              help="Kill the project's processes on the hosts and redeploy from scratch (new run).")
+@JSON_OPT
+def run(config: Path, reset: bool, as_json: bool) -> None:
+    """Set up hosts and environments, run every job, watch them, fetch results.
+
+    Interrupted? Run it again: DONE jobs are never re-run, files never re-sent, environments
+    never rebuilt unless they changed.
+    """
+    from cloudsend.ui import print_json, print_summary, summary_doc
+
+    client, reporter = _client(config, quiet=as_json)
+    try:
+        client.start(reset=reset)
+        client.deploy()
+        client.run()
+        client.wait()
+        client.fetch_results()
+        client.finalize()
+        summary = client.summary()
+    finally:
+        reporter.close()
+        client.close()
+    if as_json:
+        print_json(summary_doc(summary))
+    else:
+        print_summary(_console(), summary)
+    if summary.env_failures:
+        from cloudsend.errors import BootstrapError
+
+        raise BootstrapError(f"{len(summary.env_failures)} environment(s) failed to build",
+                             hint="see the log tails above; fix the environment and run again")
+    if not summary.ok:
+        raise JobError(f"{summary.counts().get('ABORTED', 0)} job(s) ABORTED",
+                       hint="`cloudsend logs JOB --stderr` shows why; `cloudsend run` retries them")
+
+
+@cli.command()
+@CONFIG_ARG
+@click.option("--reset", is_flag=True, help="Kill the project's processes and redeploy.")
+def up(config: Path, reset: bool) -> None:
+    """Create or find the hosts and deploy the agent and environments (no jobs run)."""
+    client, reporter = _client(config)
+    try:
+        client.start(reset=reset)
+        client.deploy()
+    finally:
+        reporter.close()
+        client.close()
+    click.echo(f"hosts ready: {', '.join(h.name for h in client.session.hosts)}")
+
+
+@cli.command()
+@CONFIG_ARG
+@JSON_OPT
+def status(config: Path, as_json: bool) -> None:
+    """Show every job's state, host and whether its results are fetched."""
+    from dataclasses import asdict
+
+    from cloudsend.ui import jobs_table, print_json
+
+    client, _ = _client(config, quiet=True)
+    try:
+        client.wakeup()
+        views = client.session.views()
+        hosts = client.session.store.hosts(client.session._run())
+    finally:
+        client.close()
+    if as_json:
+        print_json({"jobs": [asdict(v) for v in views],
+                    "hosts": [{"name": h.name, "health": h.health, "detail": h.detail}
+                              for h in hosts]})
+        return
+    console = _console()
+    console.print(jobs_table(views))
+    for h in hosts:
+        console.print(f"host {h.name}: {h.health} {h.detail}".rstrip())
+
+
+@cli.command()
+@click.argument("job")
+@CONFIG_ARG
+@click.option("--stderr", "stream", flag_value="stderr", help="Show stderr instead of stdout.")
+@click.option("--stdout", "stream", flag_value="stdout", default=True, hidden=True)
+@click.option("-n", "--lines", default=50, show_default=True, help="How many last lines.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends.")
+def logs(job: str, config: Path, stream: str, lines: int, follow: bool) -> None:
+    """Print the last lines of JOB's stdout (or --stderr)."""
+    import time
+
+    client, _ = _client(config, quiet=True)
+    try:
+        client.wakeup()
+        shown = client.session.logs(job, stream, lines)
+        click.echo(shown)
+        while follow:
+            view = next(v for v in client.session.views() if v.job_id == job)
+            if view.state in ("DONE", "ABORTED"):
+                break
+            time.sleep(1)
+            client.session.reconcile()
+            text = client.session.logs(job, stream, 10_000)
+            if text.startswith(shown):
+                new = text[len(shown):]
+            else:
+                new = text
+            if new.strip():
+                click.echo(new.lstrip("\n"))
+            shown = text
+    finally:
+        client.close()
+
+
+@cli.command()
+@CONFIG_ARG
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Also copy the run's results here.")
+def fetch(config: Path, out: Path | None) -> None:
+    """Fetch the outputs of every finished job that are not home yet."""
+    client, _ = _client(config, quiet=True)
+    try:
+        client.wakeup()
+        where = client.fetch_results(out)
+    finally:
+        client.close()
+    click.echo(f"results: {where}")
+
+
+@cli.command()
+@click.argument("jobs", nargs=-1)
+@click.option("--config", "config", default="cloudsend.yaml", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--all", "all_jobs", is_flag=True, help="Cancel every unfinished job.")
+def cancel(jobs: tuple[str, ...], config: Path, all_jobs: bool) -> None:
+    """Cancel JOBS (ids from `cloudsend status`), or --all."""
+    if not jobs and not all_jobs:
+        raise click.UsageError("name the jobs to cancel, or pass --all")
+    client, _ = _client(config, quiet=True)
+    try:
+        client.wakeup()
+        done = client.session.cancel(None if all_jobs else list(jobs))
+    finally:
+        client.close()
+    click.echo(f"cancelled {len(done)} job(s)")
+
+
+@cli.command()
+@CONFIG_ARG
+@click.option("--keep", is_flag=True, help="Keep the hosts' files (stop processes only).")
+def down(config: Path, keep: bool) -> None:
+    """Stop everything the project runs on its hosts and tear the hosts down."""
+    client, reporter = _client(config)
+    try:
+        client.down(keep=keep)
+    finally:
+        reporter.close()
+        client.close()
+    click.echo("down")
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+def validate(config: Path) -> None:
+    """Check CONFIG and report every problem at once."""
+    from cloudsend.config import load_config, local_notices
+
+    cfg = load_config(config)
+    for notice in local_notices(cfg) if cfg.provider == "local" else []:
+        click.echo(f"note: {notice}")
+    jobs = sum(j.repeat for j in cfg.jobs)
+    click.echo(f"{config}: ok ({len(cfg.environments)} environment(s), {jobs} job run(s))")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the config's JSON Schema (for editors)."""
+    import json
+
+    from cloudsend.config import config_json_schema
+
+    click.echo(json.dumps(config_json_schema(), indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or bool(os.environ.get("CLOUDSEND_DEBUG"))
+    try:
+        cli.main(args=args, prog_name="cloudsend", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted: jobs keep running on the hosts; run again to resume", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted: jobs keep running on the hosts; run again to resume", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except CloudsendError as exc:
+        if debug:
+            raise
+        click.echo(f"{exc.kind}: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # never a bare traceback for users; --debug shows it
+        if debug:
+            raise
+        click.echo(f"error: {type(exc).__name__}: {exc}\n  hint: run with --debug for the "
+                   "traceback and report it", err=True)
+        sys.exit(1)

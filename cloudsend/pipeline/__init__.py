@@ -1,0 +1,1 @@
+"""Orchestration of the run phases; see session.Session."""

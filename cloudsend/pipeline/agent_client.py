@@ -1,0 +1,60 @@
+"""Talks to the host agent through a transport: one command, one JSON document back."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from cloudsend.errors import TransportError
+from cloudsend.providers.base import Host
+
+
+class AgentClient:
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def _call(
+        self, *args: str, stdin: str | None = None, timeout: float | None = 120
+    ) -> dict[str, Any]:
+        h = self.host
+        command = " ".join(
+            shlex.quote(a) for a in (h.python, h.agent, "--root", h.root, *args)
+        )
+        result = h.transport.run(command, stdin=stdin, timeout=timeout, check=False)
+        try:
+            doc = json.loads(result.stdout) if result.stdout.strip() else {}
+        except json.JSONDecodeError:
+            doc = {}
+        if not result.ok or not isinstance(doc, dict) or "error" in doc:
+            detail = doc.get("error") if isinstance(doc, dict) and doc.get("error") else result.tail()
+            raise TransportError(
+                f"agent on host {h.name!r} failed running {args[0]!r}: {detail}",
+                hint="run with --debug; the agent log is agent.log in the host's root dir",
+            )
+        return doc
+
+    def start(self, slots: int) -> dict[str, Any]:
+        return self._call("start", "--slots", str(slots))
+
+    def submit(self, envs: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict[str, Any]:
+        return self._call("submit", stdin=json.dumps({"envs": envs, "jobs": jobs}))
+
+    def status(self, since: int | None = None, wait: float = 0) -> dict[str, Any]:
+        args = ["status"]
+        if since is not None and wait > 0:
+            args += ["--since", str(since), "--wait", str(wait)]
+        return self._call(*args, timeout=wait + 60)
+
+    def cancel(self, job_ids: list[str] | None = None) -> dict[str, Any]:
+        return self._call("cancel", *(job_ids if job_ids else ["--all"]))
+
+    def tail(self, job_id: str, stream: str = "stdout", lines: int = 50) -> str:
+        doc = self._call("tail", job_id, "--stream", stream, "--lines", str(lines))
+        return str(doc.get("text", ""))
+
+    def pack(self, out: str, job_ids: list[str]) -> dict[str, Any]:
+        return self._call("pack", "--out", out, *job_ids)
+
+    def stop(self, kill_jobs: bool = False) -> dict[str, Any]:
+        return self._call("stop", *(["--kill-jobs"] if kill_jobs else []))

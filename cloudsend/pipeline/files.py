@@ -1,0 +1,67 @@
+"""Content-addressed uploads: every file a job needs is stored once per host by sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloudsend.providers.base import Host
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class FileIndex:
+    """Local files by sha256, hashed once per invocation."""
+
+    by_sha: dict[str, Path] = field(default_factory=dict)
+    _by_path: dict[Path, str] = field(default_factory=dict)
+
+    def add(self, path: Path) -> str:
+        sha = self._by_path.get(path)
+        if sha is None:
+            sha = sha256_file(path)
+            self._by_path[path] = sha
+            self.by_sha.setdefault(sha, path)
+        return sha
+
+    def links_for(self, paths: list[Path], root: str) -> dict[str, str]:
+        """Work-dir relative path → host path of the stored copy; directories are walked."""
+        links: dict[str, str] = {}
+        for path in paths:
+            if path.is_dir():
+                for sub in sorted(p for p in path.rglob("*") if p.is_file()):
+                    rel = f"{path.name}/{sub.relative_to(path).as_posix()}"
+                    links[rel] = f"{root}/files/{self.add(sub)}"
+            else:
+                links[path.name] = f"{root}/files/{self.add(path)}"
+        return links
+
+
+def sync_files(host: Host, index: FileIndex, needed: set[str]) -> tuple[int, int]:
+    """Send the files the host lacks. One listing round trip, then one put per missing file.
+
+    Returns (files sent, bytes sent).
+    """
+    if not needed:
+        return 0, 0
+    files_dir = f"{host.root}/files"
+    listing = host.transport.run(
+        f"mkdir -p {shlex.quote(files_dir)} && ls -1 {shlex.quote(files_dir)}"
+    )
+    present = set(listing.stdout.split())
+    sent = sent_bytes = 0
+    for sha in sorted(needed - present):
+        local = index.by_sha[sha]
+        host.transport.put(local, f"{files_dir}/{sha}")
+        sent += 1
+        sent_bytes += local.stat().st_size
+    return sent, sent_bytes

@@ -1,0 +1,65 @@
+"""Turns the validated config into what hosts are sent: rendered environments and job specs."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cloudsend.bootstrap import RenderedEnv, render_environment, render_job_script
+from cloudsend.config.models import Config
+from cloudsend.scheduling import JobUnit, expand_jobs
+from cloudsend.pipeline.files import FileIndex
+
+
+@dataclass
+class PlannedJob:
+    unit: JobUnit
+    env: RenderedEnv | None
+    script: str
+    files: list[Path]  # the job's script, upload_files and input_files (absolute, local)
+
+    @property
+    def job_id(self) -> str:
+        return self.unit.job_id
+
+    def spec(self, attempt: int, root: str, index: FileIndex, copy: bool) -> dict[str, Any]:
+        """The JobSpec the agent receives (docs/internals.md)."""
+        return {
+            "job_id": self.job_id,
+            "attempt": attempt,
+            "env_id": self.env.env_id if self.env else None,
+            "cpus": self.unit.cpus,
+            "script": self.script,
+            "links": index.links_for(self.files, root),
+            "copy": copy,
+            "outputs": list(self.unit.job.output_files),
+        }
+
+
+@dataclass
+class Plan:
+    jobs: list[PlannedJob]
+    envs: dict[str, RenderedEnv]  # by env_id
+
+    def by_id(self) -> dict[str, PlannedJob]:
+        return {p.job_id: p for p in self.jobs}
+
+
+def build_plan(config: Config) -> Plan:
+    rendered: dict[str | None, RenderedEnv] = {}
+    for env in config.environments:
+        rendered[env.name] = render_environment(env, config)
+    jobs: list[PlannedJob] = []
+    for unit in expand_jobs(config):
+        # env_name None means the only environment when there is exactly one, else none.
+        env_cfg = config.environment(unit.env_name)
+        env = rendered[env_cfg.name] if env_cfg is not None else None
+        job = unit.job
+        files: list[Path] = []
+        if job.run_script:
+            files.append(Path(shlex.split(job.run_script)[0]))
+        files += [Path(p) for p in job.upload_files] + [Path(p) for p in job.input_files]
+        jobs.append(PlannedJob(unit, env, render_job_script(job, env, config), files))
+    return Plan(jobs, {e.env_id: e for e in rendered.values()})

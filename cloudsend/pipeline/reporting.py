@@ -1,0 +1,66 @@
+"""What the pipeline tells its caller while it works. The CLI draws it; the API may ignore it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass
+class JobView:
+    job_id: str
+    index: int
+    rep: int
+    state: str
+    host: str | None
+    attempt: int
+    exit_code: int | None
+    reason: str | None
+    fetched: bool
+
+
+@dataclass
+class RunSummary:
+    run_id: int
+    results_dir: Path
+    jobs: list[JobView]
+    files_sent: int = 0
+    bytes_sent: int = 0
+    envs_submitted: int = 0
+    elapsed: float = 0.0
+    env_failures: dict[str, str] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for job in self.jobs:
+            out[job.state] = out.get(job.state, 0) + 1
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return all(j.state == "DONE" for j in self.jobs)
+
+
+class Reporter(Protocol):
+    def phase(self, name: str, detail: str = "") -> None: ...
+
+    def notice(self, message: str) -> None: ...
+
+    def progress(self, jobs: list[JobView]) -> None: ...
+
+    def log(self, host: str, text: str) -> None: ...
+
+
+class NullReporter:
+    def phase(self, name: str, detail: str = "") -> None:
+        pass
+
+    def notice(self, message: str) -> None:
+        pass
+
+    def progress(self, jobs: list[JobView]) -> None:
+        pass
+
+    def log(self, host: str, text: str) -> None:
+        pass

@@ -1,0 +1,432 @@
+"""The run lifecycle: start → deploy → run → wait → fetch → down, recorded and resumable.
+
+Every step is idempotent: after a crash the next call rebuilds the picture from the store and
+the agents (the hosts are the source of truth for job progress) and carries on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import shlex
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cloudsend.config.models import Config
+from cloudsend.core import CloudSendProcessState
+from cloudsend.errors import CloudsendError, JobError, StateError, TransportError
+from cloudsend.pipeline.agent_client import AgentClient
+from cloudsend.pipeline.deploy import deploy_host, ensure_agent
+from cloudsend.pipeline.fetch import fetch_jobs
+from cloudsend.pipeline.files import FileIndex
+from cloudsend.pipeline.plan import Plan, build_plan
+from cloudsend.pipeline.reporting import JobView, NullReporter, Reporter, RunSummary
+from cloudsend.pipeline.watch import FINAL, HostEvent, HostWatcher
+from cloudsend.providers import Host, get_provider
+from cloudsend.scheduling import HostSlots, assign
+from cloudsend.state import NewJob, Store
+
+T = TypeVar("T")
+
+
+def config_hash(config: Config) -> str:
+    doc = config.model_dump(mode="json")
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Session:
+    def __init__(
+        self, config: Config, reporter: Reporter | None = None, *, poll_wait: float = 2.0
+    ) -> None:
+        self.config = config
+        self.reporter: Reporter = reporter or NullReporter()
+        self.poll_wait = poll_wait
+        self.provider = get_provider(config)
+        self.store = Store(config.state_dir / "state.db")
+        self.hosts: list[Host] = []
+        self._plan: Plan | None = None
+        self.index = FileIndex()
+        self.run_id: int | None = None
+        self.files_sent = 0
+        self.bytes_sent = 0
+        self.envs_submitted = 0
+        self.env_failures: dict[str, str] = {}
+        self.started_at = time.monotonic()
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for host in self.hosts:
+            host.transport.close()
+        self.store.close()
+
+    @property
+    def plan(self) -> Plan:
+        if self._plan is None:
+            self._plan = build_plan(self.config)
+        return self._plan
+
+    def _run(self) -> int:
+        if self.run_id is None:
+            self.start()
+        assert self.run_id is not None
+        return self.run_id
+
+    @property
+    def results_dir(self) -> Path:
+        return self.config.base_dir / "results" / f"run-{self._run()}"
+
+    def _host(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise CloudsendError(f"no host named {name!r} in this run")
+
+    def _each_host(self, fn: Callable[[Host], T], hosts: list[Host] | None = None) -> list[T]:
+        hosts = self.hosts if hosts is None else hosts
+        if len(hosts) <= 1:
+            return [fn(h) for h in hosts]
+        with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
+            return list(pool.map(fn, hosts))
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def start(self, reset: bool = False) -> None:
+        """Find or create the hosts and open (or resume) the run."""
+        for notice in self.provider.notices():
+            self.reporter.notice(notice)
+        self.reporter.phase("up", f"provider {self.provider.name}")
+        self.hosts = self.provider.up()
+        if reset:
+            self._reset_hosts()
+        run = self.store.open_run(config_hash(self.config), new=reset or not self.config.recover)
+        self.run_id = run.id
+        for host in self.hosts:
+            self.store.upsert_host(run.id, host.name, self.provider.name, host.cpus, host.info)
+
+    def attach(self) -> None:
+        """Join the latest run without creating anything (status, logs, fetch, cancel)."""
+        run = self.store.latest_run()
+        if run is None:
+            raise StateError(
+                f"no run recorded for {self.config.source or 'this config'} yet",
+                hint="start one with `cloudsend run`",
+            )
+        self.run_id = run.id
+        self.hosts = self.provider.up() if self.provider.name == "local" else []
+
+    def _reset_hosts(self) -> None:
+        # The original's reset: kill the project's processes and redeploy from scratch.
+        def wipe(host: Host) -> None:
+            try:
+                AgentClient(host).stop(kill_jobs=True)
+            except TransportError:
+                pass  # no agent there yet
+            host.transport.run(f"rm -rf {shlex.quote(host.root)}", check=False)
+            self.store.forget_host(host.name)
+
+        self._each_host(wipe)
+
+    def deploy(self) -> None:
+        """Render environments, record the jobs, and start every host's agent."""
+        run_id = self._run()
+        self.reporter.phase("deploy", f"{len(self.hosts)} host(s)")
+        plan = self.plan
+        self.store.add_jobs(
+            run_id,
+            [
+                NewJob(
+                    job_id=p.job_id,
+                    index=p.unit.index,
+                    rep=p.unit.rep,
+                    env_id=p.env.env_id if p.env else None,
+                    cpus=p.unit.cpus,
+                    spec_hash=p.job_id,
+                )
+                for p in plan.jobs
+            ],
+        )
+        self._each_host(ensure_agent)
+
+    def _statuses(self) -> dict[str, dict[str, Any]]:
+        """One status call per host; unreachable hosts are reported, not fatal here."""
+
+        def ask(host: Host) -> tuple[str, dict[str, Any] | None]:
+            try:
+                doc = AgentClient(host).status()
+                self.store.set_host_health(self._run(), host.name, "ok")
+                return host.name, doc
+            except TransportError as exc:
+                self.store.set_host_health(self._run(), host.name, "unreachable", str(exc))
+                return host.name, None
+
+        return {name: doc for name, doc in self._each_host(ask) if doc is not None}
+
+    def reconcile(self) -> dict[str, dict[str, Any]]:
+        """Bring the store up to date with what the agents report."""
+        run_id = self._run()
+        statuses = self._statuses()
+        records = {r.job_id: r for r in self.store.jobs(run_id)}
+        updates = []
+        for host_name, doc in statuses.items():
+            for job_id, job in doc.get("jobs", {}).items():
+                rec = records.get(job_id)
+                if rec is None:
+                    continue
+                attempt = int(job.get("attempt", 0))
+                if rec.attempt == 0 or (rec.host != host_name and attempt > rec.attempt):
+                    # submitted just before cloudsend died, never recorded: adopt it
+                    self.store.record_submission(run_id, job_id, host_name, attempt)
+                elif rec.host != host_name or attempt != rec.attempt:
+                    continue  # a stale attempt on another host
+                updates.append((job_id, job["state"], job.get("exit_code"), job.get("reason")))
+            for env_id, env in doc.get("envs", {}).items():
+                self.store.set_env_state(host_name, env_id, env.get("state", "UNKNOWN"))
+                if env.get("state") == "FAILED":
+                    self.env_failures[env_id] = env.get("log_tail", "")
+        if updates:
+            self.store.update_states(run_id, updates)
+        return statuses
+
+    def run(self) -> int:
+        """Submit every job that is neither done nor already on a host. Returns how many."""
+        run_id = self._run()
+        plan = self.plan
+        statuses = self.reconcile()
+        records = {r.job_id: r for r in self.store.jobs(run_id)}
+        pending = []
+        for planned in plan.jobs:
+            rec = records.get(planned.job_id)
+            if rec is None:
+                continue
+            on_host = statuses.get(rec.host or "", {}).get("jobs", {}).get(planned.job_id)
+            if rec.state == "DONE":
+                continue
+            if on_host and on_host.get("attempt") == rec.attempt and rec.state != "ABORTED":
+                continue  # queued or running there already
+            pending.append(planned)
+        if not pending:
+            return 0
+        self.reporter.phase("schedule", f"{len(pending)} job(s) over {len(self.hosts)} host(s)")
+        assignment = assign(
+            [p.unit for p in pending],
+            [HostSlots(h.name, h.cpus) for h in self.hosts],
+            self.config.job_assign,
+        )
+        by_id = {p.job_id: p for p in pending}
+
+        def submit(host: Host) -> None:
+            ids = assignment.get(host.name, [])
+            if not ids:
+                return
+            jobs = [by_id[i] for i in ids]
+            needed = {self.index.add(f) for p in jobs for f in self._files(p.files)}
+            report = deploy_host(host, self.index, needed)
+            self.files_sent += report.files_sent
+            self.bytes_sent += report.bytes_sent
+            envs = {p.env.env_id: p.env for p in jobs if p.env is not None}
+            specs = []
+            for p in jobs:
+                attempt = records[p.job_id].attempt + 1
+                specs.append(
+                    p.spec(attempt, host.root, self.index, not self.config.mutualize_uploads)
+                )
+            answer = AgentClient(host).submit(
+                [{"env_id": e.env_id, "script": e.script} for e in envs.values()], specs
+            )
+            accepted = set(answer.get("accepted", []))
+            self.envs_submitted += len(accepted & set(envs))
+            for spec in specs:
+                self.store.record_submission(run_id, spec["job_id"], host.name, spec["attempt"])
+                self.store.set_job_state(run_id, spec["job_id"], "QUEUE")
+
+        self.reporter.phase("submit", "")
+        self._each_host(submit)
+        return len(pending)
+
+    @staticmethod
+    def _files(paths: list[Path]) -> list[Path]:
+        out: list[Path] = []
+        for path in paths:
+            out += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        return out
+
+    # ---- watching ------------------------------------------------------------------------
+
+    def views(self) -> list[JobView]:
+        run_id = self._run()
+        wanted = {p.job_id for p in self.plan.jobs}
+        views = [
+            JobView(r.job_id, r.index, r.rep, r.state, r.host, r.attempt, r.exit_code,
+                    r.reason, r.fetched)
+            for r in self.store.jobs(run_id)
+            if r.job_id in wanted
+        ]
+        return sorted(views, key=lambda v: (v.index, v.rep))
+
+    def wait(
+        self,
+        states: CloudSendProcessState = CloudSendProcessState.DONE | CloudSendProcessState.ABORTED,
+        timeout: float | None = None,
+    ) -> list[JobView]:
+        """Watch until every job is in `states` (final ones fetched too), or the timeout."""
+        run_id = self._run()
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def satisfied(views: list[JobView]) -> bool:
+            return all(
+                CloudSendProcessState.from_name(v.state) & states
+                and (v.state not in FINAL or v.fetched)
+                for v in views
+            )
+
+        views = self.views()
+        if satisfied(views):
+            return views
+        self.reporter.phase("watch", f"{len(views)} job(s)")
+        events: queue.Queue[HostEvent] = queue.Queue()
+        stop = threading.Event()
+        watchers = []
+        for host in self.hosts:
+            expected = {v.job_id: v.attempt for v in views if v.host == host.name and v.attempt}
+            fetched = {v.job_id for v in views if v.host == host.name and v.fetched}
+            if expected and not expected.keys() <= fetched:
+                w = HostWatcher(host, expected, fetched, self.results_dir, events, stop,
+                                self.poll_wait)
+                watchers.append(w)
+                w.start()
+        alive = len(watchers)
+        try:
+            while alive and not satisfied(views):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                try:
+                    event = events.get(timeout=min(remaining or 1.0, 1.0))
+                except queue.Empty:
+                    continue
+                self._apply(run_id, event)
+                if event.finished:
+                    alive -= 1
+                views = self.views()
+                self.reporter.progress(views)
+        finally:
+            stop.set()
+        for w in watchers:
+            w.join(timeout=self.poll_wait + 5)
+        return self.views()
+
+    def _apply(self, run_id: int, event: HostEvent) -> None:
+        if event.error is not None:
+            raise event.error
+        if event.status is not None:
+            records = {r.job_id: r for r in self.store.jobs(run_id) if r.host == event.host}
+            updates = [
+                (job_id, job["state"], job.get("exit_code"), job.get("reason"))
+                for job_id, job in event.status.get("jobs", {}).items()
+                if job_id in records and job.get("attempt") == records[job_id].attempt
+                and job["state"] != records[job_id].state
+            ]
+            if updates:
+                self.store.update_states(run_id, updates)
+            for env_id, env in event.status.get("envs", {}).items():
+                self.store.set_env_state(event.host, env_id, env.get("state", "UNKNOWN"))
+                if env.get("state") == "FAILED":
+                    self.env_failures[env_id] = env.get("log_tail", "")
+        for job_id, files in event.fetched.items():
+            self.store.record_fetch(run_id, job_id, event.attempts[job_id], files)
+
+    # ---- the rest of the lifecycle -------------------------------------------------------
+
+    def summary(self) -> RunSummary:
+        return RunSummary(
+            run_id=self._run(),
+            results_dir=self.results_dir,
+            jobs=self.views(),
+            files_sent=self.files_sent,
+            bytes_sent=self.bytes_sent,
+            envs_submitted=self.envs_submitted,
+            elapsed=time.monotonic() - self.started_at,
+            env_failures=dict(self.env_failures),
+        )
+
+    def fetch_results(self, out_dir: Path | None = None) -> Path:
+        """Fetch every finished job not yet home; copy the run's results to out_dir if given."""
+        run_id = self._run()
+        self.reconcile()
+        todo: dict[str, list[str]] = {}
+        attempts = {}
+        for v in self.views():
+            if v.state in FINAL and not v.fetched and v.host:
+                todo.setdefault(v.host, []).append(v.job_id)
+                attempts[v.job_id] = v.attempt
+
+        def pull(host: Host) -> dict[str, list[tuple[str, int]]]:
+            return fetch_jobs(host, todo.get(host.name, []), self.results_dir)
+
+        for got in self._each_host(pull, [h for h in self.hosts if h.name in todo]):
+            for job_id, files in got.items():
+                self.store.record_fetch(run_id, job_id, attempts[job_id], files)
+        if out_dir is not None and out_dir.resolve() != self.results_dir.resolve():
+            shutil.copytree(self.results_dir, out_dir, dirs_exist_ok=True)
+            return out_dir
+        return self.results_dir
+
+    def cancel(self, job_ids: list[str] | None = None) -> list[str]:
+        views = self.views()
+        by_host: dict[str, list[str]] = {}
+        for v in views:
+            if v.host and (job_ids is None or v.job_id in job_ids) and v.state not in FINAL:
+                by_host.setdefault(v.host, []).append(v.job_id)
+        if job_ids:
+            unknown = set(job_ids) - {v.job_id for v in views}
+            if unknown:
+                raise JobError(
+                    f"no job named {', '.join(sorted(unknown))} in this run",
+                    hint="`cloudsend status` lists the job ids",
+                )
+        cancelled: list[str] = []
+        for name, ids in by_host.items():
+            cancelled += AgentClient(self._host(name)).cancel(ids).get("cancelled", [])
+        self.reconcile()
+        return cancelled
+
+    def logs(self, job_id: str, stream: str = "stdout", lines: int = 50) -> str:
+        view = next((v for v in self.views() if v.job_id == job_id), None)
+        if view is None:
+            raise JobError(f"no job named {job_id!r} in this run",
+                           hint="`cloudsend status` lists the job ids")
+        local = self.results_dir / job_id / f"{stream}.log"
+        if view.fetched and local.exists():
+            return "\n".join(local.read_text(errors="replace").splitlines()[-lines:])
+        if not view.host:
+            return ""
+        return AgentClient(self._host(view.host)).tail(job_id, stream, lines)
+
+    def finalize(self) -> None:
+        """auto_stop: once everything is home, stop the agents (nothing left running)."""
+        if not self.config.auto_stop:
+            return
+        if all(v.state in FINAL and v.fetched for v in self.views()):
+            for host in self.hosts:
+                try:
+                    AgentClient(host).stop()
+                except TransportError:
+                    pass
+
+    def down(self, keep: bool = False) -> None:
+        self.reporter.phase("down", f"provider {self.provider.name}")
+        if not self.hosts:
+            self.hosts = self.provider.up() if self.provider.name == "local" else []
+        for host in self.hosts:
+            try:
+                AgentClient(host).stop(kill_jobs=True)
+            except TransportError:
+                pass
+        self.provider.down(keep=keep)

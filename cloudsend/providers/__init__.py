@@ -1,0 +1,25 @@
+"""Providers turn a config into Hosts and tear them down. Chosen by `provider:` in the config."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cloudsend.errors import ConfigError
+from cloudsend.providers.base import Host, Provider
+
+if TYPE_CHECKING:
+    from cloudsend.config.models import Config
+
+__all__ = ["Host", "Provider", "get_provider"]
+
+
+def get_provider(config: Config) -> Provider:
+    if config.provider == "local":
+        from cloudsend.providers.local import LocalProvider
+
+        return LocalProvider(config)
+    # The ssh and aws providers arrive with their own issues; say so instead of failing later.
+    raise ConfigError(
+        f"provider: {config.provider} is not supported yet by this version of cloudsend",
+        hint="use provider: local (the default) to run on this machine",
+    )

@@ -1,0 +1,40 @@
+"""The small contract between the generic pipeline and each provider."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cloudsend.transport.base import Transport
+
+
+@dataclass
+class Host:
+    """A machine jobs run on: where its agent lives and how to reach it."""
+
+    name: str
+    cpus: int
+    root: str  # absolute path of cloudsend's dir on the host
+    python: str  # interpreter that runs the agent there
+    transport: Transport
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def agent(self) -> str:
+        return f"{self.root}/agent.py"
+
+
+class Provider(Protocol):
+    name: str
+
+    def up(self) -> list[Host]:
+        """Create or find the hosts (idempotent)."""
+        ...
+
+    def down(self, keep: bool = False) -> None:
+        """Tear the hosts down; `keep` leaves their files in place."""
+        ...
+
+    def notices(self) -> list[str]:
+        """Things the user should know about how this provider reads the config."""
+        ...

@@ -1,0 +1,60 @@
+"""The `local` provider: hosts are folders on this machine, each with its own agent.
+
+Each instance entry × number becomes one local host, so a config written for several cloud
+machines runs here unchanged (and the scheduler is exercised across hosts). Without instances,
+one host gets every CPU of this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+from cloudsend.config.models import Config, InstanceConfig
+from cloudsend.providers.base import Host
+from cloudsend.transport.local import LocalTransport
+
+
+class LocalProvider:
+    name = "local"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.hosts_dir = config.state_dir / "hosts"
+
+    def _shapes(self) -> list[tuple[str, int]]:
+        cpus_here = os.cpu_count() or 1
+        instances = self.config.instances or [InstanceConfig()]
+        shapes: list[tuple[str, int]] = []
+        for i, inst in enumerate(instances):
+            for n in range(inst.number):
+                name = "local" if len(instances) == 1 and inst.number == 1 else f"local-{i}-{n}"
+                shapes.append((name, inst.cpus or cpus_here))
+        return shapes
+
+    def up(self) -> list[Host]:
+        hosts = []
+        for name, cpus in self._shapes():
+            root = self.hosts_dir / name
+            root.mkdir(parents=True, exist_ok=True)
+            hosts.append(
+                Host(
+                    name=name,
+                    cpus=cpus,
+                    root=str(root.resolve()),
+                    python=sys.executable,
+                    transport=LocalTransport(name),
+                    info={"provider": "local"},
+                )
+            )
+        return hosts
+
+    def down(self, keep: bool = False) -> None:
+        if not keep and self.hosts_dir.exists():
+            shutil.rmtree(self.hosts_dir)
+
+    def notices(self) -> list[str]:
+        from cloudsend.config import local_notices
+
+        return local_notices(self.config)

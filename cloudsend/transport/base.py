@@ -1,0 +1,56 @@
+"""The transport contract shared by every provider: run, put, get, close."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cloudsend.errors import TransportError
+
+
+@dataclass
+class Result:
+    """What one command on a host gave back."""
+
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    host: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def tail(self, lines: int = 10) -> str:
+        text = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        return "\n".join(text[-lines:])
+
+    def raise_for_status(self) -> Result:
+        if not self.ok:
+            raise TransportError(
+                f"command failed on host {self.host!r} (exit code {self.exit_code}): "
+                f"{self.command[:200]}\n{self.tail()}",
+                hint="run with --debug for the full output",
+            )
+        return self
+
+
+class Transport(Protocol):
+    name: str
+
+    def run(
+        self,
+        command: str,
+        *,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> Result: ...
+
+    def put(self, local: Path, remote: str) -> None: ...
+
+    def get(self, remote: str, local: Path) -> None: ...
+
+    def close(self) -> None: ...

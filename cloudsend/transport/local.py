@@ -1,0 +1,64 @@
+"""Transport for the local provider: the host is this machine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from cloudsend.errors import TransportError
+from cloudsend.transport.base import Result
+
+
+class LocalTransport:
+    def __init__(self, name: str = "local") -> None:
+        self.name = name
+        self.calls = 0  # counted so tests and reports can see round trips
+
+    def run(
+        self,
+        command: str,
+        *,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> Result:
+        self.calls += 1
+        try:
+            proc = subprocess.run(
+                ["bash", "-c", command],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                start_new_session=True,  # a Ctrl-C in cloudsend must not reach host commands
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise TransportError(
+                f"command timed out after {timeout} s on host {self.name!r}: {command[:200]}"
+            ) from exc
+        result = Result(command, proc.returncode, proc.stdout, proc.stderr, host=self.name)
+        return result.raise_for_status() if check else result
+
+    def put(self, local: Path, remote: str) -> None:
+        self.calls += 1
+        dest = Path(remote)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, dest)  # a reader never sees a half-copied file
+        except OSError as exc:
+            raise TransportError(f"cannot copy {local} to {remote}: {exc}") from exc
+
+    def get(self, remote: str, local: Path) -> None:
+        self.calls += 1
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(remote, local)
+        except OSError as exc:
+            raise TransportError(f"cannot fetch {remote} from host {self.name!r}: {exc}") from exc
+
+    def close(self) -> None:
+        pass

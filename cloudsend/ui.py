@@ -1,0 +1,128 @@
+"""Terminal rendering for the CLI (rich): live progress, summary and status tables."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from cloudsend.pipeline.reporting import JobView, RunSummary
+
+STATE_STYLE = {
+    "DONE": "green",
+    "ABORTED": "red",
+    "RUNNING": "cyan",
+    "QUEUE": "yellow",
+    "WAIT": "magenta",
+    "IDLE": "yellow",
+    "UNKNOWN": "dim",
+}
+
+
+def _counts_line(jobs: list[JobView]) -> Text:
+    counts: dict[str, int] = {}
+    for j in jobs:
+        counts[j.state] = counts.get(j.state, 0) + 1
+    fetched = sum(1 for j in jobs if j.fetched)
+    text = Text()
+    for state in ("WAIT", "QUEUE", "RUNNING", "DONE", "ABORTED", "UNKNOWN"):
+        if counts.get(state):
+            text.append(f"{state} {counts[state]}  ", style=STATE_STYLE[state])
+    text.append(f"fetched {fetched}/{len(jobs)}", style="bold")
+    return text
+
+
+class RichReporter:
+    """Draws the pipeline's progress; quiet when `quiet` (for --json)."""
+
+    def __init__(self, console: Console, quiet: bool = False) -> None:
+        self.console = console
+        self.quiet = quiet
+        self._live: Live | None = None
+
+    def phase(self, name: str, detail: str = "") -> None:
+        if not self.quiet:
+            self._stop_live()
+            self.console.print(f"[bold]{name}[/bold] {detail}".rstrip())
+
+    def notice(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[dim]note:[/dim] {message}")
+
+    def log(self, host: str, text: str) -> None:
+        if not self.quiet:
+            for line in text.splitlines():
+                self.console.print(f"[dim]{host}|[/dim] {line}", highlight=False)
+
+    def progress(self, jobs: list[JobView]) -> None:
+        if self.quiet:
+            return
+        line = _counts_line(jobs)
+        if self._live is None:
+            self._live = Live(line, console=self.console, transient=True,
+                              refresh_per_second=4)
+            self._live.start()
+        else:
+            self._live.update(line)
+
+    def _stop_live(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def close(self) -> None:
+        self._stop_live()
+
+
+def jobs_table(jobs: list[JobView], title: str | None = None) -> Table:
+    table = Table(title=title, show_lines=False)
+    for col in ("job", "state", "host", "attempt", "exit", "fetched", "reason"):
+        table.add_column(col, overflow="fold")
+    for j in jobs:
+        reason = (j.reason or "").splitlines()[0] if j.reason else ""
+        table.add_row(
+            j.job_id,
+            Text(j.state, style=STATE_STYLE.get(j.state, "")),
+            j.host or "-",
+            str(j.attempt),
+            "" if j.exit_code is None else str(j.exit_code),
+            "yes" if j.fetched else "no",
+            reason[:80],
+        )
+    return table
+
+
+def summary_doc(summary: RunSummary) -> dict[str, Any]:
+    return {
+        "run": summary.run_id,
+        "results_dir": str(summary.results_dir),
+        "ok": summary.ok,
+        "counts": summary.counts(),
+        "files_sent": summary.files_sent,
+        "bytes_sent": summary.bytes_sent,
+        "envs_submitted": summary.envs_submitted,
+        "env_failures": summary.env_failures,
+        "elapsed_s": round(summary.elapsed, 3),
+        "jobs": [asdict(j) for j in summary.jobs],
+    }
+
+
+def print_summary(console: Console, summary: RunSummary) -> None:
+    console.print(jobs_table(summary.jobs, title=f"run {summary.run_id}"))
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts().items()))
+    console.print(
+        f"{counts} · sent {summary.files_sent} file(s), {summary.bytes_sent} bytes · "
+        f"{summary.elapsed:.1f} s"
+    )
+    for env_id, tail in summary.env_failures.items():
+        console.print(f"[red]environment {env_id} failed[/red]:\n{tail}", highlight=False)
+    console.print(f"results: {summary.results_dir}")
+
+
+def print_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, default=str))

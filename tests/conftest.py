@@ -1,0 +1,92 @@
+"""Shared fixtures: a project folder with a config, the CLI as users run it, and cleanup of
+every agent daemon a test started (no process may outlive its test)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _kill_agents(root: Path) -> None:
+    for agent in root.rglob("agent.py"):
+        if (agent.parent / "agent.json").exists():
+            subprocess.run(
+                [sys.executable, str(agent), "--root", str(agent.parent), "stop", "--kill-jobs"],
+                capture_output=True,
+                timeout=30,
+            )
+    for pid_file in root.rglob("agent.pid"):
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, signal.SIGKILL)
+        except (ValueError, OSError, IndexError):
+            pass
+
+
+class Project:
+    """A folder holding a cloudsend config and its files."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, rel: str, text: str, mode: int | None = None) -> Path:
+        target = self.path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(textwrap.dedent(text))
+        if mode is not None:
+            target.chmod(mode)
+        return target
+
+    def config(self, text: str, name: str = "cloudsend.yaml") -> Path:
+        return self.write(name, text)
+
+    def cli(
+        self,
+        *args: str,
+        timeout: float = 240,
+        check: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cloudsend", *args],
+            cwd=self.path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"cloudsend {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cloudsend", *args],
+            cwd=self.path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def results(self) -> Path:
+        runs = sorted((self.path / "results").glob("run-*"))
+        assert runs, "no results dir"
+        return runs[-1]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    proj = Project(tmp_path / "proj")
+    proj.path.mkdir()
+    yield proj
+    _kill_agents(tmp_path)

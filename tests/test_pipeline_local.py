@@ -1,0 +1,195 @@
+"""The whole pipeline on the local provider, driven through the CLI as a user would."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from tests.conftest import Project
+
+SLEEPY = """
+project: sleepy
+instances:
+  - cpus: 2
+    number: 2
+environments:
+  - name: plain
+    command: "echo plain ready"
+jobs:
+  - env_name: plain
+    run_command: >-
+      echo "$CLOUDSEND_JOB_ID $(date +%s.%N)" >> {ledger} &&
+      sleep {sleep} && echo "result of $CLOUDSEND_JOB_ID" > out.txt
+    output_file: out.txt
+    repeat: {repeat}
+"""
+
+
+def _ledger(path: Path) -> list[str]:
+    return path.read_text().split("\n")[:-1] if path.exists() else []
+
+
+def test_run_fetches_every_output_and_reports(project: Project, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.txt"
+    project.config(SLEEPY.format(ledger=ledger, sleep=0.3, repeat=6))
+    proc = project.cli("run", "--json", check=True)
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is True
+    assert doc["counts"] == {"DONE": 6}
+    results = Path(doc["results_dir"])
+    outs = sorted(results.glob("*/out.txt"))
+    assert len(outs) == 6
+    for out in outs:
+        assert out.read_text().strip() == f"result of {out.parent.name}"
+        assert (out.parent / "stdout.log").exists()
+    # two local hosts of 2 CPUs each: both were used and jobs ran side by side
+    assert {j["host"] for j in doc["jobs"]} == {"local-0-0", "local-0-1"}
+    assert len(_ledger(ledger)) == 6
+
+
+def test_rerun_of_finished_config_does_nothing(project: Project, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.txt"
+    project.config(SLEEPY.format(ledger=ledger, sleep=0, repeat=3))
+    project.cli("run", check=True)
+    again = json.loads(project.cli("run", "--json", check=True).stdout)
+    assert again["counts"] == {"DONE": 3}
+    assert again["bytes_sent"] == 0 and again["files_sent"] == 0
+    assert again["envs_submitted"] == 0
+    assert len(_ledger(ledger)) == 3  # nothing executed twice
+
+
+def test_sigkill_mid_run_then_resume(project: Project, tmp_path: Path) -> None:
+    """cloudsend killed with SIGKILL mid-run: the next run completes, no DONE job re-executed."""
+    ledger = tmp_path / "ledger.txt"
+    project.config(SLEEPY.format(ledger=ledger, sleep=1.0, repeat=10))
+    first = project.popen("run")
+    deadline = time.monotonic() + 60
+    while len(_ledger(ledger)) < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(_ledger(ledger)) >= 5, "jobs did not start"
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    second = json.loads(project.cli("run", "--json", check=True).stdout)
+    assert second["counts"] == {"DONE": 10}
+    ids = [line.split()[0] for line in _ledger(ledger)]
+    assert len(ids) == 10 and len(set(ids)) == 10, f"a job ran twice: {ids}"
+    results = Path(second["results_dir"])
+    assert len(list(results.glob("*/out.txt"))) == 10
+
+
+def test_failing_job_is_aborted_with_reason_and_retried(project: Project) -> None:
+    project.config(
+        """
+        jobs:
+          - run_command: echo fine > ok.txt
+            output_file: ok.txt
+          - run_command: "echo something broke >&2; exit 3"
+        """
+    )
+    proc = project.cli("run", "--json")
+    assert proc.returncode == 6, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["counts"] == {"DONE": 1, "ABORTED": 1}
+    bad = next(j for j in doc["jobs"] if j["state"] == "ABORTED")
+    assert bad["exit_code"] == 3
+    assert "something broke" in bad["reason"]
+    assert "job error: 1 job(s) ABORTED" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # the failed job's logs came home too
+    assert (
+        "something broke" in (Path(doc["results_dir"]) / bad["job_id"] / "stderr.log").read_text()
+    )
+    # a new `run` retries the aborted job (attempt 2), not the done one
+    again = json.loads(project.cli("run", "--json").stdout)
+    bad2 = next(j for j in again["jobs"] if j["job_id"] == bad["job_id"])
+    good2 = next(j for j in again["jobs"] if j["job_id"] != bad["job_id"])
+    assert bad2["attempt"] == 2 and good2["attempt"] == 1
+
+
+def test_failed_bootstrap_aborts_its_jobs_with_log_tail(project: Project) -> None:
+    project.config(
+        """
+        environments:
+          - name: broken
+            command: "echo installing things; echo no such package >&2; exit 7"
+          - name: fine
+            command: "true"
+        jobs:
+          - env_name: broken
+            run_command: echo never
+          - env_name: fine
+            run_command: echo fine
+        """
+    )
+    proc = project.cli("run", "--json")
+    assert proc.returncode == 5, proc.stderr
+    doc = json.loads(proc.stdout)
+    by_env = {j["job_id"]: j for j in doc["jobs"]}
+    states = sorted(j["state"] for j in by_env.values())
+    assert states == ["ABORTED", "DONE"]
+    aborted = next(j for j in by_env.values() if j["state"] == "ABORTED")
+    assert "no such package" in aborted["reason"]
+    assert "bootstrap error" in proc.stderr
+
+
+def test_bad_config_is_one_message_without_traceback(project: Project) -> None:
+    project.config(
+        """
+        jobs:
+          - run_comand: echo hi
+        """
+    )
+    proc = project.cli("run")
+    assert proc.returncode == 2
+    assert "run_comand" in proc.stderr and "run_command" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    debug = project.cli("--debug", "run")
+    assert "Traceback" in debug.stderr
+
+
+def test_status_logs_cancel(project: Project, tmp_path: Path) -> None:
+    project.config(
+        """
+        jobs:
+          - run_command: "echo started; sleep 60"
+            repeat: 2
+          - run_command: "echo quick"
+        """
+    )
+    bg = project.popen("run")
+    try:
+        deadline = time.monotonic() + 60
+        running: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            doc = json.loads(project.cli("status", "--json", check=True).stdout)
+            running = [j for j in doc["jobs"] if j["state"] == "RUNNING"]
+            if len(running) == 2:
+                break
+            time.sleep(0.3)
+        assert len(running) == 2, doc
+        assert doc["hosts"][0]["health"] == "ok"
+        job = str(running[0]["job_id"])
+        time.sleep(0.5)
+        assert "started" in project.cli("logs", job, check=True).stdout
+        out = project.cli("cancel", "--all", check=True)
+        assert "cancelled 2 job(s)" in out.stdout
+        bg.wait(timeout=60)
+        assert bg.returncode == 6
+    finally:
+        if bg.poll() is None:
+            bg.kill()
+    doc = json.loads(project.cli("status", "--json", check=True).stdout)
+    states = sorted(j["state"] for j in doc["jobs"])
+    assert states == ["ABORTED", "ABORTED", "DONE"]
+    assert all(j["reason"] == "cancelled" for j in doc["jobs"] if j["state"] == "ABORTED")
+
+
+def test_down_removes_local_hosts(project: Project) -> None:
+    project.config("jobs:\n  - run_command: echo hi\n")
+    project.cli("run", check=True)
+    hosts = project.path / ".cloudsend" / "hosts"
+    assert hosts.exists()
+    project.cli("down", check=True)
+    assert not hosts.exists()
