@@ -100,8 +100,13 @@ class SyncClient:
 class Client:
     """The asynchronous lifecycle of the original tool; each call runs in a worker thread."""
 
-    def __init__(self, config: Config | dict[str, Any] | str | Path,
-                 reporter: Reporter | None = None, *, poll_wait: float = 2.0) -> None:
+    def __init__(
+        self,
+        config: Config | dict[str, Any] | str | Path,
+        reporter: Reporter | None = None,
+        *,
+        poll_wait: float = 2.0,
+    ) -> None:
         self.sync = SyncClient(config, reporter, poll_wait=poll_wait)
 
     async def start(self, reset: bool = False) -> None:

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from cloudsend.api import SyncClient
 
 CONFIG_ARG = click.argument(
-    "config", required=False, default="cloudsend.yaml",
+    "config",
+    required=False,
+    default="cloudsend.yaml",
     type=click.Path(dir_okay=False, path_type=Path),
 )
 JSON_OPT = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -51,8 +53,11 @@ def cli(debug: bool) -> None:
 
 @cli.command()
 @CONFIG_ARG
-@click.option("--reset", is_flag=True,
-              help="Kill the project's processes on the hosts and redeploy from scratch (new run).")
+@click.option(
+    "--reset",
+    is_flag=True,
+    help="Kill the project's processes on the hosts and redeploy from scratch (new run).",
+)
 @JSON_OPT
 def run(config: Path, reset: bool, as_json: bool) -> None:
     """Set up hosts and environments, run every job, watch them, fetch results.
@@ -81,11 +86,15 @@ def run(config: Path, reset: bool, as_json: bool) -> None:
     if summary.env_failures:
         from cloudsend.errors import BootstrapError
 
-        raise BootstrapError(f"{len(summary.env_failures)} environment(s) failed to build",
-                             hint="see the log tails above; fix the environment and run again")
+        raise BootstrapError(
+            f"{len(summary.env_failures)} environment(s) failed to build",
+            hint="see the log tails above; fix the environment and run again",
+        )
     if not summary.ok:
-        raise JobError(f"{summary.counts().get('ABORTED', 0)} job(s) ABORTED",
-                       hint="`cloudsend logs JOB --stderr` shows why; `cloudsend run` retries them")
+        raise JobError(
+            f"{summary.counts().get('ABORTED', 0)} job(s) ABORTED",
+            hint="`cloudsend logs JOB --stderr` shows why; `cloudsend run` retries them",
+        )
 
 
 @cli.command()
@@ -120,9 +129,12 @@ def status(config: Path, as_json: bool) -> None:
     finally:
         client.close()
     if as_json:
-        print_json({"jobs": [asdict(v) for v in views],
-                    "hosts": [{"name": h.name, "health": h.health, "detail": h.detail}
-                              for h in hosts]})
+        print_json(
+            {
+                "jobs": [asdict(v) for v in views],
+                "hosts": [{"name": h.name, "health": h.health, "detail": h.detail} for h in hosts],
+            }
+        )
         return
     console = _console()
     console.print(jobs_table(views))
@@ -153,10 +165,7 @@ def logs(job: str, config: Path, stream: str, lines: int, follow: bool) -> None:
             time.sleep(1)
             client.session.reconcile()
             text = client.session.logs(job, stream, 10_000)
-            if text.startswith(shown):
-                new = text[len(shown):]
-            else:
-                new = text
+            new = text[len(shown) :] if text.startswith(shown) else text
             if new.strip():
                 click.echo(new.lstrip("\n"))
             shown = text
@@ -166,8 +175,11 @@ def logs(job: str, config: Path, stream: str, lines: int, follow: bool) -> None:
 
 @cli.command()
 @CONFIG_ARG
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Also copy the run's results here.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also copy the run's results here.",
+)
 def fetch(config: Path, out: Path | None) -> None:
     """Fetch the outputs of every finished job that are not home yet."""
     client, _ = _client(config, quiet=True)
@@ -181,8 +193,13 @@ def fetch(config: Path, out: Path | None) -> None:
 
 @cli.command()
 @click.argument("jobs", nargs=-1)
-@click.option("--config", "config", default="cloudsend.yaml", show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--config",
+    "config",
+    default="cloudsend.yaml",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+)
 @click.option("--all", "all_jobs", is_flag=True, help="Cancel every unfinished job.")
 def cancel(jobs: tuple[str, ...], config: Path, all_jobs: bool) -> None:
     """Cancel JOBS (ids from `cloudsend status`), or --all."""
@@ -256,6 +273,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # never a bare traceback for users; --debug shows it
         if debug:
             raise
-        click.echo(f"error: {type(exc).__name__}: {exc}\n  hint: run with --debug for the "
-                   "traceback and report it", err=True)
+        click.echo(
+            f"error: {type(exc).__name__}: {exc}\n  hint: run with --debug for the "
+            "traceback and report it",
+            err=True,
+        )
         sys.exit(1)

@@ -64,8 +64,7 @@ class RichReporter:
             return
         line = _counts_line(jobs)
         if self._live is None:
-            self._live = Live(line, console=self.console, transient=True,
-                              refresh_per_second=4)
+            self._live = Live(line, console=self.console, transient=True, refresh_per_second=4)
             self._live.start()
         else:
             self._live.update(line)

@@ -18,16 +18,15 @@ class AgentClient:
         self, *args: str, stdin: str | None = None, timeout: float | None = 120
     ) -> dict[str, Any]:
         h = self.host
-        command = " ".join(
-            shlex.quote(a) for a in (h.python, h.agent, "--root", h.root, *args)
-        )
+        command = " ".join(shlex.quote(a) for a in (h.python, h.agent, "--root", h.root, *args))
         result = h.transport.run(command, stdin=stdin, timeout=timeout, check=False)
         try:
             doc = json.loads(result.stdout) if result.stdout.strip() else {}
         except json.JSONDecodeError:
             doc = {}
         if not result.ok or not isinstance(doc, dict) or "error" in doc:
-            detail = doc.get("error") if isinstance(doc, dict) and doc.get("error") else result.tail()
+            error = doc.get("error") if isinstance(doc, dict) else None
+            detail = error or result.tail()
             raise TransportError(
                 f"agent on host {h.name!r} failed running {args[0]!r}: {detail}",
                 hint="run with --debug; the agent log is agent.log in the host's root dir",

@@ -9,8 +9,8 @@ from typing import Any
 
 from cloudsend.bootstrap import RenderedEnv, render_environment, render_job_script
 from cloudsend.config.models import Config
-from cloudsend.scheduling import JobUnit, expand_jobs
 from cloudsend.pipeline.files import FileIndex
+from cloudsend.scheduling import JobUnit, expand_jobs
 
 
 @dataclass

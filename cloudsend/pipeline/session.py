@@ -6,6 +6,7 @@ the agents (the hosts are the source of truth for job progress) and carries on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import queue
@@ -30,6 +31,7 @@ from cloudsend.pipeline.reporting import JobView, NullReporter, Reporter, RunSum
 from cloudsend.pipeline.watch import FINAL, HostEvent, HostWatcher
 from cloudsend.providers import Host, get_provider
 from cloudsend.scheduling import HostSlots, assign
+from cloudsend.scheduling.transitions import HostView, JobSnapshot, as_state, plan_resume
 from cloudsend.state import NewJob, Store
 
 T = TypeVar("T")
@@ -124,10 +126,8 @@ class Session:
     def _reset_hosts(self) -> None:
         # The original's reset: kill the project's processes and redeploy from scratch.
         def wipe(host: Host) -> None:
-            try:
+            with contextlib.suppress(TransportError):  # no agent there yet
                 AgentClient(host).stop(kill_jobs=True)
-            except TransportError:
-                pass  # no agent there yet
             host.transport.run(f"rm -rf {shlex.quote(host.root)}", check=False)
             self.store.forget_host(host.name)
 
@@ -194,23 +194,32 @@ class Session:
             self.store.update_states(run_id, updates)
         return statuses
 
-    def run(self) -> int:
-        """Submit every job that is neither done nor already on a host. Returns how many."""
+    def run(self, retry_aborted: bool = True) -> int:
+        """Submit every job that is neither done nor live on a host. Returns how many.
+
+        What to do with each job is decided by scheduling.plan_resume from the store and what
+        the agents report; ABORTED jobs are retried (attempt + 1) unless retry_aborted=False.
+        """
         run_id = self._run()
         plan = self.plan
         statuses = self.reconcile()
         records = {r.job_id: r for r in self.store.jobs(run_id)}
-        pending = []
+        reachable = {h.name for h in self.hosts} & statuses.keys()
+        snapshots = []
         for planned in plan.jobs:
-            rec = records.get(planned.job_id)
-            if rec is None:
-                continue
+            rec = records[planned.job_id]
             on_host = statuses.get(rec.host or "", {}).get("jobs", {}).get(planned.job_id)
-            if rec.state == "DONE":
-                continue
-            if on_host and on_host.get("attempt") == rec.attempt and rec.state != "ABORTED":
-                continue  # queued or running there already
-            pending.append(planned)
+            if rec.host and rec.host not in reachable and rec.host in {h.name for h in self.hosts}:
+                view = HostView.UNREACHABLE
+            elif on_host and on_host.get("attempt") == rec.attempt:
+                view = HostView.LISTED
+            else:
+                view = HostView.MISSING
+            snapshots.append(
+                JobSnapshot(planned.job_id, as_state(rec.state), rec.attempt, rec.fetched, view)
+            )
+        decision = plan_resume(snapshots, retry_aborted=retry_aborted)
+        pending = [p for p in plan.jobs if p.job_id in decision.to_submit]
         if not pending:
             return 0
         self.reporter.phase("schedule", f"{len(pending)} job(s) over {len(self.hosts)} host(s)")
@@ -221,19 +230,17 @@ class Session:
         )
         by_id = {p.job_id: p for p in pending}
 
-        def submit(host: Host) -> None:
+        def submit(host: Host) -> tuple[int, int, int]:
             ids = assignment.get(host.name, [])
             if not ids:
-                return
+                return 0, 0, 0
             jobs = [by_id[i] for i in ids]
             needed = {self.index.add(f) for p in jobs for f in self._files(p.files)}
             report = deploy_host(host, self.index, needed)
-            self.files_sent += report.files_sent
-            self.bytes_sent += report.bytes_sent
             envs = {p.env.env_id: p.env for p in jobs if p.env is not None}
             specs = []
             for p in jobs:
-                attempt = records[p.job_id].attempt + 1
+                attempt = decision.to_submit[p.job_id]
                 specs.append(
                     p.spec(attempt, host.root, self.index, not self.config.mutualize_uploads)
                 )
@@ -241,13 +248,16 @@ class Session:
                 [{"env_id": e.env_id, "script": e.script} for e in envs.values()], specs
             )
             accepted = set(answer.get("accepted", []))
-            self.envs_submitted += len(accepted & set(envs))
             for spec in specs:
                 self.store.record_submission(run_id, spec["job_id"], host.name, spec["attempt"])
-                self.store.set_job_state(run_id, spec["job_id"], "QUEUE")
+            return report.files_sent, report.bytes_sent, len(accepted & set(envs))
 
         self.reporter.phase("submit", "")
-        self._each_host(submit)
+        # each host reports its own counters; summed here so threads never share a counter
+        for files, nbytes, envs_built in self._each_host(submit):
+            self.files_sent += files
+            self.bytes_sent += nbytes
+            self.envs_submitted += envs_built
         return len(pending)
 
     @staticmethod
@@ -263,8 +273,17 @@ class Session:
         run_id = self._run()
         wanted = {p.job_id for p in self.plan.jobs}
         views = [
-            JobView(r.job_id, r.index, r.rep, r.state, r.host, r.attempt, r.exit_code,
-                    r.reason, r.fetched)
+            JobView(
+                r.job_id,
+                r.index,
+                r.rep,
+                r.state,
+                r.host,
+                r.attempt,
+                r.exit_code,
+                r.reason,
+                r.fetched,
+            )
             for r in self.store.jobs(run_id)
             if r.job_id in wanted
         ]
@@ -297,8 +316,9 @@ class Session:
             expected = {v.job_id: v.attempt for v in views if v.host == host.name and v.attempt}
             fetched = {v.job_id for v in views if v.host == host.name and v.fetched}
             if expected and not expected.keys() <= fetched:
-                w = HostWatcher(host, expected, fetched, self.results_dir, events, stop,
-                                self.poll_wait)
+                w = HostWatcher(
+                    host, expected, fetched, self.results_dir, events, stop, self.poll_wait
+                )
                 watchers.append(w)
                 w.start()
         alive = len(watchers)
@@ -330,7 +350,8 @@ class Session:
             updates = [
                 (job_id, job["state"], job.get("exit_code"), job.get("reason"))
                 for job_id, job in event.status.get("jobs", {}).items()
-                if job_id in records and job.get("attempt") == records[job_id].attempt
+                if job_id in records
+                and job.get("attempt") == records[job_id].attempt
                 and job["state"] != records[job_id].state
             ]
             if updates:
@@ -400,8 +421,9 @@ class Session:
     def logs(self, job_id: str, stream: str = "stdout", lines: int = 50) -> str:
         view = next((v for v in self.views() if v.job_id == job_id), None)
         if view is None:
-            raise JobError(f"no job named {job_id!r} in this run",
-                           hint="`cloudsend status` lists the job ids")
+            raise JobError(
+                f"no job named {job_id!r} in this run", hint="`cloudsend status` lists the job ids"
+            )
         local = self.results_dir / job_id / f"{stream}.log"
         if view.fetched and local.exists():
             return "\n".join(local.read_text(errors="replace").splitlines()[-lines:])
@@ -415,18 +437,14 @@ class Session:
             return
         if all(v.state in FINAL and v.fetched for v in self.views()):
             for host in self.hosts:
-                try:
+                with contextlib.suppress(TransportError):
                     AgentClient(host).stop()
-                except TransportError:
-                    pass
 
     def down(self, keep: bool = False) -> None:
         self.reporter.phase("down", f"provider {self.provider.name}")
         if not self.hosts:
             self.hosts = self.provider.up() if self.provider.name == "local" else []
         for host in self.hosts:
-            try:
+            with contextlib.suppress(TransportError):
                 AgentClient(host).stop(kill_jobs=True)
-            except TransportError:
-                pass
         self.provider.down(keep=keep)

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# cloudsend environment bootstrap: py
+# Run by the host agent as `bash bootstrap.sh` with cwd=$CLOUDSEND_ENV_DIR (ROOT/envs/<env_id>)
+# and CLOUDSEND_ROOT set. Everything it needs is embedded below: the env_id is a hash of this
+# text, so the environment is rebuilt exactly when its content changes.
+# Steps: apt -> conda -> pypi -> julia -> command; the last one writes ./activate.
+set -euo pipefail
+
+: "${CLOUDSEND_ENV_DIR:?cloudsend: CLOUDSEND_ENV_DIR is not set (the host agent sets it)}"
+: "${CLOUDSEND_ROOT:?cloudsend: CLOUDSEND_ROOT is not set (the host agent sets it)}"
+cd "$CLOUDSEND_ENV_DIR"
+
+CS_STEP=start
+CS_PYTHON=""
+cs_log() { printf '==> cloudsend [%s] %s\n' "$CS_STEP" "$*"; }
+# One clear line on stderr, then a non-zero exit: the log tail becomes the jobs' abort reason.
+cs_die() { printf 'cloudsend: %s\n' "$1" >&2; exit "${2:-1}"; }
+cs_on_exit() {
+  local rc=$?
+  if [ "$rc" -ne 0 ]; then
+    printf 'cloudsend: bootstrap of environment %s failed in step %s (exit code %s)\n' \
+      py "$CS_STEP" "$rc" >&2
+  fi
+}
+trap cs_on_exit EXIT
+# A python3 venv, or a clear message when the host's python3 cannot make one (Debian and
+# Ubuntu ship the venv module separately, as python3-venv).
+cs_make_venv() {
+  command -v python3 >/dev/null 2>&1 \
+    || cs_die "python3 is not installed on this host; add python3 to env_aptget"
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 \
+    || cs_die "python3's venv module is missing on this host; add python3-venv to env_aptget"
+  rm -rf "$1"
+  python3 -m venv "$1"
+}
+
+# A retried bootstrap (after a failure) starts over: jobs only ever see a complete env.
+rm -f activate activate.tmp
+cs_log "building environment" py "in $CLOUDSEND_ENV_DIR"
+
+# --- pypi: venv (pip freeze of a local venv)
+CS_STEP=pypi
+CS_VENV="$CLOUDSEND_ENV_DIR/venv"
+cs_log "python3 -m venv $CS_VENV"
+cs_make_venv "$CS_VENV"
+export VIRTUAL_ENV="$CS_VENV"
+export PATH="$CS_VENV/bin:$PATH"
+CS_PIP_PYTHON="$CS_VENV/bin/python"
+CS_PYTHON="$CS_PIP_PYTHON"
+cat > "$CLOUDSEND_ENV_DIR/requirements.txt" <<'CLOUDSEND_EOF_38cab60fa8d34dceb048'
+# not reproducible on a host (local install): localpkg
+tinypkg==1.2.3
+CLOUDSEND_EOF_38cab60fa8d34dceb048
+cs_log "pip install"
+"$CS_PIP_PYTHON" -m pip install --no-input --disable-pip-version-check -r requirements.txt
+
+# --- activate: what a job sources before it runs (absolute paths, written last and
+# atomically, so its presence means the environment is complete)
+CS_STEP=activate
+{
+  printf '# cloudsend environment %s: `source` this file to use it\n' py
+  printf 'export VIRTUAL_ENV=%q\n' "$CS_VENV"
+  printf 'export PATH=%q:"$PATH"\n' "$CS_VENV/bin"
+  if [ -n "$CS_PYTHON" ]; then printf 'export CLOUDSEND_PYTHON=%q\n' "$CS_PYTHON"; fi
+} > activate.tmp
+mv -f activate.tmp activate
+cs_log "environment ready"
