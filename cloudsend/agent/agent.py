@@ -1,0 +1,1430 @@
+#!/usr/bin/env python3
+"""cloudsend host agent: runs the jobs cloudsend hands a host, and survives cloudsend's death.
+
+One stdlib-only file for Python 3.8+ (remote hosts run it with their system python3), called as
+``python3 agent.py --root ROOT <command>``; every call prints one JSON document. The contract
+(host layout, commands, JSON shapes) is in docs/internals.md. How it works:
+
+- A detached daemon (double fork + setsid, holding an flock on agent.lock) is the only process
+  that writes job/env state and the only one that starts processes. Every CLI call but ``stop``
+  first makes sure it runs, so a killed daemon is restarted by the next call.
+- CLI calls that change state (submit, cancel, a slot change) drop a request file in inbox/,
+  poke the wake FIFO, and wait for the daemon's response file: one writer, no state races.
+- The daemon keeps status.json, a snapshot of everything written atomically on each change,
+  then bumps ``version``; ``status`` just prints the snapshot and long-polls the version file.
+- Each job runs in its own session through a tiny sh wrapper that writes its pid and, at the
+  end, its exit code (atomically) into the job dir, so a restarted daemon adopts jobs that are
+  still running (pid + start time from /proc, against pid reuse) and collects their rc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import select
+import signal
+import sys
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs import time on every call; annotations are strings anyway
+    from typing import Any
+
+WAIT, QUEUE, RUNNING, DONE, ABORTED = "WAIT", "QUEUE", "RUNNING", "DONE", "ABORTED"
+BUILDING, READY, FAILED = "BUILDING", "READY", "FAILED"
+VANISHED = "process vanished (host restarted?)"
+KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when cancelling
+ADOPTED_POLL = 0.05  # adopted processes are not our children: no SIGCHLD, so poll them
+REQUEST_TIMEOUT = 120.0
+
+# Runs every job and bootstrap: $1 = dir for pid/rc, $2 = cwd, the rest = the command. The rc
+# is written atomically (tmp + mv) so a reader never sees a partial number.
+WRAPPER = (
+    'd=$1; w=$2; shift 2; echo $$ >"$d/pid"; '
+    'if cd "$w"; then "$@"; rc=$?; else rc=126; fi; '
+    'echo $rc >"$d/rc.tmp" && mv -f "$d/rc.tmp" "$d/rc"; exit $rc'
+)
+
+
+class AgentError(Exception):
+    """A failure reported to the caller as {"error": ...}."""
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+
+class Paths:
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        j = self.at
+        self.agent_json, self.pid, self.lock = j("agent.json"), j("agent.pid"), j("agent.lock")
+        self.log, self.version, self.status = j("agent.log"), j("version"), j("status.json")
+        self.wake, self.inbox = j("wake"), j("inbox")
+        self.jobs, self.envs, self.outbox = j("jobs"), j("envs"), j("outbox")
+
+    def at(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    def job(self, job_id: str, *parts: str) -> str:
+        return os.path.join(self.jobs, job_id, *parts)
+
+    def env(self, env_id: str, *parts: str) -> str:
+        return os.path.join(self.envs, env_id, *parts)
+
+
+def now() -> float:
+    return round(time.time(), 3)
+
+
+def write_atomic(path: str, data: bytes | str) -> None:
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(raw)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj: object) -> None:
+    write_atomic(path, json.dumps(obj, separators=(",", ":")))
+
+
+def read_json(path: str, default: Any = None) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return default
+
+
+def read_int(path: str) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def tail_text(path: str, lines: int, max_line: int = 0) -> str:
+    """Last ``lines`` lines of a file (all when lines <= 0), read from the end."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError:
+        return ""
+    with f:
+        size = f.seek(0, 2)
+        chunk = 1 << 16
+        while True:
+            start = max(0, size - chunk)
+            f.seek(start)
+            data = f.read()
+            if start == 0 or (lines > 0 and data.count(b"\n") > lines):
+                break
+            chunk *= 4
+    out = data.decode("utf-8", "replace").splitlines()
+    if start > 0:
+        out = out[1:]  # the first line read is probably cut
+    if lines > 0:
+        out = out[-lines:]
+    if max_line:
+        out = [ln if len(ln) <= max_line else ln[:max_line] + "..." for ln in out]
+    return "\n".join(ln.rstrip() for ln in out)
+
+
+def safe_rel(path: object) -> str:
+    """A normalised relative path that stays inside its base dir, or AgentError."""
+    if not isinstance(path, str) or not path or "\0" in path or os.path.isabs(path):
+        raise AgentError(f"not a relative path: {path!r}")
+    norm = os.path.normpath(path)
+    if norm == "." or norm == ".." or norm.startswith("../"):
+        raise AgentError(f"path escapes the work dir: {path!r}")
+    return norm
+
+
+ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def check_id(value: object, what: str) -> str:
+    """Ids name directories: a safe ASCII subset only."""
+    ok = isinstance(value, str) and 0 < len(value) <= 200 and not value.startswith(".")
+    if not ok or not ID_CHARS.issuperset(str(value)):
+        raise AgentError(f"bad {what} {value!r}: use letters, digits, '.', '_', '-'")
+    return str(value)
+
+
+def within(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip("/") + "/")
+
+
+# --- processes -------------------------------------------------------------------------------
+
+HAS_PROC = os.path.isdir("/proc/self")
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def proc_start(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot), or None if it is gone or a zombie."""
+    if not HAS_PROC:  # no /proc (macOS): liveness only, no pid-reuse check
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return 0
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def alive(pid: int | None, pstart: int | None) -> bool:
+    if not pid:
+        return False
+    started = proc_start(pid)
+    return started is not None and (pstart is None or not HAS_PROC or started == pstart)
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def live_groups(pgids: list[int]) -> list[int]:
+    """The groups that still have a live member. Zombies do not count: under a non-reaping
+    init (containers) they linger for good, yet killpg(pgid, 0) still finds them."""
+    if not HAS_PROC:
+        return [g for g in pgids if group_alive(g)]
+    wanted, found = set(pgids), set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            fields = data[data.rindex(b")") + 2 :].split()
+            if fields[0] not in (b"Z", b"X") and int(fields[2]) in wanted:
+                found.add(int(fields[2]))
+    return [g for g in pgids if g in found]
+
+
+def launched(rec: dict[str, Any], d: str) -> bool:
+    """Its process was started (the wrapper writes its pid file first thing)."""
+    return bool(rec.get("pid")) or os.path.exists(os.path.join(d, "pid"))
+
+
+def recorded_process(rec: dict[str, Any], d: str) -> tuple[int | None, int | None]:
+    """(pid, start time) of a record's process. A daemon killed between the spawn and the
+    state write left no pid in the record: the wrapper's pid file tells, so nothing runs twice."""
+    if rec.get("pid"):
+        return rec["pid"], rec.get("pstart")
+    pid = read_int(os.path.join(d, "pid"))
+    return pid, proc_start(pid) if pid else None
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+# ---------------------------------------------------------------------------------------------
+# state: the records the daemon owns, their files, and the snapshot
+
+
+def status_fields(rec: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: rec.get(k) for k in keys}
+
+
+JOB_KEYS = ("state", "attempt", "exit_code", "reason", "started", "ended", "pid")
+ENV_KEYS = ("state", "exit_code", "log_tail", "reason", "started", "ended", "pid")
+
+
+class Store:
+    """Job and env records as the daemon keeps them (memory + one state.json each)."""
+
+    def __init__(self, paths: Paths, slots: int) -> None:
+        self.p = paths
+        self.slots = slots
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.envs: dict[str, dict[str, Any]] = {}
+        self.version = 0
+        self.seq = 0
+        self.dirty = False
+        self._version_fd: int | None = None
+        self._frags: dict[str, str] = {}  # job_id -> its JSON in the snapshot (status stays O(1))
+
+    def load(self) -> None:
+        for kind, base, target in (
+            ("job", self.p.jobs, self.jobs),
+            ("env", self.p.envs, self.envs),
+        ):
+            try:
+                names = os.listdir(base)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                rec = read_json(os.path.join(base, name, "state.json"))
+                if isinstance(rec, dict) and rec.get(kind + "_id") == name:
+                    target[name] = rec
+                    self.seq = max(self.seq, int(rec.get("seq") or 0))
+        snap = read_json(self.p.status, {})
+        snap_version = snap.get("version") if isinstance(snap, dict) else 0
+        self.version = max(read_int(self.p.version) or 0, int(snap_version or 0))
+
+    def save_job(self, rec: dict[str, Any]) -> None:
+        write_json(self.p.job(rec["job_id"], "state.json"), rec)
+        self._frags.pop(rec["job_id"], None)
+        self.dirty = True
+
+    def save_env(self, rec: dict[str, Any]) -> None:
+        write_json(self.p.env(rec["env_id"], "state.json"), rec)
+        self.dirty = True
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def write_snapshot(self, agent: dict[str, Any]) -> None:
+        """status.json then version: a reader that sees version V finds a snapshot >= V."""
+        self.version += 1
+        frags = self._frags
+        parts = []
+        for job_id, rec in self.jobs.items():
+            frag = frags.get(job_id)
+            if frag is None:
+                frag = frags[job_id] = (
+                    f"{json.dumps(job_id)}:{json.dumps(status_fields(rec, JOB_KEYS))}"
+                )
+            parts.append(frag)
+        envs = {k: status_fields(v, ENV_KEYS) for k, v in self.envs.items()}
+        doc = '{"version":%d,"agent":%s,"envs":%s,"jobs":{%s}}' % (  # noqa: UP031 - braces
+            self.version,
+            json.dumps(agent),
+            json.dumps(envs),
+            ",".join(parts),
+        )
+        write_atomic(self.p.status, doc)
+        # In place, one pwrite: versions only grow, so the digits never shrink and a reader sees
+        # the old or the new number; it saves creating a file per change (slow on some disks).
+        if self._version_fd is None:
+            self._version_fd = os.open(self.p.version, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.pwrite(self._version_fd, str(self.version).encode(), 0)
+        self.dirty = False
+
+
+class Proc:
+    """A live job or bootstrap process: our child (reaped via SIGCHLD) or adopted (polled)."""
+
+    __slots__ = ("kind", "key", "pid", "pstart", "child", "cpus", "doomed")
+
+    def __init__(self, kind: str, key: str, pid: int, pstart: int | None, child: bool, cpus: int):
+        self.kind, self.key, self.pid, self.pstart = kind, key, pid, pstart
+        self.child, self.cpus = child, cpus
+        self.doomed = False  # cancelled: its record is final already, only the slots remain
+
+
+# ---------------------------------------------------------------------------------------------
+# the daemon
+
+
+class Daemon(Store):
+    def __init__(self, paths: Paths, slots: int) -> None:
+        super().__init__(paths, slots)
+        self.live: dict[tuple[str, str], Proc] = {}
+        self.by_pid: dict[int, Proc] = {}
+        # cancelled groups: pgid -> job_id; the SIGKILL deadline is the record's kill_at
+        # (wall clock, saved, so a restarted daemon or stop --kill-jobs still honours it)
+        self.kills: dict[int, str] = {}
+        self.queue: list[str] = []  # QUEUE job ids in submission order
+        self.stopping = False
+        self.boot = boot_id()
+        self.base_env = dict(os.environ)
+        for var in ("CLOUDSEND_JOB_ID", "CLOUDSEND_JOB_DIR", "CLOUDSEND_ENV_DIR"):
+            self.base_env.pop(var, None)
+        self.sched_dirty = True
+        self.lock_id = (0, 0)  # (st_dev, st_ino) of the agent.lock this daemon holds
+
+    # --- startup -----------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """After load: adopt what still runs, settle what ended while no daemon watched."""
+        for job_id, rec in self.jobs.items():
+            if rec["state"] in (RUNNING, QUEUE) and launched(rec, self.p.job(job_id)):
+                self._recover_one("job", job_id, rec, self.p.job(job_id), rec.get("cpus", 1))
+        for env_id, rec in self.envs.items():
+            if rec["state"] == BUILDING and launched(rec, self.p.env(env_id)):
+                self._recover_one("env", env_id, rec, self.p.env(env_id), 0)
+        self.queue = sorted(
+            (j for j, r in self.jobs.items() if r["state"] == QUEUE), key=self._seq_of
+        )
+        for job_id, rec in self.jobs.items():  # cancellations a dead daemon left unfinished
+            if rec.get("kill_at") and rec.get("pid"):
+                self.kills[rec["pid"]] = job_id
+                if rec.get("boot") != self.boot or not live_groups([rec["pid"]]):
+                    self._kill_done(rec["pid"])
+
+    def _recover_one(self, kind: str, key: str, rec: dict[str, Any], d: str, cpus: int) -> None:
+        pid, pstart = recorded_process(rec, d)
+        same_boot = not rec.get("boot") or rec.get("boot") == self.boot
+        if pid and same_boot and alive(pid, pstart):
+            rec.update(pid=pid, pstart=pstart)
+            if kind == "job":
+                rec["state"] = RUNNING
+            rec["started"] = rec.get("started") or now()
+            self._save(kind, rec)
+            self._track(Proc(kind, key, pid, pstart, False, cpus))
+            self.log(f"adopted {kind} {key} (pid {pid})")
+            return
+        self._ended(kind, rec, read_int(os.path.join(d, "rc")))
+
+    # --- records -----------------------------------------------------------------------------
+
+    def _save(self, kind: str, rec: dict[str, Any]) -> None:
+        if kind == "job":
+            self.save_job(rec)
+        else:
+            self.save_env(rec)
+
+    def _seq_of(self, job_id: str) -> int:
+        return int(self.jobs[job_id].get("seq") or 0)
+
+    def _track(self, proc: Proc) -> None:
+        self.live[(proc.kind, proc.key)] = proc
+        if proc.child:
+            self.by_pid[proc.pid] = proc
+
+    def _finish(self, proc: Proc, status: int | None = None) -> None:
+        """Its process is gone (status: from waitpid when it was our child)."""
+        self.live.pop((proc.kind, proc.key), None)
+        self.by_pid.pop(proc.pid, None)
+        self.sched_dirty = self.dirty = True  # slots_used changed
+        if proc.doomed:  # cancelled: the record is final already
+            if proc.pid in self.kills and not live_groups([proc.pid]):
+                self._kill_done(proc.pid)
+            return
+        rec = (self.jobs if proc.kind == "job" else self.envs).get(proc.key)
+        if rec is not None:
+            d = self.p.job(proc.key) if proc.kind == "job" else self.p.env(proc.key)
+            self._ended(proc.kind, rec, read_int(os.path.join(d, "rc")), status)
+
+    def slots_used(self) -> int:
+        return sum(p.cpus for p in self.live.values() if p.kind == "job")
+
+    def _abort(self, rec: dict[str, Any], reason: str, exit_code: int | None = None) -> None:
+        rec.update(state=ABORTED, reason=reason, exit_code=exit_code, ended=now())
+        self.save_job(rec)
+
+    def _ended(
+        self, kind: str, rec: dict[str, Any], rc: int | None, status: int | None = None
+    ) -> None:
+        """Settle a record: rc from the rc file, else from waitpid's status, else vanished."""
+        signaled = None
+        if rc is None and status is not None:
+            if os.WIFEXITED(status):
+                rc = os.WEXITSTATUS(status)
+            elif os.WIFSIGNALED(status):
+                signaled = os.WTERMSIG(status)
+        if signaled is not None:
+            why = f"killed by signal {signaled}"
+        elif rc is None:
+            why = VANISHED
+        else:
+            why = f"exit code {rc}"
+        rec.update(exit_code=-signaled if signaled else rc, ended=now())
+        if kind == "job":
+            if rc == 0:
+                rec.update(state=DONE, reason=None)
+            else:
+                err = tail_text(self.p.job(rec["job_id"], "stderr.log"), 10, 500)
+                rec.update(state=ABORTED, reason=why + (": " + err if err else ""))
+            self.save_job(rec)
+            return
+        rec["log_tail"] = tail_text(self.p.env(rec["env_id"], "bootstrap.log"), 20, 500)
+        rec.update(state=READY if rc == 0 else FAILED, reason=None if rc == 0 else why)
+        self.save_env(rec)
+        self._env_settled(rec)
+
+    def _env_settled(self, env: dict[str, Any]) -> None:
+        """Release or abort the jobs waiting for this env."""
+        env_id = env["env_id"]
+        if env["state"] == FAILED:
+            detail = env.get("log_tail") or env.get("reason") or ""
+            reason = f"environment {env_id} failed: {detail}"
+        moved = False
+        for rec in self.jobs.values():
+            if rec["state"] != WAIT or rec.get("env_id") != env_id:
+                continue
+            if env["state"] == READY:
+                rec["state"] = QUEUE
+                self.save_job(rec)
+                self.queue.append(rec["job_id"])
+                moved = True
+            elif env["state"] == FAILED:
+                self._abort(rec, reason)
+        if moved:
+            self.queue.sort(key=self._seq_of)
+        self.sched_dirty = True
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def apply(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "submit":
+            return self.submit(req.get("envs") or [], req.get("jobs") or [])
+        if op == "cancel":
+            return self.cancel(req.get("jobs") or [], bool(req.get("all")))
+        if op == "reload":
+            cfg = read_json(self.p.agent_json, {})
+            self.slots = int(cfg.get("slots") or self.slots)
+            self.dirty = self.sched_dirty = True
+            return {"slots": self.slots}
+        raise AgentError(f"unknown request {op!r}")
+
+    def submit(self, envs: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict[str, Any]:
+        accepted: list[str] = []
+        skipped: list[str] = []
+        for spec in envs:
+            env_id = spec["env_id"]
+            cur = self.envs.get(env_id)
+            if cur is not None and cur["state"] in (BUILDING, READY):
+                skipped.append(env_id)
+                continue
+            d = self.p.env(env_id)
+            os.makedirs(d, exist_ok=True)
+            for name in ("rc", "pid", "bootstrap.log"):
+                unlink(os.path.join(d, name))
+            write_atomic(os.path.join(d, "bootstrap.sh"), spec["script"])
+            rec = {
+                "env_id": env_id,
+                "state": BUILDING,
+                "exit_code": None,
+                "log_tail": "",
+                "reason": None,
+                "started": None,
+                "ended": None,
+                "pid": None,
+                "seq": self.next_seq(),
+            }
+            self.envs[env_id] = rec
+            self.save_env(rec)
+            accepted.append(env_id)
+        for spec in jobs:
+            job_id = spec["job_id"]
+            cur = self.jobs.get(job_id)
+            if cur is not None:
+                if cur["state"] != ABORTED or spec["attempt"] <= int(cur.get("attempt") or 0):
+                    skipped.append(job_id)
+                    continue
+                proc = self.live.get(("job", job_id))
+                if proc is not None:  # a cancelled job still dying: finish it off first
+                    self.live.pop(("job", job_id), None)
+                    self.by_pid.pop(proc.pid, None)
+                for pgid in [g for g, j in self.kills.items() if j == job_id]:
+                    signal_group(pgid, signal.SIGKILL)
+                    del self.kills[pgid]
+            self._new_job(spec)
+            accepted.append(job_id)
+        self.sched_dirty = True
+        return {"accepted": accepted, "skipped": skipped}
+
+    def _new_job(self, spec: dict[str, Any]) -> None:
+        import shutil
+
+        job_id = spec["job_id"]
+        d = self.p.job(job_id)
+        shutil.rmtree(d, ignore_errors=True)  # a reset: the old attempt's work dir is wiped
+        os.makedirs(d)
+        write_json(os.path.join(d, "spec.json"), spec)
+        write_atomic(os.path.join(d, "run.sh"), spec["script"])
+        env_id = spec.get("env_id")
+        rec = {
+            "job_id": job_id,
+            "attempt": spec["attempt"],
+            "env_id": env_id,
+            "cpus": spec["cpus"],
+            "state": QUEUE,
+            "exit_code": None,
+            "reason": None,
+            "started": None,
+            "ended": None,
+            "pid": None,
+            "pstart": None,
+            "boot": None,
+            "seq": self.next_seq(),
+        }
+        self.jobs[job_id] = rec
+        env = self.envs.get(env_id) if env_id else None
+        if spec["cpus"] > self.slots:
+            self._abort(rec, f"needs {spec['cpus']} CPUs, host has {self.slots}")
+        elif env_id and (env is None or env["state"] == BUILDING):
+            rec["state"] = WAIT
+            self.save_job(rec)
+        elif env is not None and env["state"] == FAILED:
+            detail = env.get("log_tail") or env.get("reason") or ""
+            self._abort(rec, f"environment {env_id} failed: {detail}")
+        else:
+            self.save_job(rec)
+            self.queue.append(job_id)
+
+    def cancel(self, job_ids: list[str], everything: bool) -> dict[str, Any]:
+        if everything:
+            job_ids = [j for j, r in self.jobs.items() if r["state"] in (WAIT, QUEUE, RUNNING)]
+        cancelled = []
+        for job_id in job_ids:
+            rec = self.jobs.get(job_id)
+            if rec is None or rec["state"] not in (WAIT, QUEUE, RUNNING):
+                continue
+            proc = self.live.get(("job", job_id))
+            if proc is not None:
+                proc.doomed = True
+                signal_group(proc.pid, signal.SIGTERM)
+                self.kills[proc.pid] = job_id
+                rec["kill_at"] = time.time() + KILL_GRACE
+            if rec["state"] == QUEUE and job_id in self.queue:
+                self.queue.remove(job_id)
+            self._abort(rec, "cancelled")
+            cancelled.append(job_id)
+        self.sched_dirty = True
+        return {"cancelled": cancelled}
+
+    def process_inbox(self) -> list[tuple[str, dict[str, Any]]]:
+        try:
+            names = sorted(n for n in os.listdir(self.p.inbox) if n.endswith(".req"))
+        except FileNotFoundError:
+            return []
+        answers = []
+        for name in names:
+            path = os.path.join(self.p.inbox, name)
+            req = read_json(path)
+            try:
+                if not isinstance(req, dict):
+                    raise AgentError("unreadable request")
+                answer = self.apply(req)
+            except Exception as exc:  # one bad request must not take the daemon down
+                self.log(f"request {name} failed: {exc!r}")
+                answer = {"error": str(exc) or repr(exc)}
+            answers.append((path, answer))
+        return answers
+
+    # --- processes ---------------------------------------------------------------------------
+
+    def spawn(
+        self,
+        state_dir: str,
+        cwd: str,
+        argv: list[str],
+        out: str,
+        err: str | None,
+        env: dict[str, str],
+    ) -> int:
+        args = ["/bin/sh", "-c", WRAPPER, "cloudsend-wrapper", state_dir, cwd, *argv]
+        wflags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        if USE_POSIX_SPAWN:
+            actions = [
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, out, wflags, 0o644),
+                (os.POSIX_SPAWN_DUP2, 1, 2)
+                if err is None
+                else (os.POSIX_SPAWN_OPEN, 2, err, wflags, 0o644),
+            ]
+            try:
+                # vfork+exec: cheap even for a big daemon; setsigdef undoes Python's SIG_IGNs
+                return os.posix_spawn(
+                    args[0],
+                    args,
+                    env,
+                    file_actions=actions,
+                    setsid=True,
+                    setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGHUP),
+                )
+            except NotImplementedError:
+                pass
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child execs or exits
+            try:
+                os.setsid()
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                os.dup2(os.open(out, wflags, 0o644), 1)
+                os.dup2(1 if err is None else os.open(err, wflags, 0o644), 2)
+                for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGHUP, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
+                os.execve(args[0], args, env)
+            finally:
+                os._exit(127)
+        return pid
+
+    def launch_job(self, rec: dict[str, Any]) -> None:
+        job_id = rec["job_id"]
+        d = self.p.job(job_id)
+        work = os.path.join(d, "work")
+        try:
+            prepare_work(work, read_json(os.path.join(d, "spec.json"), {}))
+        except (OSError, AgentError) as exc:
+            self._abort(rec, f"cannot prepare the work dir: {exc}")
+            return
+        for name in ("rc", "pid"):
+            unlink(os.path.join(d, name))
+        env = dict(self.base_env)
+        env.update(CLOUDSEND_ROOT=self.p.root, CLOUDSEND_JOB_ID=job_id, CLOUDSEND_JOB_DIR=work)
+        if rec.get("env_id"):
+            env["CLOUDSEND_ENV_DIR"] = self.p.env(rec["env_id"])
+        try:
+            pid = self.spawn(
+                d,
+                work,
+                ["bash", "../run.sh"],
+                os.path.join(d, "stdout.log"),
+                os.path.join(d, "stderr.log"),
+                env,
+            )
+        except OSError as exc:
+            self._abort(rec, f"cannot start the job: {exc}")
+            return
+        pstart = proc_start(pid)
+        rec.update(state=RUNNING, pid=pid, pstart=pstart, boot=self.boot, started=now())
+        self.save_job(rec)
+        self._track(Proc("job", job_id, pid, pstart, True, int(rec.get("cpus") or 1)))
+
+    def launch_env(self, rec: dict[str, Any]) -> None:
+        d = self.p.env(rec["env_id"])
+        env = dict(self.base_env)
+        env.update(CLOUDSEND_ROOT=self.p.root, CLOUDSEND_ENV_DIR=d)
+        try:
+            pid = self.spawn(
+                d, d, ["bash", "bootstrap.sh"], os.path.join(d, "bootstrap.log"), None, env
+            )
+        except OSError as exc:
+            rec.update(state=FAILED, reason=f"cannot start: {exc}", ended=now())
+            self.save_env(rec)
+            self._env_settled(rec)
+            return
+        pstart = proc_start(pid)
+        rec.update(pid=pid, pstart=pstart, boot=self.boot, started=now())
+        self.save_env(rec)
+        self._track(Proc("env", rec["env_id"], pid, pstart, True, 0))
+
+    def schedule(self) -> None:
+        self.sched_dirty = False
+        if not any(p.kind == "env" for p in self.live.values()):
+            pending = [e for e in self.envs.values() if e["state"] == BUILDING]
+            if pending:  # one bootstrap at a time (apt/dpkg locks), oldest first
+                self.launch_env(min(pending, key=lambda e: int(e.get("seq") or 0)))
+        free = self.slots - self.slots_used()
+        if free <= 0 or not self.queue:
+            return
+        started = set()
+        for job_id in self.queue:
+            rec = self.jobs[job_id]
+            cpus = int(rec.get("cpus") or 1)
+            if (
+                rec["state"] == QUEUE and cpus <= free
+            ):  # smaller jobs may pass a big one that does not fit yet
+                started.add(job_id)
+                self.launch_job(rec)
+                free = self.slots - self.slots_used()
+                if free <= 0:
+                    break
+        self.queue = [j for j in self.queue if j not in started and self.jobs[j]["state"] == QUEUE]
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = self.by_pid.get(pid)
+            if proc is not None:
+                self._finish(proc, status)
+
+    def poll_adopted(self) -> None:
+        for proc in [p for p in self.live.values() if not p.child]:
+            if not alive(proc.pid, proc.pstart):
+                self._finish(proc)  # rc file read after death: complete by then
+
+    def _kill_at(self, pgid: int) -> float:
+        rec = self.jobs.get(self.kills[pgid])
+        return float(rec.get("kill_at") or 0) if rec else 0.0
+
+    def _kill_done(self, pgid: int) -> None:
+        rec = self.jobs.get(self.kills.pop(pgid))
+        if rec is not None and rec.get("kill_at") and rec.get("pid") == pgid:
+            rec["kill_at"] = None
+            self.save_job(rec)
+
+    def expire_kills(self, everything: bool = False) -> None:
+        t = time.time()
+        for pgid in list(self.kills):
+            if everything or t >= self._kill_at(pgid):
+                signal_group(pgid, signal.SIGKILL)
+                self._kill_done(pgid)
+
+    # --- main loop ---------------------------------------------------------------------------
+
+    def agent_info(self, running: bool = True) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "slots": self.slots,
+            "slots_used": self.slots_used(),
+            "running": running,
+        }
+
+    def tick(self) -> None:
+        answers = self.process_inbox()
+        self.reap()
+        if any(not p.child for p in self.live.values()):
+            self.poll_adopted()
+        if self.kills:
+            self.expire_kills()
+        if self.sched_dirty:
+            self.schedule()
+        if self.dirty:
+            self.write_snapshot(self.agent_info())
+        for path, answer in answers:  # answered only once the snapshot shows the change
+            write_json(path[:-4] + ".resp", answer)
+            unlink(path)
+
+    def timeout(self) -> float:
+        t = 1.0
+        if any(not p.child for p in self.live.values()):
+            t = ADOPTED_POLL
+        if self.kills:
+            t = min(t, max(0.0, min(map(self._kill_at, self.kills)) - time.time()))
+        return t
+
+    def run(self, ready_fd: int) -> None:
+        wake = open_fifo(self.p.wake)
+        sig_r, sig_w = os.pipe()
+        os.set_blocking(sig_r, False)
+        os.set_blocking(sig_w, False)
+        signal.set_wakeup_fd(sig_w)  # SIGCHLD/SIGTERM wake the select below at once
+
+        def on_stop(signum: int, frame: object) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGCHLD, lambda s, f: None)
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self.load()
+        self.recover()
+        self.cleanup_inbox()
+        self.dirty = True
+        self.tick()
+        os.write(ready_fd, b"ok %d\n" % os.getpid())
+        os.close(ready_fd)
+        self.log(f"started: pid {os.getpid()}, {self.slots} slots, {len(self.jobs)} jobs known")
+        while not self.stopping:
+            with contextlib.suppress(InterruptedError):
+                select.select([wake, sig_r], [], [], self.timeout())
+            drain(wake)
+            drain(sig_r)
+            if not self.root_intact():
+                # The host dir was wiped (or replaced): this daemon's jobs and state are gone,
+                # and the next call starts a fresh daemon there. Leave nothing behind.
+                self.log("root dir wiped: killing its processes and exiting")
+                for proc in self.live.values():
+                    signal_group(proc.pid, signal.SIGKILL)
+                return
+            try:
+                self.tick()
+            except Exception:  # keep serving; the log says what went wrong
+                import traceback
+
+                self.log("tick failed:\n" + traceback.format_exc())
+                time.sleep(0.2)
+        self.expire_kills(everything=True)  # no one would finish off cancelled jobs otherwise
+        self.write_snapshot(self.agent_info(running=False))
+        unlink(self.p.pid)
+        self.log(f"stopped ({len(self.live)} processes left running)")
+
+    def root_intact(self) -> bool:
+        try:
+            st = os.stat(self.p.lock)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self.lock_id
+
+    def cleanup_inbox(self) -> None:
+        # answers nobody collected (their CLI died) and stale temp files
+        try:
+            names = os.listdir(self.p.inbox)
+        except FileNotFoundError:
+            return
+        limit = time.time() - 3600
+        for name in names:
+            path = os.path.join(self.p.inbox, name)
+            try:
+                if not name.endswith(".req") and os.stat(path).st_mtime < limit:
+                    os.unlink(path)
+            except OSError:
+                pass
+
+    def log(self, message: str) -> None:
+        sys.stderr.write(time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n")
+        sys.stderr.flush()
+
+
+USE_POSIX_SPAWN = hasattr(os, "posix_spawn") and not os.environ.get("CLOUDSEND_AGENT_NO_SPAWN")
+
+
+def prepare_work(work: str, spec: dict[str, Any]) -> None:
+    """A fresh work dir with the job's inputs linked (or copied) at their relative paths."""
+    import shutil
+
+    if os.path.lexists(work):
+        shutil.rmtree(work)
+    os.makedirs(work)
+    real_work = os.path.realpath(work)
+    for rel, src in sorted((spec.get("links") or {}).items()):
+        dst = os.path.join(work, safe_rel(rel))
+        if not os.path.exists(src):
+            raise AgentError(f"input missing: {src} (for {rel})")
+        if not within(os.path.realpath(os.path.dirname(dst)), real_work):
+            # e.g. "d" linked to a dir and "d/f" inside it: never write into linked inputs
+            raise AgentError(f"link {rel} would be created outside the work dir")
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if not spec.get("copy"):
+            os.symlink(src, dst)
+        elif os.path.isdir(src):
+            shutil.copytree(src, dst, symlinks=True)
+        else:
+            shutil.copy2(src, dst)
+
+
+def open_fifo(path: str) -> int:
+    with contextlib.suppress(FileExistsError):
+        os.mkfifo(path, 0o600)
+    # O_RDWR: the daemon is also a writer, so it never sees EOF when a poker leaves
+    return os.open(path, os.O_RDWR | os.O_NONBLOCK)
+
+
+def drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
+def poke(paths: Paths) -> None:
+    try:
+        fd = os.open(paths.wake, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # no FIFO or no reader yet: the daemon reads the inbox when it starts
+        return
+    try:
+        os.write(fd, b"!")
+    except OSError:
+        pass  # full: a wake-up is pending anyway
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# starting and finding the daemon
+
+
+def lock_free(paths: Paths) -> bool:
+    """True when no daemon holds agent.lock (a shared probe, so probes never collide)."""
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return False
+        raise
+    finally:
+        os.close(fd)
+    return True
+
+
+def configured_slots(paths: Paths) -> int:
+    cfg = read_json(paths.agent_json, {})
+    slots = cfg.get("slots") if isinstance(cfg, dict) else None
+    return int(slots) if isinstance(slots, int) and slots > 0 else (os.cpu_count() or 1)
+
+
+def make_dirs(paths: Paths) -> None:
+    for d in (paths.root, paths.jobs, paths.envs, paths.outbox, paths.inbox, paths.at("files")):
+        os.makedirs(d, exist_ok=True)
+
+
+def ensure_daemon(paths: Paths) -> tuple[int, bool]:
+    """(daemon pid, started by this call)."""
+    if not lock_free(paths):
+        return running_pid(paths), False
+    return start_daemon(paths)
+
+
+def running_pid(paths: Paths) -> int:
+    # the pid file may lag a daemon that just took the lock
+    for _ in range(100):
+        pid = read_int(paths.pid)
+        if pid and proc_start(pid) is not None:
+            return pid
+        time.sleep(0.01)
+    return read_int(paths.pid) or 0
+
+
+def start_daemon(paths: Paths) -> tuple[int, bool]:
+    make_dirs(paths)
+    slots = configured_slots(paths)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked daemon
+        code = 1
+        try:
+            os.close(ready_r)
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            detach(paths, keep=ready_w)
+            code = daemon_main(paths, slots, ready_w)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.waitpid(pid, 0)
+    answer = b""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([ready_r], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(ready_r, 256)
+        if not chunk:
+            break
+        answer += chunk
+    os.close(ready_r)
+    words = answer.split()
+    if words[:1] == [b"ok"]:
+        return int(words[1]), True
+    if words[:1] == [b"busy"]:  # another starter won the race
+        return running_pid(paths), False
+    raise AgentError(f"the agent daemon failed to start; see {paths.log}")
+
+
+def detach(paths: Paths, keep: int) -> None:
+    """stdin from /dev/null, stdout/stderr to agent.log, every other inherited fd closed."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    log = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    try:
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 1024))
+    for fd in fds:  # the caller's pipes must not stay open (its ssh channel would hang)
+        if fd > 2 and fd != keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    os.chdir(paths.root)
+
+
+def daemon_main(paths: Paths, slots: int, ready_fd: int) -> int:
+    lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + 0.5
+    while True:  # a CLI's shared probe may hold the lock for a moment
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                os.write(ready_fd, b"busy\n")
+                return 0
+            time.sleep(0.005)
+    write_atomic(paths.pid, str(os.getpid()))
+    daemon = Daemon(paths, slots)
+    st = os.fstat(lock)
+    daemon.lock_id = (st.st_dev, st.st_ino)
+    daemon.run(ready_fd)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI commands (each returns the JSON document to print)
+
+
+def request(paths: Paths, body: dict[str, Any]) -> dict[str, Any]:
+    """Hand a request to the daemon and wait for its answer (restarting a dead daemon)."""
+    name = f"{time.time_ns()}-{os.getpid()}"
+    req = os.path.join(paths.inbox, name + ".req")
+    resp = os.path.join(paths.inbox, name + ".resp")
+    write_json(req, body)  # its temp name does not end in .req: the daemon ignores it until done
+    poke(paths)
+    start = time.monotonic()
+    check_at = start + 1.0
+    delay = 0.0005
+    while True:
+        answer = read_json(resp)
+        if answer is not None:
+            unlink(resp)
+            if isinstance(answer, dict) and "error" in answer:
+                raise AgentError(str(answer["error"]))
+            return answer
+        t = time.monotonic()
+        if t - start > REQUEST_TIMEOUT:
+            raise AgentError(f"the agent daemon did not answer in {REQUEST_TIMEOUT:.0f}s")
+        if t > check_at:  # the daemon died meanwhile: a new one picks the request up
+            ensure_daemon(paths)
+            poke(paths)
+            check_at = t + 1.0
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.02)
+
+
+def validate_submit(doc: object) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise AgentError('submit expects {"envs": [...], "jobs": [...]} on stdin')
+    envs, jobs = doc.get("envs") or [], doc.get("jobs") or []
+    if not isinstance(envs, list) or not isinstance(jobs, list):
+        raise AgentError('"envs" and "jobs" must be lists')
+    for env in envs:
+        if not isinstance(env, dict) or not isinstance(env.get("script"), str):
+            raise AgentError(f"an env needs env_id and script: {env!r}")
+        check_id(env.get("env_id"), "env_id")
+    for job in jobs:
+        if not isinstance(job, dict) or not isinstance(job.get("script"), str):
+            raise AgentError((f"a job needs job_id and script: {job!r}")[:300])
+        check_id(job.get("job_id"), "job_id")
+        job.setdefault("attempt", 1)
+        job.setdefault("cpus", 1)
+        job.setdefault("env_id", None)
+        job.setdefault("links", {})
+        job.setdefault("copy", False)
+        job.setdefault("outputs", [])
+        for key in ("attempt", "cpus"):
+            if not isinstance(job[key], int) or isinstance(job[key], bool) or job[key] < 1:
+                raise AgentError(f"job {job['job_id']}: {key} must be an integer >= 1")
+        if job["env_id"] is not None:
+            check_id(job["env_id"], "env_id")
+        links = job["links"]
+        if not isinstance(links, dict):
+            raise AgentError(f"job {job['job_id']}: links must be an object")
+        for rel, src in links.items():
+            safe_rel(rel)
+            if not isinstance(src, str) or not os.path.isabs(src):
+                raise AgentError(f"job {job['job_id']}: link source must be absolute: {src!r}")
+        if not isinstance(job["outputs"], list):
+            raise AgentError(f"job {job['job_id']}: outputs must be a list")
+        for out in job["outputs"]:
+            safe_rel(out)
+    return {"op": "submit", "envs": envs, "jobs": jobs}
+
+
+def cmd_start(paths: Paths, slots: int | None) -> dict[str, Any]:
+    make_dirs(paths)
+    cfg = read_json(paths.agent_json, {})
+    changed = False
+    if slots is not None and (not isinstance(cfg, dict) or cfg.get("slots") != slots):
+        write_json(paths.agent_json, {"slots": slots})
+        changed = True
+    elif not isinstance(cfg, dict) or not cfg.get("slots"):
+        write_json(paths.agent_json, {"slots": os.cpu_count() or 1})
+    pid, started = ensure_daemon(paths)
+    if changed and not started:
+        request(paths, {"op": "reload"})
+    return {"pid": pid, "started": started, "slots": configured_slots(paths)}
+
+
+def cmd_status(paths: Paths, since: int | None, wait: float) -> bytes:
+    if since is not None and wait > 0:
+        deadline = time.monotonic() + wait
+        while read_int(paths.version) in (since, None) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    try:
+        with open(paths.status, "rb") as f:
+            return f.read()  # printed as is: no parsing, cheap with thousands of jobs
+    except FileNotFoundError:
+        raise AgentError("no status yet (the daemon has not written one)") from None
+
+
+def cmd_tail(paths: Paths, job_id: str, stream: str, lines: int) -> dict[str, Any]:
+    if stream not in ("stdout", "stderr"):
+        raise AgentError("--stream must be stdout or stderr")
+    check_id(job_id, "job_id")
+    if not os.path.isdir(paths.job(job_id)):
+        raise AgentError(f"unknown job {job_id}")
+    text = tail_text(paths.job(job_id, stream + ".log"), lines)
+    return {"job_id": job_id, "stream": stream, "text": text}
+
+
+def cmd_pack(paths: Paths, out: str, job_ids: list[str]) -> dict[str, Any]:
+    import tarfile
+
+    out = os.path.abspath(os.path.join(paths.outbox, out))  # relative: under outbox/
+    plan: list[tuple[str, str]] = []
+    missing: dict[str, list[str]] = {}
+    refused: dict[str, list[str]] = {}
+    for job_id in job_ids:
+        check_id(job_id, "job_id")
+        spec = read_json(paths.job(job_id, "spec.json"))
+        if not isinstance(spec, dict):
+            raise AgentError(f"unknown job {job_id}")
+        for name in ("stdout.log", "stderr.log"):
+            if os.path.isfile(paths.job(job_id, name)):
+                plan.append((paths.job(job_id, name), f"{job_id}/{name}"))
+        work = os.path.realpath(paths.job(job_id, "work"))
+        for output in spec.get("outputs") or []:
+            rel = safe_rel(output)
+            full = os.path.join(work, rel)
+            if not os.path.lexists(full) or not os.path.exists(full):
+                missing.setdefault(job_id, []).append(output)
+                continue
+            real = os.path.realpath(full)
+            if not within(real, work):  # a symlink pointing out of the work dir
+                refused.setdefault(job_id, []).append(output)
+                continue
+            plan.append((real, f"{job_id}/{rel}"))
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = f"{out}.{os.getpid()}.tmp"
+    try:
+        with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
+            for src, arcname in plan:
+                tar.add(src, arcname=arcname)
+        os.replace(tmp, out)
+    finally:
+        unlink(tmp)
+    return {"path": out, "jobs": list(job_ids), "missing": missing, "refused": refused}
+
+
+def cmd_stop(paths: Paths, kill_jobs: bool) -> dict[str, Any]:
+    was_running = os.path.exists(paths.lock) and not lock_free(paths)
+    pid = read_int(paths.pid) if was_running else None
+    if was_running and pid:
+        signal_pid(pid, signal.SIGTERM)
+        if not wait_until(lambda: lock_free(paths), 10.0):
+            signal_pid(pid, signal.SIGKILL)
+            wait_until(lambda: lock_free(paths), 5.0)
+    killed: list[str] = []
+    if kill_jobs and os.path.isdir(paths.root):
+        killed = kill_everything(paths)
+    return {"stopped": was_running, "pid": pid, "killed": killed}
+
+
+def signal_pid(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def wait_until(pred: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def kill_everything(paths: Paths) -> list[str]:
+    """With no daemon (we hold its lock): kill every job and bootstrap still running."""
+    lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not wait_until(lambda: try_lock(lock), 5.0):
+            raise AgentError("a daemon restarted meanwhile; run stop --kill-jobs again")
+        store = Store(paths, configured_slots(paths))
+        store.load()
+        boot = boot_id()
+        victims: list[tuple[str, dict[str, Any], int]] = []
+        for kind, recs, active in (
+            ("job", store.jobs, (RUNNING, QUEUE)),
+            ("env", store.envs, (BUILDING,)),
+        ):
+            for key, rec in recs.items():
+                d = paths.job(key) if kind == "job" else paths.env(key)
+                if rec["state"] not in active or not launched(rec, d):
+                    continue
+                pid, pstart = recorded_process(rec, d)
+                if pid and (not rec.get("boot") or rec["boot"] == boot) and alive(pid, pstart):
+                    signal_group(pid, signal.SIGTERM)
+                    victims.append((kind, rec, pid))
+        for rec in store.jobs.values():  # cancelled, still in their grace period
+            if rec.get("kill_at") and rec.get("pid") and rec.get("boot") == boot:
+                if live_groups([rec["pid"]]):
+                    signal_group(rec["pid"], signal.SIGKILL)
+                rec["kill_at"] = None
+                store.save_job(rec)
+        wait_until(lambda: not live_groups([pid for _, _, pid in victims]), KILL_GRACE)
+        killed = []
+        for kind, rec, pid in victims:
+            signal_group(pid, signal.SIGKILL)
+            rec.update(ended=now())
+            if kind == "job":
+                rec.update(state=ABORTED, reason="killed by stop --kill-jobs")
+                store.save_job(rec)
+                killed.append(rec["job_id"])
+            else:
+                rec.update(state=FAILED, reason="killed by stop --kill-jobs")
+                store.save_env(rec)
+                killed.append(rec["env_id"])
+        if store.dirty:
+            store.write_snapshot(
+                {"pid": None, "slots": store.slots, "slots_used": 0, "running": False}
+            )
+        return killed
+    finally:
+        os.close(lock)
+
+
+def try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# argument parsing (hand-rolled: argparse would cost import time on every status call)
+
+USAGE = (
+    "usage: agent.py --root ROOT start [--slots N] | submit < specs.json | "
+    "status [--since V] [--wait S] | cancel JOB... | cancel --all | "
+    "tail JOB [--stream stdout|stderr] [--lines N] | pack --out PATH JOB... | stop [--kill-jobs]"
+)
+OPTIONS: dict[str, dict[str, Any]] = {
+    "start": {"--slots": int},
+    "submit": {},
+    "status": {"--since": int, "--wait": float},
+    "cancel": {"--all": None},
+    "tail": {"--stream": str, "--lines": int},
+    "pack": {"--out": str},
+    "stop": {"--kill-jobs": None},
+}
+
+
+class UsageError(AgentError):
+    pass
+
+
+def parse(argv: list[str]) -> tuple[str, str, dict[str, Any], list[str]]:
+    root = None
+    rest = list(argv)
+    while rest and rest[0].startswith("--root"):
+        opt = rest.pop(0)
+        if "=" in opt:
+            root = opt.split("=", 1)[1]
+        elif rest:
+            root = rest.pop(0)
+    if not root or not rest:
+        raise UsageError(USAGE)
+    command = rest.pop(0)
+    if command not in OPTIONS:
+        raise UsageError(f"unknown command {command!r}; {USAGE}")
+    spec = OPTIONS[command]
+    opts: dict[str, Any] = {}
+    args: list[str] = []
+    while rest:
+        word = rest.pop(0)
+        if word.startswith("--"):
+            name, eq, value = word.partition("=")
+            if name not in spec:
+                raise UsageError(f"{command}: unknown option {name}")
+            kind = spec[name]
+            if kind is None:
+                opts[name] = True
+                continue
+            if not eq:
+                if not rest:
+                    raise UsageError(f"{command}: {name} needs a value")
+                value = rest.pop(0)
+            try:
+                opts[name] = kind(value)
+            except ValueError:
+                raise UsageError(f"{command}: bad value for {name}: {value!r}") from None
+        else:
+            args.append(word)
+    return root, command, opts, args
+
+
+def run(argv: list[str]) -> dict[str, Any] | bytes:
+    root, command, opts, args = parse(argv)
+    paths = Paths(root)
+    if command == "stop":
+        return cmd_stop(paths, bool(opts.get("--kill-jobs")))
+    if command == "start":
+        if opts.get("--slots") is not None and opts["--slots"] < 1:
+            raise UsageError("--slots must be >= 1")
+        return cmd_start(paths, opts.get("--slots"))
+    if not os.path.isdir(paths.inbox):
+        make_dirs(paths)
+    ensure_daemon(paths)
+    if command == "status":
+        return cmd_status(paths, opts.get("--since"), float(opts.get("--wait") or 0))
+    if command == "submit":
+        try:
+            doc = json.loads(sys.stdin.read() or "{}")
+        except ValueError as exc:
+            raise AgentError(f"submit: stdin is not JSON: {exc}") from None
+        return request(paths, validate_submit(doc))
+    if command == "cancel":
+        if not args and not opts.get("--all"):
+            raise UsageError("cancel needs JOB ids or --all")
+        return request(paths, {"op": "cancel", "jobs": args, "all": bool(opts.get("--all"))})
+    if command == "tail":
+        if len(args) != 1:
+            raise UsageError("tail needs exactly one JOB id")
+        lines = opts.get("--lines")
+        return cmd_tail(
+            paths, args[0], opts.get("--stream") or "stdout", 50 if lines is None else lines
+        )
+    if command == "pack":
+        if not opts.get("--out") or not args:
+            raise UsageError("pack needs --out PATH and at least one JOB id")
+        return cmd_pack(paths, opts["--out"], args)
+    raise UsageError(USAGE)  # pragma: no cover
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        out = run(sys.argv[1:] if argv is None else argv)
+        code = 0
+    except UsageError as exc:
+        out, code = {"error": str(exc)}, 2
+    except AgentError as exc:
+        out, code = {"error": str(exc)}, 1
+    except Exception as exc:  # still one JSON document, whatever broke
+        out, code = {"error": f"{type(exc).__name__}: {exc}"}, 1
+    if isinstance(out, bytes):
+        sys.stdout.buffer.write(out.rstrip(b"\n") + b"\n")
+    else:
+        sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
