@@ -84,9 +84,15 @@ class Project:
         return runs[-1]
 
 
+@pytest.fixture(autouse=True)
+def _no_stray_agents(tmp_path: Path) -> Iterator[None]:
+    """Whatever a test started under its tmp dir is stopped when it ends."""
+    yield
+    _kill_agents(tmp_path)
+
+
 @pytest.fixture
-def project(tmp_path: Path) -> Iterator[Project]:
+def project(tmp_path: Path) -> Project:
     proj = Project(tmp_path / "proj")
     proj.path.mkdir()
-    yield proj
-    _kill_agents(tmp_path)
+    return proj

@@ -152,6 +152,8 @@ def test_bad_config_is_one_message_without_traceback(project: Project) -> None:
 def test_status_logs_cancel(project: Project, tmp_path: Path) -> None:
     project.config(
         """
+        instances:
+          - cpus: 3
         jobs:
           - run_command: "echo started; sleep 60"
             repeat: 2
@@ -162,14 +164,17 @@ def test_status_logs_cancel(project: Project, tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 60
         running: list[dict[str, object]] = []
+        doc: dict[str, object] = {}
         while time.monotonic() < deadline:
-            doc = json.loads(project.cli("status", "--json", check=True).stdout)
-            running = [j for j in doc["jobs"] if j["state"] == "RUNNING"]
-            if len(running) == 2:
-                break
+            proc = project.cli("status", "--json")
+            if proc.returncode == 0:  # exit 7 until `run` has recorded its run
+                doc = json.loads(proc.stdout)
+                running = [j for j in doc["jobs"] if j["state"] == "RUNNING"]  # type: ignore[union-attr,index]
+                if len(running) == 2:
+                    break
             time.sleep(0.3)
         assert len(running) == 2, doc
-        assert doc["hosts"][0]["health"] == "ok"
+        assert doc["hosts"][0]["health"] == "ok"  # type: ignore[index]
         job = str(running[0]["job_id"])
         time.sleep(0.5)
         assert "started" in project.cli("logs", job, check=True).stdout

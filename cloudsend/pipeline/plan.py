@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudsend.bootstrap import RenderedEnv, render_environment, render_job_script
-from cloudsend.config.models import Config
+from cloudsend.config.models import Config, JobConfig
 from cloudsend.pipeline.files import FileIndex
 from cloudsend.scheduling import JobUnit, expand_jobs
 
@@ -47,19 +47,33 @@ class Plan:
         return {p.job_id: p for p in self.jobs}
 
 
-def build_plan(config: Config) -> Plan:
+def _job_files(job: JobConfig) -> list[Path]:
+    files: list[Path] = []
+    if job.run_script:
+        files.append(Path(shlex.split(job.run_script)[0]))
+    return files + [Path(p) for p in job.upload_files] + [Path(p) for p in job.input_files]
+
+
+def build_plan(config: Config, index: FileIndex) -> Plan:
+    """Render environments and jobs. A job's identity includes its environment's content and
+    its files' content, so editing a script, an input or an environment makes new jobs that
+    run, while unchanged jobs that are DONE stay done."""
     rendered: dict[str | None, RenderedEnv] = {}
-    for env in config.environments:
-        rendered[env.name] = render_environment(env, config)
-    jobs: list[PlannedJob] = []
-    for unit in expand_jobs(config):
+    for env_config in config.environments:
+        rendered[env_config.name] = render_environment(env_config, config)
+    envs: dict[int, RenderedEnv | None] = {}
+    salts: dict[int, str] = {}
+    for i, job in enumerate(config.jobs):
         # env_name None means the only environment when there is exactly one, else none.
-        env_cfg = config.environment(unit.env_name)
+        env_cfg = config.environment(job.env_name)
         env = rendered[env_cfg.name] if env_cfg is not None else None
-        job = unit.job
-        files: list[Path] = []
-        if job.run_script:
-            files.append(Path(shlex.split(job.run_script)[0]))
-        files += [Path(p) for p in job.upload_files] + [Path(p) for p in job.input_files]
-        jobs.append(PlannedJob(unit, env, render_job_script(job, env, config), files))
+        envs[i] = env
+        parts = [env.content_hash if env else ""]
+        parts += [index.add(f) for f in _job_files(job) if f.is_file()]
+        salts[i] = ":".join(parts)
+    jobs = [
+        PlannedJob(u, envs[u.index], render_job_script(u.job, envs[u.index], config),
+                   _job_files(u.job))
+        for u in expand_jobs(config, salts)
+    ]
     return Plan(jobs, {e.env_id: e for e in rendered.values()})

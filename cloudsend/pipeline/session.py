@@ -71,7 +71,7 @@ class Session:
     @property
     def plan(self) -> Plan:
         if self._plan is None:
-            self._plan = build_plan(self.config)
+            self._plan = build_plan(self.config, self.index)
         return self._plan
 
     def _run(self) -> int:
@@ -317,7 +317,8 @@ class Session:
             fetched = {v.job_id for v in views if v.host == host.name and v.fetched}
             if expected and not expected.keys() <= fetched:
                 w = HostWatcher(
-                    host, expected, fetched, self.results_dir, events, stop, self.poll_wait
+                    host, expected, fetched, self.results_dir, events, stop, self.poll_wait,
+                    stream_logs=self.config.print_deploy,
                 )
                 watchers.append(w)
                 w.start()
@@ -332,6 +333,8 @@ class Session:
                 except queue.Empty:
                     continue
                 self._apply(run_id, event)
+                if event.log:
+                    self.reporter.log(event.host, event.log.rstrip("\n"))
                 if event.finished:
                     alive -= 1
                 views = self.views()

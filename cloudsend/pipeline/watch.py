@@ -7,6 +7,7 @@ the report stays consistent.
 from __future__ import annotations
 
 import queue
+import shlex
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ class HostEvent:
     attempts: dict[str, int] = field(default_factory=dict)
     error: BaseException | None = None
     finished: bool = False
+    log: str = ""
 
 
 class HostWatcher(threading.Thread):
@@ -41,6 +43,7 @@ class HostWatcher(threading.Thread):
         events: queue.Queue[HostEvent],
         stop: threading.Event,
         poll_wait: float,
+        stream_logs: bool = False,
     ) -> None:
         super().__init__(name=f"watch-{host.name}", daemon=True)
         self.host = host
@@ -50,18 +53,44 @@ class HostWatcher(threading.Thread):
         self.events = events
         self.stop_event = stop
         self.poll_wait = poll_wait
+        self.stream_logs = stream_logs
+        self._log_offsets: dict[str, int] = {}
+        self._log_closed: set[str] = set()
 
     def _done(self) -> bool:
         return all(job in self.fetched for job in self.expected)
 
+    def _stream_env_logs(self, envs: dict[str, Any]) -> bool:
+        """print_deploy: send new bootstrap log bytes. Returns True while a build is going on."""
+        building = False
+        for env_id, env in envs.items():
+            if env_id in self._log_closed or not env.get("started"):
+                continue
+            offset = self._log_offsets.get(env_id, 0)
+            path = shlex.quote(f"{self.host.root}/envs/{env_id}/bootstrap.log")
+            got = self.host.transport.run(f"tail -c +{offset + 1} {path}", check=False)
+            if got.stdout:
+                self._log_offsets[env_id] = offset + len(got.stdout.encode())
+                self.events.put(HostEvent(self.host.name, log=f"[{env_id}] " + got.stdout))
+            if env.get("state") in ("READY", "FAILED"):
+                self._log_closed.add(env_id)
+            else:
+                building = True
+        return building
+
     def run(self) -> None:
         client = AgentClient(self.host)
         version: int | None = None
+        wait = self.poll_wait
         try:
             while not self.stop_event.is_set() and not self._done():
-                status = client.status(since=version, wait=self.poll_wait if version else 0)
+                status = client.status(since=version, wait=wait if version else 0)
                 version = status.get("version")
                 self.events.put(HostEvent(self.host.name, status=status))
+                if self.stream_logs:
+                    # log growth does not bump the agent's version: poll faster while building
+                    building = self._stream_env_logs(status.get("envs", {}))
+                    wait = 0.5 if building else self.poll_wait
                 jobs = status.get("jobs", {})
                 ready = [
                     job

@@ -18,6 +18,15 @@ def get_provider(config: Config) -> Provider:
         from cloudsend.providers.local import LocalProvider
 
         return LocalProvider(config)
+    if config.provider == "aws":
+        import importlib.util
+
+        missing = [m for m in ("pulumi", "pulumi_aws", "boto3") if not importlib.util.find_spec(m)]
+        if missing:
+            raise ConfigError(
+                f"provider: aws needs {', '.join(missing)}, which are not installed",
+                hint="pip install 'cloudsend[aws]'",
+            )
     # The ssh and aws providers arrive with their own issues; say so instead of failing later.
     raise ConfigError(
         f"provider: {config.provider} is not supported yet by this version of cloudsend",

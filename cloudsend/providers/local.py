@@ -13,6 +13,7 @@ import sys
 
 from cloudsend.config.models import Config, InstanceConfig
 from cloudsend.providers.base import Host
+from cloudsend.scheduling import explode_instances
 from cloudsend.transport.local import LocalTransport
 
 
@@ -26,11 +27,15 @@ class LocalProvider:
     def _shapes(self) -> list[tuple[str, int]]:
         cpus_here = os.cpu_count() or 1
         instances = self.config.instances or [InstanceConfig()]
+        biggest = max((j.cpus_req for j in self.config.jobs), default=1)
+        machines = explode_instances(instances, biggest)
+        if len(machines) == 1:
+            return [("local", machines[0][1].cpus or cpus_here)]
         shapes: list[tuple[str, int]] = []
-        for i, inst in enumerate(instances):
-            for n in range(inst.number):
-                name = "local" if len(instances) == 1 and inst.number == 1 else f"local-{i}-{n}"
-                shapes.append((name, inst.cpus or cpus_here))
+        seen: dict[int, int] = {}
+        for entry, inst in machines:
+            n = seen[entry] = seen.get(entry, -1) + 1
+            shapes.append((f"local-{entry}-{n}", inst.cpus or cpus_here))
         return shapes
 
     def up(self) -> list[Host]:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
@@ -88,11 +89,13 @@ def resolve_env_name(job: JobConfig, config: Config) -> str | None:
     return None
 
 
-def expand_jobs(config: Config) -> list[JobUnit]:
+def expand_jobs(config: Config, salts: Mapping[int, str] | None = None) -> list[JobUnit]:
     """Every process to run, in config order: ``jobs[i]`` × ``repeat``.
 
-    job_id = ``j<index:03d>-<slug>-<hash8>-<rep>``. Raises ConfigError when a job names an
-    environment that does not exist (it could never start).
+    job_id = ``j<index:03d>-<slug>-<hash8>-<rep>``. ``salts`` (job index → text) lets the caller
+    fold what the config does not show into the identity, such as the content of the job's
+    environment and files: a job whose inputs changed is a new job, not a DONE one. Raises
+    ConfigError when a job names an environment that does not exist (it could never start).
     """
     names = [env.name for env in config.environments if env.name is not None]
     units: list[JobUnit] = []
@@ -104,7 +107,10 @@ def expand_jobs(config: Config) -> list[JobUnit]:
                 f"(environments: {known})",
                 hint="set env_name to the name of one of environments[], or add that environment",
             )
-        digest = job_config_hash(job, config.base_dir)[:8]
+        digest = job_config_hash(job, config.base_dir)
+        if salts and salts.get(index):
+            digest = hashlib.sha256(f"{digest}:{salts[index]}".encode()).hexdigest()
+        digest = digest[:8]
         prefix = f"j{index:03d}-{job_slug(job)}-{digest}"
         env_name = resolve_env_name(job, config)
         units.extend(

@@ -1,4 +1,4 @@
-"""Run commands and move files on a host. Local (subprocess) now; Fabric/SSH with the ssh provider."""
+"""Run commands and move files on a host: local (subprocess) now, SSH (Fabric) next."""
 
 from cloudsend.transport.base import Result, Transport
 from cloudsend.transport.local import LocalTransport
