@@ -43,10 +43,47 @@ def check_and_resolve(config: Config) -> list[Issue]:
                 "remote is not supported yet (coming in a later release); use maestro: local",
             )
         )
+    _check_hosts(config, issues)
     names = _check_environments(config, issues)
     for index, job in enumerate(config.jobs):
         _check_job(config, ("jobs", index), job, names, issues)
     return issues
+
+
+def _check_hosts(config: Config, issues: list[Issue]) -> None:
+    if config.provider == "ssh" and not config.hosts:
+        issues.append(
+            Issue(
+                ("provider",),
+                "provider: ssh needs a hosts: list",
+                hint="add hosts: [{address: my-box, user: me, key: ~/.ssh/id_ed25519}]",
+            )
+        )
+    if config.hosts and config.provider != "ssh":
+        issues.append(
+            Issue(
+                ("hosts",),
+                f"hosts is only used by provider: ssh (this config uses {config.provider})",
+                hint="set provider: ssh, or remove hosts",
+            )
+        )
+    seen: set[tuple[str, int, str | None]] = set()
+    for index, host in enumerate(config.hosts):
+        ident = (host.address, host.port, host.root)
+        if ident in seen:
+            issues.append(
+                Issue(
+                    ("hosts", index),
+                    f"{host.address}:{host.port} is listed twice",
+                    hint="give each entry its own root: if you really want two agents there",
+                )
+            )
+        seen.add(ident)
+        if host.key is not None:
+            key = _absolute(config.base_dir, host.key)
+            if _kind(key) != "file":
+                issues.append(_missing(config, ("hosts", index, "key"), "key", host.key, key))
+            host.key = key
 
 
 def local_notices(config: Config) -> list[str]:

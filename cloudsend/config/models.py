@@ -186,6 +186,26 @@ class InstanceConfig(_Model):
     )
 
 
+class SshHostConfig(_Model):
+    """A machine you already have, reached over SSH (provider: ssh)."""
+
+    address: str = Field(description="Host name or IP address.")
+    port: Int = Field(22, ge=1, le=65535, description="SSH port.")
+    user: str | None = Field(None, description="Login user; default: your local user name.")
+    key: Path | None = Field(None, description="Private key file; default: ssh agent/default keys.")
+    cpus: PositiveInt | None = Field(None, description="CPU slots; default: detected (nproc).")
+    root: str | None = Field(
+        None, description="cloudsend's folder on the host; default ~/.cloudsend/<project>."
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("expected a host name or IP address, got an empty string")
+        return value.strip()
+
+
 class EnvironmentConfig(_Model):
     """One `environments[]` entry: the software jobs run with."""
 
@@ -291,7 +311,17 @@ class Config(_Model):
         "False: copied per job.",
     )
 
+    host_lost_after: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a host may stay unreachable before it is declared lost and its "
+        "unfinished jobs are re-queued on the other hosts.",
+    )
+
     instances: list[InstanceConfig] = Field(default_factory=list, description="Machines to run on.")
+    hosts: list[SshHostConfig] = Field(
+        default_factory=list, description="provider: ssh: the machines to run on."
+    )
     environments: list[EnvironmentConfig] = Field(
         default_factory=list, description="Software environments."
     )
