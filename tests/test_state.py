@@ -355,3 +355,22 @@ def test_another_process_sees_committed_data(db_path: Path, store: Store) -> Non
     assert json.loads(out.stdout) == {"run": run.id, "counts": {"DONE": 1, "UNKNOWN": 1}}
     j1 = store.job(run.id, "j001")
     assert j1 is not None and (j1.state, j1.exit_code) == ("ABORTED", 9)
+
+
+def test_adopt_attempt_makes_an_earlier_done_attempt_current(tmp_path: Path) -> None:
+    from cloudsend.state import NewJob, Store
+
+    with Store(tmp_path / "s.db") as store:
+        run = store.open_run("h")
+        store.add_jobs(run.id, [NewJob("j1", 0, 0, None, 1, "x")])
+        store.record_submission(run.id, "j1", "a", 1)
+        store.record_submission(run.id, "j1", "b", 2)  # host a was lost: re-queued on b
+        store.adopt_attempt(run.id, "j1", "a", 1, 0)  # a came back with attempt 1 DONE
+        job = store.job(run.id, "j1")
+        assert job is not None
+        assert (job.host, job.attempt, job.state, job.fetched) == ("a", 1, "DONE", False)
+        store.record_fetch(run.id, "j1", 1, [("out.txt", 3)])
+        assert store.job(run.id, "j1").fetched  # type: ignore[union-attr]
+        attempts = {a.attempt: a for a in store.attempts(run.id, "j1")}
+        assert attempts[2].reason == "superseded: attempt 1 finished first"
+        assert attempts[1].state == "DONE"

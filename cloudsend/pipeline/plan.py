@@ -72,8 +72,9 @@ def build_plan(config: Config, index: FileIndex) -> Plan:
         parts += [index.add(f) for f in _job_files(job) if f.is_file()]
         salts[i] = ":".join(parts)
     jobs = [
-        PlannedJob(u, envs[u.index], render_job_script(u.job, envs[u.index], config),
-                   _job_files(u.job))
+        PlannedJob(
+            u, envs[u.index], render_job_script(u.job, envs[u.index], config), _job_files(u.job)
+        )
         for u in expand_jobs(config, salts)
     ]
     return Plan(jobs, {e.env_id: e for e in rendered.values()})

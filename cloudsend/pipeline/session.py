@@ -9,10 +9,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import queue
 import shlex
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +26,7 @@ from cloudsend.pipeline.fetch import fetch_jobs
 from cloudsend.pipeline.files import FileIndex
 from cloudsend.pipeline.plan import Plan, build_plan
 from cloudsend.pipeline.reporting import JobView, NullReporter, Reporter, RunSummary
-from cloudsend.pipeline.watch import FINAL, HostEvent, HostWatcher
+from cloudsend.pipeline.watch import FINAL
 from cloudsend.providers import Host, get_provider
 from cloudsend.scheduling import HostSlots, assign
 from cloudsend.scheduling.transitions import HostView, JobSnapshot, as_state, plan_resume
@@ -59,6 +57,7 @@ class Session:
         self.bytes_sent = 0
         self.envs_submitted = 0
         self.env_failures: dict[str, str] = {}
+        self.lost_hosts: set[str] = set()
         self.started_at = time.monotonic()
 
     # ---- helpers -------------------------------------------------------------------------
@@ -101,10 +100,10 @@ class Session:
 
     def start(self, reset: bool = False) -> None:
         """Find or create the hosts and open (or resume) the run."""
-        for notice in self.provider.notices():
-            self.reporter.notice(notice)
         self.reporter.phase("up", f"provider {self.provider.name}")
         self.hosts = self.provider.up()
+        for notice in self.provider.notices():
+            self.reporter.notice(notice)
         if reset:
             self._reset_hosts()
         run = self.store.open_run(config_hash(self.config), new=reset or not self.config.recover)
@@ -121,7 +120,7 @@ class Session:
                 hint="start one with `cloudsend run`",
             )
         self.run_id = run.id
-        self.hosts = self.provider.up() if self.provider.name == "local" else []
+        self.hosts = self.provider.up()
 
     def _reset_hosts(self) -> None:
         # The original's reset: kill the project's processes and redeploy from scratch.
@@ -173,25 +172,14 @@ class Session:
         run_id = self._run()
         statuses = self._statuses()
         records = {r.job_id: r for r in self.store.jobs(run_id)}
-        updates = []
         for host_name, doc in statuses.items():
             for job_id, job in doc.get("jobs", {}).items():
                 rec = records.get(job_id)
-                if rec is None:
-                    continue
                 attempt = int(job.get("attempt", 0))
-                if rec.attempt == 0 or (rec.host != host_name and attempt > rec.attempt):
+                if rec is not None and attempt > rec.attempt:
                     # submitted just before cloudsend died, never recorded: adopt it
                     self.store.record_submission(run_id, job_id, host_name, attempt)
-                elif rec.host != host_name or attempt != rec.attempt:
-                    continue  # a stale attempt on another host
-                updates.append((job_id, job["state"], job.get("exit_code"), job.get("reason")))
-            for env_id, env in doc.get("envs", {}).items():
-                self.store.set_env_state(host_name, env_id, env.get("state", "UNKNOWN"))
-                if env.get("state") == "FAILED":
-                    self.env_failures[env_id] = env.get("log_tail", "")
-        if updates:
-            self.store.update_states(run_id, updates)
+            self.apply_status(host_name, doc)
         return statuses
 
     def run(self, retry_aborted: bool = True) -> int:
@@ -219,31 +207,39 @@ class Session:
                 JobSnapshot(planned.job_id, as_state(rec.state), rec.attempt, rec.fetched, view)
             )
         decision = plan_resume(snapshots, retry_aborted=retry_aborted)
-        pending = [p for p in plan.jobs if p.job_id in decision.to_submit]
-        if not pending:
+        if not decision.to_submit:
             return 0
-        self.reporter.phase("schedule", f"{len(pending)} job(s) over {len(self.hosts)} host(s)")
+        healthy = [h for h in self.hosts if h.name in reachable]
+        if not healthy:
+            raise TransportError(
+                "no host is reachable to run the jobs on",
+                hint="`cloudsend status` shows each host's health",
+            )
+        self.submit_jobs(dict(decision.to_submit), healthy)
+        return len(decision.to_submit)
+
+    def submit_jobs(self, attempts: dict[str, int], hosts: list[Host]) -> dict[str, list[str]]:
+        """Assign these jobs (job_id → attempt to submit) over `hosts`, deploy what each host
+        lacks, and hand each host its queue in one call. Returns the assignment."""
+        run_id = self._run()
+        by_id = self.plan.by_id()
+        pending = [by_id[j] for j in attempts]
+        self.reporter.phase("schedule", f"{len(pending)} job(s) over {len(hosts)} host(s)")
         assignment = assign(
             [p.unit for p in pending],
-            [HostSlots(h.name, h.cpus) for h in self.hosts],
+            [HostSlots(h.name, h.cpus) for h in hosts],
             self.config.job_assign,
         )
-        by_id = {p.job_id: p for p in pending}
 
         def submit(host: Host) -> tuple[int, int, int]:
-            ids = assignment.get(host.name, [])
-            if not ids:
+            jobs = [by_id[i] for i in assignment.get(host.name, [])]
+            if not jobs:
                 return 0, 0, 0
-            jobs = [by_id[i] for i in ids]
             needed = {self.index.add(f) for p in jobs for f in self._files(p.files)}
             report = deploy_host(host, self.index, needed)
             envs = {p.env.env_id: p.env for p in jobs if p.env is not None}
-            specs = []
-            for p in jobs:
-                attempt = decision.to_submit[p.job_id]
-                specs.append(
-                    p.spec(attempt, host.root, self.index, not self.config.mutualize_uploads)
-                )
+            copy = not self.config.mutualize_uploads
+            specs = [p.spec(attempts[p.job_id], host.root, self.index, copy) for p in jobs]
             answer = AgentClient(host).submit(
                 [{"env_id": e.env_id, "script": e.script} for e in envs.values()], specs
             )
@@ -252,13 +248,12 @@ class Session:
                 self.store.record_submission(run_id, spec["job_id"], host.name, spec["attempt"])
             return report.files_sent, report.bytes_sent, len(accepted & set(envs))
 
-        self.reporter.phase("submit", "")
         # each host reports its own counters; summed here so threads never share a counter
-        for files, nbytes, envs_built in self._each_host(submit):
+        for files, nbytes, envs_built in self._each_host(submit, hosts):
             self.files_sent += files
             self.bytes_sent += nbytes
             self.envs_submitted += envs_built
-        return len(pending)
+        return assignment
 
     @staticmethod
     def _files(paths: list[Path]) -> list[Path]:
@@ -295,76 +290,27 @@ class Session:
         timeout: float | None = None,
     ) -> list[JobView]:
         """Watch until every job is in `states` (final ones fetched too), or the timeout."""
+        from cloudsend.pipeline.monitor import RunMonitor
+
+        return RunMonitor(self, states).run(timeout)
+
+    def apply_status(self, host: str, status: dict[str, Any]) -> None:
+        """Record what one agent reports, for the jobs whose current attempt is there."""
         run_id = self._run()
-        deadline = None if timeout is None else time.monotonic() + timeout
-
-        def satisfied(views: list[JobView]) -> bool:
-            return all(
-                CloudSendProcessState.from_name(v.state) & states
-                and (v.state not in FINAL or v.fetched)
-                for v in views
-            )
-
-        views = self.views()
-        if satisfied(views):
-            return views
-        self.reporter.phase("watch", f"{len(views)} job(s)")
-        events: queue.Queue[HostEvent] = queue.Queue()
-        stop = threading.Event()
-        watchers = []
-        for host in self.hosts:
-            expected = {v.job_id: v.attempt for v in views if v.host == host.name and v.attempt}
-            fetched = {v.job_id for v in views if v.host == host.name and v.fetched}
-            if expected and not expected.keys() <= fetched:
-                w = HostWatcher(
-                    host, expected, fetched, self.results_dir, events, stop, self.poll_wait,
-                    stream_logs=self.config.print_deploy,
-                )
-                watchers.append(w)
-                w.start()
-        alive = len(watchers)
-        try:
-            while alive and not satisfied(views):
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                try:
-                    event = events.get(timeout=min(remaining or 1.0, 1.0))
-                except queue.Empty:
-                    continue
-                self._apply(run_id, event)
-                if event.log:
-                    self.reporter.log(event.host, event.log.rstrip("\n"))
-                if event.finished:
-                    alive -= 1
-                views = self.views()
-                self.reporter.progress(views)
-        finally:
-            stop.set()
-        for w in watchers:
-            w.join(timeout=self.poll_wait + 5)
-        return self.views()
-
-    def _apply(self, run_id: int, event: HostEvent) -> None:
-        if event.error is not None:
-            raise event.error
-        if event.status is not None:
-            records = {r.job_id: r for r in self.store.jobs(run_id) if r.host == event.host}
-            updates = [
-                (job_id, job["state"], job.get("exit_code"), job.get("reason"))
-                for job_id, job in event.status.get("jobs", {}).items()
-                if job_id in records
-                and job.get("attempt") == records[job_id].attempt
-                and job["state"] != records[job_id].state
-            ]
-            if updates:
-                self.store.update_states(run_id, updates)
-            for env_id, env in event.status.get("envs", {}).items():
-                self.store.set_env_state(event.host, env_id, env.get("state", "UNKNOWN"))
-                if env.get("state") == "FAILED":
-                    self.env_failures[env_id] = env.get("log_tail", "")
-        for job_id, files in event.fetched.items():
-            self.store.record_fetch(run_id, job_id, event.attempts[job_id], files)
+        records = {r.job_id: r for r in self.store.jobs(run_id) if r.host == host}
+        updates = [
+            (job_id, job["state"], job.get("exit_code"), job.get("reason"))
+            for job_id, job in status.get("jobs", {}).items()
+            if job_id in records
+            and job.get("attempt") == records[job_id].attempt
+            and job["state"] != records[job_id].state
+        ]
+        if updates:
+            self.store.update_states(run_id, updates)
+        for env_id, env in status.get("envs", {}).items():
+            self.store.set_env_state(host, env_id, env.get("state", "UNKNOWN"))
+            if env.get("state") == "FAILED":
+                self.env_failures[env_id] = env.get("log_tail", "")
 
     # ---- the rest of the lifecycle -------------------------------------------------------
 
@@ -446,8 +392,8 @@ class Session:
     def down(self, keep: bool = False) -> None:
         self.reporter.phase("down", f"provider {self.provider.name}")
         if not self.hosts:
-            self.hosts = self.provider.up() if self.provider.name == "local" else []
+            self.hosts = self.provider.up()
         for host in self.hosts:
             with contextlib.suppress(TransportError):
                 AgentClient(host).stop(kill_jobs=True)
-        self.provider.down(keep=keep)
+        self.provider.down(self.hosts, keep=keep)

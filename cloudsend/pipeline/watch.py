@@ -1,7 +1,9 @@
 """Watching hosts: one thread per host long-polls its agent and fetches what finishes.
 
-The main thread only applies the events to the store, so SQLite sees one writer at a time and
-the report stays consistent.
+The main thread (pipeline.monitor) applies the events to the store, so SQLite sees one writer
+at a time and the report stays consistent. A watcher never gives up on its host: transport
+errors are reported as health events and retried with backoff; deciding that a host is *lost*
+is the monitor's job (it knows when the host last answered).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloudsend.errors import CloudsendError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.fetch import fetch_jobs
 from cloudsend.providers.base import Host
@@ -26,7 +29,8 @@ class HostEvent:
     status: dict[str, Any] | None = None
     fetched: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
-    error: BaseException | None = None
+    error: BaseException | None = None  # not a transport problem: a bug to surface
+    unreachable: str | None = None  # a transport error, with its message
     finished: bool = False
     log: str = ""
 
@@ -37,8 +41,6 @@ class HostWatcher(threading.Thread):
     def __init__(
         self,
         host: Host,
-        expected: dict[str, int],
-        fetched: set[str],
         results_dir: Path,
         events: queue.Queue[HostEvent],
         stop: threading.Event,
@@ -47,18 +49,53 @@ class HostWatcher(threading.Thread):
     ) -> None:
         super().__init__(name=f"watch-{host.name}", daemon=True)
         self.host = host
-        self.expected = dict(expected)
-        self.fetched = set(fetched)
         self.results_dir = results_dir
         self.events = events
         self.stop_event = stop
         self.poll_wait = poll_wait
         self.stream_logs = stream_logs
+        self._lock = threading.Lock()
+        self._expected: dict[str, int] = {}
+        self._fetched: set[str] = set()
+        self.keep_watching = False  # a lost host: keep polling after its own work is done
+        self._closed = False
         self._log_offsets: dict[str, int] = {}
         self._log_closed: set[str] = set()
 
+    def expect(self, jobs: dict[str, int], fetched: set[str] | None = None) -> bool:
+        """Watch these jobs too. False when this watcher has already finished: start another."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._expected.update(jobs)
+            self._fetched -= set(jobs)
+            self._fetched |= fetched or set()
+            return True
+
+    def forget(self, job_ids: set[str]) -> None:
+        """These jobs moved to another host (or attempt): no longer fetched from here."""
+        with self._lock:
+            for job in job_ids:
+                self._expected.pop(job, None)
+
     def _done(self) -> bool:
-        return all(job in self.fetched for job in self.expected)
+        with self._lock:
+            if self.stop_event.is_set() or (
+                not self.keep_watching and all(j in self._fetched for j in self._expected)
+            ):
+                self._closed = True  # from now on expect() refuses: no job can be missed
+            return self._closed
+
+    def _ready(self, jobs: dict[str, Any]) -> dict[str, int]:
+        with self._lock:
+            return {
+                job: attempt
+                for job, attempt in self._expected.items()
+                if job not in self._fetched
+                and job in jobs
+                and jobs[job].get("attempt") == attempt
+                and jobs[job].get("state") in FINAL
+            }
 
     def _stream_env_logs(self, envs: dict[str, Any]) -> bool:
         """print_deploy: send new bootstrap log bytes. Returns True while a build is going on."""
@@ -78,34 +115,37 @@ class HostWatcher(threading.Thread):
                 building = True
         return building
 
+    def _round(self, client: AgentClient, version: int | None, wait: float) -> tuple[int, float]:
+        status = client.status(since=version, wait=wait if version is not None else 0)
+        self.events.put(HostEvent(self.host.name, status=status))
+        if self.stream_logs:
+            # log growth does not bump the agent's version: poll faster while building
+            wait = 0.5 if self._stream_env_logs(status.get("envs", {})) else self.poll_wait
+        ready = self._ready(status.get("jobs", {}))
+        if ready:
+            got = fetch_jobs(self.host, sorted(ready), self.results_dir)
+            with self._lock:
+                self._fetched.update(ready)
+            self.events.put(HostEvent(self.host.name, fetched=got, attempts=ready))
+        return int(status.get("version", 0)), wait
+
     def run(self) -> None:
         client = AgentClient(self.host)
         version: int | None = None
         wait = self.poll_wait
+        failures = 0
         try:
-            while not self.stop_event.is_set() and not self._done():
-                status = client.status(since=version, wait=wait if version else 0)
-                version = status.get("version")
-                self.events.put(HostEvent(self.host.name, status=status))
-                if self.stream_logs:
-                    # log growth does not bump the agent's version: poll faster while building
-                    building = self._stream_env_logs(status.get("envs", {}))
-                    wait = 0.5 if building else self.poll_wait
-                jobs = status.get("jobs", {})
-                ready = [
-                    job
-                    for job, attempt in self.expected.items()
-                    if job not in self.fetched
-                    and job in jobs
-                    and jobs[job].get("attempt") == attempt
-                    and jobs[job].get("state") in FINAL
-                ]
-                if ready:
-                    got = fetch_jobs(self.host, ready, self.results_dir)
-                    self.fetched.update(ready)
-                    attempts = {job: self.expected[job] for job in ready}
-                    self.events.put(HostEvent(self.host.name, fetched=got, attempts=attempts))
-        except BaseException as exc:  # handed to the main thread, which decides
+            while not self._done():
+                try:
+                    version, wait = self._round(client, version, wait)
+                    failures = 0
+                except CloudsendError as exc:
+                    # unreachable or a failing agent call: report, back off, try again
+                    failures += 1
+                    version = None
+                    self.events.put(HostEvent(self.host.name, unreachable=str(exc)))
+                    self.stop_event.wait(min(0.25 * 2**failures, 5.0))
+        except BaseException as exc:  # a bug, not a host problem: the monitor re-raises it
             self.events.put(HostEvent(self.host.name, error=exc))
         finally:
             self.events.put(HostEvent(self.host.name, finished=True))

@@ -18,6 +18,10 @@ def get_provider(config: Config) -> Provider:
         from cloudsend.providers.local import LocalProvider
 
         return LocalProvider(config)
+    if config.provider == "ssh":
+        from cloudsend.providers.ssh import SshProvider
+
+        return SshProvider(config)
     if config.provider == "aws":
         import importlib.util
 

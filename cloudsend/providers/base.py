@@ -31,8 +31,8 @@ class Provider(Protocol):
         """Create or find the hosts (idempotent)."""
         ...
 
-    def down(self, keep: bool = False) -> None:
-        """Tear the hosts down; `keep` leaves their files in place."""
+    def down(self, hosts: list[Host], keep: bool = False) -> None:
+        """Tear the hosts down (after their agents were stopped); `keep` leaves their files."""
         ...
 
     def notices(self) -> list[str]:

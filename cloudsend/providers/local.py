@@ -55,7 +55,7 @@ class LocalProvider:
             )
         return hosts
 
-    def down(self, keep: bool = False) -> None:
+    def down(self, hosts: list[Host], keep: bool = False) -> None:
         if not keep and self.hosts_dir.exists():
             shutil.rmtree(self.hosts_dir)
 

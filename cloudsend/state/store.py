@@ -275,6 +275,32 @@ class Store:
                 (run_id, job_id, attempt, host, now),
             )
 
+    def adopt_attempt(
+        self, run_id: int, job_id: str, host: str, attempt: int, exit_code: int | None
+    ) -> None:
+        """An earlier attempt finished DONE first (its host came back after being declared
+        lost): it becomes the job's current attempt again, to be fetched; the later attempts
+        are closed as superseded, so the job is counted once."""
+        now = time.time()
+        with self._write() as db:
+            self._require_job(db, run_id, job_id)
+            db.execute(
+                "UPDATE attempts SET ended = coalesce(ended, ?), "
+                "reason = 'superseded: attempt ' || ? || ' finished first' "
+                "WHERE run_id = ? AND job_id = ? AND attempt > ?",
+                (now, attempt, run_id, job_id, attempt),
+            )
+            db.execute(
+                "UPDATE attempts SET ended = ?, state = 'DONE', exit_code = ?, reason = NULL "
+                "WHERE run_id = ? AND job_id = ? AND attempt = ?",
+                (now, exit_code, run_id, job_id, attempt),
+            )
+            db.execute(
+                "UPDATE jobs SET host = ?, attempt = ?, state = 'DONE', exit_code = ?, "
+                "reason = NULL, fetched = 0, updated = ? WHERE run_id = ? AND job_id = ?",
+                (host, attempt, exit_code, now, run_id, job_id),
+            )
+
     def _set_state(
         self,
         db: sqlite3.Connection,

@@ -1,0 +1,205 @@
+"""The watch loop: applies host events to the store, notices lost hosts, re-queues their jobs.
+
+A host that has not answered for `host_lost_after` seconds is declared lost: its unfinished
+jobs (and DONE ones whose outputs are still there) get a new attempt on the remaining hosts.
+If it comes back, a job it finished first is taken from it (and the newer attempt cancelled);
+otherwise its stale attempts are cancelled. Either way each job ends with one result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from cloudsend.core import CloudSendProcessState
+from cloudsend.errors import CloudsendError
+from cloudsend.pipeline.agent_client import AgentClient
+from cloudsend.pipeline.reporting import JobView
+from cloudsend.pipeline.watch import FINAL, HostEvent, HostWatcher
+
+if TYPE_CHECKING:
+    from cloudsend.pipeline.session import Session
+
+
+class RunMonitor:
+    def __init__(self, session: Session, states: CloudSendProcessState) -> None:
+        self.s = session
+        self.run_id = session._run()
+        self.states = states
+        self.events: queue.Queue[HostEvent] = queue.Queue()
+        self.stop = threading.Event()
+        self.watchers: dict[str, HostWatcher] = {}
+        self.last_ok: dict[str, float] = {}
+        self.health: dict[str, str] = {}
+        # lost host → {job_id: the attempt it had there}, to settle if the host comes back
+        self.requeued: dict[str, dict[str, int]] = {}
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def satisfied(self, views: list[JobView]) -> bool:
+        return all(
+            CloudSendProcessState.from_name(v.state) & self.states
+            and (v.state not in FINAL or v.fetched)
+            for v in views
+        )
+
+    def _watch(self, host_name: str, jobs: dict[str, int], fetched: set[str] | None = None) -> None:
+        watcher = self.watchers.get(host_name)
+        if watcher is not None and watcher.expect(jobs, fetched):
+            return
+        watcher = HostWatcher(
+            self.s._host(host_name),
+            self.s.results_dir,
+            self.events,
+            self.stop,
+            self.s.poll_wait,
+            stream_logs=self.s.config.print_deploy,
+        )
+        watcher.expect(jobs, fetched)
+        watcher.keep_watching = bool(self.requeued.get(host_name))
+        self.watchers[host_name] = watcher
+        self.last_ok.setdefault(host_name, time.monotonic())
+        watcher.start()
+
+    def _set_health(self, host: str, health: str, detail: str = "") -> None:
+        if self.health.get(host) != health:
+            self.health[host] = health
+            self.s.store.set_host_health(self.run_id, host, health, detail)
+            if health != "ok" or detail:
+                self.s.reporter.notice(f"host {host}: {health} {detail}".rstrip())
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def run(self, timeout: float | None) -> list[JobView]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        views = self.s.views()
+        if self.satisfied(views):
+            return views
+        self.s.reporter.phase("watch", f"{len(views)} job(s)")
+        for host in self.s.hosts:
+            expected = {v.job_id: v.attempt for v in views if v.host == host.name and v.attempt}
+            fetched = {v.job_id for v in views if v.host == host.name and v.fetched}
+            if expected and not expected.keys() <= fetched:
+                self._watch(host.name, expected, fetched)
+        lost_after = self.s.config.host_lost_after
+        try:
+            while not self.satisfied(views):
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                if not any(w.is_alive() for w in self.watchers.values()) and self.events.empty():
+                    break  # nothing left that could change a job
+                with contextlib.suppress(queue.Empty):
+                    self._apply(self.events.get(timeout=0.5))
+                now = time.monotonic()
+                for name, watcher in list(self.watchers.items()):
+                    if (
+                        watcher.is_alive()
+                        and name not in self.s.lost_hosts
+                        and now - self.last_ok.get(name, now) > lost_after
+                    ):
+                        self._declare_lost(name)
+                views = self.s.views()
+                self.s.reporter.progress(views)
+        finally:
+            self.stop.set()
+        for watcher in self.watchers.values():
+            watcher.join(timeout=self.s.poll_wait + 15)
+        return self.s.views()
+
+    def _apply(self, event: HostEvent) -> None:
+        if event.error is not None:
+            raise event.error
+        host = event.host
+        if event.unreachable is not None:
+            self._set_health(
+                host,
+                "lost" if host in self.s.lost_hosts else "unreachable",
+                event.unreachable.splitlines()[0][:200],
+            )
+        if event.status is not None:
+            self.last_ok[host] = time.monotonic()
+            if host in self.s.lost_hosts:
+                self._settle_return(host, event.status)
+            self._set_health(
+                host, "ok", "back" if self.health.get(host) not in (None, "ok") else ""
+            )
+            self.s.apply_status(host, event.status)
+        for job_id, files in event.fetched.items():
+            self.s.store.record_fetch(self.run_id, job_id, event.attempts[job_id], files)
+        if event.log:
+            self.s.reporter.log(host, event.log.rstrip("\n"))
+
+    # ---- lost hosts ----------------------------------------------------------------------
+
+    def _declare_lost(self, host: str) -> None:
+        self.s.lost_hosts.add(host)
+        lost_after = self.s.config.host_lost_after
+        self._set_health(host, "lost", f"no answer for more than {lost_after:g} s")
+        wanted = {p.job_id for p in self.s.plan.jobs}
+        stranded: dict[str, int] = {}
+        for r in self.s.store.jobs(self.run_id):
+            if r.job_id not in wanted or r.host != host or r.fetched:
+                continue
+            if r.state == "ABORTED":
+                # it failed there; its logs are out of reach, which must not hold the run up
+                self.s.store.record_fetch(self.run_id, r.job_id, r.attempt, [])
+            else:
+                stranded[r.job_id] = r.attempt
+        if not stranded:
+            return
+        targets = [h for h in self.s.hosts if h.name not in self.s.lost_hosts]
+        if not targets:
+            self.s.reporter.notice(
+                f"no host left to re-queue {len(stranded)} job(s) on; "
+                f"waiting for {host} to come back"
+            )
+            self.s.lost_hosts.discard(host)  # keep waiting on it
+            self.last_ok[host] = time.monotonic()
+            return
+        self.requeued.setdefault(host, {}).update(stranded)
+        watcher = self.watchers[host]
+        watcher.forget(set(stranded))
+        watcher.keep_watching = True  # to settle these if the host comes back
+        attempts = {job: attempt + 1 for job, attempt in stranded.items()}
+        self.s.reporter.notice(f"re-queuing {len(stranded)} job(s) from lost host {host}")
+        assignment = self.s.submit_jobs(attempts, targets)
+        for name, ids in assignment.items():
+            if ids:
+                self._watch(name, {job: attempts[job] for job in ids})
+
+    def _settle_return(self, host: str, status: dict[str, Any]) -> None:
+        """A lost host answers again: take results it finished first, cancel stale attempts."""
+        pending = self.requeued.get(host, {})
+        on_host = status.get("jobs", {})
+        stale: list[str] = []
+        for job_id, old_attempt in list(pending.items()):
+            job = on_host.get(job_id)
+            if not job or job.get("attempt") != old_attempt:
+                del pending[job_id]
+                continue
+            if job.get("state") not in FINAL:
+                stale.append(job_id)
+                del pending[job_id]
+                continue
+            rec = self.s.store.job(self.run_id, job_id)
+            if job.get("state") == "DONE" and rec is not None and rec.state != "DONE":
+                if rec.host and rec.host != host:
+                    with contextlib.suppress(CloudsendError):
+                        AgentClient(self.s._host(rec.host)).cancel([job_id])
+                    if rec.host in self.watchers:
+                        self.watchers[rec.host].forget({job_id})
+                self.s.store.adopt_attempt(
+                    self.run_id, job_id, host, old_attempt, job.get("exit_code")
+                )
+                self._watch(host, {job_id: old_attempt})
+            del pending[job_id]
+        if stale:
+            with contextlib.suppress(CloudsendError):
+                AgentClient(self.s._host(host)).cancel(stale)
+        if not pending:
+            self.s.lost_hosts.discard(host)
+            if host in self.watchers:
+                self.watchers[host].keep_watching = False

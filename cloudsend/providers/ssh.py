@@ -1,0 +1,109 @@
+"""The `ssh` provider: machines the user already has, reached with Fabric.
+
+Each `hosts:` entry is one host. Its root dir defaults to ~/.cloudsend/<project>/ on that
+machine (an absolute path is needed by the agent, so the home dir is probed at first contact);
+`cloudsend down` removes it unless --keep.
+"""
+
+from __future__ import annotations
+
+import shlex
+from concurrent.futures import ThreadPoolExecutor
+
+from cloudsend.config.models import Config, SshHostConfig
+from cloudsend.errors import CloudsendError, ProvisionError
+from cloudsend.providers.base import Host
+
+
+class SshProvider:
+    name = "ssh"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.known_hosts = config.state_dir / "known_hosts"
+        self.unreachable: dict[str, str] = {}
+
+    def _names(self) -> list[str]:
+        entries = self.config.hosts
+        names = []
+        for i, h in enumerate(entries):
+            same_addr = sum(1 for e in entries if e.address == h.address)
+            same_port = sum(1 for e in entries if (e.address, e.port) == (h.address, h.port))
+            if same_addr == 1:
+                names.append(h.address)
+            elif same_port == 1:
+                names.append(f"{h.address}:{h.port}")
+            else:
+                names.append(f"{h.address}:{h.port}#{i}")
+        return names
+
+    def _connect(self, name: str, entry: SshHostConfig) -> Host:
+        from cloudsend.transport.ssh import SshTarget, SshTransport
+
+        target = SshTarget(
+            name=name,
+            address=entry.address,
+            port=entry.port,
+            user=entry.user,
+            key=entry.key,
+            known_hosts=self.known_hosts,
+        )
+        transport = SshTransport(target)
+        try:
+            info = transport.probe()
+        except CloudsendError:
+            transport.close()
+            raise
+        root = entry.root or f"{info['home']}/.cloudsend/{self.config.project_name}"
+        return Host(
+            name=name,
+            cpus=entry.cpus or int(info["cpus"]),
+            root=root,
+            python=str(info.get("python") or "python3"),
+            transport=transport,
+            info={
+                "provider": "ssh",
+                "address": entry.address,
+                "port": entry.port,
+                "user": entry.user,
+            },
+        )
+
+    def up(self) -> list[Host]:
+        """Connect to every host in parallel; unreachable ones are left out with a notice."""
+        pairs = list(zip(self._names(), self.config.hosts, strict=True))
+        hosts: list[Host] = []
+        errors: dict[str, CloudsendError] = {}
+
+        def one(pair: tuple[str, SshHostConfig]) -> None:
+            try:
+                hosts.append(self._connect(*pair))
+            except CloudsendError as exc:
+                errors[pair[0]] = exc
+
+        with ThreadPoolExecutor(max_workers=min(16, len(pairs) or 1)) as pool:
+            list(pool.map(one, pairs))
+        self.unreachable = {name: str(exc) for name, exc in errors.items()}
+        if errors and not hosts:
+            first = next(iter(errors.values()))
+            raise ProvisionError(
+                f"none of the {len(pairs)} ssh host(s) could be reached: {first.message}",
+                hint=first.hint or "check address, port, user and key in hosts:",
+            )
+        order = {name: i for i, (name, _) in enumerate(pairs)}
+        return sorted(hosts, key=lambda h: order[h.name])
+
+    def down(self, hosts: list[Host], keep: bool = False) -> None:
+        if keep:
+            return
+        for host in hosts:
+            host.transport.run(f"rm -rf {shlex.quote(host.root)}", check=False)
+
+    def notices(self) -> list[str]:
+        notes = [
+            f"host {name} is unreachable and left out: {why.splitlines()[0]}"
+            for name, why in self.unreachable.items()
+        ]
+        if self.config.instances:
+            notes.append("instances: is ignored by provider ssh (hosts: lists the machines)")
+        return notes
