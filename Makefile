@@ -10,6 +10,9 @@ install:
 quickstart:
 	$(PYTHON) -m pip install -q -e .
 	cloudsend run examples/quickstart.yaml
+	@latest=$$(ls -d examples/results/run-* | sort -V | tail -1); \
+	  first=$$(ls $$latest/*/report.txt | head -1); \
+	  echo; echo "== $$first =="; cat "$$first"
 
 # The whole test suite, plus ruff and mypy (what .ci/run calls).
 test: install

@@ -110,6 +110,15 @@ class Session:
         self.run_id = run.id
         for host in self.hosts:
             self.store.upsert_host(run.id, host.name, self.provider.name, host.cpus, host.info)
+        self._record_unreachable()
+
+    def _record_unreachable(self) -> None:
+        run_id = self._run()
+        known = {h.name for h in self.store.hosts(run_id)}
+        for name, why in self.provider.unreachable.items():
+            if name not in known:
+                self.store.upsert_host(run_id, name, self.provider.name, 0, {})
+            self.store.set_host_health(run_id, name, "unreachable", why.splitlines()[0])
 
     def attach(self) -> None:
         """Join the latest run without creating anything (status, logs, fetch, cancel)."""
@@ -121,6 +130,7 @@ class Session:
             )
         self.run_id = run.id
         self.hosts = self.provider.up()
+        self._record_unreachable()
 
     def _reset_hosts(self) -> None:
         # The original's reset: kill the project's processes and redeploy from scratch.

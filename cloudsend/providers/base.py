@@ -26,6 +26,7 @@ class Host:
 
 class Provider(Protocol):
     name: str
+    unreachable: dict[str, str]  # host name → why, for hosts up() had to leave out
 
     def up(self) -> list[Host]:
         """Create or find the hosts (idempotent)."""

@@ -22,6 +22,7 @@ class LocalProvider:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.unreachable: dict[str, str] = {}
         self.hosts_dir = config.state_dir / "hosts"
 
     def _shapes(self) -> list[tuple[str, int]]:
