@@ -4,7 +4,7 @@ PYTHON ?= python3
 .PHONY: quickstart test install lint bench
 
 install:
-	$(PYTHON) -m pip install -q -e '.[test]'
+	$(PYTHON) -m pip install -q -e '.[test,aws]'
 
 # Runs examples/quickstart.yaml on this machine and prints the results.
 quickstart:

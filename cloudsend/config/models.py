@@ -318,6 +318,31 @@ class Config(_Model):
         "unfinished jobs are re-queued on the other hosts.",
     )
 
+    # provider: aws (Pulumi stack and safety settings)
+    region: str | None = Field(
+        None, description="aws: default region (else the profile's / AWS_REGION)."
+    )
+    stack: str | None = Field(None, description="aws: Pulumi stack name; default: the project.")
+    state_backend: str | None = Field(
+        None,
+        description="aws: Pulumi state backend URL (s3://bucket/prefix, file://...); "
+        "default file://~/.cloudsend/pulumi.",
+    )
+    secrets_provider: str | None = Field(
+        None, description="aws: Pulumi secrets provider (e.g. awskms://...); default passphrase."
+    )
+    ssh_cidrs: StrList = Field(
+        default_factory=list,
+        description="aws: CIDRs allowed to SSH in; default: your public IP as /32.",
+    )
+    iam_policy_arns: StrList = Field(
+        default_factory=list,
+        description="aws: managed policies attached to the instances' role (none by default).",
+    )
+    max_cost_per_hour: float | None = Field(
+        None, gt=0, description="aws: `up` refuses a plan whose estimate exceeds this ($/hour)."
+    )
+
     instances: list[InstanceConfig] = Field(default_factory=list, description="Machines to run on.")
     hosts: list[SshHostConfig] = Field(
         default_factory=list, description="provider: ssh: the machines to run on."

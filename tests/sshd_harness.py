@@ -1,0 +1,359 @@
+"""Real OpenSSH sshd daemons on 127.0.0.1 as fake hosts, with real faults.
+
+Each host has its own port, ed25519 host key, authorized_keys, pid file and log; all share this
+machine's filesystem, so each gets a distinct `root` to use as cloudsend's root there. Faults are
+real signals: `kill()` (host down), `freeze()`/`thaw()` (SIGSTOP/SIGCONT), `wipe()` (disk gone),
+`regenerate_host_key()` (host rebuilt). Registered from tests/conftest.py as a pytest plugin.
+
+Fixtures: `sshd_client_key` (session), `sshd_factory` -> make(n, *, user="root",
+stock_limits=False) -> list[SshdHost], `sshd_host` (one root host).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
+SUDOERS_FILE = Path("/etc/sudoers.d/cloudsend-test")
+
+
+def _unavailable(reason: str) -> None:
+    """Skip on a dev machine without the tools; in CI a missing tool is a failure."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"sshd harness unavailable in CI: {reason}")
+    pytest.skip(reason)
+
+
+def _require_tools(user: str) -> None:
+    if not (os.path.exists(SSHD) and os.path.exists(SSH_KEYGEN)):
+        _unavailable("OpenSSH sshd/ssh-keygen not installed (apt-get install openssh-server)")
+    if os.geteuid() != 0:
+        _unavailable("the sshd harness runs sshd daemons and test users, which needs root")
+    if user != "root" and shutil.which("sudo") is None:
+        _unavailable("sudo not installed (apt-get install sudo)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _descendants(pid: int) -> list[int]:
+    """pid's process tree (children before parents are fine for SIGKILL/SIGSTOP)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                # the comm field may contain spaces: the ppid is the 2nd field after ")"
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def ensure_user(name: str) -> pwd.struct_passwd:
+    """Create a login user with passwordless sudo, as cloud images have (idempotent)."""
+    lock_path = Path(tempfile.gettempdir()) / "cloudsend-test-users.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel pytest processes may race here
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True)
+        # a useradd user is "locked" ("!" password); under UsePAM no sshd refuses it
+        subprocess.run(["usermod", "-p", "*", name], check=True)
+        line = f"{name} ALL=(ALL) NOPASSWD:ALL\n"
+        if not SUDOERS_FILE.exists() or line not in SUDOERS_FILE.read_text():
+            tmp = SUDOERS_FILE.with_name(".cloudsend-test.tmp")
+            tmp.write_text(line)
+            tmp.chmod(0o440)
+            subprocess.run(["visudo", "-cqf", str(tmp)], check=True)
+            os.replace(tmp, SUDOERS_FILE)
+        return pwd.getpwnam(name)
+
+
+class SshdHost:
+    """One fake host: an sshd on 127.0.0.1:<port> plus a root dir for cloudsend."""
+
+    address = "127.0.0.1"
+
+    def __init__(
+        self, name: str, base: Path, key: Path, *, user: str = "root", stock_limits: bool = False
+    ) -> None:
+        self.name = name
+        self.user = user
+        self.key = key  # the client's private key
+        self.stock_limits = stock_limits
+        self.dir = base / name
+        self.dir.mkdir(mode=0o755)
+        self.config_path = self.dir / "sshd_config"
+        self.host_key = self.dir / "host_ed25519"
+        self.log = self.dir / "sshd.log"
+        self.pid_file = self.dir / "sshd.pid"
+        self.authorized_keys = self.dir / "authorized_keys"
+        # root's parent belongs to the login user so a wiped root can be recreated by it
+        self._data = self.dir / "data"
+        self._data.mkdir(mode=0o755)
+        self.root = self._data / "root"
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pw = pwd.getpwnam(user)
+        self.authorized_keys.write_text(Path(str(key) + ".pub").read_text())
+        self.authorized_keys.chmod(0o644)  # sshd reads it as the login user
+        os.chown(self._data, self._pw.pw_uid, self._pw.pw_gid)
+        self._make_root()
+        self.regenerate_host_key(restart=False)
+
+    def __repr__(self) -> str:
+        return f"SshdHost({self.name!r}, {self.user}@{self.address}:{self.port})"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def _write_config(self) -> None:
+        lines = [
+            f"Port {self.port}",
+            f"ListenAddress {self.address}",
+            f"HostKey {self.host_key}",
+            f"PidFile {self.pid_file}",
+            f"AuthorizedKeysFile {self.authorized_keys}",
+            "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "StrictModes no",
+            "PrintMotd no",
+            "PrintLastLog no",
+            "UseDNS no",
+            "LogLevel INFO",
+            "Subsystem sftp internal-sftp",
+        ]
+        if not self.stock_limits:
+            # the stock 10:30:100 / 10 limits stay on stock_limits hosts so they stay tested
+            lines += ["MaxStartups 200", "MaxSessions 100"]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start sshd (same port and host key as before, if it ran before)."""
+        if self.pid is not None:
+            return
+        os.makedirs("/run/sshd", exist_ok=True)  # privilege separation dir
+        for _ in range(5):
+            if not self.port:
+                self.port = _free_port()
+                fresh_port = True
+            else:
+                fresh_port = False
+            self._write_config()
+            # -D: stay in the foreground so we own the listener's pid; -E: log to a file
+            self._proc = subprocess.Popen(
+                [SSHD, "-D", "-f", str(self.config_path), "-E", str(self.log)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            if self._wait_listening(timeout):
+                return
+            self._reap()
+            if not fresh_port:
+                break
+            self.port = 0  # the free port was taken meanwhile: pick another
+        tail = self.log.read_text()[-2000:] if self.log.exists() else ""
+        raise RuntimeError(f"sshd for {self.name} did not start on port {self.port}:\n{tail}")
+
+    def _wait_listening(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc is None or self._proc.poll() is not None:
+                return False
+            with socket.socket() as s:
+                s.settimeout(0.5)
+                if s.connect_ex((self.address, self.port)) == 0:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=5)
+        self._proc = None
+
+    def kill(self) -> None:
+        """Host down: SIGKILL the listener and every process it forked (connections,
+        commands still attached to them). Detached daemons (the agent) are not touched."""
+        pid = self.pid
+        if pid is None:
+            return
+        _signal_all([*_descendants(pid), pid], signal.SIGCONT)  # harmless if not frozen
+        _signal_all([pid, *_descendants(pid)], signal.SIGKILL)
+        self._reap()
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def freeze(self) -> None:
+        """Frozen host: the kernel still accepts TCP, but sshd answers nothing."""
+        pid = self.pid
+        assert pid is not None, f"{self.name} is not running"
+        _signal_all([pid, *_descendants(pid)], signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        pid = self.pid
+        assert pid is not None, f"{self.name} is not running"
+        _signal_all([pid, *_descendants(pid)], signal.SIGCONT)
+
+    def regenerate_host_key(self, *, restart: bool = True) -> None:
+        """A rebuilt host: new host key (the running sshd is restarted to load it)."""
+        for path in (self.host_key, Path(str(self.host_key) + ".pub")):
+            path.unlink(missing_ok=True)
+        subprocess.run(
+            [SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", self.name, "-f", str(self.host_key)],
+            check=True,
+        )
+        if restart and self.pid is not None:
+            self.restart()
+
+    # -- the host's disk ---------------------------------------------------------------------
+    def _make_root(self) -> None:
+        self.root.mkdir(mode=0o755, exist_ok=True)
+        os.chown(self.root, self._pw.pw_uid, self._pw.pw_gid)
+
+    def wipe(self) -> None:
+        """The host lost its disk: the root is gone (cloudsend must recreate it)."""
+        stop_agents(self.root)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def accepted_logins(self) -> int:
+        """How many SSH connections authenticated so far (from sshd's log)."""
+        if not self.log.exists():
+            return 0
+        return self.log.read_text(errors="replace").count("Accepted publickey for")
+
+    def target(self, known_hosts: Path, **overrides: Any) -> Any:
+        """An SshTarget for this host (timeouts etc. may be overridden)."""
+        from cloudsend.transport.ssh import SshTarget
+
+        return SshTarget(
+            name=self.name,
+            address=self.address,
+            port=self.port,
+            user=self.user,
+            key=self.key,
+            known_hosts=known_hosts,
+            **overrides,
+        )
+
+
+def stop_agents(root: Path) -> None:
+    """Stop agent daemons and their jobs under a host root (they are detached from sshd)."""
+    if not root.exists():
+        return
+    for agent in root.rglob("agent.py"):
+        if (agent.parent / "agent.json").exists():
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                subprocess.run(
+                    [sys.executable, str(agent), "--root", str(agent.parent), "stop",
+                     "--kill-jobs"],
+                    capture_output=True,
+                    timeout=30,
+                )
+    for pid_file in root.rglob("agent.pid"):
+        with contextlib.suppress(ValueError, OSError, IndexError):
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def _sshd_base() -> Iterator[Path]:
+    # not under pytest's tmp_path: that is 0700 and the non-root login user must traverse it
+    base = Path(tempfile.mkdtemp(prefix="cloudsend-sshd-"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sshd_client_key(_sshd_base: Path) -> Path:
+    """The client's ed25519 private key (0600), authorized on every fake host."""
+    _require_tools("root")
+    key = _sshd_base / "client_ed25519"
+    subprocess.run(
+        [SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", "cloudsend-test", "-f", str(key)],
+        check=True,
+    )
+    key.chmod(0o600)
+    return key
+
+
+@pytest.fixture
+def sshd_factory(
+    _sshd_base: Path, sshd_client_key: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., list[SshdHost]]]:
+    """make(n, *, user="root", stock_limits=False) -> n started hosts; all torn down after."""
+    hosts: list[SshdHost] = []
+    test_dir = Path(tempfile.mkdtemp(prefix="t-", dir=_sshd_base))
+    test_dir.chmod(0o755)
+
+    def make(n: int = 1, *, user: str = "root", stock_limits: bool = False) -> list[SshdHost]:
+        _require_tools(user)
+        if user != "root":
+            ensure_user(user)
+        made = []
+        for _ in range(n):
+            host = SshdHost(
+                f"h{len(hosts)}", test_dir, sshd_client_key, user=user, stock_limits=stock_limits
+            )
+            hosts.append(host)
+            made.append(host)
+        for host in made:
+            host.start()
+        return made
+
+    yield make
+    for host in hosts:
+        host.kill()
+    for host in hosts:
+        stop_agents(host.root)
+    shutil.rmtree(test_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def sshd_host(sshd_factory: Callable[..., list[SshdHost]]) -> SshdHost:
+    """One started host logging in as root."""
+    return sshd_factory(1)[0]
