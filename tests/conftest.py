@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.sshd_harness", "tests.moto_harness"]
+
 
 def _kill_agents(root: Path) -> None:
     for agent in root.rglob("agent.py"):

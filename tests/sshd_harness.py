@@ -24,9 +24,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from cloudsend.transport.ssh import SshTarget
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
@@ -55,26 +58,37 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _descendants(pid: int) -> list[int]:
-    """pid's process tree (children before parents are fine for SIGKILL/SIGSTOP)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                # the comm field may contain spaces: the ppid is the 2nd field after ")"
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
+def _children(pid: int) -> list[int]:
+    # /proc/<pid>/task/<tid>/children avoids scanning all of /proc (slow on a busy machine)
     found: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                found += [int(c) for c in fh.read().split()]
+    except FileNotFoundError:
+        pass  # the process is gone
+    except OSError:  # kernel without CONFIG_PROC_CHILDREN
+        return [
+            int(c)
+            for c in subprocess.run(
+                ["pgrep", "-P", str(pid)], capture_output=True, text=True
+            ).stdout.split()
+        ]
+    return found
+
+
+def _stop_tree(pid: int) -> list[int]:
+    """SIGSTOP pid and its descendants, top-down: a stopped process forks no new child, so
+    nothing escapes. Returns the whole tree."""
+    tree: list[int] = []
     todo = [pid]
     while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+        current = todo.pop()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(current, signal.SIGSTOP)
+        tree.append(current)
+        todo += _children(current)
+    return tree
 
 
 def _signal_all(pids: list[int], sig: int) -> None:
@@ -220,8 +234,7 @@ class SshdHost:
         pid = self.pid
         if pid is None:
             return
-        _signal_all([*_descendants(pid), pid], signal.SIGCONT)  # harmless if not frozen
-        _signal_all([pid, *_descendants(pid)], signal.SIGKILL)
+        _signal_all(_stop_tree(pid), signal.SIGKILL)
         self._reap()
 
     def restart(self) -> None:
@@ -232,21 +245,19 @@ class SshdHost:
         """Frozen host: the kernel still accepts TCP, but sshd answers nothing."""
         pid = self.pid
         assert pid is not None, f"{self.name} is not running"
-        _signal_all([pid, *_descendants(pid)], signal.SIGSTOP)
+        _stop_tree(pid)
 
     def thaw(self) -> None:
         pid = self.pid
         assert pid is not None, f"{self.name} is not running"
-        _signal_all([pid, *_descendants(pid)], signal.SIGCONT)
+        _signal_all(_stop_tree(pid), signal.SIGCONT)  # (re-stopping first is harmless)
 
     def regenerate_host_key(self, *, restart: bool = True) -> None:
         """A rebuilt host: new host key (the running sshd is restarted to load it)."""
         for path in (self.host_key, Path(str(self.host_key) + ".pub")):
             path.unlink(missing_ok=True)
-        subprocess.run(
-            [SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", self.name, "-f", str(self.host_key)],
-            check=True,
-        )
+        cmd = [SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", self.name]
+        subprocess.run([*cmd, "-f", str(self.host_key)], check=True)
         if restart and self.pid is not None:
             self.restart()
 
@@ -266,7 +277,7 @@ class SshdHost:
             return 0
         return self.log.read_text(errors="replace").count("Accepted publickey for")
 
-    def target(self, known_hosts: Path, **overrides: Any) -> Any:
+    def target(self, known_hosts: Path, **overrides: Any) -> SshTarget:
         """An SshTarget for this host (timeouts etc. may be overridden)."""
         from cloudsend.transport.ssh import SshTarget
 
@@ -289,8 +300,14 @@ def stop_agents(root: Path) -> None:
         if (agent.parent / "agent.json").exists():
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 subprocess.run(
-                    [sys.executable, str(agent), "--root", str(agent.parent), "stop",
-                     "--kill-jobs"],
+                    [
+                        sys.executable,
+                        str(agent),
+                        "--root",
+                        str(agent.parent),
+                        "stop",
+                        "--kill-jobs",
+                    ],
                     capture_output=True,
                     timeout=30,
                 )

@@ -41,11 +41,12 @@ ADOPTED_POLL = 0.05  # adopted processes are not our children: no SIGCHLD, so po
 REQUEST_TIMEOUT = 120.0
 
 # Runs every job and bootstrap: $1 = dir for pid/rc, $2 = cwd, the rest = the command. The rc
-# is written atomically (tmp + mv) so a reader never sees a partial number.
+# is only read once the wrapper's process is gone, so its write is complete by then: a plain
+# redirect is enough (an `mv` would cost a fork+exec per job, most of a short job's cost).
 WRAPPER = (
     'd=$1; w=$2; shift 2; echo $$ >"$d/pid"; '
     'if cd "$w"; then "$@"; rc=$?; else rc=126; fi; '
-    'echo $rc >"$d/rc.tmp" && mv -f "$d/rc.tmp" "$d/rc"; exit $rc'
+    'echo $rc >"$d/rc"; exit $rc'
 )
 
 
@@ -1221,6 +1222,32 @@ def cmd_pack(paths: Paths, out: str, job_ids: list[str]) -> dict[str, Any]:
     return {"path": out, "jobs": list(job_ids), "missing": missing, "refused": refused}
 
 
+def cmd_collect(
+    paths: Paths, out: str, since: int | None, wait: float, want: dict[str, Any]
+) -> dict[str, Any]:
+    """status and pack in one call, so a watcher pays one round trip per round: wait for a
+    change (like status), then pack the wanted jobs (job_id → attempt) that are final.
+    Archives of earlier rounds (collect-*, older than a minute: fetched by now) are removed,
+    which saves the client a round trip to delete each one."""
+    cutoff = time.time() - 60
+    with contextlib.suppress(OSError):
+        for name in os.listdir(paths.outbox):
+            full = os.path.join(paths.outbox, name)
+            if name.startswith("collect-") and os.path.getmtime(full) < cutoff:
+                unlink(full)
+    status = json.loads(cmd_status(paths, since, wait))
+    jobs = status.get("jobs", {})
+    ready = sorted(
+        job_id
+        for job_id, attempt in want.items()
+        if job_id in jobs
+        and jobs[job_id].get("attempt") == attempt
+        and jobs[job_id].get("state") in ("DONE", "ABORTED")
+    )
+    packed = cmd_pack(paths, out, ready) if ready else None
+    return {"status": status, "pack": packed}
+
+
 def cmd_stop(paths: Paths, kill_jobs: bool) -> dict[str, Any]:
     was_running = os.path.exists(paths.lock) and not lock_free(paths)
     pid = read_int(paths.pid) if was_running else None
@@ -1313,7 +1340,8 @@ def try_lock(fd: int) -> bool:
 USAGE = (
     "usage: agent.py --root ROOT start [--slots N] | submit < specs.json | "
     "status [--since V] [--wait S] | cancel JOB... | cancel --all | "
-    "tail JOB [--stream stdout|stderr] [--lines N] | pack --out PATH JOB... | stop [--kill-jobs]"
+    "tail JOB [--stream stdout|stderr] [--lines N] | pack --out PATH JOB... | "
+    "collect --out PATH [--since V] [--wait S] < want.json | stop [--kill-jobs]"
 )
 OPTIONS: dict[str, dict[str, Any]] = {
     "start": {"--slots": int},
@@ -1322,6 +1350,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "cancel": {"--all": None},
     "tail": {"--stream": str, "--lines": int},
     "pack": {"--out": str},
+    "collect": {"--out": str, "--since": int, "--wait": float},
     "stop": {"--kill-jobs": None},
 }
 
@@ -1400,6 +1429,18 @@ def run(argv: list[str]) -> dict[str, Any] | bytes:
         lines = opts.get("--lines")
         return cmd_tail(
             paths, args[0], opts.get("--stream") or "stdout", 50 if lines is None else lines
+        )
+    if command == "collect":
+        if not opts.get("--out"):
+            raise UsageError("collect needs --out PATH")
+        try:
+            want = json.loads(sys.stdin.read() or "{}")
+        except ValueError as exc:
+            raise AgentError(f"collect: stdin is not JSON: {exc}") from None
+        if not isinstance(want, dict):
+            raise AgentError("collect: stdin must be a JSON object {job_id: attempt}")
+        return cmd_collect(
+            paths, opts["--out"], opts.get("--since"), float(opts.get("--wait") or 0), want
         )
     if command == "pack":
         if not opts.get("--out") or not args:

@@ -16,13 +16,18 @@ class AgentClient:
     def __init__(self, host: Host) -> None:
         self.host = host
 
+    def command(self, *args: str) -> str:
+        """The shell command that runs the agent with these arguments on the host."""
+        h = self.host
+        # Imported rather than run as a script so its compiled code is cached in
+        # ROOT/__pycache__: every call (status polls included) starts ~14 ms faster.
+        return " ".join(shlex.quote(a) for a in (h.python, "-c", _BOOT, "--root", h.root, *args))
+
     def _call(
         self, *args: str, stdin: str | None = None, timeout: float | None = 120
     ) -> dict[str, Any]:
         h = self.host
-        # Imported rather than run as a script so its compiled code is cached in
-        # ROOT/__pycache__: every call (status polls included) starts ~14 ms faster.
-        command = " ".join(shlex.quote(a) for a in (h.python, "-c", _BOOT, "--root", h.root, *args))
+        command = self.command(*args)
         result = h.transport.run(command, stdin=stdin, timeout=timeout, check=False)
         try:
             doc = json.loads(result.stdout) if result.stdout.strip() else {}
@@ -55,6 +60,15 @@ class AgentClient:
     def tail(self, job_id: str, stream: str = "stdout", lines: int = 50) -> str:
         doc = self._call("tail", job_id, "--stream", stream, "--lines", str(lines))
         return str(doc.get("text", ""))
+
+    def collect(
+        self, out: str, want: dict[str, int], since: int | None = None, wait: float = 0
+    ) -> dict[str, Any]:
+        """One round: long-poll status, then pack the wanted jobs that are final."""
+        args = ["collect", "--out", out]
+        if since is not None and wait > 0:
+            args += ["--since", str(since), "--wait", str(wait)]
+        return self._call(*args, stdin=json.dumps(want), timeout=wait + 60)
 
     def pack(self, out: str, job_ids: list[str]) -> dict[str, Any]:
         return self._call("pack", "--out", out, *job_ids)

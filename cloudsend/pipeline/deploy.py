@@ -10,31 +10,42 @@ from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.files import FileIndex, sync_files
 from cloudsend.providers.base import Host
 
+_STARTED = "__cloudsend_agent_started__"
+
 
 @dataclass
 class DeployReport:
     host: str
     files_sent: int = 0
     bytes_sent: int = 0
-    agent_sent: bool = False
 
 
-def ensure_agent(host: Host) -> bool:
-    """Upload the agent when the host's copy differs, then start it. Returns True if uploaded."""
+def ensure_agent(host: Host) -> set[str]:
+    """Make sure the host runs the current agent, in one round trip when it already has it.
+
+    The same command lists the content-addressed files the host already has (the submit
+    step then needs not ask again) and, when the host's agent.py is the current one, starts
+    it. Returns that listing.
+    """
     root = shlex.quote(host.root)
+    start = AgentClient(host).command("start", "--slots", str(host.cpus))
+    want = agent_sha256()
     probe = host.transport.run(
-        f"mkdir -p {root} && cd {root} && (sha256sum agent.py 2>/dev/null || true)"
+        f"mkdir -p {root}/files && cd {root} && ls -1 files && "
+        f'{{ [ "$(sha256sum agent.py 2>/dev/null | cut -c1-64)" != {want} ] || '
+        f"{{ echo {_STARTED}; {start} >/dev/null; }}; }}"
     )
-    have = probe.stdout.split()[0] if probe.stdout.strip() else ""
-    sent = have != agent_sha256()
-    if sent:
+    lines = {line.strip() for line in probe.stdout.splitlines() if line.strip()}
+    if _STARTED not in lines:
         host.transport.put(AGENT_PATH, host.agent)
-    AgentClient(host).start(host.cpus)
-    return sent
+        AgentClient(host).start(host.cpus)
+    return lines - {_STARTED}
 
 
-def deploy_host(host: Host, index: FileIndex, needed: set[str]) -> DeployReport:
+def deploy_host(
+    host: Host, index: FileIndex, needed: set[str], present: set[str] | None = None
+) -> DeployReport:
+    """The files a host's new jobs need (its agent was ensured by Session.deploy)."""
     report = DeployReport(host.name)
-    report.agent_sent = ensure_agent(host)
-    report.files_sent, report.bytes_sent = sync_files(host, index, needed)
+    report.files_sent, report.bytes_sent = sync_files(host, index, needed, present)
     return report

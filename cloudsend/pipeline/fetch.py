@@ -38,13 +38,22 @@ def fetch_jobs(
         return {}
     remote = f"{host.root}/outbox/{uuid.uuid4().hex}.tar.gz"
     AgentClient(host).pack(remote, job_ids)
+    got = download(host, remote, job_ids, results_dir)
+    host.transport.run(f"rm -f {shlex.quote(remote)}", check=False)
+    return got
+
+
+def download(
+    host: Host, remote: str, job_ids: list[str], results_dir: Path
+) -> dict[str, list[tuple[str, int]]]:
+    """Fetch an archive made by the agent and extract it safely into results_dir/<job>/."""
     results_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".fetch-", suffix=".tar.gz", dir=results_dir)
     os.close(fd)
     tmp = Path(tmp_name)
+    got: dict[str, list[tuple[str, int]]] = {job: [] for job in job_ids}
     try:
         host.transport.get(remote, tmp)
-        got: dict[str, list[tuple[str, int]]] = {job: [] for job in job_ids}
         try:
             with tarfile.open(tmp, "r:gz") as tar:
                 for member in _safe_members(tar, set(job_ids)):
@@ -66,5 +75,4 @@ def fetch_jobs(
             raise TransportError(f"bad results archive from host {host.name!r}: {exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
-    host.transport.run(f"rm -f {shlex.quote(remote)}", check=False)
     return got

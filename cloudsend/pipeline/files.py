@@ -46,18 +46,20 @@ class FileIndex:
         return links
 
 
-def sync_files(host: Host, index: FileIndex, needed: set[str]) -> tuple[int, int]:
-    """Send the files the host lacks. One listing round trip, then one put per missing file.
-
-    Returns (files sent, bytes sent).
+def sync_files(
+    host: Host, index: FileIndex, needed: set[str], present: set[str] | None = None
+) -> tuple[int, int]:
+    """Send the files the host lacks: one listing round trip (unless the caller has a fresh
+    listing), then one put per missing file. Returns (files sent, bytes sent).
     """
     if not needed:
         return 0, 0
     files_dir = f"{host.root}/files"
-    listing = host.transport.run(
-        f"mkdir -p {shlex.quote(files_dir)} && ls -1 {shlex.quote(files_dir)}"
-    )
-    present = set(listing.stdout.split())
+    if present is None:
+        listing = host.transport.run(
+            f"mkdir -p {shlex.quote(files_dir)} && ls -1 {shlex.quote(files_dir)}"
+        )
+        present = set(listing.stdout.split())
     sent = sent_bytes = 0
     for sha in sorted(needed - present):
         local = index.by_sha[sha]

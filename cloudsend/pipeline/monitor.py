@@ -93,6 +93,8 @@ class RunMonitor:
                     break  # nothing left that could change a job
                 with contextlib.suppress(queue.Empty):
                     self._apply(self.events.get(timeout=0.5))
+                    while True:  # drain: one look at the store for a burst of events
+                        self._apply(self.events.get_nowait())
                 now = time.monotonic()
                 for name, watcher in list(self.watchers.items()):
                     if (
@@ -127,8 +129,11 @@ class RunMonitor:
                 host, "ok", "back" if self.health.get(host) not in (None, "ok") else ""
             )
             self.s.apply_status(host, event.status)
-        for job_id, files in event.fetched.items():
-            self.s.store.record_fetch(self.run_id, job_id, event.attempts[job_id], files)
+        if event.fetched:
+            self.s.store.record_fetches(
+                self.run_id,
+                [(job, event.attempts[job], files) for job, files in event.fetched.items()],
+            )
         if event.log:
             self.s.reporter.log(host, event.log.rstrip("\n"))
 

@@ -58,6 +58,7 @@ class Session:
         self.envs_submitted = 0
         self.env_failures: dict[str, str] = {}
         self.lost_hosts: set[str] = set()
+        self._present: dict[str, set[str]] = {}
         self.started_at = time.monotonic()
 
     # ---- helpers -------------------------------------------------------------------------
@@ -161,7 +162,10 @@ class Session:
                 for p in plan.jobs
             ],
         )
-        self._each_host(ensure_agent)
+        # the listing of files each host has, used once by the submit that follows
+        self._present = dict(
+            zip([h.name for h in self.hosts], self._each_host(ensure_agent), strict=True)
+        )
 
     def _statuses(self) -> dict[str, dict[str, Any]]:
         """One status call per host; unreachable hosts are reported, not fatal here."""
@@ -246,7 +250,7 @@ class Session:
             if not jobs:
                 return 0, 0, 0
             needed = {self.index.add(f) for p in jobs for f in self._files(p.files)}
-            report = deploy_host(host, self.index, needed)
+            report = deploy_host(host, self.index, needed, self._present.pop(host.name, None))
             envs = {p.env.env_id: p.env for p in jobs if p.env is not None}
             copy = not self.config.mutualize_uploads
             specs = [p.spec(attempts[p.job_id], host.root, self.index, copy) for p in jobs]
@@ -339,7 +343,8 @@ class Session:
     def fetch_results(self, out_dir: Path | None = None) -> Path:
         """Fetch every finished job not yet home; copy the run's results to out_dir if given."""
         run_id = self._run()
-        self.reconcile()
+        if not all(v.state in FINAL and v.fetched for v in self.views()):
+            self.reconcile()  # only ask the hosts when something may be left there
         todo: dict[str, list[str]] = {}
         attempts = {}
         for v in self.views():
@@ -351,8 +356,9 @@ class Session:
             return fetch_jobs(host, todo.get(host.name, []), self.results_dir)
 
         for got in self._each_host(pull, [h for h in self.hosts if h.name in todo]):
-            for job_id, files in got.items():
-                self.store.record_fetch(run_id, job_id, attempts[job_id], files)
+            self.store.record_fetches(
+                run_id, [(job, attempts[job], files) for job, files in got.items()]
+            )
         if out_dir is not None and out_dir.resolve() != self.results_dir.resolve():
             shutil.copytree(self.results_dir, out_dir, dirs_exist_ok=True)
             return out_dir
@@ -395,9 +401,12 @@ class Session:
         if not self.config.auto_stop:
             return
         if all(v.state in FINAL and v.fetched for v in self.views()):
-            for host in self.hosts:
+
+            def stop(host: Host) -> None:
                 with contextlib.suppress(TransportError):
                     AgentClient(host).stop()
+
+            self._each_host(stop)
 
     def down(self, keep: bool = False) -> None:
         self.reporter.phase("down", f"provider {self.provider.name}")

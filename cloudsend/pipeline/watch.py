@@ -11,13 +11,14 @@ from __future__ import annotations
 import queue
 import shlex
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cloudsend.errors import CloudsendError
 from cloudsend.pipeline.agent_client import AgentClient
-from cloudsend.pipeline.fetch import fetch_jobs
+from cloudsend.pipeline.fetch import download
 from cloudsend.providers.base import Host
 
 FINAL = ("DONE", "ABORTED")
@@ -115,18 +116,31 @@ class HostWatcher(threading.Thread):
                 building = True
         return building
 
+    def _wanted(self) -> dict[str, int]:
+        with self._lock:
+            return {j: a for j, a in self._expected.items() if j not in self._fetched}
+
     def _round(self, client: AgentClient, version: int | None, wait: float) -> tuple[int, float]:
-        status = client.status(since=version, wait=wait if version is not None else 0)
+        """One round trip: wait for a change, get the status and the finished jobs' outputs."""
+        out = f"{self.host.root}/outbox/collect-{uuid.uuid4().hex}.tar.gz"
+        doc = client.collect(
+            out, self._wanted(), since=version, wait=wait if version is not None else 0
+        )
+        status = doc.get("status", {})
         self.events.put(HostEvent(self.host.name, status=status))
         if self.stream_logs:
             # log growth does not bump the agent's version: poll faster while building
             wait = 0.5 if self._stream_env_logs(status.get("envs", {})) else self.poll_wait
-        ready = self._ready(status.get("jobs", {}))
-        if ready:
-            got = fetch_jobs(self.host, sorted(ready), self.results_dir)
+        packed = doc.get("pack")
+        if packed:
+            ready = self._ready(status.get("jobs", {}))
+            jobs = [j for j in packed.get("jobs", []) if j in ready]
+            got = download(self.host, packed["path"], jobs, self.results_dir)
             with self._lock:
-                self._fetched.update(ready)
-            self.events.put(HostEvent(self.host.name, fetched=got, attempts=ready))
+                self._fetched.update(jobs)
+            self.events.put(
+                HostEvent(self.host.name, fetched=got, attempts={j: ready[j] for j in jobs})
+            )
         return int(status.get("version", 0)), wait
 
     def run(self) -> None:

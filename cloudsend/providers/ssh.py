@@ -54,6 +54,12 @@ class SshProvider:
         except CloudsendError:
             transport.close()
             raise
+        if not info.get("python"):
+            transport.close()
+            raise ProvisionError(
+                f"host {name}: python3 is not installed there (the cloudsend agent needs it)",
+                hint="install python3 on the host (apt-get install python3)",
+            )
         root = entry.root or f"{info['home']}/.cloudsend/{self.config.project_name}"
         return Host(
             name=name,

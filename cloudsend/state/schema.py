@@ -243,6 +243,10 @@ def open_database(path: Path, busy_timeout: float) -> sqlite3.Connection:
         # WAL lets other processes read while this one writes. This is also the first statement
         # that reads the file, so a corrupt file shows up here.
         conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode: commits survive a crash of cloudsend (what recovery is about);
+        # only an OS crash can lose the last ones, and the agents then still hold the truth.
+        # FULL would fsync on every commit, which dominated the watch loop with many jobs.
+        conn.execute("PRAGMA synchronous = NORMAL")
         # Creation and migration run in one transaction: two processes opening a new store at
         # once cannot both create it, and a crash leaves either the old schema or the new one.
         conn.execute("BEGIN IMMEDIATE")

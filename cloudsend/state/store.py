@@ -366,22 +366,30 @@ class Store:
     ) -> None:
         """Keep the ``(path, size)`` list fetched for an attempt; mark the job fetched when it
         is the current attempt (a late fetch of an older attempt marks nothing)."""
+        self.record_fetches(run_id, [(job_id, attempt, list(files))])
+
+    def record_fetches(
+        self, run_id: int, items: Iterable[tuple[str, int, list[tuple[str, int]]]]
+    ) -> None:
+        """`record_fetch` for many jobs (job_id, attempt, files) in one transaction."""
+        now = time.time()
         with self._write() as db:
-            *_, current = self._require_job(db, run_id, job_id)
-            db.execute(
-                "DELETE FROM fetched_files WHERE run_id = ? AND job_id = ? AND attempt = ?",
-                (run_id, job_id, attempt),
-            )
-            db.executemany(
-                "INSERT INTO fetched_files (run_id, job_id, attempt, path, size) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(run_id, job_id, attempt, path, size) for path, size in files],
-            )
-            if attempt == current:
+            for job_id, attempt, files in items:
+                *_, current = self._require_job(db, run_id, job_id)
                 db.execute(
-                    "UPDATE jobs SET fetched = 1, updated = ? WHERE run_id = ? AND job_id = ?",
-                    (time.time(), run_id, job_id),
+                    "DELETE FROM fetched_files WHERE run_id = ? AND job_id = ? AND attempt = ?",
+                    (run_id, job_id, attempt),
                 )
+                db.executemany(
+                    "INSERT INTO fetched_files (run_id, job_id, attempt, path, size) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(run_id, job_id, attempt, path, size) for path, size in files],
+                )
+                if attempt == current:
+                    db.execute(
+                        "UPDATE jobs SET fetched = 1, updated = ? WHERE run_id = ? AND job_id = ?",
+                        (now, run_id, job_id),
+                    )
 
     def fetched_files(
         self, run_id: int, job_id: str, attempt: int | None = None

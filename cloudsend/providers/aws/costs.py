@@ -1,0 +1,162 @@
+"""What a stack costs per hour: live prices when the caller has them, else the bundled table.
+
+`prices.json` (beside this module) is a dated table of approximate public list prices
+(Linux, USD/hour) for common types in us-east-1, us-west-2, eu-west-1 and eu-central-1; its
+`as_of` date is shown with every estimate so nobody mistakes it for a quote. `pricing.py`
+(boto3) fetches live prices in the same shape, {(region, type): {"on_demand", "spot"}}; a
+live price wins over the table key by key.
+
+A spot instance is estimated at the spot price, capped at its max_bid (it never pays more).
+A max_bid below the estimated spot price is warned about: such a request may never start.
+Unknown (region, type) pairs are left out of the total with a warning rather than guessed.
+EBS volumes and data transfer are not counted (a few cents a day for the default 20 GB).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from cloudsend.providers.aws.spec import StackSpec
+
+LivePrices = Mapping[tuple[str, str], Mapping[str, float | None]]
+
+
+@dataclass(frozen=True)
+class CostLine:
+    name: str
+    type: str
+    region: str
+    market: str  # "spot" | "on-demand"
+    hourly: float | None  # None: unknown (not in the total)
+    source: str  # "live" | "table" | "unknown" | "max_bid" (spot price unknown: the bid caps it)
+    eco_life_hours: float | None = None  # spot with eco_life: it ends by then
+    total_for_eco_life: float | None = None  # hourly × eco_life_hours
+
+
+@dataclass
+class CostEstimate:
+    lines: list[CostLine]
+    total_per_hour: float  # known lines only; see `complete`
+    as_of: str  # date of the bundled table
+    eco_life_hours: float | None = None  # the longest eco_life among spot instances
+    total_for_eco_life: float | None = None  # what the spot instances can cost at most
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """True when every instance has a price (the total is not an underestimate)."""
+        return all(line.hourly is not None for line in self.lines)
+
+    def most_expensive(self, n: int = 3) -> list[CostLine]:
+        """The n priciest priced instances, most expensive first (for budget messages)."""
+        priced = [line for line in self.lines if line.hourly is not None]
+        priced.sort(key=lambda line: (-(line.hourly or 0.0), line.name))
+        return priced[: max(0, n)]
+
+    def over_budget(self, limit: float | None) -> str | None:
+        """A message when the total exceeds `limit` $/hour (max_cost_per_hour), else None."""
+        if limit is None or self.total_per_hour <= limit:
+            return None
+        top = ", ".join(
+            f"{line.name} ({line.type}, {line.market}) ${line.hourly:.4f}/h"
+            for line in self.most_expensive(3)
+        )
+        return (
+            f"estimated ${self.total_per_hour:.4f}/hour exceeds max_cost_per_hour "
+            f"${limit:.4f}; most expensive: {top}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instances": [asdict(line) for line in self.lines],
+            "total_per_hour": round(self.total_per_hour, 6),
+            "complete": self.complete,
+            "eco_life_hours": self.eco_life_hours,
+            "total_for_eco_life": None
+            if self.total_for_eco_life is None
+            else round(self.total_for_eco_life, 6),
+            "as_of": self.as_of,
+            "warnings": list(self.warnings),
+        }
+
+
+@lru_cache(maxsize=1)
+def price_table() -> dict[str, Any]:
+    """The bundled table: {"as_of", "source", "regions": {region: {type: {...}}}}."""
+    text = resources.files("cloudsend.providers.aws").joinpath("prices.json").read_text()
+    table: dict[str, Any] = json.loads(text)
+    return table
+
+
+def estimate(spec: StackSpec, live: LivePrices | None = None) -> CostEstimate:
+    """Hourly cost of every instance of `spec`; `live` prices override the table."""
+    table = price_table()
+    lines: list[CostLine] = []
+    warnings: list[str] = []
+    warned: set[tuple[str, str, str]] = set()
+    for inst in spec.instances:
+        kind = "spot" if inst.eco else "on_demand"
+        price, source = _lookup(table, live, inst.region, inst.type, kind)
+        bid = float(inst.max_price) if inst.eco and inst.max_price is not None else None
+        if price is not None and bid is not None and bid < price:
+            warnings.append(
+                f"{inst.name}: max_bid {inst.max_price} below the current spot price "
+                f"{price:.4f} ({source}): may never start"
+            )
+            price = bid
+        key = (inst.region, inst.type, kind)
+        if price is None and key not in warned:
+            warned.add(key)
+            counted = "counted at its max_bid" if bid is not None else "not counted in the total"
+            warnings.append(
+                f"no {kind.replace('_', '-')} price known for {inst.type} in {inst.region} "
+                f"(table of {table['as_of']}): {counted}"
+            )
+        if price is None and bid is not None:
+            price, source = bid, "max_bid"  # spot never charges more than the bid
+        life = inst.eco_life_hours if inst.eco else None
+        lines.append(
+            CostLine(
+                name=inst.name,
+                type=inst.type,
+                region=inst.region,
+                market="spot" if inst.eco else "on-demand",
+                hourly=price,
+                source=source,
+                eco_life_hours=life,
+                total_for_eco_life=price * life if price is not None and life else None,
+            )
+        )
+    bounded = [line for line in lines if line.total_for_eco_life is not None]
+    return CostEstimate(
+        lines=lines,
+        total_per_hour=sum(line.hourly for line in lines if line.hourly is not None),
+        as_of=table["as_of"],
+        eco_life_hours=max((line.eco_life_hours or 0.0 for line in bounded), default=None),
+        total_for_eco_life=sum(line.total_for_eco_life or 0.0 for line in bounded)
+        if bounded
+        else None,
+        warnings=warnings,
+    )
+
+
+def _lookup(
+    table: Mapping[str, Any],
+    live: LivePrices | None,
+    region: str,
+    itype: str,
+    kind: str,
+) -> tuple[float | None, str]:
+    if live is not None:
+        value = (live.get((region, itype)) or {}).get(kind)
+        if value is not None:
+            return float(value), "live"
+    value = table["regions"].get(region, {}).get(itype, {}).get(kind)
+    if value is not None:
+        return float(value), "table"
+    return None, "unknown"

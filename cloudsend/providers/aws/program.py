@@ -1,0 +1,374 @@
+"""The Pulumi program: a StackSpec declared as AWS resources.
+
+Four ComponentResources, each with a typed args dataclass and its children parented to it:
+
+- `Network` (per region): our own VPC 10.0.0.0/16, one public subnet (/20), an internet gateway and
+  a 0.0.0.0/0 route. When the region's instances name a VPC (`cloud_id`), nothing is created
+  in it: an existing subnet of that VPC that gives public IPs is used. Creating a subnet in
+  someone else's VPC would need a free CIDR range and a route to an internet gateway, neither
+  of which we can know; a VPC without such a subnet fails at `up` with a clear message.
+- `Access` (per region): a security group with SSH from `spec.ssh_cidrs` only (never opened
+  to the world by default; an empty list is refused), and the stack's key pair.
+- `Identity` (once; IAM is global): a role only EC2 can assume, its instance profile, and the
+  managed policies the config lists — no inline policy, so by default no permission at all.
+- `Compute` (per region): one `ec2.Instance` per InstanceSpec.
+
+Every region, the default included, gets an explicit `aws.Provider`: resources must never
+depend on an ambient `aws:region` setting that may name another region than the spec.
+
+Spot (`eco`) instances are one-time requests that terminate on interruption. EC2 ignores
+ValidUntil on one-time requests (it is "supported only for persistent requests", which in turn
+cannot terminate on interruption), so `eco_life` is enforced by the instance itself: its user
+data schedules `shutdown` after eco_life and the shutdown behaviour is `terminate`. The delay is
+relative to boot, so the program does not change between runs (a deadline computed from the
+clock would replace every spot instance at every `up`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from cloudsend.errors import ConfigError
+from cloudsend.providers.aws.spec import InstanceSpec, StackSpec, eco_life_minutes
+
+_EC2_TRUST_POLICY = (
+    '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", '
+    '"Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}'
+)
+
+
+def _tags(base: dict[str, str], name: str) -> dict[str, str]:
+    return {**base, "Name": name}
+
+
+@dataclass
+class NetworkArgs:
+    tags: dict[str, str]
+    vpc_id: str | None = None  # an existing VPC (cloud_id): use a subnet of it, create nothing
+
+
+class Network(pulumi.ComponentResource):
+    vpc_id: pulumi.Output[str]
+    subnet_id: pulumi.Output[str]
+
+    def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions) -> None:
+        super().__init__("cloudsend:aws:Network", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        if args.vpc_id is not None:
+            self.vpc_id = pulumi.Output.from_input(args.vpc_id)
+            found = aws.ec2.get_subnets_output(
+                filters=[
+                    {"name": "vpc-id", "values": [args.vpc_id]},
+                    {"name": "map-public-ip-on-launch", "values": ["true"]},
+                ],
+                opts=pulumi.InvokeOptions(parent=self),
+            )
+            self.subnet_id = found.ids.apply(lambda ids: _first_subnet(ids, args.vpc_id or ""))
+        else:
+            vpc = aws.ec2.Vpc(
+                f"{name}-vpc",
+                cidr_block="10.0.0.0/16",
+                enable_dns_hostnames=True,
+                enable_dns_support=True,
+                tags=_tags(args.tags, f"{name}-vpc"),
+                opts=child,
+            )
+            subnet = aws.ec2.Subnet(
+                f"{name}-subnet",
+                vpc_id=vpc.id,
+                cidr_block="10.0.0.0/20",  # 4091 addresses: room for big fleets
+                map_public_ip_on_launch=True,
+                tags=_tags(args.tags, f"{name}-subnet"),
+                opts=child,
+            )
+            gateway = aws.ec2.InternetGateway(
+                f"{name}-igw", vpc_id=vpc.id, tags=_tags(args.tags, f"{name}-igw"), opts=child
+            )
+            table = aws.ec2.RouteTable(
+                f"{name}-rt",
+                vpc_id=vpc.id,
+                routes=[{"cidr_block": "0.0.0.0/0", "gateway_id": gateway.id}],
+                tags=_tags(args.tags, f"{name}-rt"),
+                opts=child,
+            )
+            aws.ec2.RouteTableAssociation(
+                f"{name}-rta", subnet_id=subnet.id, route_table_id=table.id, opts=child
+            )
+            self.vpc_id = vpc.id
+            self.subnet_id = subnet.id
+        self.register_outputs({"vpc_id": self.vpc_id, "subnet_id": self.subnet_id})
+
+
+def _first_subnet(ids: Sequence[str] | None, vpc_id: str) -> str:
+    if not ids:
+        raise ConfigError(
+            f"cloud_id: VPC {vpc_id} has no subnet that gives instances a public IP",
+            hint="add one (map-public-ip-on-launch, routed to an internet gateway) "
+            "or remove cloud_id to let cloudsend create its own VPC",
+        )
+    return sorted(ids)[0]  # sorted: the same subnet at every run
+
+
+@dataclass
+class AccessArgs:
+    vpc_id: pulumi.Input[str]
+    ssh_cidrs: Sequence[str]
+    public_key: str
+    tags: dict[str, str]
+
+
+class Access(pulumi.ComponentResource):
+    security_group_id: pulumi.Output[str]
+    key_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: AccessArgs, opts: pulumi.ResourceOptions) -> None:
+        super().__init__("cloudsend:aws:Access", name, None, opts)
+        if not args.ssh_cidrs:
+            # Defence in depth: stack_spec refuses this too. No range must never become "open".
+            raise ConfigError("no SSH source range: refusing to open port 22 to everyone")
+        child = pulumi.ResourceOptions(parent=self)
+        v4 = [c for c in args.ssh_cidrs if ":" not in c]
+        v6 = [c for c in args.ssh_cidrs if ":" in c]
+        ssh = aws.ec2.SecurityGroupIngressArgs(
+            protocol="tcp",
+            from_port=22,
+            to_port=22,
+            cidr_blocks=v4 or None,
+            ipv6_cidr_blocks=v6 or None,
+            description="SSH",
+        )
+        group = aws.ec2.SecurityGroup(
+            f"{name}-sg",
+            description="cloudsend: SSH from the allowed ranges only",
+            vpc_id=args.vpc_id,
+            ingress=[ssh],
+            # Hosts install packages and fetch data: outbound stays open.
+            egress=[
+                {
+                    "protocol": "-1",
+                    "from_port": 0,
+                    "to_port": 0,
+                    "cidr_blocks": ["0.0.0.0/0"],
+                    "ipv6_cidr_blocks": ["::/0"],
+                }
+            ],
+            tags=_tags(args.tags, f"{name}-sg"),
+            opts=child,
+        )
+        key = aws.ec2.KeyPair(
+            f"{name}-key",
+            public_key=args.public_key,
+            tags=_tags(args.tags, f"{name}-key"),
+            opts=child,
+        )
+        self.security_group_id = group.id
+        self.key_name = key.key_name
+        self.register_outputs(
+            {"security_group_id": self.security_group_id, "key_name": self.key_name}
+        )
+
+
+@dataclass
+class IdentityArgs:
+    policy_arns: Sequence[str]
+    tags: dict[str, str]
+
+
+class Identity(pulumi.ComponentResource):
+    instance_profile: pulumi.Output[str]
+    role_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: IdentityArgs, opts: pulumi.ResourceOptions) -> None:
+        super().__init__("cloudsend:aws:Identity", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        role = aws.iam.Role(
+            f"{name}-role",
+            assume_role_policy=_EC2_TRUST_POLICY,
+            description="cloudsend instances; permissions only from iam_policy_arns",
+            tags=_tags(args.tags, f"{name}-role"),
+            opts=child,
+        )
+        for i, arn in enumerate(args.policy_arns):
+            aws.iam.RolePolicyAttachment(
+                f"{name}-policy-{i}", role=role.name, policy_arn=arn, opts=child
+            )
+        profile = aws.iam.InstanceProfile(
+            f"{name}-profile",
+            role=role.name,
+            tags=_tags(args.tags, f"{name}-profile"),
+            opts=child,
+        )
+        self.role_name = role.name
+        self.instance_profile = profile.name
+        self.register_outputs({"role": self.role_name, "instance_profile": self.instance_profile})
+
+
+@dataclass
+class ComputeArgs:
+    instances: Sequence[InstanceSpec]
+    subnet_id: pulumi.Input[str]
+    security_group_id: pulumi.Input[str]
+    key_name: pulumi.Input[str]
+    instance_profile: pulumi.Input[str]
+    amis: dict[str, pulumi.Input[str]]  # arch → latest Ubuntu, for specs without `ami`
+    tags: dict[str, str]
+
+
+class Compute(pulumi.ComponentResource):
+    instances: dict[str, aws.ec2.Instance]
+
+    def __init__(self, name: str, args: ComputeArgs, opts: pulumi.ResourceOptions) -> None:
+        super().__init__("cloudsend:aws:Compute", name, None, opts)
+        self.instances = {}
+        for spec in args.instances:
+            ami = spec.ami if spec.ami is not None else args.amis[spec.arch]
+            tags = {**_tags(args.tags, spec.name), "cloudsend:instance": spec.name}
+            self.instances[spec.name] = aws.ec2.Instance(
+                spec.name,
+                instance_type=spec.type,
+                ami=ami,
+                subnet_id=args.subnet_id,
+                associate_public_ip_address=True,  # also in a given VPC's subnet
+                vpc_security_group_ids=[args.security_group_id],
+                key_name=args.key_name,
+                iam_instance_profile=args.instance_profile,
+                root_block_device={
+                    "volume_size": spec.disk_size,
+                    "volume_type": spec.disk_type,
+                    "delete_on_termination": True,
+                    "encrypted": True,
+                    "tags": tags,  # volumes are tagged too, so leak checks find them
+                },
+                metadata_options={"http_endpoint": "enabled", "http_tokens": "required"},
+                tags=tags,
+                opts=instance_options(spec, self),
+                **_spot_args(spec),
+                **_cpu_args(spec),
+            )
+        self.register_outputs({"instances": {n: i.id for n, i in self.instances.items()}})
+
+
+def instance_options(spec: InstanceSpec, parent: pulumi.Resource | None) -> pulumi.ResourceOptions:
+    """The latest-Ubuntu AMI changes every few weeks; replacing every instance (and its running
+    jobs) at the next `up` for that would be wrong, so only new instances get the new image.
+    An img_id from the config is the user's choice: changing it does replace."""
+    return pulumi.ResourceOptions(
+        parent=parent, ignore_changes=None if spec.ami_pinned else ["ami"]
+    )
+
+
+def _spot_args(spec: InstanceSpec) -> dict[str, Any]:
+    if not spec.eco:
+        return {}
+    spot: dict[str, Any] = {
+        "spot_instance_type": "one-time",
+        "instance_interruption_behavior": "terminate",
+    }
+    if spec.max_price is not None:
+        spot["max_price"] = spec.max_price
+    out: dict[str, Any] = {
+        "instance_market_options": {"market_type": "spot", "spot_options": spot},
+        # A one-time spot instance cannot be stopped: shutting down means terminating.
+        "instance_initiated_shutdown_behavior": "terminate",
+    }
+    if spec.eco_life_hours is not None:
+        minutes = eco_life_minutes(spec.eco_life_hours)
+        out["user_data"] = (
+            "#!/bin/sh\n# cloudsend: eco_life - this spot instance ends itself after "
+            f"{minutes} min\nshutdown -P +{minutes}\n"
+        )
+        out["user_data_replace_on_change"] = True  # a new eco_life: a new spot instance
+    return out
+
+
+def _cpu_args(spec: InstanceSpec) -> dict[str, Any]:
+    # One thread per core, so the vCPUs the host shows equal the `cpus` slots jobs are packed
+    # into (with the default 2 threads per core, cpus: 4 would show 8 CPUs).
+    if spec.cpus is None:
+        return {}
+    return {"cpu_options": {"core_count": spec.cpus, "threads_per_core": 1}}
+
+
+def _latest_ubuntu(
+    members: Sequence[InstanceSpec], parent: pulumi.Resource
+) -> dict[str, pulumi.Input[str]]:
+    """arch → the latest Ubuntu LTS image of the region (SSM public parameter), for the
+    instances that have no AMI given; looked up through the region's provider (the parent's)."""
+    wanted = {i.arch: i.ssm_parameter for i in members if i.ami is None}
+    return {
+        arch: aws.ssm.get_parameter_output(
+            name=name, opts=pulumi.InvokeOptions(parent=parent)
+        ).value
+        for arch, name in sorted(wanted.items())
+    }
+
+
+def declare(spec: StackSpec) -> dict[str, aws.ec2.Instance]:
+    """Declare every resource of `spec`; returns the instances by name."""
+    providers = {
+        region: aws.Provider(f"{spec.project}-{region}", region=region) for region in spec.regions
+    }
+    identity = Identity(
+        f"{spec.project}-identity",
+        IdentityArgs(policy_arns=spec.iam_policy_arns, tags=spec.tags),
+        pulumi.ResourceOptions(provider=providers[spec.region]),
+    )
+    instances: dict[str, aws.ec2.Instance] = {}
+    for region in spec.regions:
+        members = spec.in_region(region)
+        if not members:
+            continue  # the default region may hold only IAM
+        opts = pulumi.ResourceOptions(provider=providers[region])
+        prefix = f"{spec.project}-{region}"
+        network = Network(prefix, NetworkArgs(spec.tags, spec.vpc_ids.get(region)), opts)
+        access = Access(
+            prefix,
+            AccessArgs(network.vpc_id, spec.ssh_cidrs, spec.public_key, spec.tags),
+            opts,
+        )
+        compute = Compute(
+            prefix,
+            ComputeArgs(
+                instances=members,
+                subnet_id=network.subnet_id,
+                security_group_id=access.security_group_id,
+                key_name=access.key_name,
+                instance_profile=identity.instance_profile,
+                amis=_latest_ubuntu(members, network),
+                tags=spec.tags,
+            ),
+            opts,
+        )
+        instances.update(compute.instances)
+    return instances
+
+
+def make_program(spec: StackSpec) -> Callable[[], None]:
+    """The Pulumi program for `spec` (for the Automation API, the CLI entry and the mocks).
+
+    Exports `instances` = {name: {"id", "public_ip", "private_ip", "region", "user"}}.
+    """
+    by_name = {i.name: i for i in spec.instances}
+
+    def program() -> None:
+        created = declare(spec)
+        pulumi.export(
+            "instances",
+            {
+                name: {
+                    "id": inst.id,
+                    "public_ip": inst.public_ip,
+                    "private_ip": inst.private_ip,
+                    "region": by_name[name].region,
+                    "user": by_name[name].username,
+                }
+                for name, inst in created.items()
+            },
+        )
+
+    return program

@@ -1,0 +1,129 @@
+"""boto3 sessions and clients for the aws provider, and the caller's public IP.
+
+Every boto3 client cloudsend makes comes from `client()`, so one environment variable,
+CLOUDSEND_AWS_ENDPOINT_URL, points all of them at a local moto server in tests (there is no AWS
+account on the machines the project is built on). boto3 is imported inside functions: importing
+it costs ~0.3 s and `cloudsend --help` must not pay for it.
+
+Credentials are never read, printed or logged here: boto3 resolves them itself (env, profile,
+SSO, instance role) and the errors we re-raise only name the profile and region.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING, Any
+
+from cloudsend.errors import ProvisionError
+
+if TYPE_CHECKING:
+    from boto3.session import Session
+
+ENDPOINT_ENV = "CLOUDSEND_AWS_ENDPOINT_URL"
+PUBLIC_IP_URL_ENV = "CLOUDSEND_PUBLIC_IP_URL"
+DEFAULT_PUBLIC_IP_URL = "https://checkip.amazonaws.com"
+PUBLIC_IP_TIMEOUT = 3.0
+
+# Short timeouts and few retries: a CLI that hangs for minutes on a dead network is worse than
+# one that says so after a few seconds. Callers that poll (the monitor) retry on their own.
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 20.0
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+def endpoint_url() -> str | None:
+    """The endpoint override for every AWS service (tests: a moto server), or None."""
+    return os.environ.get(ENDPOINT_ENV) or None
+
+
+def aws_session(profile: str | None, region: str | None) -> Session:
+    """A boto3 Session for `profile` (None: boto3's default chain) in `region`.
+
+    An unknown profile is a ProvisionError naming it, not a botocore traceback.
+    """
+    import boto3
+    from botocore.exceptions import ProfileNotFound
+
+    try:
+        return boto3.session.Session(profile_name=profile, region_name=region)
+    except ProfileNotFound as exc:
+        raise ProvisionError(
+            f"AWS profile {profile!r} not found",
+            hint="check `aws configure list-profiles`, or remove `profile:` to use the default "
+            "credentials chain",
+        ) from exc
+
+
+def default_region(profile: str | None = None) -> str | None:
+    """The region boto3's chain resolves (AWS_REGION / AWS_DEFAULT_REGION, then the profile's
+    `region` in ~/.aws/config), or None when nothing sets one."""
+    return aws_session(profile, None).region_name or None
+
+
+def client(
+    session: Session,
+    service: str,
+    region: str | None = None,
+    *,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> Any:
+    """A boto3 client for `service` in `region` (default: the session's region).
+
+    Honours CLOUDSEND_AWS_ENDPOINT_URL so every call can be pointed at a moto server.
+    """
+    from botocore.config import Config
+
+    region = region or session.region_name
+    if not region:
+        raise ProvisionError(
+            f"no AWS region for {service}",
+            hint="set `region:` in the config, or AWS_DEFAULT_REGION, or a region in the "
+            "AWS profile",
+        )
+    config = Config(
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        # total_max_attempts counts the first try; botocore's plain max_attempts does not.
+        retries={"total_max_attempts": max_attempts, "mode": "standard"},
+    )
+    return session.client(service, region_name=region, endpoint_url=endpoint_url(), config=config)
+
+
+def caller_public_ip(*, timeout: float = PUBLIC_IP_TIMEOUT) -> str:
+    """The caller's public IP address as seen from the internet (for the SSH ingress /32).
+
+    Asks https://checkip.amazonaws.com (overridable with CLOUDSEND_PUBLIC_IP_URL, used by tests
+    that have no internet). Any failure is a ProvisionError telling the user to set
+    `ssh_cidrs:` themselves: we never fall back to 0.0.0.0/0.
+    """
+    url = os.environ.get(PUBLIC_IP_URL_ENV) or DEFAULT_PUBLIC_IP_URL
+    hint = (
+        "set `ssh_cidrs:` in the config to the address range you connect from "
+        "(e.g. `ssh_cidrs: [203.0.113.7/32]`)"
+    )
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (fixed scheme)
+            body = resp.read(256).decode("ascii", "replace").strip()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ProvisionError(
+            f"could not detect your public IP address from {url}: {reason}", hint=hint
+        ) from exc
+    try:
+        address = ipaddress.ip_address(body)
+    except ValueError as exc:
+        raise ProvisionError(
+            f"could not detect your public IP address: {url} answered {body[:60]!r}", hint=hint
+        ) from exc
+    return str(address)
+
+
+def caller_cidr(*, timeout: float = PUBLIC_IP_TIMEOUT) -> str:
+    """The caller's public IP as a single-address CIDR: a.b.c.d/32 (or /128 for IPv6)."""
+    address = ipaddress.ip_address(caller_public_ip(timeout=timeout))
+    return f"{address}/{address.max_prefixlen}"

@@ -1,0 +1,308 @@
+"""What the AWS stack should contain, as plain data: Config → StackSpec (pure, no pulumi).
+
+The Pulumi program (`program.py`), the offline preview, the cost estimate and the provider all
+read this one description, so they cannot disagree about names, counts or prices. Everything
+that needs the outside world (the caller's public IP, the latest AMI, the default region of the
+AWS credential chain, the clock) is passed in, which keeps this module deterministic and
+testable without AWS.
+
+Choices made here (and why):
+
+- Region: `instances[].region`, else the global `region:`, else `default_region` — the caller
+  passes the region of boto3's credential chain (AWS_REGION / AWS_DEFAULT_REGION / profile).
+  This module never reads the environment itself. No region anywhere → ConfigError.
+- `number` is expanded (instance count == sum of `number`); `explode` is ignored on AWS:
+  splitting an entry would need smaller instance *types*, which we do not pick for the user.
+- Names are `<project>-<entry index>-<n>` (both 0-based, like the local provider's hosts),
+  with the project reduced to [a-z0-9-] so it is valid in every AWS name it ends up in.
+- A missing `type` is t3.micro, or the usual type for `gpu:` when one is asked for.
+- Root volume: 20 GB gp3 by default — the stock Ubuntu image's 8 GB leaves too little room
+  for a conda environment; st1/sc1 (HDD) cannot be boot volumes and are refused here.
+- `eco_life`: the spot deadline `valid_until` is computed from `now` for reporting; EC2 only
+  honours ValidUntil on *persistent* requests, so the program enforces eco_life differently
+  (see program.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from cloudsend.config.models import Config, InstanceConfig
+from cloudsend.errors import ConfigError
+
+DEFAULT_TYPE = "t3.micro"
+DEFAULT_USERNAME = "ubuntu"
+DEFAULT_DISK_GB = 20
+DEFAULT_DISK_TYPE = "gp3"
+ROOT_DISK_TYPES = ("gp3", "gp2", "io2", "io1", "standard")
+_HDD_TYPES = ("st1", "sc1")
+
+# gpu: kind → the smallest common instance type that has one (used only when `type` is unset).
+GPU_DEFAULT_TYPES = {"t4": "g4dn.xlarge", "a10g": "g5.xlarge", "v100": "p3.2xlarge"}
+
+UBUNTU_SSM_PARAMETER = (
+    "/aws/service/canonical/ubuntu/server/24.04/stable/current/{arch}/hvm/ebs-gp3/ami-id"
+)
+
+# Graviton families: a digit then "g" (t4g, m7gd, c6gn, g5g, x2gd...) and the first one, a1.
+_ARM_FAMILY = re.compile(r"^(a1|[a-z]+\d+g[a-z]*)(-[a-z]+)?$")
+_STACK_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+_SLUG_BAD = re.compile(r"[^a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One EC2 instance to create (an `instances[]` entry × `number` gives several)."""
+
+    name: str  # <project>-<entry>-<n>: the Pulumi logical name, the Name tag and the host name
+    entry: int  # index in config.instances
+    type: str
+    ami: str | None  # None: the program looks up the latest Ubuntu LTS for `arch` in `region`
+    username: str
+    region: str
+    disk_size: int
+    disk_type: str
+    eco: bool = False
+    max_price: str | None = None  # spot only, "$/hour" as EC2 wants it (a string)
+    valid_until: str | None = None  # spot only: now + eco_life, UTC "YYYY-MM-DDTHH:MM:SSZ"
+    eco_life_hours: float | None = None  # spot only
+    cpus: int | None = None  # cpu_options core_count (one thread per core)
+    gpu: str | None = None
+    vpc_id: str | None = None  # the entry's cloud_id: use this VPC instead of creating one
+    arch: str = "amd64"  # "arm64" for Graviton types: picks the matching Ubuntu image
+    # True when img_id names the image (changing it replaces the instance); False for "the
+    # latest Ubuntu", which moves every few weeks and must not replace running instances.
+    ami_pinned: bool = False
+
+    @property
+    def ssm_parameter(self) -> str:
+        return UBUNTU_SSM_PARAMETER.format(arch=self.arch)
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """The whole stack: instances plus what they share (network, access, identity)."""
+
+    project: str  # slug, as used in names
+    stack: str
+    region: str  # default region: the instances' when they do not set one; IAM lives here
+    instances: tuple[InstanceSpec, ...]
+    ssh_cidrs: tuple[str, ...]
+    public_key: str  # OpenSSH text, "ssh-ed25519 AAAA... comment"
+    iam_policy_arns: tuple[str, ...] = ()
+    vpc_ids: dict[str, str] = field(default_factory=dict)  # region → cloud_id given for it
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def vpc_id(self) -> str | None:
+        """The first entry's cloud_id (if any); per region see `vpc_ids`."""
+        return next(iter(self.vpc_ids.values()), None)
+
+    @property
+    def regions(self) -> list[str]:
+        """Regions used, the default one first, then in order of appearance."""
+        seen = [self.region]
+        for inst in self.instances:
+            if inst.region not in seen:
+                seen.append(inst.region)
+        return seen
+
+    def in_region(self, region: str) -> list[InstanceSpec]:
+        return [i for i in self.instances if i.region == region]
+
+
+def stack_spec(
+    config: Config,
+    *,
+    public_key: str,
+    ssh_cidrs: list[str],
+    amis: Mapping[Any, str] | None = None,
+    now: datetime | None = None,
+    default_region: str | None = None,
+) -> StackSpec:
+    """Build the StackSpec of `config` (raises ConfigError naming the key on bad values).
+
+    `ssh_cidrs`: who may SSH in (the caller passes config.ssh_cidrs, or the detected public
+    IP as /32); empty is refused — we never fall back to an open port 22.
+    `amis`: AMI ids already resolved by the caller, keyed by region or by (region, type) as
+    `ami.ubuntu_amis` returns them; instances with img_id keep theirs, the rest without an
+    entry here are resolved by the program through SSM.
+    `now`: the clock for eco_life deadlines (UTC; default: the current time).
+    `default_region`: the credential chain's region, used when the config names none.
+    """
+    project = slug(config.project_name)
+    stack = config.stack or project
+    if not _STACK_NAME.match(stack):
+        raise ConfigError(
+            f"stack: {stack!r} is not a valid Pulumi stack name",
+            hint="use letters, digits, '-', '_' and '.' only",
+        )
+    entries = config.instances or [InstanceConfig()]
+    region = config.region or default_region
+    if region is None and any(e.region is None for e in entries):
+        raise ConfigError(
+            "no AWS region: set `region:` in the config (or on each instance) or AWS_REGION",
+            hint="e.g. region: us-east-1",
+        )
+    when = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    instances: list[InstanceSpec] = []
+    vpc_ids: dict[str, str] = {}
+    for index, entry in enumerate(entries):
+        where = f"instances[{index}]"
+        inst_region = entry.region or region
+        assert inst_region is not None  # checked above
+        if entry.cloud_id:
+            known = vpc_ids.setdefault(inst_region, entry.cloud_id)
+            if known != entry.cloud_id:
+                raise ConfigError(
+                    f"{where}.cloud_id: {entry.cloud_id} differs from {known}, "
+                    f"already used in {inst_region}",
+                    hint="use one VPC per region",
+                )
+        for n in range(entry.number):
+            instances.append(
+                _instance(entry, where, f"{project}-{index}-{n}", index, inst_region, amis, when)
+            )
+    default = region or instances[0].region
+    return StackSpec(
+        project=project,
+        stack=stack,
+        region=default,
+        instances=tuple(instances),
+        ssh_cidrs=tuple(check_cidrs(ssh_cidrs)),
+        public_key=_check_public_key(public_key),
+        iam_policy_arns=tuple(_check_arns(config.iam_policy_arns)),
+        vpc_ids=vpc_ids,
+        tags={"cloudsend:project": project, "cloudsend:stack": stack},
+    )
+
+
+def _instance(
+    entry: InstanceConfig,
+    where: str,
+    name: str,
+    index: int,
+    region: str,
+    amis: Mapping[Any, str] | None,
+    now: datetime,
+) -> InstanceSpec:
+    itype = entry.type or _type_for_gpu(entry.gpu, where)
+    disk_type = (entry.disk_type or DEFAULT_DISK_TYPE).lower()
+    if disk_type in _HDD_TYPES:
+        raise ConfigError(
+            f"{where}.disk_type: {disk_type} (HDD) cannot be a root volume",
+            hint=f"use one of {', '.join(ROOT_DISK_TYPES)}",
+        )
+    if disk_type not in ROOT_DISK_TYPES:
+        raise ConfigError(
+            f"{where}.disk_type: unknown EBS volume type {entry.disk_type!r}",
+            hint=f"use one of {', '.join(ROOT_DISK_TYPES)}",
+        )
+    life = entry.eco_life if entry.eco else None
+    return InstanceSpec(
+        name=name,
+        entry=index,
+        type=itype,
+        ami=entry.img_id or _given_ami(amis, region, itype),
+        username=entry.img_username or DEFAULT_USERNAME,
+        region=region,
+        disk_size=entry.disk_size or DEFAULT_DISK_GB,
+        disk_type=disk_type,
+        eco=entry.eco,
+        max_price=price_text(entry.max_bid) if entry.eco and entry.max_bid else None,
+        valid_until=_deadline(now, life) if life else None,
+        eco_life_hours=life.total_seconds() / 3600 if life else None,
+        cpus=entry.cpus,
+        gpu=entry.gpu,
+        vpc_id=entry.cloud_id or None,
+        arch="arm64" if _ARM_FAMILY.match(itype.split(".")[0]) else "amd64",
+        ami_pinned=bool(entry.img_id),
+    )
+
+
+def _given_ami(amis: Mapping[Any, str] | None, region: str, itype: str) -> str | None:
+    if not amis:
+        return None
+    return amis.get((region, itype)) or amis.get(region)
+
+
+def _type_for_gpu(gpu: str | None, where: str) -> str:
+    if gpu is None:
+        return DEFAULT_TYPE
+    default = GPU_DEFAULT_TYPES.get(gpu.strip().lower())
+    if default is None:
+        raise ConfigError(
+            f"{where}.gpu: no default instance type for GPU {gpu!r}",
+            hint=f"set `type:` to an instance type that has it (known kinds: "
+            f"{', '.join(sorted(GPU_DEFAULT_TYPES))})",
+        )
+    return default
+
+
+def _deadline(now: datetime, life: timedelta) -> str:
+    return (now + life).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def price_text(value: float) -> str:
+    """0.05 → "0.05": EC2 takes max prices as decimal strings (no exponent, no float noise)."""
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def eco_life_minutes(hours: float) -> int:
+    """Whole minutes (rounded up) for `shutdown +N`; at least one."""
+    return max(1, math.ceil(hours * 60 - 1e-9))
+
+
+def slug(text: str) -> str:
+    """A project name reduced to what every AWS name accepts: [a-z0-9-], at most 32 chars."""
+    cleaned = _SLUG_BAD.sub("-", text.lower()).strip("-")[:32].strip("-")
+    return cleaned or "cloudsend"
+
+
+def check_cidrs(cidrs: list[str] | tuple[str, ...]) -> list[str]:
+    """Normalise SSH source ranges; refuse an empty list (it would mean "nobody", and the only
+    way to make that work would be to open port 22 to everyone, which we never do silently)."""
+    if not cidrs:
+        raise ConfigError(
+            "no SSH source range: refusing to create a security group open to everyone",
+            hint="set ssh_cidrs: [your.public.ip/32] (cloudsend detects it when it can)",
+        )
+    out: list[str] = []
+    for cidr in cidrs:
+        try:
+            net = ipaddress.ip_network(cidr.strip() if isinstance(cidr, str) else cidr)
+        except ValueError as exc:
+            raise ConfigError(
+                f"ssh_cidrs: {cidr!r} is not a CIDR range ({exc})",
+                hint="write an address range such as 203.0.113.7/32",
+            ) from None
+        if str(net) not in out:
+            out.append(str(net))
+    return out
+
+
+def _check_public_key(text: str) -> str:
+    key = text.strip()
+    parts = key.split()
+    if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-")):
+        raise ConfigError(
+            "the SSH public key is not in OpenSSH format ('ssh-ed25519 AAAA...')",
+            hint="let cloudsend generate the stack key (keys.stack_key)",
+        )
+    return key
+
+
+def _check_arns(arns: list[str]) -> list[str]:
+    for arn in arns:
+        if not arn.startswith("arn:") or ":iam::" not in arn or ":policy/" not in arn:
+            raise ConfigError(
+                f"iam_policy_arns: {arn!r} is not an IAM policy ARN",
+                hint="e.g. arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess",
+            )
+    return list(dict.fromkeys(arns))

@@ -1,0 +1,359 @@
+"""Transport for SSH hosts (Fabric): one persistent connection per host, shared by threads.
+
+Nothing in cloudsend imports this module at import time (fabric costs ~0.3 s to import).
+Failure model: a call that fails before anything happened on the host (connection refused, no
+banner, channel refused) is retried a few times quickly; anything else - a connection lost
+mid-command, a timeout, a changed host key - raises TransportError naming the host. Deciding
+that a host is *lost* belongs to the pipeline, not here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import posixpath
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypedDict, TypeVar
+
+import paramiko
+from invoke.exceptions import CommandTimedOut
+
+from cloudsend.errors import TransportError
+from cloudsend.transport.base import Result
+from cloudsend.transport.known_hosts import KnownHosts
+from cloudsend.transport.ssh_link import (
+    Connection,
+    NotStarted,
+    Retry,
+    SshTarget,
+    alive,
+    connect,
+    describe,
+    link_failure,
+    makedirs,
+    try_remove,
+)
+
+__all__ = ["HostFacts", "SshTarget", "SshTransport", "probe"]
+
+log = logging.getLogger(__name__)
+# paramiko logs tracebacks of failed handshakes, which we retry and report ourselves; with no
+# handler at all, logging's last resort would print them on the user's terminal
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+T = TypeVar("T")
+RETRY_DELAYS = (0.2, 0.5, 1.0)  # 4 tries at most...
+RETRY_WINDOW = 3.0  # ...and none once a call has spent this long: slow failures = sick host
+_PROBE_MARK = "__cloudsend_probe__"
+
+
+class HostFacts(TypedDict):
+    home: str
+    cpus: int
+    python: str | None  # path of python3 as the login shell finds it; None if missing
+    python_version: str | None  # e.g. "3.11"
+
+
+class _StdinText(io.StringIO):
+    """Invoke reads a non-tty in_stream one character per 10 ms: hand it everything at once.
+    At EOF invoke closes the command's stdin, so a command reading stdin never waits."""
+
+    def read(self, size: int | None = -1) -> str:
+        return super().read(1 << 16)
+
+
+class SshTransport:
+    """run/put/get on one host over one SSH connection, safe to call from many threads."""
+
+    def __init__(self, target: SshTarget) -> None:
+        self.target = target
+        self.name = target.name
+        self.calls = 0  # run/put/get calls, as LocalTransport counts them
+        self.bytes_sent = 0  # payload of completed puts
+        self.bytes_received = 0  # payload of completed gets
+        self.connects = 0  # SSH connections opened: stays 1 while the link holds
+        self._known = KnownHosts(target.known_hosts)
+        self._lock = threading.Lock()  # guards the connection (held while connecting)
+        self._count_lock = threading.Lock()
+        self._sftp_lock = threading.Lock()  # one SFTP client per connection, one transfer
+        self._channels = threading.BoundedSemaphore(target.max_channels)
+        self._conn: Connection | None = None
+        self._stop = threading.Event()  # stops the current connection's watchdog
+        self._sftp: paramiko.SFTPClient | None = None
+        self._failed: tuple[float, Exception] | None = None  # the last failed connect
+
+    # -- the connection ----------------------------------------------------------------------
+    def _connection(self, since: float) -> Connection:
+        with self._lock:
+            conn = self._conn
+            if conn is not None and conn.is_connected:
+                return conn
+            if conn is not None:
+                self._discard(conn)
+            if self._failed is not None and self._failed[0] >= since:
+                # a connect tried while we waited for the lock just failed: share its
+                # verdict rather than queue one more connect timeout per thread
+                failed = self._failed[1]
+                if isinstance(failed, TransportError):  # final (host key, auth): no retry
+                    raise type(failed)(failed.message, hint=failed.hint)
+                raise Retry(str(failed))
+            try:
+                conn = connect(self.target, self._known)
+            except Exception as exc:
+                self._failed = (time.monotonic(), exc)
+                raise
+            self._failed = None
+            self._conn = conn
+            self.connects += 1
+            self._stop = threading.Event()
+            threading.Thread(
+                target=self._watch,
+                args=(conn, self._stop),
+                daemon=True,
+                name=f"cloudsend-ssh-watchdog-{self.name}",
+            ).start()
+            log.debug("connected to %s", self.target.label)
+            return conn
+
+    def _discard(self, conn: Connection) -> None:
+        """Forget and close a connection (the caller holds self._lock)."""
+        if self._conn is conn:
+            self._conn = None
+            self._sftp = None
+            self._stop.set()
+        conn.shut()
+
+    def _drop(self, conn: Connection) -> None:
+        with self._lock:
+            self._discard(conn)
+
+    def _drop_if_dead(self, conn: Connection) -> None:
+        # never drop a live connection: the other threads' commands run on it
+        if not alive(conn, self.target.dead_after):
+            self._drop(conn)
+
+    def _watch(self, conn: Connection, stop: threading.Event) -> None:
+        # a frozen host would otherwise leave a running command, or a channel being opened,
+        # hanging for as long as the channel timeout (or forever) instead of dead_after
+        while not stop.wait(self.target.keepalive):
+            if not alive(conn, self.target.dead_after):
+                if conn.is_connected:
+                    conn.lost = f"no answer to keepalives for {self.target.dead_after:g} s"
+                    log.info("%s: %s; closing", self.target.label, conn.lost)
+                self._drop(conn)
+                return
+
+    def _retrying(self, what: str, attempt: Callable[[Connection], T]) -> T:
+        start = time.monotonic()
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return attempt(self._connection(time.monotonic()))
+            except Retry as exc:
+                spent = time.monotonic() - start
+                if tries > len(RETRY_DELAYS) or spent > RETRY_WINDOW:
+                    raise TransportError(
+                        f"cannot {what} on {self.target.label}: {exc} "
+                        f"(gave up after {tries} tries in {spent:.1f} s)",
+                        hint="is the host up and its sshd running? jobs already on the host "
+                        "keep running meanwhile; run again to resume",
+                    ) from exc
+                log.debug("%s on %s: %s; retrying", what, self.target.label, exc)
+                time.sleep(RETRY_DELAYS[tries - 1] * random.uniform(0.8, 1.2))
+
+    def _count(self, attr: str = "calls", n: int = 1) -> None:
+        with self._count_lock:
+            setattr(self, attr, getattr(self, attr) + n)
+
+    # -- the Transport interface -------------------------------------------------------------
+    def run(
+        self,
+        command: str,
+        *,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> Result:
+        """Run `command` in the login shell (no pty); stdin text is fed then closed.
+        A non-zero exit is a Result (raised only when check); a lost channel, a timeout or an
+        unreachable host is TransportError."""
+        self._count()
+        label = self.target.label
+
+        def attempt(conn: Connection) -> Result:
+            if not self._channels.acquire(timeout=timeout):
+                raise TransportError(
+                    f"all {self.target.max_channels} channels to {label} "
+                    f"stayed busy for {timeout} s: {command[:200]}"
+                )
+            try:
+                res = conn.run(
+                    command,
+                    hide=True,
+                    warn=True,
+                    pty=False,
+                    timeout=timeout,
+                    in_stream=_StdinText(stdin or ""),
+                    encoding="utf-8",
+                )
+            except NotStarted as exc:
+                if not conn.is_connected:
+                    self._drop(conn)
+                raise Retry(str(exc)) from exc
+            except CommandTimedOut as exc:
+                raise TransportError(
+                    f"command timed out after {timeout} s on {label}: {command[:200]}",
+                    hint="the host may be overloaded or frozen",
+                ) from exc
+            except Exception as exc:  # the channel or the connection failed mid-command
+                self._drop_if_dead(conn)
+                raise TransportError(
+                    f"connection to {label} failed while running: {command[:200]}: "
+                    f"{conn.lost or describe(exc)}",
+                    hint="the command may or may not have run; run again to resume",
+                ) from exc
+            finally:
+                self._channels.release()
+            if res.exited == -1 and not alive(conn, self.target.dead_after):
+                # -1: the channel closed without an exit status; if the link is fine, a
+                # signal killed the command (paramiko ignores exit-signal): a plain failure
+                self._drop(conn)
+                raise TransportError(
+                    f"connection to {label} lost while running: {command[:200]}"
+                    + (f" ({conn.lost})" if conn.lost else ""),
+                    hint="the command may still be running there; run again to resume",
+                )
+            return Result(command, res.exited, res.stdout, res.stderr, host=self.name)
+
+        result = self._retrying("run a command", attempt)
+        return result.raise_for_status() if check else result
+
+    def _sftp_client(self, conn: Connection) -> paramiko.SFTPClient:
+        """The connection's SFTP client (the caller holds self._sftp_lock)."""
+        sftp = self._sftp
+        if sftp is None or sftp.get_channel().closed or self._conn is not conn:
+            try:
+                sftp = conn.client.open_sftp()
+            except Exception as exc:
+                if not conn.is_connected:
+                    self._drop(conn)
+                raise Retry(f"cannot open SFTP: {describe(exc)}") from exc
+            sftp.get_channel().settimeout(self.target.channel_timeout)
+            self._sftp = sftp
+        return sftp
+
+    def _transfer(self, what: str, body: Callable[[paramiko.SFTPClient], int]) -> int:
+        """One SFTP transfer; a broken link is retried (transfers are all-or-nothing)."""
+
+        def attempt(conn: Connection) -> int:
+            with self._sftp_lock:
+                sftp = self._sftp_client(conn)
+                try:
+                    return body(sftp)
+                except Exception as exc:
+                    if not link_failure(exc, sftp):
+                        raise TransportError(
+                            f"cannot {what} on {self.target.label}: {exc}"
+                        ) from exc
+                    self._sftp = None
+                    with contextlib.suppress(Exception):
+                        sftp.close()  # a live link would keep its channel (MaxSessions)
+                    self._drop_if_dead(conn)
+                    raise Retry(describe(exc)) from exc
+
+        return self._retrying(what, attempt)
+
+    def put(self, local: Path, remote: str) -> None:
+        """Upload to an absolute path (parents created); a reader never sees a half file."""
+        self._count()
+        try:
+            size = local.stat().st_size
+        except OSError as exc:
+            raise TransportError(f"cannot read {local} to upload it: {exc}") from exc
+
+        def upload(sftp: paramiko.SFTPClient) -> int:
+            tmp = f"{remote}.part-{secrets.token_hex(4)}"  # unique: concurrent puts don't clash
+            try:
+                with local.open("rb") as fh:
+                    try:
+                        sftp.putfo(fh, tmp, file_size=size, confirm=True)
+                    except FileNotFoundError:
+                        makedirs(sftp, posixpath.dirname(remote))
+                        fh.seek(0)
+                        sftp.putfo(fh, tmp, file_size=size, confirm=True)
+                sftp.posix_rename(tmp, remote)
+            except Exception as exc:
+                if not link_failure(exc, sftp):  # over a dead link it would only time out
+                    try_remove(sftp, tmp)
+                raise
+            return size
+
+        self._count("bytes_sent", self._transfer(f"upload {local} to {remote}", upload))
+
+    def get(self, remote: str, local: Path) -> None:
+        """Download to `local` (parents created), atomically on this side too."""
+        self._count()
+        local.parent.mkdir(parents=True, exist_ok=True)
+
+        def download(sftp: paramiko.SFTPClient) -> int:
+            tmp = local.with_name(f"{local.name}.part-{secrets.token_hex(4)}")
+            try:
+                sftp.get(remote, str(tmp))
+                size = tmp.stat().st_size
+                os.replace(tmp, local)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return size
+
+        self._count("bytes_received", self._transfer(f"fetch {remote}", download))
+
+    def probe(self) -> HostFacts:
+        """Home dir, CPU count and python3 of the host, in one round trip."""
+        script = (
+            f'echo {_PROBE_MARK}; printf "%s\\n" "$HOME"; '
+            "nproc 2>/dev/null || getconf _NPROCESSORS_ONLN; "
+            'py=$(command -v python3); printf "%s\\n" "$py"; '
+            '[ -n "$py" ] && "$py" -c '
+            '\'import sys; print("%d.%d" % sys.version_info[:2]); print(sys.executable)\''
+        )
+        res = self.run(script, check=False)
+        lines = res.stdout.split(_PROBE_MARK + "\n")[-1].splitlines()  # skip rc-file chatter
+        if len(lines) < 3 or not lines[1].strip().isdigit():
+            raise TransportError(
+                f"cannot probe {self.target.label}: unexpected output {res.stdout[-300:]!r} "
+                f"(exit code {res.exit_code}) {res.stderr[-300:]}"
+            )
+        python = lines[2].strip() or None
+        version = lines[3].strip() if len(lines) > 3 and python else None
+        # the interpreter itself, not a wrapper: a pyenv shim costs ~0.2 s on every agent call
+        if python and len(lines) > 4 and lines[4].strip().startswith("/"):
+            python = lines[4].strip()
+        return HostFacts(
+            home=lines[0], cpus=int(lines[1]), python=python, python_version=version or None
+        )
+
+    def close(self) -> None:
+        """Close the connection (a later call opens a new one)."""
+        with self._lock:
+            if self._conn is not None:
+                self._discard(self._conn)
+
+    def __enter__(self) -> SshTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def probe(target: SshTarget) -> HostFacts:
+    """Probe a host over a short-lived connection (see SshTransport.probe)."""
+    with SshTransport(target) as transport:
+        return transport.probe()
