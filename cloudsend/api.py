@@ -90,8 +90,8 @@ class SyncClient:
     def finalize(self) -> None:
         self.session.finalize()
 
-    def down(self, keep: bool = False) -> None:
-        self.session.down(keep=keep)
+    def down(self, keep: bool = False, force: bool = False) -> None:
+        self.session.down(keep=keep, force=force)
 
     def close(self) -> None:
         self.session.close()
@@ -141,8 +141,8 @@ class Client:
     async def finalize(self) -> None:
         await asyncio.to_thread(self.sync.finalize)
 
-    async def down(self, keep: bool = False) -> None:
-        await asyncio.to_thread(self.sync.down, keep)
+    async def down(self, keep: bool = False, force: bool = False) -> None:
+        await asyncio.to_thread(self.sync.down, keep, force)
 
     def close(self) -> None:
         self.sync.close()

@@ -99,9 +99,93 @@ def run(config: Path, reset: bool, as_json: bool) -> None:
 
 @cli.command()
 @CONFIG_ARG
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="aws: no CLI, no credentials: the resources the program declares "
+    "(Pulumi mock runtime) and the cost from the bundled price table.",
+)
+@JSON_OPT
+def preview(config: Path, offline: bool, as_json: bool) -> None:
+    """Show what `up` would create or change, and what it costs per hour.
+
+    provider aws: the resource changes (create / update / replace / delete, with the
+    properties that change) and the hourly cost of the instances (live spot and on-demand
+    prices, else a bundled dated table), total per hour and for eco_life.
+    """
+    from cloudsend.config import load_config
+    from cloudsend.ui import print_json
+
+    cfg = load_config(config)
+    console = _console()
+    if cfg.provider != "aws":
+        if cfg.provider == "ssh":
+            count = len(cfg.hosts)
+        else:
+            count = sum(i.number for i in cfg.instances) or 1
+        doc: dict[str, Any] = {
+            "provider": cfg.provider,
+            "resources": [],
+            "hosts": count,
+            "cost": {"total_per_hour": 0.0},
+        }
+        if as_json:
+            print_json(doc)
+        else:
+            console.print(
+                f"provider {cfg.provider}: no cloud resources, {count} host(s), "
+                "nothing billed by cloudsend"
+            )
+        return
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    provider = AwsProvider(cfg)
+    if offline:
+        resources, cost = provider.offline()
+        if as_json:
+            print_json({"resources": resources, "cost": cost.to_dict()})
+            return
+        from cloudsend.ui import cost_table, resources_table
+
+        console.print(resources_table(resources))
+        console.print(cost_table(cost))
+        return
+    plan = provider.preview()
+    if as_json:
+        from cloudsend.providers.aws.diff import changes_to_json
+
+        print_json(
+            {
+                "changes": changes_to_json(plan.changes),
+                "cost": plan.cost.to_dict(),
+                "warnings": plan.warnings,
+            }
+        )
+        return
+    from cloudsend.providers.aws.diff import changes_table
+    from cloudsend.ui import cost_table
+
+    console.print(changes_table(plan.changes))
+    console.print(cost_table(plan.cost))
+    for warning in plan.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+@cli.command()
+@CONFIG_ARG
 @click.option("--reset", is_flag=True, help="Kill the project's processes and redeploy.")
-def up(config: Path, reset: bool) -> None:
-    """Create or find the hosts and deploy the agent and environments (no jobs run)."""
+@click.option("--yes", "-y", is_flag=True, help="aws: do not ask before creating resources.")
+def up(config: Path, reset: bool, yes: bool) -> None:
+    """Create or find the hosts and deploy the agent and environments (no jobs run).
+
+    provider aws: shows the preview and the hourly cost, refuses a plan over
+    max_cost_per_hour, and asks for confirmation unless --yes.
+    """
+    from cloudsend.config import load_config
+
+    cfg = load_config(config)
+    if cfg.provider == "aws":
+        _confirm_aws_plan(cfg, yes)
     client, reporter = _client(config)
     try:
         client.start(reset=reset)
@@ -217,11 +301,16 @@ def cancel(jobs: tuple[str, ...], config: Path, all_jobs: bool) -> None:
 @cli.command()
 @CONFIG_ARG
 @click.option("--keep", is_flag=True, help="Keep the hosts' files (stop processes only).")
-def down(config: Path, keep: bool) -> None:
-    """Stop everything the project runs on its hosts and tear the hosts down."""
+@click.option("--force", is_flag=True, help="Even if some finished jobs' results are not fetched.")
+def down(config: Path, keep: bool, force: bool) -> None:
+    """Stop everything the project runs on its hosts and tear the hosts down.
+
+    provider aws: `pulumi destroy`, then a check that nothing tagged with the stack is left
+    (exit 3 listing any leftover). Refuses while results are not all fetched, unless --force.
+    """
     client, reporter = _client(config)
     try:
-        client.down(keep=keep)
+        client.down(keep=keep, force=force)
     finally:
         reporter.close()
         client.close()
@@ -249,6 +338,20 @@ def schema() -> None:
     from cloudsend.config import config_json_schema
 
     click.echo(json.dumps(config_json_schema(), indent=2))
+
+
+def _confirm_aws_plan(cfg: Any, yes: bool) -> None:
+    from cloudsend.providers.aws.diff import changes_table
+    from cloudsend.providers.aws.provider import AwsProvider
+    from cloudsend.ui import cost_table
+
+    provider = AwsProvider(cfg)
+    plan = provider.preview(enforce_budget=True)
+    console = _console()
+    console.print(changes_table(plan.changes))
+    console.print(cost_table(plan.cost))
+    if not yes and not click.confirm("create these resources?", default=False):
+        raise click.Abort()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -125,3 +125,52 @@ def print_summary(console: Console, summary: RunSummary) -> None:
 
 def print_json(doc: Any) -> None:
     print(json.dumps(doc, indent=2, default=str))
+
+
+def resources_table(resources: list[dict[str, Any]]) -> Table:
+    """What the Pulumi program declares (offline preview)."""
+    table = Table(title=f"{len(resources)} resource(s) to create")
+    for col in ("type", "name", "main inputs"):
+        table.add_column(col, overflow="fold")
+    keys = (
+        "instanceType",
+        "ami",
+        "cidrBlock",
+        "ingress",
+        "instanceMarketOptions",
+        "rootBlockDevice",
+        "publicKey",
+    )
+    for res in resources:
+        inputs = res.get("inputs") or {}
+        shown = {k: inputs[k] for k in keys if k in inputs}
+        text = json.dumps(shown, default=str)
+        table.add_row(
+            str(res.get("type")),
+            str(res.get("name")),
+            text if len(text) < 160 else text[:157] + "...",
+        )
+    return table
+
+
+def cost_table(cost: Any) -> Table:
+    """The hourly cost estimate of the instances (costs.CostEstimate)."""
+    doc = cost.to_dict()
+    table = Table(title=f"cost estimate (prices as of {doc.get('as_of')})")
+    for col in ("instance", "type", "region", "market", "$/hour", "source"):
+        table.add_column(col)
+    for line in doc.get("instances", []):
+        hourly = line.get("hourly")
+        table.add_row(
+            line["name"],
+            line["type"],
+            line["region"],
+            line["market"],
+            "?" if hourly is None else f"{hourly:.4f}",
+            line["source"],
+        )
+    caption = f"total ${doc['total_per_hour']:.4f}/hour"
+    if doc.get("total_for_eco_life") is not None:
+        caption += f", ${doc['total_for_eco_life']:.2f} over eco_life"
+    table.caption = caption
+    return table

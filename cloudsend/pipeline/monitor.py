@@ -36,6 +36,8 @@ class RunMonitor:
         self.health: dict[str, str] = {}
         # lost host → {job_id: the attempt it had there}, to settle if the host comes back
         self.requeued: dict[str, dict[str, int]] = {}
+        self.started = time.monotonic()
+        self.submitted_at: dict[str, float] = {}  # job → when this monitor (re)submitted it
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -129,6 +131,7 @@ class RunMonitor:
                 host, "ok", "back" if self.health.get(host) not in (None, "ok") else ""
             )
             self.s.apply_status(host, event.status)
+            self._resubmit_missing(host, event)
         if event.fetched:
             self.s.store.record_fetches(
                 self.run_id,
@@ -136,6 +139,41 @@ class RunMonitor:
             )
         if event.log:
             self.s.reporter.log(host, event.log.rstrip("\n"))
+
+    def _resubmit_missing(self, host: str, event: HostEvent) -> None:
+        """Jobs recorded on this host that its agent does not have (a submit cut short, a
+        host wiped and back): submitted again. Only a status asked after the submission
+        counts, so a job is never submitted twice for a stale answer."""
+        assert event.status is not None
+        listed = event.status.get("jobs", {})
+        wanted = {p.job_id for p in self.s.plan.jobs}
+        missing: dict[str, int] = {}
+        for rec in self.s.store.jobs(self.run_id):
+            if rec.job_id not in wanted or rec.host != host or not rec.attempt:
+                continue
+            if rec.state in FINAL or event.at <= self.submitted_at.get(rec.job_id, self.started):
+                continue
+            there = listed.get(rec.job_id)
+            if there is None or int(there.get("attempt", 0)) < rec.attempt:
+                missing[rec.job_id] = rec.attempt
+        if missing:
+            self.s.reporter.notice(f"host {host} lacks {len(missing)} job(s): submitting again")
+            if host in self.watchers:
+                self.watchers[host].forget(set(missing))
+            self._submit({job: attempt + 1 for job, attempt in missing.items()})
+
+    def _submit(self, attempts: dict[str, int]) -> bool:
+        targets = [h for h in self.s.hosts if h.name not in self.s.lost_hosts]
+        if not targets:
+            return False
+        now = time.monotonic()
+        for job in attempts:
+            self.submitted_at[job] = now
+        assignment = self.s.submit_jobs(attempts, targets)
+        for name, ids in assignment.items():
+            if ids:
+                self._watch(name, {job: attempts[job] for job in ids})
+        return True
 
     # ---- lost hosts ----------------------------------------------------------------------
 
@@ -168,12 +206,8 @@ class RunMonitor:
         watcher = self.watchers[host]
         watcher.forget(set(stranded))
         watcher.keep_watching = True  # to settle these if the host comes back
-        attempts = {job: attempt + 1 for job, attempt in stranded.items()}
         self.s.reporter.notice(f"re-queuing {len(stranded)} job(s) from lost host {host}")
-        assignment = self.s.submit_jobs(attempts, targets)
-        for name, ids in assignment.items():
-            if ids:
-                self._watch(name, {job: attempts[job] for job in ids})
+        self._submit({job: attempt + 1 for job, attempt in stranded.items()})
 
     def _settle_return(self, host: str, status: dict[str, Any]) -> None:
         """A lost host answers again: take results it finished first, cancel stale attempts."""

@@ -21,7 +21,7 @@ from cloudsend.config.models import Config
 from cloudsend.core import CloudSendProcessState
 from cloudsend.errors import CloudsendError, JobError, StateError, TransportError
 from cloudsend.pipeline.agent_client import AgentClient
-from cloudsend.pipeline.deploy import deploy_host, ensure_agent
+from cloudsend.pipeline.deploy import DeployReport, deploy_host, ensure_agent
 from cloudsend.pipeline.fetch import fetch_jobs
 from cloudsend.pipeline.files import FileIndex
 from cloudsend.pipeline.plan import Plan, build_plan
@@ -130,7 +130,7 @@ class Session:
                 hint="start one with `cloudsend run`",
             )
         self.run_id = run.id
-        self.hosts = self.provider.up()
+        self.hosts = self.provider.attach()
         self._record_unreachable()
 
     def _reset_hosts(self) -> None:
@@ -163,9 +163,19 @@ class Session:
             ],
         )
         # the listing of files each host has, used once by the submit that follows
-        self._present = dict(
-            zip([h.name for h in self.hosts], self._each_host(ensure_agent), strict=True)
-        )
+
+        def ensure(host: Host) -> tuple[str, set[str] | None]:
+            try:
+                return host.name, ensure_agent(host)
+            except TransportError as exc:
+                # not fatal: the host is left out of scheduling until it answers again
+                self.store.set_host_health(run_id, host.name, "unreachable", exc.message[:200])
+                self.reporter.notice(f"host {host.name}: unreachable ({exc.message[:120]})")
+                return host.name, None
+
+        self._present = {
+            name: files for name, files in self._each_host(ensure) if files is not None
+        }
 
     def _statuses(self) -> dict[str, dict[str, Any]]:
         """One status call per host; unreachable hosts are reported, not fatal here."""
@@ -250,13 +260,22 @@ class Session:
             if not jobs:
                 return 0, 0, 0
             needed = {self.index.add(f) for p in jobs for f in self._files(p.files)}
-            report = deploy_host(host, self.index, needed, self._present.pop(host.name, None))
             envs = {p.env.env_id: p.env for p in jobs if p.env is not None}
             copy = not self.config.mutualize_uploads
             specs = [p.spec(attempts[p.job_id], host.root, self.index, copy) for p in jobs]
-            answer = AgentClient(host).submit(
-                [{"env_id": e.env_id, "script": e.script} for e in envs.values()], specs
-            )
+            report = DeployReport(host.name)
+            try:
+                report = deploy_host(host, self.index, needed, self._present.pop(host.name, None))
+                answer = AgentClient(host).submit(
+                    [{"env_id": e.env_id, "script": e.script} for e in envs.values()], specs
+                )
+            except TransportError as exc:
+                # The host may or may not have them: recorded there all the same, the
+                # monitor re-submits what the host turns out not to have, or re-queues
+                # everything elsewhere if the host stays away (host_lost_after).
+                answer = {}
+                self.store.set_host_health(run_id, host.name, "unreachable", exc.message[:200])
+                self.reporter.notice(f"host {host.name}: submit interrupted ({exc.message[:120]})")
             accepted = set(answer.get("accepted", []))
             for spec in specs:
                 self.store.record_submission(run_id, spec["job_id"], host.name, spec["attempt"])
@@ -408,10 +427,29 @@ class Session:
 
             self._each_host(stop)
 
-    def down(self, keep: bool = False) -> None:
+    def unfetched(self) -> list[JobView]:
+        """Finished jobs whose results have not come home (down would lose them)."""
+        run = self.store.latest_run()
+        if run is None:
+            return []
+        if self.run_id is None:
+            self.run_id = run.id
+        return [v for v in self.views() if v.state in FINAL and not v.fetched]
+
+    def down(self, keep: bool = False, force: bool = False) -> None:
+        left = [] if force else self.unfetched()
+        if left:
+            raise StateError(
+                f"{len(left)} finished job(s) have results not fetched yet "
+                f"(e.g. {left[0].job_id}); down would lose them",
+                hint="run `cloudsend fetch` first, or `cloudsend down --force`",
+            )
         self.reporter.phase("down", f"provider {self.provider.name}")
         if not self.hosts:
-            self.hosts = self.provider.up()
+            try:
+                self.hosts = self.provider.attach()
+            except CloudsendError as exc:
+                self.reporter.notice(f"cannot reach the hosts to stop their agents: {exc.message}")
         for host in self.hosts:
             with contextlib.suppress(TransportError):
                 AgentClient(host).stop(kill_jobs=True)

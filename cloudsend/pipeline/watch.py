@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import shlex
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ class HostEvent:
     unreachable: str | None = None  # a transport error, with its message
     finished: bool = False
     log: str = ""
+    at: float = 0.0  # time.monotonic() when the status call was issued
 
 
 class HostWatcher(threading.Thread):
@@ -123,11 +125,12 @@ class HostWatcher(threading.Thread):
     def _round(self, client: AgentClient, version: int | None, wait: float) -> tuple[int, float]:
         """One round trip: wait for a change, get the status and the finished jobs' outputs."""
         out = f"{self.host.root}/outbox/collect-{uuid.uuid4().hex}.tar.gz"
+        issued = time.monotonic()
         doc = client.collect(
             out, self._wanted(), since=version, wait=wait if version is not None else 0
         )
         status = doc.get("status", {})
-        self.events.put(HostEvent(self.host.name, status=status))
+        self.events.put(HostEvent(self.host.name, status=status, at=issued))
         if self.stream_logs:
             # log growth does not bump the agent's version: poll faster while building
             wait = 0.5 if self._stream_env_logs(status.get("envs", {})) else self.poll_wait

@@ -31,6 +31,9 @@ def get_provider(config: Config) -> Provider:
                 f"provider: aws needs {', '.join(missing)}, which are not installed",
                 hint="pip install 'cloudsend[aws]'",
             )
+        from cloudsend.providers.aws.provider import AwsProvider
+
+        return AwsProvider(config)
     # The ssh and aws providers arrive with their own issues; say so instead of failing later.
     raise ConfigError(
         f"provider: {config.provider} is not supported yet by this version of cloudsend",

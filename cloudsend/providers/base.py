@@ -32,6 +32,10 @@ class Provider(Protocol):
         """Create or find the hosts (idempotent)."""
         ...
 
+    def attach(self) -> list[Host]:
+        """The hosts that exist now, creating nothing (status, logs, fetch, down)."""
+        ...
+
     def down(self, hosts: list[Host], keep: bool = False) -> None:
         """Tear the hosts down (after their agents were stopped); `keep` leaves their files."""
         ...

@@ -60,6 +60,10 @@ class LocalProvider:
         if not keep and self.hosts_dir.exists():
             shutil.rmtree(self.hosts_dir)
 
+    def attach(self) -> list[Host]:
+        """The hosts, creating nothing (here the same as up)."""
+        return self.up()
+
     def notices(self) -> list[str]:
         from cloudsend.config import local_notices
 

@@ -105,6 +105,10 @@ class SshProvider:
         for host in hosts:
             host.transport.run(f"rm -rf {shlex.quote(host.root)}", check=False)
 
+    def attach(self) -> list[Host]:
+        """The hosts, creating nothing (here the same as up)."""
+        return self.up()
+
     def notices(self) -> list[str]:
         notes = [
             f"host {name} is unreachable and left out: {why.splitlines()[0]}"

@@ -1,0 +1,231 @@
+"""The `aws` provider: the config becomes a Pulumi stack; its instances become SSH hosts.
+
+plan()     the StackSpec: key pair, SSH CIDRs, AMIs, regions (boto3 for the live parts)
+preview()  resource changes (Pulumi engine) and the hourly cost
+offline()  declared resources under Pulumi's mock runtime, and the cost: no CLI, no account
+up()       pulumi up, then one SSH host per instance (Fabric, the stack's key)
+down()     pulumi destroy, then a boto3 check that nothing tagged with the stack remains
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cloudsend.config.models import Config
+from cloudsend.errors import CloudsendError, ConfigError, ProvisionError
+from cloudsend.providers.base import Host
+
+# Stands for the caller's public IP in an offline preview (a documentation-only address).
+OFFLINE_CIDR = "203.0.113.10/32"
+SSH_READY_TIMEOUT = 300.0  # a new instance takes a minute or two before sshd answers
+
+
+@dataclass
+class Preview:
+    changes: list[Any]  # diff.ResourceChange
+    cost: Any  # costs.CostEstimate
+    warnings: list[str]
+
+
+class AwsProvider:
+    name = "aws"
+
+    def __init__(self, config: Config) -> None:
+        from cloudsend.providers.aws.spec import slug
+
+        self.config = config
+        self.project = config.project_name
+        self.stack = config.stack or slug(self.project)
+        self.unreachable: dict[str, str] = {}
+        self._session: Any = None
+
+    # ---- the plan ------------------------------------------------------------------------
+
+    def session(self) -> Any:
+        if self._session is None:
+            from cloudsend.providers.aws.session import aws_session
+
+            self._session = aws_session(self.config.profile, self.config.region)
+        return self._session
+
+    def plan(self, *, offline: bool = False) -> Any:
+        """The StackSpec. Offline: no network (placeholder CIDR, AMIs from the mock runtime)."""
+        from cloudsend.providers.aws.keys import stack_key
+        from cloudsend.providers.aws.spec import stack_spec
+
+        key = stack_key(self.project, self.stack)
+        if offline:
+            cidrs = list(self.config.ssh_cidrs) or [OFFLINE_CIDR]
+            return stack_spec(
+                self.config,
+                public_key=key.public_openssh,
+                ssh_cidrs=cidrs,
+                default_region=self.config.region or "us-east-1",
+            )
+        from cloudsend.providers.aws import ami
+        from cloudsend.providers.aws.session import caller_cidr, default_region
+
+        cidrs = list(self.config.ssh_cidrs) or [caller_cidr()]
+        region = self.config.region or default_region(self.config.profile)
+        draft = stack_spec(
+            self.config, public_key=key.public_openssh, ssh_cidrs=cidrs, default_region=region
+        )
+        wanted = {(i.region, i.type) for i in draft.instances if i.ami is None}
+        amis = ami.ubuntu_amis(self.session(), wanted) if wanted else None
+        return stack_spec(
+            self.config,
+            public_key=key.public_openssh,
+            ssh_cidrs=cidrs,
+            amis=amis,
+            default_region=region,
+        )
+
+    def cost(self, spec: Any, *, live: bool = True) -> tuple[Any, list[str]]:
+        from cloudsend.providers.aws.costs import estimate
+
+        warnings: list[str] = []
+        prices = None
+        if live:
+            from cloudsend.providers.aws.pricing import live_prices
+
+            prices, warnings = live_prices(
+                self.session(), {(i.region, i.type) for i in spec.instances}
+            )
+        return estimate(spec, prices), warnings
+
+    def engine(self, spec: Any) -> Any:
+        from cloudsend.providers.aws.engine import Engine
+        from cloudsend.providers.aws.program import make_program
+
+        return Engine(
+            self.project,
+            self.stack,
+            make_program(spec),
+            backend_url=self.config.state_backend,
+            secrets_provider=self.config.secrets_provider,
+            region=spec.region,
+        )
+
+    def offline(self) -> tuple[list[dict[str, Any]], Any]:
+        from cloudsend.providers.aws.offline import declared_resources
+
+        spec = self.plan(offline=True)
+        cost, _ = self.cost(spec, live=False)
+        return declared_resources(spec), cost
+
+    def preview(self, *, enforce_budget: bool = False) -> Preview:
+        """Changes and cost. With enforce_budget (for `up`), a plan over max_cost_per_hour is
+        refused before the engine even runs."""
+        spec = self.plan()
+        cost, warnings = self.cost(spec)
+        if enforce_budget:
+            self.check_budget(cost)
+        changes = self.engine(spec).preview()
+        return Preview(changes, cost, warnings + list(cost.warnings))
+
+    def check_budget(self, cost: Any) -> None:
+        message = cost.over_budget(self.config.max_cost_per_hour)
+        if message:
+            raise ConfigError(
+                message,
+                hint="raise max_cost_per_hour, or use cheaper or fewer "
+                "instances (eco: true for spot)",
+            )
+
+    # ---- hosts ---------------------------------------------------------------------------
+
+    def up(self) -> list[Host]:
+        spec = self.plan()
+        cost, _ = self.cost(spec)
+        self.check_budget(cost)
+        outputs = self.engine(spec).up()
+        return self._hosts(outputs)
+
+    def attach(self) -> list[Host]:
+        """The stack's current instances as hosts, creating nothing."""
+        return self._hosts(self.engine(self.plan()).outputs())
+
+    def _hosts(self, outputs: dict[str, Any]) -> list[Host]:
+        from cloudsend.providers.aws.keys import stack_key
+        from cloudsend.transport.ssh import SshTarget, SshTransport
+
+        key = stack_key(self.project, self.stack)
+        known = self.config.state_dir / "known_hosts"
+        instances = outputs.get("instances") or {}
+        if not instances:
+            raise ProvisionError(
+                f"stack {self.stack} has no instances", hint="run `cloudsend up` first"
+            )
+        hosts: list[Host] = []
+        self.unreachable = {}
+        for name, inst in sorted(instances.items()):
+            address = inst.get("public_ip") or inst.get("private_ip")
+            target = SshTarget(
+                name=name,
+                address=address,
+                user=inst.get("user") or "ubuntu",
+                key=key.private_path,
+                known_hosts=known,
+            )
+            transport = SshTransport(target)
+            try:
+                facts = self._wait_for_ssh(transport)
+            except CloudsendError as exc:
+                transport.close()
+                self.unreachable[name] = exc.message
+                continue
+            hosts.append(
+                Host(
+                    name=name,
+                    cpus=int(facts["cpus"]),
+                    root=f"{facts['home']}/.cloudsend/{self.project}",
+                    python=str(facts.get("python") or "python3"),
+                    transport=transport,
+                    info={
+                        "provider": "aws",
+                        "instance_id": inst.get("id"),
+                        "region": inst.get("region"),
+                        "address": address,
+                    },
+                )
+            )
+        if not hosts:
+            raise ProvisionError(
+                "no instance of the stack answers over SSH",
+                hint="`cloudsend status` shows each host; check ssh_cidrs",
+            )
+        return hosts
+
+    @staticmethod
+    def _wait_for_ssh(transport: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + SSH_READY_TIMEOUT
+        while True:
+            try:
+                return dict(transport.probe())
+            except CloudsendError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(5)
+
+    def down(self, hosts: list[Host], keep: bool = False) -> None:
+        from cloudsend.providers.aws.leaks import leftovers
+
+        spec = self.plan(offline=True)  # destroy needs the program, not fresh lookups
+        self.engine(spec).destroy()
+        tags = dict(spec.tags)
+        left = leftovers(self.session(), tags, spec.regions)
+        if left:
+            listing = "\n".join(f"  {x.kind} {x.id} ({x.region}) {x.detail}".rstrip() for x in left)
+            raise ProvisionError(
+                f"pulumi destroy finished but {len(left)} resource(s) tagged with stack "
+                f"{self.stack} remain:\n{listing}",
+                hint="delete them in the AWS console or run `cloudsend down` again",
+            )
+
+    def notices(self) -> list[str]:
+        return [
+            f"host {name} did not answer over SSH: {why.splitlines()[0]}"
+            for name, why in self.unreachable.items()
+        ]
