@@ -48,8 +48,13 @@ def test_offline_preview_json_needs_no_cli_and_no_credentials(
     project: Project, no_pulumi_env: dict[str, str]
 ) -> None:
     project.config(AWS_CONFIG.format(extra=""))
-    env = {**no_pulumi_env, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "",
-           "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+    env = {
+        **no_pulumi_env,
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_CONFIG_FILE": "/nonexistent",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+    }
     proc = project.cli("preview", "--offline", "--json", env=env, check=True)
     doc = json.loads(proc.stdout)
     types = [r["type"] for r in doc["resources"]]
@@ -91,9 +96,16 @@ def test_up_without_pulumi_cli_says_how_to_install_it(
 
 
 def _aws_env() -> dict[str, str]:
-    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-            "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "CLOUDSEND_AWS_ENDPOINT_URL",
-            "AWS_EC2_METADATA_DISABLED", "NO_PROXY")
+    keys = (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "CLOUDSEND_AWS_ENDPOINT_URL",
+        "AWS_EC2_METADATA_DISABLED",
+        "NO_PROXY",
+    )
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 

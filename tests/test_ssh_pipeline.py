@@ -34,8 +34,15 @@ def ledger_dir() -> Iterator[Path]:
     path.rmdir()
 
 
-def ssh_config(hosts: list[Any], ledger: Path, *, jobs: int, sleep: float,
-               lost_after: float = 60, extra: str = "") -> str:
+def ssh_config(
+    hosts: list[Any],
+    ledger: Path,
+    *,
+    jobs: int,
+    sleep: float,
+    lost_after: float = 60,
+    extra: str = "",
+) -> str:
     lines = [
         "project: sshtest",
         "provider: ssh",
@@ -99,14 +106,18 @@ def fetch_counts(project: Project) -> dict[str, int]:
         run = store.latest_run()
         assert run is not None
         return {
-            j.job_id: sum(1 for a in store.attempts(run.id, j.job_id)
-                          if store.fetched_files(run.id, j.job_id, a.attempt))
+            j.job_id: sum(
+                1
+                for a in store.attempts(run.id, j.job_id)
+                if store.fetched_files(run.id, j.job_id, a.attempt)
+            )
             for j in store.jobs(run.id)
         }
 
 
-def test_sshd_killed_mid_run_and_restarted(sshd_factory: Any, project: Project,
-                                           ledger_dir: Path) -> None:
+def test_sshd_killed_mid_run_and_restarted(
+    sshd_factory: Any, project: Project, ledger_dir: Path
+) -> None:
     hosts = sshd_factory(2)
     ledger = ledger_dir / "ledger"
     project.config(ssh_config(hosts, ledger, jobs=8, sleep=1.5))
@@ -140,8 +151,9 @@ def test_host_terminated_for_good(sshd_factory: Any, project: Project, ledger_di
     assert all(j["host"] != dead for j in doc["jobs"]), "a job is still on the dead host"
 
 
-def test_frozen_host_is_declared_lost_then_thawed(sshd_factory: Any, project: Project,
-                                                  ledger_dir: Path) -> None:
+def test_frozen_host_is_declared_lost_then_thawed(
+    sshd_factory: Any, project: Project, ledger_dir: Path
+) -> None:
     from cloudsend.api import SyncClient
     from cloudsend.pipeline.reporting import NullReporter
 
@@ -193,8 +205,9 @@ def test_frozen_host_is_declared_lost_then_thawed(sshd_factory: Any, project: Pr
     check_results(again, 6)
 
 
-def test_cloudsend_sigkilled_then_resumed(sshd_factory: Any, project: Project,
-                                          ledger_dir: Path) -> None:
+def test_cloudsend_sigkilled_then_resumed(
+    sshd_factory: Any, project: Project, ledger_dir: Path
+) -> None:
     hosts = sshd_factory(2)
     ledger = ledger_dir / "ledger"
     project.config(ssh_config(hosts, ledger, jobs=8, sleep=1))
@@ -208,8 +221,9 @@ def test_cloudsend_sigkilled_then_resumed(sshd_factory: Any, project: Project,
     assert len(ids) == 8 and len(set(ids)) == 8, f"a job ran twice: {ids}"
 
 
-def test_rerun_sends_nothing_and_builds_nothing(sshd_factory: Any, project: Project,
-                                                ledger_dir: Path) -> None:
+def test_rerun_sends_nothing_and_builds_nothing(
+    sshd_factory: Any, project: Project, ledger_dir: Path
+) -> None:
     hosts = sshd_factory(2)
     ledger = ledger_dir / "ledger"
     project.write("big.bin", "x" * 100_000)
@@ -226,16 +240,20 @@ def test_rerun_sends_nothing_and_builds_nothing(sshd_factory: Any, project: Proj
     assert (again["bytes_sent"], again["files_sent"], again["envs_submitted"]) == (0, 0, 0)
     # a new job with the same file and environment: still nothing re-sent or rebuilt
     cfg = project.path / "cloudsend.yaml"
-    cfg.write_text(cfg.read_text().replace("repeat: 4", "repeat: 4\n  - env_name: shell\n"
-                                           "    run_command: cat big.bin | wc -c\n"
-                                           "    upload_files: big.bin"))
+    cfg.write_text(
+        cfg.read_text().replace(
+            "repeat: 4",
+            "repeat: 4\n  - env_name: shell\n"
+            "    run_command: cat big.bin | wc -c\n"
+            "    upload_files: big.bin",
+        )
+    )
     third = json.loads(project.cli("run", "--json", check=True).stdout)
     assert third["counts"] == {"DONE": 5}
     assert (third["bytes_sent"], third["envs_submitted"]) == (0, 0)
 
 
-def test_changed_host_key_is_refused(sshd_factory: Any, project: Project,
-                                     ledger_dir: Path) -> None:
+def test_changed_host_key_is_refused(sshd_factory: Any, project: Project, ledger_dir: Path) -> None:
     hosts = sshd_factory(1)
     ledger = ledger_dir / "ledger"
     project.config(ssh_config(hosts, ledger, jobs=1, sleep=0))

@@ -38,6 +38,11 @@ class RunMonitor:
         self.requeued: dict[str, dict[str, int]] = {}
         self.started = time.monotonic()
         self.submitted_at: dict[str, float] = {}  # job → when this monitor (re)submitted it
+        # Providers with machines of their own (aws) report instance events and can stop
+        # idle machines; local and ssh have neither hook.
+        self.poll_instances = getattr(session.provider, "poll_instances", None)
+        self.next_instance_poll = time.monotonic()
+        self.stopped: set[str] = set()
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -98,6 +103,11 @@ class RunMonitor:
                     while True:  # drain: one look at the store for a burst of events
                         self._apply(self.events.get_nowait())
                 now = time.monotonic()
+                if self.poll_instances is not None and now >= self.next_instance_poll:
+                    self.next_instance_poll = now + self.s.instance_poll
+                    self._instances()
+                if self.s.config.auto_stop:
+                    self._auto_stop()
                 for name, watcher in list(self.watchers.items()):
                     if (
                         watcher.is_alive()
@@ -109,6 +119,8 @@ class RunMonitor:
                 self.s.reporter.progress(views)
         finally:
             self.stop.set()
+        if self.s.config.auto_stop and self.satisfied(views):
+            self._auto_stop()  # the whole run is done and home: every machine stops
         for watcher in self.watchers.values():
             watcher.join(timeout=self.s.poll_wait + 15)
         return self.s.views()
@@ -174,6 +186,54 @@ class RunMonitor:
             if ids:
                 self._watch(name, {job: attempts[job] for job in ids})
         return True
+
+    # ---- machines (aws) ------------------------------------------------------------------
+
+    def _instances(self) -> None:
+        """Stopped instances are started; terminated or spot-interrupted ones are lost hosts
+        (their jobs re-queued, the same path as an SSH host gone) and get replaced."""
+        provider: Any = self.s.provider
+        try:
+            reaction = self.poll_instances()  # type: ignore[misc]
+        except CloudsendError as exc:
+            self.s.reporter.notice(f"instance check failed: {exc.message}")
+            return
+        if reaction.start:
+            # not the ones auto_stop stopped on purpose
+            with contextlib.suppress(CloudsendError):
+                started = provider.start_instances(reaction.start, skip_names=self.stopped)
+                if started:
+                    self.s.reporter.notice(f"starting {len(started)} stopped instance(s)")
+        known = {h.name for h in self.s.hosts}
+        for name in reaction.lost_hosts:
+            if name in known and name not in self.s.lost_hosts:
+                self.s.reporter.notice(f"instance of host {name} is gone (terminated)")
+                self._declare_lost(name)
+        if reaction.replace:
+            self.s.reporter.notice(f"replacing {len(reaction.replace)} instance(s)")
+            try:
+                for host in self.s.add_hosts(provider.replace(reaction.replace)):
+                    self.s.lost_hosts.discard(host.name)
+                    self.last_ok[host.name] = time.monotonic()
+            except CloudsendError as exc:
+                self.s.reporter.notice(f"could not replace instances: {exc.message}")
+
+    def _auto_stop(self) -> None:
+        """auto_stop: a machine with no work left and its outputs home is stopped at once."""
+        stop = getattr(self.s.provider, "stop_hosts", None)
+        if stop is None:
+            return
+        busy = {v.host for v in self.s.views() if not (v.state in FINAL and v.fetched)}
+        idle = [
+            h.name
+            for h in self.s.hosts
+            if h.name not in busy and h.name not in self.stopped and h.name not in self.s.lost_hosts
+        ]
+        if idle:
+            self.stopped.update(idle)
+            self.s.reporter.notice(f"auto_stop: stopping {', '.join(idle)} (no work left)")
+            with contextlib.suppress(CloudsendError):
+                stop(idle)
 
     # ---- lost hosts ----------------------------------------------------------------------
 

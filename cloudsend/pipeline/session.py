@@ -58,6 +58,7 @@ class Session:
         self.envs_submitted = 0
         self.env_failures: dict[str, str] = {}
         self.lost_hosts: set[str] = set()
+        self.instance_poll = 15.0  # seconds between instance checks (providers with machines)
         self._present: dict[str, set[str]] = {}
         self.started_at = time.monotonic()
 
@@ -120,6 +121,18 @@ class Session:
             if name not in known:
                 self.store.upsert_host(run_id, name, self.provider.name, 0, {})
             self.store.set_host_health(run_id, name, "unreachable", why.splitlines()[0])
+
+    def add_hosts(self, hosts: list[Host]) -> list[Host]:
+        """Hosts that joined mid-run (replacements): agent started, recorded, schedulable.
+        A host with the name of an old one takes its place."""
+        run_id = self._run()
+        added = []
+        for host in hosts:
+            ensure_agent(host)
+            self.store.upsert_host(run_id, host.name, self.provider.name, host.cpus, host.info)
+            self.hosts = [h for h in self.hosts if h.name != host.name] + [host]
+            added.append(host)
+        return added
 
     def attach(self) -> None:
         """Join the latest run without creating anything (status, logs, fetch, cancel)."""

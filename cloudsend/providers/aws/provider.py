@@ -224,6 +224,46 @@ class AwsProvider:
                 hint="delete them in the AWS console or run `cloudsend down` again",
             )
 
+    # ---- machines while a run goes on (pipeline.monitor calls these) -------------------
+
+    def _monitor(self) -> Any:
+        if getattr(self, "_instance_monitor", None) is None:
+            from cloudsend.providers.aws.monitor import InstanceMonitor
+
+            spec = self.plan(offline=True)
+            self._instance_monitor = InstanceMonitor(self.session(), dict(spec.tags), spec.regions)
+        return self._instance_monitor
+
+    def poll_instances(self) -> Any:
+        from cloudsend.providers.aws.monitor import plan_reaction
+
+        return plan_reaction(self._monitor().poll())
+
+    def start_instances(
+        self, instance_ids: list[str], skip_names: set[str] | None = None
+    ) -> list[str]:
+        """Start stopped instances, except those of hosts named in skip_names."""
+        skip = {i.id for n, i in self._monitor().instances().items() if n in (skip_names or ())}
+        return list(self._monitor().start([i for i in instance_ids if i not in skip]))
+
+    def replace(self, names: list[str]) -> list[Host]:
+        """pulumi up again: terminated instances are re-created under the same names."""
+        wanted = set(names)
+        return [h for h in self.up() if h.name in wanted]
+
+    def stop_hosts(self, names: list[str]) -> None:
+        """auto_stop: stop these hosts' instances (their disks stay; `down` destroys)."""
+        from cloudsend.providers.aws.session import client
+
+        infos = self._monitor().instances()
+        by_region: dict[str, list[str]] = {}
+        for name in names:
+            info = infos.get(name)
+            if info is not None and info.state in ("pending", "running"):
+                by_region.setdefault(info.region, []).append(info.id)
+        for region, ids in by_region.items():
+            client(self.session(), "ec2", region).stop_instances(InstanceIds=ids)
+
     def notices(self) -> list[str]:
         return [
             f"host {name} did not answer over SSH: {why.splitlines()[0]}"

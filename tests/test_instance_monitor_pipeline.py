@@ -1,0 +1,137 @@
+"""The instance monitor wired into the pipeline, against a real moto server.
+
+Local hosts stand for the instances: no EC2 machine can be reached from here (moto's IPs are
+not real machines), so each local host is paired with a moto instance of the same Name. The
+instance states, the boto3 monitor, the re-queue path and auto_stop are the real ones."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from cloudsend.config.models import Config
+from cloudsend.providers.local import LocalProvider
+from tests.conftest import Project
+
+TAGS = {"cloudsend:project": "mon", "cloudsend:stack": "mon"}
+
+
+class MotoPairedLocal(LocalProvider):
+    """Local hosts whose "machines" are moto instances named like them."""
+
+    def __init__(self, config: Config, session: Any) -> None:
+        from cloudsend.providers.aws.monitor import InstanceMonitor
+
+        super().__init__(config)
+        self.session = session
+        self.monitor = InstanceMonitor(session, TAGS, ["us-east-1"])
+
+    def poll_instances(self) -> Any:
+        from cloudsend.providers.aws.monitor import plan_reaction
+
+        return plan_reaction(self.monitor.poll())
+
+    def start_instances(self, ids: list[str], skip_names: set[str] | None = None) -> list[str]:
+        skip = {i.id for n, i in self.monitor.instances().items() if n in (skip_names or ())}
+        return list(self.monitor.start([i for i in ids if i not in skip]))
+
+    def replace(self, names: list[str]) -> list[Any]:
+        return []  # re-creating needs `pulumi up`, which cannot run here
+
+    def stop_hosts(self, names: list[str]) -> None:
+        infos = self.monitor.instances()
+        ids = [infos[n].id for n in names if n in infos and infos[n].state == "running"]
+        if ids:
+            from cloudsend.providers.aws.session import client
+
+            client(self.session, "ec2").stop_instances(InstanceIds=ids)
+
+
+def _client(project: Project, moto_aws: Any, jobs: int, sleep: float) -> Any:
+    from cloudsend.api import SyncClient
+    from cloudsend.pipeline.reporting import NullReporter
+
+    cfg = project.config(
+        f"""
+        project: mon
+        host_lost_after: 600
+        instances:
+          - cpus: 2
+            number: 3
+        jobs:
+          - run_command: sleep {sleep}; echo "$CLOUDSEND_JOB_ID" > out.txt
+            output_file: out.txt
+            repeat: {jobs}
+        """
+    )
+    notices: list[str] = []
+
+    class Recorder(NullReporter):
+        def notice(self, message: str) -> None:
+            notices.append(message)
+
+    client = SyncClient(cfg, Recorder(), poll_wait=0.5)
+    client.session.provider = MotoPairedLocal(client.config, moto_aws.session())
+    client.session.instance_poll = 0.5
+    client.notices = notices
+    return client
+
+
+def test_spot_interruption_requeues_jobs_and_auto_stop_stops_machines(
+    project: Project, moto_aws: Any
+) -> None:
+    names = ["local-0-0", "local-0-1", "local-0-2"]
+    ids = dict(zip(names, moto_aws.run_instances(3, TAGS, spot=True, names=names), strict=True))
+    client = _client(project, moto_aws, jobs=9, sleep=2)
+    victim = project.path / ".cloudsend" / "hosts" / "local-0-1"
+
+    def interrupt() -> None:
+        time.sleep(1.0)
+        # the machine is gone: its processes and disk with it, and AWS says why
+        agent = victim / "agent.py"
+        subprocess.run([sys.executable, str(agent), "--root", str(victim), "stop",
+                        "--kill-jobs"], capture_output=True, timeout=30)
+        shutil.rmtree(victim, ignore_errors=True)
+        moto_aws.spot_interrupt(ids["local-0-1"])
+
+    fault = threading.Thread(target=interrupt)
+    try:
+        client.start()
+        client.deploy()
+        client.run()
+        fault.start()
+        views = client.wait(timeout=120)
+        fault.join()
+    finally:
+        client.close()
+    assert [v.state for v in views] == ["DONE"] * 9
+    assert all(v.fetched and v.host != "local-0-1" for v in views)
+    assert any("local-0-1 is gone" in n for n in client.notices), client.notices
+    assert any("re-queuing" in n for n in client.notices), client.notices
+    outs = list(Path(client.session.results_dir).glob("*/out.txt"))
+    assert sorted(p.read_text().strip() for p in outs) == sorted(v.job_id for v in views)
+    # auto_stop: the surviving machines were stopped once their work was home
+    assert moto_aws.state(ids["local-0-0"]) == "stopped"
+    assert moto_aws.state(ids["local-0-2"]) == "stopped", client.notices
+    assert any("auto_stop" in n for n in client.notices)
+
+
+def test_a_stopped_instance_is_started_again(project: Project, moto_aws: Any) -> None:
+    names = ["local-0-0", "local-0-1", "local-0-2"]
+    ids = dict(zip(names, moto_aws.run_instances(3, TAGS, names=names), strict=True))
+    client = _client(project, moto_aws, jobs=3, sleep=3)
+    try:
+        client.start()
+        client.deploy()
+        client.run()
+        moto_aws.stop(ids["local-0-2"])
+        views = client.wait(timeout=120)
+    finally:
+        client.close()
+    assert [v.state for v in views] == ["DONE"] * 3
+    assert any("starting 1 stopped instance" in n for n in client.notices), client.notices
