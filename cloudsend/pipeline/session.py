@@ -214,8 +214,12 @@ class Session:
                 rec = records.get(job_id)
                 attempt = int(job.get("attempt", 0))
                 if rec is not None and attempt > rec.attempt:
-                    # submitted just before cloudsend died, never recorded: adopt it
-                    self.store.record_submission(run_id, job_id, host_name, attempt)
+                    # Submitted just before cloudsend died, never recorded: adopt it. An
+                    # attempt the store knows (superseded by an earlier one that finished
+                    # first) stays closed.
+                    known = {a.attempt for a in self.store.attempts(run_id, job_id)}
+                    if attempt not in known:
+                        self.store.record_submission(run_id, job_id, host_name, attempt)
             self.apply_status(host_name, doc)
         return statuses
 
