@@ -91,6 +91,14 @@ def _stop_tree(pid: int) -> list[int]:
     return tree
 
 
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
 def _signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -228,13 +236,24 @@ class SshdHost:
                 self._proc.wait(timeout=5)
         self._proc = None
 
-    def kill(self) -> None:
-        """Host down: SIGKILL the listener and every process it forked (connections,
-        commands still attached to them). Detached daemons (the agent) are not touched."""
+    def _sshd_tree(self) -> tuple[list[int], list[int]]:
+        """(sshd processes, other processes) under the listener, all left SIGSTOPped."""
         pid = self.pid
-        if pid is None:
+        assert pid is not None, f"{self.name} is not running"
+        tree = _stop_tree(pid)  # nothing forks or exits while we sort the tree
+        sshd = [p for p in tree if _comm(p).startswith("sshd")]
+        return sshd, [p for p in tree if p not in sshd]
+
+    def kill(self) -> None:
+        """Host down: SIGKILL the listener and every per-connection sshd, so every client
+        connection drops at once. Commands those sessions ran are let go on: this machine is
+        shared, and a login shell killed inside pyenv's rehash lock stalls every root login
+        for 60 s. Detached daemons (the agent) are not touched either."""
+        if self.pid is None:
             return
-        _signal_all(_stop_tree(pid), signal.SIGKILL)
+        sshd, others = self._sshd_tree()
+        _signal_all(sshd, signal.SIGKILL)
+        _signal_all(others, signal.SIGCONT)
         self._reap()
 
     def restart(self) -> None:
@@ -242,15 +261,16 @@ class SshdHost:
         self.start()
 
     def freeze(self) -> None:
-        """Frozen host: the kernel still accepts TCP, but sshd answers nothing."""
-        pid = self.pid
-        assert pid is not None, f"{self.name} is not running"
-        _stop_tree(pid)
+        """Frozen host: the kernel still accepts TCP, but no sshd process answers anything.
+        (Commands already running go on, for the reason given in kill.)"""
+        _, others = self._sshd_tree()
+        _signal_all(others, signal.SIGCONT)
 
     def thaw(self) -> None:
-        pid = self.pid
-        assert pid is not None, f"{self.name} is not running"
-        _signal_all(_stop_tree(pid), signal.SIGCONT)  # (re-stopping first is harmless)
+        if self.pid is None:
+            return
+        sshd, others = self._sshd_tree()
+        _signal_all(sshd + others, signal.SIGCONT)
 
     def regenerate_host_key(self, *, restart: bool = True) -> None:
         """A rebuilt host: new host key (the running sshd is restarted to load it)."""

@@ -61,11 +61,13 @@ def test_run_output_exit_codes_and_stdin(sshd_host: SshdHost, connect: Callable)
         "python3 -c 'import json,sys; print(len(json.load(sys.stdin)[\"jobs\"]))'", stdin=text
     )
     assert echoed.stdout.strip() == "1000"
-    assert time.monotonic() - started < 5, "stdin must not trickle in byte by byte"
+    assert time.monotonic() - started < 30, "stdin must not trickle in byte by byte"
     assert t.run("wc -c", stdin="héllo").stdout.strip() == str(len("héllo".encode()))
     # without stdin the command sees EOF at once instead of waiting for input
     assert t.run("cat; echo done", timeout=10).stdout == "done\n"
-    assert t.calls == 6
+    # killed by a signal: no exit status, but the link is fine, so a failed Result
+    assert t.run("kill -9 $$", check=False).exit_code == -1
+    assert t.calls == 7 and t.connects == 1
 
 
 def test_timeout_raises_and_connection_survives(sshd_host: SshdHost, connect: Callable) -> None:
@@ -233,7 +235,7 @@ def test_frozen_host_detected_fast_then_recovers(sshd_host: SshdHost, connect: C
         except TransportError as exc:
             errors[tag] = (time.monotonic() - started, exc)
 
-    running = threading.Thread(target=call, args=("running", "sleep 60"))
+    running = threading.Thread(target=call, args=("running", "sleep 20"))
     running.start()
     time.sleep(0.5)  # the command is in flight when the host freezes
     sshd_host.freeze()
@@ -328,5 +330,7 @@ def test_probe_returns_home_cpus_python(sshd_host: SshdHost, known_hosts: Path) 
     facts = probe(target)
     assert facts["home"] == "/root"
     assert facts["cpus"] == len(os.sched_getaffinity(0))  # same machine: nproc
-    assert facts["python"] and facts["python"].endswith("python3")
+    python = facts["python"]
+    assert python and os.path.isabs(python) and os.access(python, os.X_OK)
+    assert "shims" not in python  # the real interpreter, not a pyenv wrapper
     assert facts["python_version"] and int(facts["python_version"].split(".")[1]) >= 8

@@ -57,7 +57,7 @@ _PROBE_MARK = "__cloudsend_probe__"
 class HostFacts(TypedDict):
     home: str
     cpus: int
-    python: str | None  # path of python3 as the login shell finds it; None if missing
+    python: str | None  # real path of the login shell's python3; None if it has none
     python_version: str | None  # e.g. "3.11"
 
 
@@ -316,28 +316,28 @@ class SshTransport:
         self._count("bytes_received", self._transfer(f"fetch {remote}", download))
 
     def probe(self) -> HostFacts:
-        """Home dir, CPU count and python3 of the host, in one round trip."""
+        """Home dir, CPU count and python3 of the host, in one round trip. `python` is the
+        interpreter's real path (sys.executable), so that wrappers such as pyenv shims, which
+        cost ~0.1 s per call, are skipped later."""
         script = (
             f'echo {_PROBE_MARK}; printf "%s\\n" "$HOME"; '
             "nproc 2>/dev/null || getconf _NPROCESSORS_ONLN; "
-            'py=$(command -v python3); printf "%s\\n" "$py"; '
-            '[ -n "$py" ] && "$py" -c '
-            '\'import sys; print("%d.%d" % sys.version_info[:2]); print(sys.executable)\''
+            'py=$(command -v python3) && "$py" -c '
+            "'import sys; print(sys.executable); print(\"%d.%d\" % sys.version_info[:2])'"
         )
         res = self.run(script, check=False)
         lines = res.stdout.split(_PROBE_MARK + "\n")[-1].splitlines()  # skip rc-file chatter
-        if len(lines) < 3 or not lines[1].strip().isdigit():
+        if len(lines) < 2 or not lines[1].strip().isdigit():
             raise TransportError(
                 f"cannot probe {self.target.label}: unexpected output {res.stdout[-300:]!r} "
                 f"(exit code {res.exit_code}) {res.stderr[-300:]}"
             )
-        python = lines[2].strip() or None
-        version = lines[3].strip() if len(lines) > 3 and python else None
-        # the interpreter itself, not a wrapper: a pyenv shim costs ~0.2 s on every agent call
-        if python and len(lines) > 4 and lines[4].strip().startswith("/"):
-            python = lines[4].strip()
+        python, version = (lines[2:4] + ["", ""])[:2]
         return HostFacts(
-            home=lines[0], cpus=int(lines[1]), python=python, python_version=version or None
+            home=lines[0],
+            cpus=int(lines[1]),
+            python=python.strip() or None,
+            python_version=version.strip() or None,
         )
 
     def close(self) -> None:
