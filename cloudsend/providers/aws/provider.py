@@ -165,6 +165,7 @@ class AwsProvider:
             target = SshTarget(
                 name=name,
                 address=address,
+                port=int(inst.get("port") or 22),  # 22 unless the stack exports another
                 user=inst.get("user") or "ubuntu",
                 key=key.private_path,
                 known_hosts=known,
