@@ -173,7 +173,10 @@ def test_status_logs_cancel(project: Project, tmp_path: Path) -> None:
                 if len(running) == 2:
                     break
             time.sleep(0.3)
-        assert len(running) == 2, doc
+        if len(running) != 2:
+            died = "" if bg.poll() is None else bg.communicate()[1]
+            last = project.cli("status", "--json")
+            raise AssertionError(f"{doc}\nrun: {died}\nstatus: {last.stdout} {last.stderr}")
         assert doc["hosts"][0]["health"] == "ok"  # type: ignore[index]
         job = str(running[0]["job_id"])
         time.sleep(0.5)

@@ -48,6 +48,16 @@ WRAPPER = (
     'if cd "$w"; then "$@"; rc=$?; else rc=126; fi; '
     'echo $rc >"$d/rc"; exit $rc'
 )
+# Jobs: the same wrapper in bash, which runs run.sh in a subshell (a fork, no exec): one
+# process start less per job, most of a short job's cost.
+JOB_WRAPPER = (
+    'd=$1; w=$2; echo $$ >"$d/pid"; '
+    'if cd "$w"; then ( . ../run.sh ); rc=$?; else rc=126; fi; '
+    'echo $rc >"$d/rc"; exit $rc'
+)
+
+
+BASH = next((b for b in ("/bin/bash", "/usr/bin/bash") if os.path.exists(b)), "")
 
 
 class AgentError(Exception):
@@ -644,7 +654,10 @@ class Daemon(Store):
         err: str | None,
         env: dict[str, str],
     ) -> int:
-        args = ["/bin/sh", "-c", WRAPPER, "cloudsend-wrapper", state_dir, cwd, *argv]
+        if argv == ["bash", "../run.sh"] and BASH:
+            args = [BASH, "-c", JOB_WRAPPER, "cloudsend-wrapper", state_dir, cwd]
+        else:
+            args = ["/bin/sh", "-c", WRAPPER, "cloudsend-wrapper", state_dir, cwd, *argv]
         wflags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         if USE_POSIX_SPAWN:
             actions = [
