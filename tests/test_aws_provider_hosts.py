@@ -86,6 +86,12 @@ def test_stack_outputs_become_hosts_and_a_run_goes_through(
         client.deploy()
         client.run()
         views = client.wait(timeout=120)
+        # a terminated instance is replaced by a new `up`: the host of that name comes back
+        replaced = client.session.provider.replace(["awsrun-0-1"])  # type: ignore[attr-defined]
+        assert [h.name for h in replaced] == ["awsrun-0-1"]
+        added = client.session.add_hosts(replaced)
+        assert [h.name for h in client.session.hosts].count("awsrun-0-1") == 1
+        assert added[0].transport.run("test -f " + added[0].agent).ok
         client.down()
     finally:
         client.close()
