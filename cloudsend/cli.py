@@ -39,7 +39,7 @@ def _client(config: Path, quiet: bool = False, poll_wait: float = 2.0) -> tuple[
 
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog=EXIT_CODES_HELP.replace("\n", "\n\n"),
+    epilog="\b\n" + EXIT_CODES_HELP,  # \b: click keeps the lines as written
 )
 @click.version_option(package_name="cloudsend")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
