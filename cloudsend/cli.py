@@ -13,6 +13,7 @@ from cloudsend.errors import EXIT_CODES_HELP, CloudsendError, JobError
 
 if TYPE_CHECKING:
     from cloudsend.api import SyncClient
+    from cloudsend.config.models import Config
 
 CONFIG_ARG = click.argument(
     "config",
@@ -29,7 +30,9 @@ def _console() -> Any:
     return Console(stderr=False)
 
 
-def _client(config: Path, quiet: bool = False, poll_wait: float = 2.0) -> tuple[SyncClient, Any]:
+def _client(
+    config: Path | Config, quiet: bool = False, poll_wait: float = 2.0
+) -> tuple[SyncClient, Any]:
     from cloudsend.api import SyncClient
     from cloudsend.ui import RichReporter
 
@@ -58,16 +61,21 @@ def cli(debug: bool) -> None:
     is_flag=True,
     help="Kill the project's processes on the hosts and redeploy from scratch (new run).",
 )
+@click.option("--yes", "-y", is_flag=True, help="aws: do not ask before creating resources.")
 @JSON_OPT
-def run(config: Path, reset: bool, as_json: bool) -> None:
+def run(config: Path, reset: bool, yes: bool, as_json: bool) -> None:
     """Set up hosts and environments, run every job, watch them, fetch results.
 
     Interrupted? Run it again: DONE jobs are never re-run, files never re-sent, environments
     never rebuilt unless they changed.
     """
+    from cloudsend.config import load_config
     from cloudsend.ui import print_json, print_summary, summary_doc
 
-    client, reporter = _client(config, quiet=as_json)
+    cfg = load_config(config)
+    if cfg.provider == "aws":
+        _confirm_aws_plan(cfg, yes)  # `run` creates machines too: same review as `up`
+    client, reporter = _client(cfg, quiet=as_json)
     try:
         client.start(reset=reset)
         client.deploy()
@@ -186,7 +194,7 @@ def up(config: Path, reset: bool, yes: bool) -> None:
     cfg = load_config(config)
     if cfg.provider == "aws":
         _confirm_aws_plan(cfg, yes)
-    client, reporter = _client(config)
+    client, reporter = _client(cfg)
     try:
         client.start(reset=reset)
         client.deploy()
@@ -347,6 +355,8 @@ def _confirm_aws_plan(cfg: Any, yes: bool) -> None:
 
     provider = AwsProvider(cfg)
     plan = provider.preview(enforce_budget=True)
+    if all(c.op in ("same", "read") for c in plan.changes):
+        return  # the stack is up to date: nothing to create, nothing to ask
     console = _console()
     console.print(changes_table(plan.changes))
     console.print(cost_table(plan.cost))

@@ -80,6 +80,9 @@ def test_up_refuses_a_plan_over_budget(
     proc = project.cli("up", "--yes", env={**no_pulumi_env, **_aws_env()})
     assert proc.returncode == 2, proc.stderr
     assert "exceeds max_cost_per_hour" in proc.stderr
+    # `run` creates machines too: the same guard applies before anything is created
+    again = project.cli("run", "--yes", env={**no_pulumi_env, **_aws_env()})
+    assert again.returncode == 2 and "exceeds max_cost_per_hour" in again.stderr
     assert "awsdemo-1-0" in proc.stderr or "awsdemo-0-0" in proc.stderr  # names the costliest
     assert "Traceback" not in proc.stderr
 
