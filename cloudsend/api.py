@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from cloudsend.config import load_config
 from cloudsend.config.models import Config
 from cloudsend.core import FINAL_STATES, CloudSendProcessState
+from cloudsend.pipeline import operations
 from cloudsend.pipeline.reporting import JobView, Reporter, RunSummary
 from cloudsend.pipeline.session import Session
 
@@ -82,10 +83,12 @@ class SyncClient:
         for v in self.session.views():
             if v.state == "ABORTED":
                 print(f"--- {v.job_id} (exit {v.exit_code}): {v.reason or ''}", file=out)
-                print(self.session.logs(v.job_id, "stderr"), file=out)
+                print(operations.logs(self.session, v.job_id, "stderr"), file=out)
 
     def fetch_results(self, out_dir: str | Path | None = None) -> Path:
-        return self.session.fetch_results(Path(out_dir) if out_dir is not None else None)
+        return operations.fetch_results(
+            self.session, Path(out_dir) if out_dir is not None else None
+        )
 
     def finalize(self) -> None:
         self.session.finalize()

@@ -217,7 +217,7 @@ def status(config: Path, as_json: bool) -> None:
     try:
         client.wakeup()
         views = client.session.views()
-        hosts = client.session.store.hosts(client.session._run())
+        hosts = client.session.store.hosts(client.session.current_run())
     finally:
         client.close()
     if as_json:
@@ -245,10 +245,12 @@ def logs(job: str, config: Path, stream: str, lines: int, follow: bool) -> None:
     """Print the last lines of JOB's stdout (or --stderr)."""
     import time
 
+    from cloudsend.pipeline import operations
+
     client, _ = _client(config, quiet=True)
     try:
         client.wakeup()
-        shown = client.session.logs(job, stream, lines)
+        shown = operations.logs(client.session, job, stream, lines)
         click.echo(shown)
         while follow:
             view = next(v for v in client.session.views() if v.job_id == job)
@@ -256,7 +258,7 @@ def logs(job: str, config: Path, stream: str, lines: int, follow: bool) -> None:
                 break
             time.sleep(1)
             client.session.reconcile()
-            text = client.session.logs(job, stream, 10_000)
+            text = operations.logs(client.session, job, stream, 10_000)
             new = text[len(shown) :] if text.startswith(shown) else text
             if new.strip():
                 click.echo(new.lstrip("\n"))
@@ -300,7 +302,9 @@ def cancel(jobs: tuple[str, ...], config: Path, all_jobs: bool) -> None:
     client, _ = _client(config, quiet=True)
     try:
         client.wakeup()
-        done = client.session.cancel(None if all_jobs else list(jobs))
+        from cloudsend.pipeline import operations
+
+        done = operations.cancel(client.session, None if all_jobs else list(jobs))
     finally:
         client.close()
     click.echo(f"cancelled {len(done)} job(s)")

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class RunMonitor:
     def __init__(self, session: Session, states: CloudSendProcessState) -> None:
         self.s = session
-        self.run_id = session._run()
+        self.run_id = session.current_run()
         self.states = states
         self.events: queue.Queue[HostEvent] = queue.Queue()
         self.stop = threading.Event()
@@ -58,7 +58,7 @@ class RunMonitor:
         if watcher is not None and watcher.expect(jobs, fetched):
             return
         watcher = HostWatcher(
-            self.s._host(host_name),
+            self.s.host_named(host_name),
             self.s.results_dir,
             self.events,
             self.stop,
@@ -287,7 +287,7 @@ class RunMonitor:
             if job.get("state") == "DONE" and rec is not None and rec.state != "DONE":
                 if rec.host and rec.host != host:
                     with contextlib.suppress(CloudsendError):
-                        AgentClient(self.s._host(rec.host)).cancel([job_id])
+                        AgentClient(self.s.host_named(rec.host)).cancel([job_id])
                     if rec.host in self.watchers:
                         self.watchers[rec.host].forget({job_id})
                 self.s.store.adopt_attempt(
@@ -297,7 +297,7 @@ class RunMonitor:
             del pending[job_id]
         if stale:
             with contextlib.suppress(CloudsendError):
-                AgentClient(self.s._host(host)).cancel(stale)
+                AgentClient(self.s.host_named(host)).cancel(stale)
         if not pending:
             self.s.lost_hosts.discard(host)
             if host in self.watchers:

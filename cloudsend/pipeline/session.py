@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import json
 import shlex
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +18,9 @@ from typing import Any, TypeVar
 
 from cloudsend.config.models import Config
 from cloudsend.core import CloudSendProcessState
-from cloudsend.errors import CloudsendError, JobError, StateError, TransportError
+from cloudsend.errors import CloudsendError, StateError, TransportError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.deploy import DeployReport, deploy_host, ensure_agent
-from cloudsend.pipeline.fetch import fetch_jobs
 from cloudsend.pipeline.files import FileIndex
 from cloudsend.pipeline.plan import Plan, build_plan
 from cloudsend.pipeline.reporting import JobView, NullReporter, Reporter, RunSummary
@@ -75,7 +73,7 @@ class Session:
             self._plan = build_plan(self.config, self.index)
         return self._plan
 
-    def _run(self) -> int:
+    def current_run(self) -> int:
         if self.run_id is None:
             self.start()
         assert self.run_id is not None
@@ -83,15 +81,15 @@ class Session:
 
     @property
     def results_dir(self) -> Path:
-        return self.config.base_dir / "results" / f"run-{self._run()}"
+        return self.config.base_dir / "results" / f"run-{self.current_run()}"
 
-    def _host(self, name: str) -> Host:
+    def host_named(self, name: str) -> Host:
         for host in self.hosts:
             if host.name == name:
                 return host
         raise CloudsendError(f"no host named {name!r} in this run")
 
-    def _each_host(self, fn: Callable[[Host], T], hosts: list[Host] | None = None) -> list[T]:
+    def each_host(self, fn: Callable[[Host], T], hosts: list[Host] | None = None) -> list[T]:
         hosts = self.hosts if hosts is None else hosts
         if len(hosts) <= 1:
             return [fn(h) for h in hosts]
@@ -115,7 +113,7 @@ class Session:
         self._record_unreachable()
 
     def _record_unreachable(self) -> None:
-        run_id = self._run()
+        run_id = self.current_run()
         known = {h.name for h in self.store.hosts(run_id)}
         for name, why in self.provider.unreachable.items():
             if name not in known:
@@ -125,7 +123,7 @@ class Session:
     def add_hosts(self, hosts: list[Host]) -> list[Host]:
         """Hosts that joined mid-run (replacements): agent started, recorded, schedulable.
         A host with the name of an old one takes its place."""
-        run_id = self._run()
+        run_id = self.current_run()
         added = []
         for host in hosts:
             ensure_agent(host)
@@ -154,11 +152,11 @@ class Session:
             host.transport.run(f"rm -rf {shlex.quote(host.root)}", check=False)
             self.store.forget_host(host.name)
 
-        self._each_host(wipe)
+        self.each_host(wipe)
 
     def deploy(self) -> None:
         """Render environments, record the jobs, and start every host's agent."""
-        run_id = self._run()
+        run_id = self.current_run()
         self.reporter.phase("deploy", f"{len(self.hosts)} host(s)")
         plan = self.plan
         self.store.add_jobs(
@@ -186,9 +184,7 @@ class Session:
                 self.reporter.notice(f"host {host.name}: unreachable ({exc.message[:120]})")
                 return host.name, None
 
-        self._present = {
-            name: files for name, files in self._each_host(ensure) if files is not None
-        }
+        self._present = {name: files for name, files in self.each_host(ensure) if files is not None}
 
     def _statuses(self) -> dict[str, dict[str, Any]]:
         """One status call per host; unreachable hosts are reported, not fatal here."""
@@ -196,17 +192,17 @@ class Session:
         def ask(host: Host) -> tuple[str, dict[str, Any] | None]:
             try:
                 doc = AgentClient(host).status()
-                self.store.set_host_health(self._run(), host.name, "ok")
+                self.store.set_host_health(self.current_run(), host.name, "ok")
                 return host.name, doc
             except TransportError as exc:
-                self.store.set_host_health(self._run(), host.name, "unreachable", str(exc))
+                self.store.set_host_health(self.current_run(), host.name, "unreachable", str(exc))
                 return host.name, None
 
-        return {name: doc for name, doc in self._each_host(ask) if doc is not None}
+        return {name: doc for name, doc in self.each_host(ask) if doc is not None}
 
     def reconcile(self) -> dict[str, dict[str, Any]]:
         """Bring the store up to date with what the agents report."""
-        run_id = self._run()
+        run_id = self.current_run()
         statuses = self._statuses()
         records = {r.job_id: r for r in self.store.jobs(run_id)}
         for host_name, doc in statuses.items():
@@ -229,7 +225,7 @@ class Session:
         What to do with each job is decided by scheduling.plan_resume from the store and what
         the agents report; ABORTED jobs are retried (attempt + 1) unless retry_aborted=False.
         """
-        run_id = self._run()
+        run_id = self.current_run()
         plan = self.plan
         statuses = self.reconcile()
         records = {r.job_id: r for r in self.store.jobs(run_id)}
@@ -262,7 +258,7 @@ class Session:
     def submit_jobs(self, attempts: dict[str, int], hosts: list[Host]) -> dict[str, list[str]]:
         """Assign these jobs (job_id → attempt to submit) over `hosts`, deploy what each host
         lacks, and hand each host its queue in one call. Returns the assignment."""
-        run_id = self._run()
+        run_id = self.current_run()
         by_id = self.plan.by_id()
         pending = [by_id[j] for j in attempts]
         self.reporter.phase("schedule", f"{len(pending)} job(s) over {len(hosts)} host(s)")
@@ -299,7 +295,7 @@ class Session:
             return report.files_sent, report.bytes_sent, len(accepted & set(envs))
 
         # each host reports its own counters; summed here so threads never share a counter
-        for files, nbytes, envs_built in self._each_host(submit, hosts):
+        for files, nbytes, envs_built in self.each_host(submit, hosts):
             self.files_sent += files
             self.bytes_sent += nbytes
             self.envs_submitted += envs_built
@@ -315,7 +311,7 @@ class Session:
     # ---- watching ------------------------------------------------------------------------
 
     def views(self) -> list[JobView]:
-        run_id = self._run()
+        run_id = self.current_run()
         wanted = {p.job_id for p in self.plan.jobs}
         views = [
             JobView(
@@ -346,7 +342,7 @@ class Session:
 
     def apply_status(self, host: str, status: dict[str, Any]) -> None:
         """Record what one agent reports, for the jobs whose current attempt is there."""
-        run_id = self._run()
+        run_id = self.current_run()
         records = {r.job_id: r for r in self.store.jobs(run_id) if r.host == host}
         updates = [
             (job_id, job["state"], job.get("exit_code"), job.get("reason"))
@@ -366,7 +362,7 @@ class Session:
 
     def summary(self) -> RunSummary:
         return RunSummary(
-            run_id=self._run(),
+            run_id=self.current_run(),
             results_dir=self.results_dir,
             jobs=self.views(),
             files_sent=self.files_sent,
@@ -375,62 +371,6 @@ class Session:
             elapsed=time.monotonic() - self.started_at,
             env_failures=dict(self.env_failures),
         )
-
-    def fetch_results(self, out_dir: Path | None = None) -> Path:
-        """Fetch every finished job not yet home; copy the run's results to out_dir if given."""
-        run_id = self._run()
-        if not all(v.state in FINAL and v.fetched for v in self.views()):
-            self.reconcile()  # only ask the hosts when something may be left there
-        todo: dict[str, list[str]] = {}
-        attempts = {}
-        for v in self.views():
-            if v.state in FINAL and not v.fetched and v.host:
-                todo.setdefault(v.host, []).append(v.job_id)
-                attempts[v.job_id] = v.attempt
-
-        def pull(host: Host) -> dict[str, list[tuple[str, int]]]:
-            return fetch_jobs(host, todo.get(host.name, []), self.results_dir)
-
-        for got in self._each_host(pull, [h for h in self.hosts if h.name in todo]):
-            self.store.record_fetches(
-                run_id, [(job, attempts[job], files) for job, files in got.items()]
-            )
-        if out_dir is not None and out_dir.resolve() != self.results_dir.resolve():
-            shutil.copytree(self.results_dir, out_dir, dirs_exist_ok=True)
-            return out_dir
-        return self.results_dir
-
-    def cancel(self, job_ids: list[str] | None = None) -> list[str]:
-        views = self.views()
-        by_host: dict[str, list[str]] = {}
-        for v in views:
-            if v.host and (job_ids is None or v.job_id in job_ids) and v.state not in FINAL:
-                by_host.setdefault(v.host, []).append(v.job_id)
-        if job_ids:
-            unknown = set(job_ids) - {v.job_id for v in views}
-            if unknown:
-                raise JobError(
-                    f"no job named {', '.join(sorted(unknown))} in this run",
-                    hint="`cloudsend status` lists the job ids",
-                )
-        cancelled: list[str] = []
-        for name, ids in by_host.items():
-            cancelled += AgentClient(self._host(name)).cancel(ids).get("cancelled", [])
-        self.reconcile()
-        return cancelled
-
-    def logs(self, job_id: str, stream: str = "stdout", lines: int = 50) -> str:
-        view = next((v for v in self.views() if v.job_id == job_id), None)
-        if view is None:
-            raise JobError(
-                f"no job named {job_id!r} in this run", hint="`cloudsend status` lists the job ids"
-            )
-        local = self.results_dir / job_id / f"{stream}.log"
-        if view.fetched and local.exists():
-            return "\n".join(local.read_text(errors="replace").splitlines()[-lines:])
-        if not view.host:
-            return ""
-        return AgentClient(self._host(view.host)).tail(job_id, stream, lines)
 
     def finalize(self) -> None:
         """auto_stop: once everything is home, stop the agents (nothing left running)."""
@@ -442,7 +382,7 @@ class Session:
                 with contextlib.suppress(TransportError):
                     AgentClient(host).stop()
 
-            self._each_host(stop)
+            self.each_host(stop)
 
     def unfetched(self) -> list[JobView]:
         """Finished jobs whose results have not come home (down would lose them)."""

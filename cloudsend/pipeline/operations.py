@@ -1,0 +1,78 @@
+"""What a user does to a run from outside: fetch its results, cancel jobs, read their logs.
+
+Functions over a Session (pipeline.session), which owns the lifecycle itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cloudsend.errors import JobError
+from cloudsend.pipeline.agent_client import AgentClient
+from cloudsend.pipeline.fetch import fetch_jobs
+from cloudsend.pipeline.watch import FINAL
+from cloudsend.providers.base import Host
+
+if TYPE_CHECKING:
+    from cloudsend.pipeline.session import Session
+
+
+def fetch_results(session: Session, out_dir: Path | None = None) -> Path:
+    """Fetch every finished job not yet home; copy the run's results to out_dir if given."""
+    run_id = session.current_run()
+    if not all(v.state in FINAL and v.fetched for v in session.views()):
+        session.reconcile()  # only ask the hosts when something may be left there
+    todo: dict[str, list[str]] = {}
+    attempts = {}
+    for v in session.views():
+        if v.state in FINAL and not v.fetched and v.host:
+            todo.setdefault(v.host, []).append(v.job_id)
+            attempts[v.job_id] = v.attempt
+
+    def pull(host: Host) -> dict[str, list[tuple[str, int]]]:
+        return fetch_jobs(host, todo.get(host.name, []), session.results_dir)
+
+    for got in session.each_host(pull, [h for h in session.hosts if h.name in todo]):
+        session.store.record_fetches(
+            run_id, [(job, attempts[job], files) for job, files in got.items()]
+        )
+    if out_dir is not None and out_dir.resolve() != session.results_dir.resolve():
+        shutil.copytree(session.results_dir, out_dir, dirs_exist_ok=True)
+        return out_dir
+    return session.results_dir
+
+
+def cancel(session: Session, job_ids: list[str] | None = None) -> list[str]:
+    views = session.views()
+    by_host: dict[str, list[str]] = {}
+    for v in views:
+        if v.host and (job_ids is None or v.job_id in job_ids) and v.state not in FINAL:
+            by_host.setdefault(v.host, []).append(v.job_id)
+    if job_ids:
+        unknown = set(job_ids) - {v.job_id for v in views}
+        if unknown:
+            raise JobError(
+                f"no job named {', '.join(sorted(unknown))} in this run",
+                hint="`cloudsend status` lists the job ids",
+            )
+    cancelled: list[str] = []
+    for name, ids in by_host.items():
+        cancelled += AgentClient(session.host_named(name)).cancel(ids).get("cancelled", [])
+    session.reconcile()
+    return cancelled
+
+
+def logs(session: Session, job_id: str, stream: str = "stdout", lines: int = 50) -> str:
+    view = next((v for v in session.views() if v.job_id == job_id), None)
+    if view is None:
+        raise JobError(
+            f"no job named {job_id!r} in this run", hint="`cloudsend status` lists the job ids"
+        )
+    local = session.results_dir / job_id / f"{stream}.log"
+    if view.fetched and local.exists():
+        return "\n".join(local.read_text(errors="replace").splitlines()[-lines:])
+    if not view.host:
+        return ""
+    return AgentClient(session.host_named(view.host)).tail(job_id, stream, lines)
