@@ -524,3 +524,57 @@ def test_speed_many_jobs(agent: Agent) -> None:
     st = agent.status()
     assert time.monotonic() - t1 < 1.0
     assert len(st["jobs"]) == 1051
+
+
+def test_collect_long_polls_then_packs_only_wanted_final_jobs(agent: Agent, tmp_path: Path) -> None:
+    import json
+    import tarfile
+    import time
+
+    agent.start(2)
+    agent.submit(
+        [
+            job("c1", "echo one > o.txt", outputs=["o.txt"]),
+            job("c2", "sleep 30", outputs=["o.txt"]),
+            job("c3", "echo three > o.txt", outputs=["o.txt"]),
+        ]
+    )
+    agent.wait_final(["c1", "c3"])
+    want = json.dumps({"c1": 1, "c2": 1, "c3": 2})  # c3 is wanted at another attempt
+    out = str(tmp_path / "round1.tar.gz")
+    doc = agent.call("collect", "--out", out, stdin=want)
+    assert set(doc["status"]["jobs"]) == {"c1", "c2", "c3"}
+    assert doc["pack"]["jobs"] == ["c1"]  # c2 is not final, c3's attempt differs
+    with tarfile.open(doc["pack"]["path"]) as tar:
+        assert "c1/o.txt" in tar.getnames() and not any(n.startswith("c3/") for n in tar.getnames())
+    version = doc["status"]["version"]
+    # nothing changes: the long poll waits its full time, and nothing final is left to pack
+    started = time.monotonic()
+    quiet = agent.call(
+        "collect",
+        "--out",
+        str(tmp_path / "r2.tar.gz"),
+        "--since",
+        str(version),
+        "--wait",
+        "1.0",
+        stdin=json.dumps({"c2": 1}),
+    )
+    assert time.monotonic() - started >= 0.9
+    assert quiet["pack"] is None
+    # a change (c2 cancelled) ends the wait early
+    cancelled = agent.call("cancel", "c2")
+    assert cancelled["cancelled"] == ["c2"]
+    started = time.monotonic()
+    changed = agent.call(
+        "collect",
+        "--out",
+        str(tmp_path / "r3.tar.gz"),
+        "--since",
+        str(version),
+        "--wait",
+        "10",
+        stdin=json.dumps({"c2": 1}),
+    )
+    assert time.monotonic() - started < 5
+    assert changed["pack"]["jobs"] == ["c2"]
