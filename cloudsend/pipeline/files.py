@@ -33,17 +33,25 @@ class FileIndex:
             self.by_sha.setdefault(sha, path)
         return sha
 
-    def links_for(self, paths: list[Path], root: str) -> dict[str, str]:
-        """Work-dir relative path → host path of the stored copy; directories are walked."""
-        links: dict[str, str] = {}
+    @staticmethod
+    def entries(paths: list[Path]) -> list[tuple[str, Path]]:
+        """(work-dir relative path, local file) for each file; directories are walked."""
+        out: list[tuple[str, Path]] = []
         for path in paths:
             if path.is_dir():
                 for sub in sorted(p for p in path.rglob("*") if p.is_file()):
-                    rel = f"{path.name}/{sub.relative_to(path).as_posix()}"
-                    links[rel] = f"{root}/files/{self.add(sub)}"
+                    out.append((f"{path.name}/{sub.relative_to(path).as_posix()}", sub))
             else:
-                links[path.name] = f"{root}/files/{self.add(path)}"
-        return links
+                out.append((path.name, path))
+        return out
+
+    def hashes(self, paths: list[Path]) -> set[str]:
+        """The sha256 of every file these paths stand for."""
+        return {self.add(file) for _, file in self.entries(paths)}
+
+    def links_for(self, paths: list[Path], root: str) -> dict[str, str]:
+        """Work-dir relative path → host path of the stored copy."""
+        return {rel: f"{root}/files/{self.add(file)}" for rel, file in self.entries(paths)}
 
 
 def sync_files(

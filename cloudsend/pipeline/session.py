@@ -272,7 +272,7 @@ class Session:
             jobs = [by_id[i] for i in assignment.get(host.name, [])]
             if not jobs:
                 return 0, 0, 0
-            needed = {self.index.add(f) for p in jobs for f in self._files(p.files)}
+            needed = set().union(*(self.index.hashes(p.files) for p in jobs))
             envs = {p.env.env_id: p.env for p in jobs if p.env is not None}
             copy = not self.config.mutualize_uploads
             specs = [p.spec(attempts[p.job_id], host.root, self.index, copy) for p in jobs]
@@ -300,13 +300,6 @@ class Session:
             self.bytes_sent += nbytes
             self.envs_submitted += envs_built
         return assignment
-
-    @staticmethod
-    def _files(paths: list[Path]) -> list[Path]:
-        out: list[Path] = []
-        for path in paths:
-            out += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        return out
 
     # ---- watching ------------------------------------------------------------------------
 
