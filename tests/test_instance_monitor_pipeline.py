@@ -96,6 +96,14 @@ def test_spot_interruption_requeues_jobs_and_auto_stop_stops_machines(
         agent = victim / "agent.py"
         subprocess.run([sys.executable, str(agent), "--root", str(victim), "stop",
                         "--kill-jobs"], capture_output=True, timeout=30)
+        # the shutdown's kills reach cloudsend before AWS reports the interruption (the
+        # order a loaded machine produced in CI): those jobs must still run again elsewhere
+        store, run_id = client.session.store, client.session.current_run()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+            r.host == "local-0-1" and r.state == "ABORTED" for r in store.jobs(run_id)
+        ):
+            time.sleep(0.05)
         shutil.rmtree(victim, ignore_errors=True)
         moto_aws.spot_interrupt(ids["local-0-1"])
 

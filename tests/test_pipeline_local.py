@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -201,3 +203,30 @@ def test_down_removes_local_hosts(project: Project) -> None:
     assert hosts.exists()
     project.cli("down", check=True)
     assert not hosts.exists()
+
+
+def test_host_restart_mid_run_reruns_the_jobs_it_killed(project: Project, tmp_path: Path) -> None:
+    """A host "reboots" mid-run (its agent and every job SIGKILLed, disk intact): the restarted
+    agent reports the jobs as vanished and they run again in the same `cloudsend run`."""
+    from tests.agent_helpers import processes_under
+
+    ledger = tmp_path / "ledger.txt"
+    project.config(SLEEPY.format(ledger=ledger, sleep=1.5, repeat=4))
+    host_root = project.path / ".cloudsend" / "hosts" / "local-0-0"
+    run = project.popen("run", "--json")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(_ledger(ledger)) < 4:
+        time.sleep(0.05)
+    assert len(_ledger(ledger)) == 4, "jobs did not start"
+    victims = processes_under(host_root)
+    assert victims, "nothing runs under the host"
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["counts"] == {"DONE": 4}, err
+    ids = [line.split()[0] for line in _ledger(ledger)]
+    assert len(set(ids)) == 4 and len(ids) == 6, ids  # the two killed ones started again
+    assert len(list(Path(doc["results_dir"]).glob("*/out.txt"))) == 4

@@ -19,9 +19,12 @@ from cloudsend.errors import CloudsendError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.reporting import JobView
 from cloudsend.pipeline.watch import FINAL, HostEvent, HostWatcher
+from cloudsend.scheduling.transitions import killed_with_host
 
 if TYPE_CHECKING:
     from cloudsend.pipeline.session import Session
+
+MAX_CASUALTY_RETRIES = 3
 
 
 class RunMonitor:
@@ -43,6 +46,7 @@ class RunMonitor:
         self.poll_instances = getattr(session.provider, "poll_instances", None)
         self.next_instance_poll = time.monotonic()
         self.stopped: set[str] = set()
+        self.casualties: dict[str, int] = {}  # job → times re-queued after its host restarted
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -144,6 +148,7 @@ class RunMonitor:
             )
             self.s.apply_status(host, event.status)
             self._resubmit_missing(host, event)
+            self._requeue_casualties(host, event.status)
         if event.fetched:
             self.s.store.record_fetches(
                 self.run_id,
@@ -173,6 +178,36 @@ class RunMonitor:
             if host in self.watchers:
                 self.watchers[host].forget(set(missing))
             self._submit({job: attempt + 1 for job, attempt in missing.items()})
+
+    def _requeue_casualties(self, host: str, status: dict[str, Any]) -> None:
+        """Jobs a host's restart killed (the agent finds their processes gone) run again, at
+        most MAX_CASUALTY_RETRIES times each: a job that keeps taking its host down is
+        reported ABORTED rather than retried forever."""
+        hit = [
+            job_id
+            for job_id, job in status.get("jobs", {}).items()
+            if job.get("state") == "ABORTED"
+            and killed_with_host(job.get("reason"), host_gone=False)
+            and self.casualties.get(job_id, 0) < MAX_CASUALTY_RETRIES
+        ]
+        if not hit:
+            return
+        again: dict[str, int] = {}
+        for job_id in hit:
+            rec = self.s.store.job(self.run_id, job_id)
+            listed = status["jobs"][job_id]
+            if rec is None or rec.host != host or listed.get("attempt") != rec.attempt:
+                continue  # an older attempt, or the job has moved on
+            if rec.state == "ABORTED":
+                self.casualties[job_id] = self.casualties.get(job_id, 0) + 1
+                again[job_id] = rec.attempt + 1
+        if again:
+            self.s.reporter.notice(
+                f"host {host}: {len(again)} job(s) died with a restart of the host; re-queuing"
+            )
+            if host in self.watchers:
+                self.watchers[host].forget(set(again))
+            self._submit(again)
 
     def _submit(self, attempts: dict[str, int]) -> bool:
         targets = [h for h in self.s.hosts if h.name not in self.s.lost_hosts]
@@ -208,7 +243,7 @@ class RunMonitor:
         for name in reaction.lost_hosts:
             if name in known and name not in self.s.lost_hosts:
                 self.s.reporter.notice(f"instance of host {name} is gone (terminated)")
-                self._declare_lost(name)
+                self._declare_lost(name, gone=True)
         if reaction.replace:
             self.s.reporter.notice(f"replacing {len(reaction.replace)} instance(s)")
             try:
@@ -237,19 +272,26 @@ class RunMonitor:
 
     # ---- lost hosts ----------------------------------------------------------------------
 
-    def _declare_lost(self, host: str) -> None:
+    def _declare_lost(self, host: str, gone: bool = False) -> None:
+        """`gone`: its machine is known to have ended (terminated), not just silent."""
         self.s.lost_hosts.add(host)
         lost_after = self.s.config.host_lost_after
-        self._set_health(host, "lost", f"no answer for more than {lost_after:g} s")
+        detail = "machine terminated" if gone else f"no answer for more than {lost_after:g} s"
+        self._set_health(host, "lost", detail)
         wanted = {p.job_id for p in self.s.plan.jobs}
         stranded: dict[str, int] = {}
         for r in self.s.store.jobs(self.run_id):
-            if r.job_id not in wanted or r.host != host or r.fetched:
+            if r.job_id not in wanted or r.host != host:
                 continue
-            if r.state == "ABORTED":
+            casualty = r.state == "ABORTED" and killed_with_host(r.reason, host_gone=gone)
+            if r.fetched and not casualty:
+                continue
+            if r.state == "ABORTED" and not casualty:
                 # it failed there; its logs are out of reach, which must not hold the run up
                 self.s.store.record_fetch(self.run_id, r.job_id, r.attempt, [])
             else:
+                # unfinished, or killed with the machine (its shutdown signalled the job
+                # before the host's end was known): it runs again elsewhere
                 stranded[r.job_id] = r.attempt
         if not stranded:
             return

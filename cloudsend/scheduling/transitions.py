@@ -51,6 +51,27 @@ def is_final(state: CloudSendProcessState | str) -> bool:
     return s in _REAL_STATES and bool(s & FINAL_STATES)
 
 
+# Reasons an agent gives for a job ended from outside, by the machine rather than by the job:
+# its process vanished (the host restarted) or the whole host was stopped with its jobs.
+_HOST_CASUALTIES = ("process vanished", "killed by stop --kill-jobs")
+
+
+def killed_with_host(reason: str | None, *, host_gone: bool) -> bool:
+    """Whether an ABORTED job was a casualty of its host rather than a failure of its own.
+
+    Such a job is re-queued with the host's other unfinished jobs instead of being reported
+    as failed. A job killed by a signal counts only when the machine itself is gone
+    (terminated, spot-interrupted): a shutdown signals every process just before the end,
+    whereas on a live host a signal is as likely the job's own doing (the OOM killer, say).
+    A job the user cancelled never counts.
+    """
+    if not reason:
+        return False
+    if reason.startswith(_HOST_CASUALTIES):
+        return True
+    return host_gone and reason.startswith("killed by signal")
+
+
 class HostView(str, Enum):
     """What the job's host said about the job in the latest status round."""
 
