@@ -6,113 +6,34 @@ from __future__ import annotations
 
 import json
 import signal
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import Project
-
-JOB = (
-    'echo "$CLOUDSEND_JOB_ID $(hostname) $$" >> {ledger} && sleep {sleep} && '
-    'echo "$CLOUDSEND_JOB_ID" > out.txt'
+from tests.ssh_helpers import (
+    FetchSpy,
+    Notices,
+    api_run,
+    check_outputs,
+    check_results,
+    ledger_ids,
+    lost_notice,
+    pname,
+    processes_under,
+    shared_ledger_dir,
+    ssh_config,
+    wait_for,
 )
 
 
 @pytest.fixture
 def ledger_dir() -> Iterator[Path]:
-    # the ubuntu test user must be able to append here (pytest's tmp dirs are root-only)
-    path = Path(tempfile.mkdtemp(prefix="cloudsend-ledger-"))
-    path.chmod(0o777)
-    yield path
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
-
-
-def ssh_config(
-    hosts: list[Any],
-    ledger: Path,
-    *,
-    jobs: int,
-    sleep: float,
-    lost_after: float = 60,
-    extra: str = "",
-) -> str:
-    lines = [
-        "project: sshtest",
-        "provider: ssh",
-        f"host_lost_after: {lost_after}",
-        extra,
-        "hosts:",
-    ]
-    for h in hosts:
-        lines.append(
-            f"  - {{address: 127.0.0.1, port: {h.port}, user: {h.user}, key: {h.key}, "
-            f"cpus: 2, root: {h.root}}}"
-        )
-    lines += [
-        "environments:",
-        "  - name: shell",
-        "    command: echo env ready",
-        "jobs:",
-        "  - env_name: shell",
-        f"    run_command: '{JOB.format(ledger=ledger, sleep=sleep)}'",
-        "    output_file: out.txt",
-        f"    repeat: {jobs}",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def pname(host: Any) -> str:
-    """The name the ssh provider gives a host (all test hosts share 127.0.0.1)."""
-    return f"127.0.0.1:{host.port}"
-
-
-def ledger_ids(ledger: Path) -> list[str]:
-    if not ledger.exists():
-        return []
-    return [line.split()[0] for line in ledger.read_text().splitlines() if line.strip()]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def check_results(doc: dict[str, Any], jobs: int) -> None:
-    assert doc["counts"] == {"DONE": jobs}, doc["counts"]
-    results = Path(doc["results_dir"])
-    outs = sorted(results.glob("*/out.txt"))
-    assert len(outs) == jobs
-    for out in outs:
-        assert out.read_text().strip() == out.parent.name
-    assert len({p.parent.name for p in outs}) == jobs
-
-
-def fetch_counts(project: Project) -> dict[str, int]:
-    """How many attempts of each job had their outputs fetched (from the state store)."""
-    from cloudsend.state import Store
-
-    with Store(project.path / ".cloudsend" / "state.db") as store:
-        run = store.latest_run()
-        assert run is not None
-        return {
-            j.job_id: sum(
-                1
-                for a in store.attempts(run.id, j.job_id)
-                if store.fetched_files(run.id, j.job_id, a.attempt)
-            )
-            for j in store.jobs(run.id)
-        }
+    with shared_ledger_dir() as path:
+        yield path
 
 
 def done_attempts(project: Project) -> dict[str, int]:
@@ -133,23 +54,37 @@ def done_attempts(project: Project) -> dict[str, int]:
 
 
 def test_sshd_killed_mid_run_and_restarted(
-    sshd_factory: Any, project: Project, ledger_dir: Path
+    sshd_factory: Any, project: Project, ledger_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hosts = sshd_factory(2)
+    # the host that goes down logs in as the non-root ubuntu user (with sudo, as cloud images
+    # do) and keeps sshd's stock MaxStartups/MaxSessions limits
+    hosts = sshd_factory(1) + sshd_factory(1, user="ubuntu", stock_limits=True)
+    victim = hosts[1]
     ledger = ledger_dir / "ledger"
-    project.config(ssh_config(hosts, ledger, jobs=8, sleep=1.5))
-    bg = project.popen("run", "--json")
-    wait_for(lambda: len(ledger_ids(ledger)) >= 2, 60, "jobs to start")
-    hosts[0].kill()
-    time.sleep(5)
-    hosts[0].start()
-    out, err = bg.communicate(timeout=180)
-    assert bg.returncode == 0, err
-    doc = json.loads(out)
-    check_results(doc, 8)
+    cfg = project.config(ssh_config(hosts, ledger, jobs=8, sleep=1.5))
+    spy = FetchSpy(monkeypatch)
+    jobs_at_kill: list[str] = []
+
+    def kill_then_restart() -> None:
+        # a job running on the victim (its agent is detached, so the job survives the kill)
+        wait_for(
+            lambda: any(" sleep " in p for p in processes_under(victim.root)), 60, "a job there"
+        )
+        victim.kill()
+        jobs_at_kill.extend(processes_under(victim.root))
+        time.sleep(5)  # the outage itself: the scenario is "restarted 5 s later"
+        victim.start()
+
+    summary = api_run(cfg, during=kill_then_restart)
+    assert summary.counts() == {"DONE": 8}, summary.counts()
+    assert any(" sleep " in p for p in jobs_at_kill), "no job was running when sshd died"
+    check_outputs(summary.results_dir, 8)
     ids = ledger_ids(ledger)
-    assert sorted(ids) == sorted(set(ids)) and len(ids) == 8, "a job ran twice"
-    assert set(fetch_counts(project).values()) == {1}, "an output was fetched twice"
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 8, f"a job ran twice: {ids}"
+    # each job's outputs came home in exactly one archive download: a second download of
+    # the same attempt (which the store would silently record over the first) shows as 2
+    assert spy.per_job() == {v.job_id: 1 for v in summary.jobs}, spy.downloads
+    assert victim.accepted_logins() >= 2, "the victim was never reconnected to"
 
 
 def test_host_terminated_for_good(sshd_factory: Any, project: Project, ledger_dir: Path) -> None:
@@ -169,56 +104,49 @@ def test_host_terminated_for_good(sshd_factory: Any, project: Project, ledger_di
 
 
 def test_frozen_host_is_declared_lost_then_thawed(
-    sshd_factory: Any, project: Project, ledger_dir: Path
+    sshd_factory: Any, project: Project, ledger_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cloudsend.api import SyncClient
-    from cloudsend.pipeline.reporting import NullReporter
-
     hosts = sshd_factory(2)
+    frozen = hosts[0]
     ledger = ledger_dir / "ledger"
-    lost_after = 6.0
+    lost_after, poll = 6.0, 1.0
     cfg = project.config(ssh_config(hosts, ledger, jobs=6, sleep=3, lost_after=lost_after))
-
-    notices: list[tuple[float, str]] = []
-
-    class Recorder(NullReporter):
-        def notice(self, message: str) -> None:
-            notices.append((time.monotonic(), message))
-
-    client = SyncClient(cfg, Recorder(), poll_wait=1.0)
+    notices = Notices()
+    spy = FetchSpy(monkeypatch)
+    is_lost = lost_notice(pname(frozen))
     frozen_at: list[float] = []
 
     def freeze_then_thaw() -> None:
-        wait_for(lambda: len(ledger_ids(ledger)) >= 2, 60, "jobs to start")
-        hosts[0].freeze()
+        wait_for(
+            lambda: any(" sleep " in p for p in processes_under(frozen.root)), 60, "a job there"
+        )
+        frozen.freeze()
         frozen_at.append(time.monotonic())
-        wait_for(lambda: any("lost" in m for _, m in notices), lost_after + 30, "lost notice")
-        time.sleep(1)
-        hosts[0].thaw()
+        wait_for(lambda: notices.first(is_lost) is not None, lost_after + 30, "lost notice")
+        wait_for(lambda: any("re-queuing" in m for m in notices.texts()), 10, "jobs re-queued")
+        frozen.thaw()
 
-    fault = threading.Thread(target=freeze_then_thaw)
     try:
-        client.start()
-        client.deploy()
-        client.run()
-        fault.start()
-        views = client.wait(timeout=180)
-        fault.join(timeout=60)
-        client.fetch_results()
+        summary = api_run(cfg, notices.reporter, poll_wait=poll, during=freeze_then_thaw)
     finally:
-        hosts[0].thaw()
-        client.close()
-    lost_at = next(t for t, m in notices if "lost" in m)
-    # declared lost within host_lost_after + one poll (the poll is 1 s; allow the call timeout)
-    assert lost_at - frozen_at[0] <= lost_after + 1.0 + 3.0, notices
-    assert any("re-queuing" in m for _, m in notices), notices
-    assert [v.state for v in views] == ["DONE"] * 6
-    results = client.session.results_dir
-    outs = sorted(results.glob("*/out.txt"))
-    assert len(outs) == 6 and all(p.read_text().strip() == p.parent.name for p in outs)
+        frozen.thaw()
+    lost_at = notices.first(is_lost)
+    assert lost_at is not None, notices.texts()
+    # Declared lost within host_lost_after + one poll of the freeze. The last status before
+    # the freeze is at most one poll old (a long poll of `poll` s plus its round trip), and
+    # the monitor looks at last_ok at least every 0.5 s (its event wait): that 0.5 s, plus
+    # 0.5 s for thread scheduling on this 2-core machine, is the margin. And not early: no
+    # sooner than host_lost_after after the last answer, which is at most one poll (+ the
+    # same margin) before the freeze.
+    took = lost_at - frozen_at[0]
+    assert lost_after - poll - 1.0 <= took <= lost_after + poll + 1.0, (took, notices.texts())
+    assert summary.counts() == {"DONE": 6}, summary.counts()
+    check_outputs(summary.results_dir, 6)
     # Each job counts once: one attempt DONE, any other closed as superseded (both may have
-    # finished when the frozen host thawed; only one is the job's result).
+    # finished when the frozen host thawed; only one is the job's result) ...
     assert set(done_attempts(project).values()) == {1}, done_attempts(project)
+    # ... and its outputs were downloaded once, from whichever host ran the counted attempt
+    assert spy.per_job() == {v.job_id: 1 for v in summary.jobs}, spy.downloads
     # once thawed, a later status sees each job once and no second result appears
     again = json.loads(project.cli("run", "--json", check=True).stdout)
     check_results(again, 6)
