@@ -12,7 +12,10 @@ config (see Pulumi.dev.yaml beside this file):
     aws:region            used when the cloudsend config names no region
 
 The Pulumi stack name wins over the config's `stack:` so tags and the key match the stack
-being deployed.
+being deployed. The Pulumi project (`name:` in Pulumi.yaml) must be the config's project slug,
+the project cloudsend's own engine uses: under another name the CLI would keep a second state
+for the same tagged, same-named machines, which neither `cloudsend down` nor the leak check
+would know about. A mismatch stops the program before it declares anything.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import pulumi
 from cloudsend.config import load_config
 from cloudsend.providers.aws.keys import stack_key
 from cloudsend.providers.aws.program import make_program
-from cloudsend.providers.aws.spec import slug, stack_spec
+from cloudsend.providers.aws.spec import project_slug, stack_spec
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # where Pulumi.yaml is
 
@@ -44,10 +47,14 @@ def main() -> None:
     settings = pulumi.Config("cloudsend")
     config = load_config(_config_path(settings.require("config")))
     config = config.model_copy(update={"stack": pulumi.get_stack()})
-    public_key = (
-        settings.get("publicKey")
-        or stack_key(slug(config.project_name), pulumi.get_stack()).public_openssh
-    )
+    project = project_slug(config)
+    if pulumi.get_project() != project:
+        raise pulumi.RunError(
+            f"Pulumi.yaml names the project {pulumi.get_project()!r} but the cloudsend config's "
+            f"project is {project!r} (the project `cloudsend up` uses): set `name: {project}` "
+            "in Pulumi.yaml, or `project:` in the cloudsend config"
+        )
+    public_key = settings.get("publicKey") or stack_key(project, pulumi.get_stack()).public_openssh
     ssh_cidrs = settings.get_object("sshCidrs") or list(config.ssh_cidrs)
     spec = stack_spec(
         config,

@@ -385,7 +385,7 @@ def test_pulumi_cli_entry(tmp_path: Path) -> None:
     outputs = offline.run_mocked(
         program,
         mocks,
-        project="cloudsend",
+        project="demo",  # Pulumi.yaml's name must be the config's project (slug)
         stack="dev",
         config={
             "cloudsend:config": str(tmp_path / "cloudsend.yaml"),
@@ -412,3 +412,61 @@ def test_pulumi_project_files() -> None:
     from cloudsend.providers.aws import project_dir
 
     assert project_dir() == REPO
+
+
+def test_pulumi_cli_entry_refuses_another_project_name(tmp_path: Path) -> None:
+    """Under a Pulumi project other than the config's slug, the CLI would keep a second state
+    for the machines `cloudsend up` manages: the entry stops before declaring anything."""
+    import runpy
+
+    import pulumi
+
+    (tmp_path / "cloudsend.yaml").write_text(
+        "project: My Demo\nprovider: aws\ninstances:\n  - type: t3.small\n"
+    )
+    mocks = offline.OfflineMocks()
+    config = {
+        "cloudsend:config": str(tmp_path / "cloudsend.yaml"),
+        "cloudsend:sshCidrs": json.dumps([MY_IP]),
+        "cloudsend:publicKey": KEY,
+        "aws:region": "eu-west-1",
+    }
+
+    def program() -> None:
+        runpy.run_path(str(REPO / "stacks" / "__main__.py"), run_name="__main__")
+
+    with pytest.raises(pulumi.RunError, match="name: my-demo"):
+        offline.run_mocked(program, mocks, project="cloudsend", stack="dev", config=config)
+    assert mocks.records == []
+    outputs = offline.run_mocked(program, mocks, project="my-demo", stack="dev", config=config)
+    assert sorted(outputs["instances"]) == ["my-demo-0-0"]
+
+
+def test_engine_provider_and_program_agree_on_the_project_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloudsend.config import load_config
+    from cloudsend.providers.aws.engine import Engine
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    config = load_config(
+        {
+            "project": "My Big Exp!",
+            "provider": "aws",
+            "region": "eu-west-1",
+            "ssh_cidrs": [MY_IP],
+            "instances": [{"type": "t3.small", "img_id": "ami-12345678"}],
+        }
+    )
+    provider = AwsProvider(config)
+    spec = provider.plan(offline=True)
+    engine = provider.engine(spec)
+    assert provider.project == spec.project == engine.project == "my-big-exp"
+    assert provider.stack == spec.stack == engine.stack_name == "my-big-exp"
+    assert spec.tags["cloudsend:project"] == "my-big-exp"
+    # the key the instances get is the one the provider logs in with (and stacks/ would use)
+    keys = sorted(p.name for p in (tmp_path / "home" / ".cloudsend" / "keys").iterdir())
+    assert keys == ["my-big-exp--my-big-exp", "my-big-exp--my-big-exp.pub"]
+    # any caller of the engine gets a valid Pulumi project name
+    assert Engine("My Big Exp!", "dev", lambda: None, plugins={}).project == "my-big-exp"

@@ -77,7 +77,11 @@ class Engine:
         """`plugins` maps provider plugin name -> version to install before the first
         operation; the default is the aws plugin at the installed pulumi_aws version (inline
         programs do not get their plugins installed by the CLI)."""
-        self.project = project
+        from cloudsend.providers.aws.spec import slug
+
+        # Pulumi refuses project names with spaces and the like; the aws provider passes the
+        # slug already (idempotent), any other caller gets the same name it would.
+        self.project = slug(project)
         self.stack_name = stack
         self.program = program
         self.state_dir = default_state_dir()
@@ -86,7 +90,8 @@ class Engine:
         self.region = region
         self._env = dict(env or {})
         self._plugins = dict(_default_plugins() if plugins is None else plugins)
-        self._passphrase_path = passphrase_file or self.state_dir / f"{project}-{stack}.passphrase"
+        default_file = self.state_dir / f"{self.project}-{stack}.passphrase"
+        self._passphrase_path = passphrase_file or default_file
         # Kept only to redact it from error text; never logged, never part of a repr.
         self._secret_values: set[str] = set()
         self._stack: Stack | None = None

@@ -33,11 +33,13 @@ class AwsProvider:
     name = "aws"
 
     def __init__(self, config: Config) -> None:
-        from cloudsend.providers.aws.spec import slug
+        from cloudsend.providers.aws.spec import project_slug, stack_name
 
         self.config = config
-        self.project = config.project_name
-        self.stack = config.stack or slug(self.project)
+        # The slug, not the raw name: the Pulumi project, the stack key and the tags must be
+        # the names stacks/__main__.py and the program use, or they address other stacks.
+        self.project = project_slug(config)
+        self.stack = stack_name(config)
         self.unreachable: dict[str, str] = {}
         self._session: Any = None
 

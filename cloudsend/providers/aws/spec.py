@@ -136,8 +136,8 @@ def stack_spec(
     `now`: the clock for eco_life deadlines (UTC; default: the current time).
     `default_region`: the credential chain's region, used when the config names none.
     """
-    project = slug(config.project_name)
-    stack = config.stack or project
+    project = project_slug(config)
+    stack = stack_name(config)
     if not _STACK_NAME.match(stack):
         raise ConfigError(
             f"stack: {stack!r} is not a valid Pulumi stack name",
@@ -260,9 +260,24 @@ def eco_life_minutes(hours: float) -> int:
 
 
 def slug(text: str) -> str:
-    """A project name reduced to what every AWS name accepts: [a-z0-9-], at most 32 chars."""
+    """A project name reduced to what every AWS name accepts: [a-z0-9-], at most 32 chars.
+
+    Also a valid Pulumi project name (those allow letters, digits, '-', '_' and '.'), and
+    idempotent: slug(slug(x)) == slug(x), so passing a slug through it again changes nothing.
+    """
     cleaned = _SLUG_BAD.sub("-", text.lower()).strip("-")[:32].strip("-")
     return cleaned or "cloudsend"
+
+
+def project_slug(config: Config) -> str:
+    """The one project name of a config on AWS: the Pulumi project the engine drives, the
+    name stacks/__main__.py expects in Pulumi.yaml, the stack key's name, tags and names."""
+    return slug(config.project_name)
+
+
+def stack_name(config: Config) -> str:
+    """The Pulumi stack: the config's `stack:`, else the project slug."""
+    return config.stack or project_slug(config)
 
 
 def check_cidrs(cidrs: list[str] | tuple[str, ...]) -> list[str]:
