@@ -17,21 +17,35 @@ from tests.conftest import Project
 
 
 class EngineStub:
-    def __init__(self, outputs: dict[str, Any]) -> None:
+    """Stands in for engine.Engine (no pulumi CLI here): returns fixed stack outputs and
+    records which operations ran, in order, so tests can check what the provider asked for."""
+
+    def __init__(self, outputs: dict[str, Any], on_destroy: Any = None) -> None:
         self._outputs = outputs
         self.destroyed = False
+        self.calls: list[str] = []
+        self._on_destroy = on_destroy
 
     def preview(self) -> list[Any]:
+        self.calls.append("preview")
         return []
 
+    def refresh(self) -> None:
+        self.calls.append("refresh")
+
     def up(self, on_change: Any = None) -> dict[str, Any]:
+        self.calls.append("up")
         return self._outputs
 
     def outputs(self) -> dict[str, Any]:
+        self.calls.append("outputs")
         return self._outputs
 
     def destroy(self, on_change: Any = None) -> None:
+        self.calls.append("destroy")
         self.destroyed = True
+        if self._on_destroy is not None:
+            self._on_destroy()  # e.g. terminate the moto instances, as pulumi destroy would
 
 
 def test_stack_outputs_become_hosts_and_a_run_goes_through(

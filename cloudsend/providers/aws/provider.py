@@ -58,19 +58,16 @@ class AwsProvider:
         from cloudsend.providers.aws.spec import stack_spec
 
         key = stack_key(self.project, self.stack)
+        region = self.default_region(offline=offline)
         if offline:
             cidrs = list(self.config.ssh_cidrs) or [OFFLINE_CIDR]
             return stack_spec(
-                self.config,
-                public_key=key.public_openssh,
-                ssh_cidrs=cidrs,
-                default_region=self.config.region or "us-east-1",
+                self.config, public_key=key.public_openssh, ssh_cidrs=cidrs, default_region=region
             )
         from cloudsend.providers.aws import ami
-        from cloudsend.providers.aws.session import caller_cidr, default_region
+        from cloudsend.providers.aws.session import caller_cidr
 
         cidrs = list(self.config.ssh_cidrs) or [caller_cidr()]
-        region = self.config.region or default_region(self.config.profile)
         draft = stack_spec(
             self.config, public_key=key.public_openssh, ssh_cidrs=cidrs, default_region=region
         )
@@ -83,6 +80,19 @@ class AwsProvider:
             amis=amis,
             default_region=region,
         )
+
+    def default_region(self, *, offline: bool = False) -> str:
+        """config `region:`, else boto3's chain (AWS_REGION, AWS_DEFAULT_REGION, profile), else
+        us-east-1: the same for plan, down, the monitor and the leak check (offline too)."""
+        from cloudsend.providers.aws.session import resolve_region
+
+        try:
+            return resolve_region(self.config.region, self.config.profile)
+        except ProvisionError:
+            if not offline:
+                raise
+            # a reviewer without the team's profile still gets an offline preview
+            return resolve_region(self.config.region, None)
 
     def cost(self, spec: Any, *, live: bool = True) -> tuple[Any, list[str]]:
         from cloudsend.providers.aws.costs import estimate

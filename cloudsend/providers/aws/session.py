@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 ENDPOINT_ENV = "CLOUDSEND_AWS_ENDPOINT_URL"
 PUBLIC_IP_URL_ENV = "CLOUDSEND_PUBLIC_IP_URL"
 DEFAULT_PUBLIC_IP_URL = "https://checkip.amazonaws.com"
+FALLBACK_REGION = "us-east-1"  # when neither the config nor boto3's chain names a region
 PUBLIC_IP_TIMEOUT = 3.0
 
 # Short timeouts and few retries: a CLI that hangs for minutes on a dead network is worse than
@@ -61,6 +62,16 @@ def default_region(profile: str | None = None) -> str | None:
     """The region boto3's chain resolves (AWS_REGION / AWS_DEFAULT_REGION, then the profile's
     `region` in ~/.aws/config), or None when nothing sets one."""
     return aws_session(profile, None).region_name or None
+
+
+def resolve_region(configured: str | None, profile: str | None = None) -> str:
+    """The stack's default region: the config's `region:`, else boto3's chain, else us-east-1.
+
+    One answer for plan, preview, up, down, the monitor and the leak check: a down or a watch
+    that looked in a different region from the up would report "nothing left" while the
+    instances bill elsewhere.
+    """
+    return configured or default_region(profile) or FALLBACK_REGION
 
 
 def client(
