@@ -87,3 +87,42 @@ def test_no_region_anywhere_is_us_east_1(
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     assert _provider(project, region="").plan(offline=True).region == "us-east-1"
+
+
+def _no_ssh(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Hosts without SSH: moto's addresses are not machines. Records the addresses asked."""
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    asked: list[str] = []
+
+    def probe(transport: Any) -> dict[str, Any]:
+        asked.append(transport.target.address)
+        return {"cpus": 2, "home": "/home/ubuntu", "python": "/usr/bin/python3"}
+
+    monkeypatch.setattr(AwsProvider, "_wait_for_ssh", staticmethod(probe))
+    return asked
+
+
+def test_replace_refreshes_the_stack_before_up(
+    project: Project, moto_aws: Any, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A terminated instance is still in Pulumi's state: replace() must refresh first, or up
+    believes the dead instance exists and creates nothing."""
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    ids = moto_aws.run_instances(2, TAGS, names=NAMES)
+    stub = EngineStub(_outputs(ids))
+    monkeypatch.setattr(AwsProvider, "engine", lambda self, spec: stub)
+    _no_ssh(monkeypatch)
+    provider = _provider(project)
+    provider.up()
+    assert "refresh" not in stub.calls  # every instance alive: a plain up, no refresh
+    moto_aws.terminate(ids[1])
+    stub.calls.clear()
+    hosts = provider.replace(["life-0-1"])
+    assert [h.name for h in hosts] == ["life-0-1"]
+    assert "refresh" in stub.calls and stub.calls.index("refresh") < stub.calls.index("up")
+    # a plain `up` (the next `cloudsend run`) also refreshes once an instance is gone
+    stub.calls.clear()
+    provider.up()
+    assert stub.calls.index("refresh") < stub.calls.index("up")

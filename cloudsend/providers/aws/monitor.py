@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 EventKind = Literal["stopped", "terminated", "spot_interrupted", "running", "missing"]
 
 SPOT_TERMINATION = "Server.SpotInstanceTermination"
-_GONE = ("terminated", "spot_interrupted")
+GONE = ("terminated", "spot_interrupted")  # kinds whose machine and disk are gone
 
 
 @dataclass(frozen=True)
@@ -223,12 +223,12 @@ class InstanceMonitor:
             previous = self._kinds[info.id]
             if kind is None or kind == previous:
                 continue
-            if previous in _GONE and kind in _GONE:
+            if previous in GONE and kind in GONE:
                 continue  # e.g. the reason code showed up after shutting-down: already said
             events.append(_event(kind, info))
             self._kinds[info.id] = kind
         for gone_id in [i for i in self._kinds if i not in current]:
-            if self._kinds[gone_id] not in _GONE and gone_id in self._last:
+            if self._kinds[gone_id] not in GONE and gone_id in self._last:
                 old = self._last[gone_id]
                 events.append(InstanceEvent("missing", gone_id, old.name, "", region=old.region))
             del self._kinds[gone_id]
@@ -282,6 +282,6 @@ class InstanceMonitor:
 
 
 def _rank(info: InstanceInfo) -> tuple[int, float]:
-    alive = 0 if info.kind in _GONE else 1
+    alive = 0 if info.kind in GONE else 1
     stamp = info.launch_time.timestamp() if info.launch_time else 0.0
     return (alive, stamp)

@@ -148,12 +148,28 @@ class AwsProvider:
 
     # ---- hosts ---------------------------------------------------------------------------
 
-    def up(self) -> list[Host]:
+    def up(self, *, refresh: bool = False) -> list[Host]:
+        """pulumi up, refreshing first when asked or when an instance of the stack is gone."""
         spec = self.plan()
         cost, _ = self.cost(spec)
         self.check_budget(cost)
-        outputs = self.engine(spec).up()
+        engine = self.engine(spec)
+        if refresh or self._instances_gone(engine):
+            # Pulumi's state still lists an instance that ended outside it (spot interruption,
+            # auto_stop of a spot one, by hand): without a refresh `up` sees nothing to create.
+            engine.refresh()
+        outputs = engine.up()
         return self._hosts(outputs)
+
+    def _instances_gone(self, engine: Any) -> bool:
+        """True when an instance in the last stack outputs is no longer alive in EC2."""
+        from cloudsend.providers.aws.monitor import GONE
+
+        recorded = {i.get("id") for i in (engine.outputs().get("instances") or {}).values()}
+        if not recorded:
+            return False  # a new stack: nothing recorded that could be stale
+        alive = {i.id for i in self._monitor().instances().values() if i.kind not in GONE}
+        return not recorded <= alive
 
     def attach(self) -> list[Host]:
         """The stack's current instances as hosts, creating nothing."""
@@ -260,9 +276,9 @@ class AwsProvider:
         return list(self._monitor().start([i for i in instance_ids if i not in skip]))
 
     def replace(self, names: list[str]) -> list[Host]:
-        """pulumi up again: terminated instances are re-created under the same names."""
+        """refresh + pulumi up: terminated instances are re-created under the same names."""
         wanted = set(names)
-        return [h for h in self.up() if h.name in wanted]
+        return [h for h in self.up(refresh=True) if h.name in wanted]
 
     def stop_hosts(self, names: list[str]) -> None:
         """auto_stop: stop these hosts' instances (their disks stay; `down` destroys)."""
