@@ -30,12 +30,39 @@ def _console() -> Any:
     return Console(stderr=False)
 
 
+# `debug:` in the config (0-3) raises verbosity like --debug does; main() reads it on error.
+_VERBOSITY = {"debug": 0}
+
+
+def _load(config: Path) -> Config:
+    """Load the config and apply its `debug` level: 1 tracebacks on error and info logs,
+    2 also debug logs (connections, retries, every agent call) and bootstrap output
+    streamed live, 3 also paramiko's own logs."""
+    import logging
+
+    from cloudsend.config import load_config
+
+    cfg = load_config(config)
+    level = cfg.debug
+    _VERBOSITY["debug"] = level
+    if level >= 2:
+        cfg.print_deploy = True
+    if level:
+        logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+        logging.getLogger("cloudsend").setLevel(logging.INFO if level == 1 else logging.DEBUG)
+        if level >= 3:
+            logging.getLogger("paramiko").setLevel(logging.DEBUG)
+    return cfg
+
+
 def _client(
     config: Path | Config, quiet: bool = False, poll_wait: float = 2.0
 ) -> tuple[SyncClient, Any]:
     from cloudsend.api import SyncClient
     from cloudsend.ui import RichReporter
 
+    if isinstance(config, Path):
+        config = _load(config)
     reporter = RichReporter(_console(), quiet=quiet)
     return SyncClient(config, reporter, poll_wait=poll_wait), reporter
 
@@ -69,11 +96,11 @@ def run(config: Path, reset: bool, yes: bool, as_json: bool) -> None:
     Interrupted? Run it again: DONE jobs are never re-run, files never re-sent, environments
     never rebuilt unless they changed.
     """
-    from cloudsend.config import load_config
     from cloudsend.ui import print_json, print_summary, summary_doc
 
-    cfg = load_config(config)
+    cfg = _load(config)
     if cfg.provider == "aws":
+        _require_aws_extra()
         _confirm_aws_plan(cfg, yes)  # `run` creates machines too: same review as `up`
     client, reporter = _client(cfg, quiet=as_json)
     try:
@@ -121,10 +148,9 @@ def preview(config: Path, offline: bool, as_json: bool) -> None:
     properties that change) and the hourly cost of the instances (live spot and on-demand
     prices, else a bundled dated table), total per hour and for eco_life.
     """
-    from cloudsend.config import load_config
     from cloudsend.ui import print_json
 
-    cfg = load_config(config)
+    cfg = _load(config)
     console = _console()
     if cfg.provider != "aws":
         if cfg.provider == "ssh":
@@ -145,6 +171,7 @@ def preview(config: Path, offline: bool, as_json: bool) -> None:
                 "nothing billed by cloudsend"
             )
         return
+    _require_aws_extra()
     from cloudsend.providers.aws.provider import AwsProvider
 
     provider = AwsProvider(cfg)
@@ -184,15 +211,16 @@ def preview(config: Path, offline: bool, as_json: bool) -> None:
 @click.option("--reset", is_flag=True, help="Kill the project's processes and redeploy.")
 @click.option("--yes", "-y", is_flag=True, help="aws: do not ask before creating resources.")
 def up(config: Path, reset: bool, yes: bool) -> None:
-    """Create or find the hosts and deploy the agent and environments (no jobs run).
+    """Create or find the hosts and start their agents (no job runs; `run` then builds
+    each environment on the hosts its jobs go to).
 
     provider aws: shows the preview and the hourly cost, refuses a plan over
     max_cost_per_hour, and asks for confirmation unless --yes.
     """
-    from cloudsend.config import load_config
 
-    cfg = load_config(config)
+    cfg = _load(config)
     if cfg.provider == "aws":
+        _require_aws_extra()
         _confirm_aws_plan(cfg, yes)
     client, reporter = _client(cfg)
     try:
@@ -333,9 +361,9 @@ def down(config: Path, keep: bool, force: bool) -> None:
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 def validate(config: Path) -> None:
     """Check CONFIG and report every problem at once."""
-    from cloudsend.config import load_config, local_notices
+    from cloudsend.config import local_notices
 
-    cfg = load_config(config)
+    cfg = _load(config)
     for notice in local_notices(cfg) if cfg.provider == "local" else []:
         click.echo(f"note: {notice}")
     jobs = sum(j.repeat for j in cfg.jobs)
@@ -350,6 +378,12 @@ def schema() -> None:
     from cloudsend.config import config_json_schema
 
     click.echo(json.dumps(config_json_schema(), indent=2))
+
+
+def _require_aws_extra() -> None:
+    from cloudsend.providers import require_aws_extra
+
+    require_aws_extra()
 
 
 def _confirm_aws_plan(cfg: Any, yes: bool) -> None:
@@ -370,7 +404,7 @@ def _confirm_aws_plan(cfg: Any, yes: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args or bool(os.environ.get("CLOUDSEND_DEBUG"))
+    flag = "--debug" in args or bool(os.environ.get("CLOUDSEND_DEBUG"))
     try:
         cli.main(args=args, prog_name="cloudsend", standalone_mode=False)
     except click.exceptions.Abort:
@@ -383,12 +417,12 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except CloudsendError as exc:
-        if debug:
+        if flag or _VERBOSITY["debug"]:
             raise
         click.echo(f"{exc.kind}: {exc}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # never a bare traceback for users; --debug shows it
-        if debug:
+        if flag or _VERBOSITY["debug"]:
             raise
         click.echo(
             f"error: {type(exc).__name__}: {exc}\n  hint: run with --debug for the "

@@ -335,6 +335,13 @@ def test_resubmission_semantics(agent: Agent, tmp_path: Path) -> None:
     st = agent.wait_final(["fail"])
     assert (st["jobs"]["fail"]["state"], st["jobs"]["fail"]["attempt"]) == ("DONE", 2)
     assert st["jobs"]["ok"]["state"] == "DONE" and st["jobs"]["slow"]["state"] == "RUNNING"
+    # a new run under recover: false asks for DONE jobs to run again; live ones stay skipped
+    res = agent.submit(
+        [job("ok", "exit 9", attempt=6, rerun=True), job("slow", "true", attempt=3, rerun=True)]
+    )
+    assert res == {"accepted": ["ok"], "skipped": ["slow"]}
+    st = agent.wait_final(["ok"])
+    assert (st["jobs"]["ok"]["state"], st["jobs"]["ok"]["exit_code"]) == ("ABORTED", 9)
 
 
 def test_long_poll_returns_on_change_or_times_out(agent: Agent) -> None:

@@ -549,7 +549,9 @@ class Daemon(Store):
             job_id = spec["job_id"]
             cur = self.jobs.get(job_id)
             if cur is not None:
-                if cur["state"] != ABORTED or spec["attempt"] <= int(cur.get("attempt") or 0):
+                # a DONE job runs again only when the new run asks (recover: false)
+                again = cur["state"] == ABORTED or (cur["state"] == DONE and spec.get("rerun"))
+                if not again or spec["attempt"] <= int(cur.get("attempt") or 0):
                     skipped.append(job_id)
                     continue
                 proc = self.live.get(("job", job_id))

@@ -142,17 +142,20 @@ def environment_context(env: EnvironmentConfig) -> dict[str, Any]:
 
 
 def render_environment(env: EnvironmentConfig, config: Config) -> RenderedEnv:
-    """Render `env`'s self-contained bootstrap.sh and derive its env_id from its content.
+    """Render `env`'s self-contained bootstrap.sh and derive its env_id from its content
+    (from its name alone under `dev: true`).
 
     Raises BootstrapError when a local input (requirements, venv, environment.yml, conda env
     dir, command script) is missing or unreadable: better on the laptop than on every host.
     """
-    del config  # part of the contract; nothing in the script depends on other config keys
     script = render_template("bootstrap/base.sh.j2", environment_context(env))
     content_hash = hashlib.sha256(script.encode("utf-8")).hexdigest()
+    # dev: the environment keeps its name across edits (no hash suffix), so hosts keep the
+    # one they built instead of rebuilding after every change while a config is worked on
+    suffix = "dev" if config.dev else content_hash[:12]
     return RenderedEnv(
         name=env.name,
-        env_id=f"{_env_slug(env.name)}-{content_hash[:12]}",
+        env_id=f"{_env_slug(env.name)}-{suffix}",
         script=script,
         content_hash=content_hash,
     )

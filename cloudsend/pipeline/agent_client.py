@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import shlex
+import time
 from typing import Any
 
 from cloudsend.errors import TransportError
 from cloudsend.providers.base import Host
+
+log = logging.getLogger(__name__)
 
 _BOOT = "import sys; sys.path.insert(0, sys.argv[2]); import agent; sys.exit(agent.main())"
 
@@ -28,7 +32,12 @@ class AgentClient:
     ) -> dict[str, Any]:
         h = self.host
         command = self.command(*args)
+        began = time.monotonic()
         result = h.transport.run(command, stdin=stdin, timeout=timeout, check=False)
+        log.debug(
+            "agent %s on %s: exit %d in %.0f ms",
+            args[0], h.name, result.exit_code, (time.monotonic() - began) * 1000,
+        )
         try:
             doc = json.loads(result.stdout) if result.stdout.strip() else {}
         except json.JSONDecodeError:

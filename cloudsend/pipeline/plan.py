@@ -68,7 +68,8 @@ def build_plan(config: Config, index: FileIndex) -> Plan:
         env_cfg = config.environment(job.env_name)
         env = rendered[env_cfg.name] if env_cfg is not None else None
         envs[i] = env
-        parts = [env.content_hash if env else ""]
+        # dev: an environment edit does not make its DONE jobs new (the env is kept, too)
+        parts = [(env.env_id if config.dev else env.content_hash) if env else ""]
         parts += [index.add(f) for f in _job_files(job) if f.is_file()]
         salts[i] = ":".join(parts)
     jobs = [

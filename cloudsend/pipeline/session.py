@@ -59,6 +59,10 @@ class Session:
         self.instance_poll = 15.0  # seconds between instance checks (providers with machines)
         self._present: dict[str, set[str]] = {}
         self.started_at = time.monotonic()
+        # recover: false opens a new run over hosts that may still hold the last run's jobs:
+        # those are not adopted, and this run's attempts start above theirs (job → highest)
+        self.fresh_run = False
+        self.attempt_floor: dict[str, int] = {}
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -108,6 +112,14 @@ class Session:
             self._reset_hosts()
         run = self.store.open_run(config_hash(self.config), new=reset or not self.config.recover)
         self.run_id = run.id
+        self.fresh_run = not reset and not self.config.recover
+        if self.fresh_run:
+            # nothing of an earlier run goes on: its unfinished jobs are cancelled
+            def cancel_all(host: Host) -> None:
+                with contextlib.suppress(TransportError):  # no agent there yet
+                    AgentClient(host).cancel()
+
+            self.each_host(cancel_all)
         for host in self.hosts:
             self.store.upsert_host(run.id, host.name, self.provider.name, host.cpus, host.info)
         self._record_unreachable()
@@ -209,7 +221,11 @@ class Session:
             for job_id, job in doc.get("jobs", {}).items():
                 rec = records.get(job_id)
                 attempt = int(job.get("attempt", 0))
-                if rec is not None and attempt > rec.attempt:
+                if rec is not None and self.fresh_run and not rec.attempt:
+                    # an earlier run's: run it again, with an attempt the agent will take
+                    floor = self.attempt_floor.get(job_id, 0)
+                    self.attempt_floor[job_id] = max(floor, attempt)
+                elif rec is not None and attempt > rec.attempt:
                     # Submitted just before cloudsend died, never recorded: adopt it. An
                     # attempt the store knows (superseded by an earlier one that finished
                     # first) stays closed.
@@ -252,8 +268,12 @@ class Session:
                 "no host is reachable to run the jobs on",
                 hint="`cloudsend status` shows each host's health",
             )
-        self.submit_jobs(dict(decision.to_submit), healthy)
-        return len(decision.to_submit)
+        attempts = {
+            job: max(attempt, self.attempt_floor.get(job, 0) + 1)
+            for job, attempt in decision.to_submit.items()
+        }
+        self.submit_jobs(attempts, healthy)
+        return len(attempts)
 
     def submit_jobs(self, attempts: dict[str, int], hosts: list[Host]) -> dict[str, list[str]]:
         """Assign these jobs (job_id → attempt to submit) over `hosts`, deploy what each host
@@ -276,6 +296,9 @@ class Session:
             envs = {p.env.env_id: p.env for p in jobs if p.env is not None}
             copy = not self.config.mutualize_uploads
             specs = [p.spec(attempts[p.job_id], host.root, self.index, copy) for p in jobs]
+            if self.fresh_run:
+                for spec in specs:
+                    spec["rerun"] = True
             report = DeployReport(host.name)
             try:
                 report = deploy_host(host, self.index, needed, self._present.pop(host.name, None))
@@ -400,7 +423,10 @@ class Session:
                 self.hosts = self.provider.attach()
             except CloudsendError as exc:
                 self.reporter.notice(f"cannot reach the hosts to stop their agents: {exc.message}")
-        for host in self.hosts:
+
+        def stop(host: Host) -> None:
             with contextlib.suppress(TransportError):
                 AgentClient(host).stop(kill_jobs=True)
+
+        self.each_host(stop)  # the hosts in parallel, as the provider's down does
         self.provider.down(self.hosts, keep=keep)

@@ -10,7 +10,19 @@ from cloudsend.providers.base import Host, Provider
 if TYPE_CHECKING:
     from cloudsend.config.models import Config
 
-__all__ = ["Host", "Provider", "get_provider"]
+__all__ = ["Host", "Provider", "get_provider", "require_aws_extra"]
+
+
+def require_aws_extra() -> None:
+    """provider: aws needs the `aws` extra; say how to get it instead of an ImportError."""
+    import importlib.util
+
+    missing = [m for m in ("pulumi", "pulumi_aws", "boto3") if not importlib.util.find_spec(m)]
+    if missing:
+        raise ConfigError(
+            f"provider: aws needs {', '.join(missing)}, which are not installed",
+            hint="pip install 'cloudsend[aws]'",
+        )
 
 
 def get_provider(config: Config) -> Provider:
@@ -23,14 +35,7 @@ def get_provider(config: Config) -> Provider:
 
         return SshProvider(config)
     if config.provider == "aws":
-        import importlib.util
-
-        missing = [m for m in ("pulumi", "pulumi_aws", "boto3") if not importlib.util.find_spec(m)]
-        if missing:
-            raise ConfigError(
-                f"provider: aws needs {', '.join(missing)}, which are not installed",
-                hint="pip install 'cloudsend[aws]'",
-            )
+        require_aws_extra()
         from cloudsend.providers.aws.provider import AwsProvider
 
         return AwsProvider(config)
