@@ -126,3 +126,64 @@ def test_replace_refreshes_the_stack_before_up(
     stub.calls.clear()
     provider.up()
     assert stub.calls.index("refresh") < stub.calls.index("up")
+
+
+def test_auto_stop_stops_on_demand_and_terminates_spot(
+    project: Project, moto_aws: Any, home: Path
+) -> None:
+    """EC2 refuses to stop one-time spot instances (and fails the whole stop_instances call
+    for them; moto does not emulate that refusal, so the test checks what was asked): idle
+    spot instances are terminated, on-demand ones stopped, in separate calls."""
+    (spot,) = moto_aws.run_instances(1, TAGS, spot=True, names=["life-0-0"])
+    (od,) = moto_aws.run_instances(1, TAGS, names=["life-0-1"])
+    infos = _provider(project)._monitor().instances()
+    assert infos["life-0-0"].spot and not infos["life-0-1"].spot  # InstanceLifecycle: spot
+    done = _provider(project).stop_hosts(NAMES)
+    assert moto_aws.state(spot) == "terminated" and moto_aws.state(od) == "stopped"
+    assert done.terminated == ["life-0-0"] and done.stopped == ["life-0-1"]
+    assert _provider(project).stop_hosts(NAMES).stopped == []  # already off: nothing to do
+
+
+def test_auto_stop_errors_are_provision_errors(
+    project: Project, moto_aws: Any, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A botocore ClientError is not a CloudsendError: it used to escape the watch loop."""
+    from cloudsend.errors import ProvisionError
+
+    (gone,) = moto_aws.run_instances(1, TAGS, names=["life-0-0"])
+    provider = _provider(project)
+    monitor = provider._monitor()
+    stale = monitor.instances()  # described just before the instance vanished
+    moto_aws.vanish(gone)
+    monkeypatch.setattr(monitor, "instances", lambda: stale)
+    with pytest.raises(ProvisionError) as err:
+        provider.stop_hosts(["life-0-0"])
+    assert gone in err.value.message and "billing" in (err.value.hint or "")
+
+
+def test_watch_loop_reports_a_failed_auto_stop_and_goes_on(moto_aws: Any) -> None:
+    from types import SimpleNamespace
+
+    from cloudsend.core import CloudSendProcessState
+    from cloudsend.pipeline.monitor import RunMonitor
+    from cloudsend.pipeline.reporting import NullReporter
+    from cloudsend.providers.aws.monitor import InstanceInfo
+    from cloudsend.providers.aws.power import power_off
+
+    notices: list[str] = []
+    stale = InstanceInfo("i-0123456789abcdef0", "a", "running", None, None, "us-east-1")
+    provider = SimpleNamespace(stop_hosts=lambda names: power_off(moto_aws.session(), [stale]))
+    reporter = NullReporter()
+    reporter.notice = notices.append  # type: ignore[method-assign]
+    session: Any = SimpleNamespace(
+        provider=provider,
+        hosts=[SimpleNamespace(name="a")],
+        lost_hosts=set(),
+        reporter=reporter,
+        current_run=lambda: 1,
+        views=lambda: [],
+    )
+    monitor = RunMonitor(session, CloudSendProcessState.DONE)
+    monitor._auto_stop()  # moto answers InvalidInstanceID.NotFound: reported, not raised
+    assert monitor.stopped == {"a"}
+    assert any(n.startswith("auto_stop failed") and "hint" in n for n in notices), notices

@@ -43,13 +43,11 @@ class MotoPairedLocal(LocalProvider):
     def replace(self, names: list[str]) -> list[Any]:
         return []  # re-creating needs `pulumi up`, which cannot run here
 
-    def stop_hosts(self, names: list[str]) -> None:
-        infos = self.monitor.instances()
-        ids = [infos[n].id for n in names if n in infos and infos[n].state == "running"]
-        if ids:
-            from cloudsend.providers.aws.session import client
+    def stop_hosts(self, names: list[str]) -> Any:
+        from cloudsend.providers.aws.power import power_off  # what AwsProvider.stop_hosts runs
 
-            client(self.session, "ec2").stop_instances(InstanceIds=ids)
+        infos = self.monitor.instances()
+        return power_off(self.session, [infos[n] for n in names if n in infos])
 
 
 def _client(project: Project, moto_aws: Any, jobs: int, sleep: float) -> Any:
@@ -123,10 +121,13 @@ def test_spot_interruption_requeues_jobs_and_auto_stop_stops_machines(
     assert any("re-queuing" in n for n in client.notices), client.notices
     outs = list(Path(client.session.results_dir).glob("*/out.txt"))
     assert sorted(p.read_text().strip() for p in outs) == sorted(v.job_id for v in views)
-    # auto_stop: the surviving machines were stopped once their work was home
-    assert moto_aws.state(ids["local-0-0"]) == "stopped"
-    assert moto_aws.state(ids["local-0-2"]) == "stopped", client.notices
-    assert any("auto_stop" in n for n in client.notices)
+    # auto_stop: the surviving machines were ended once their work was home; they are one-time
+    # spot instances, which EC2 cannot stop: terminated
+    assert moto_aws.state(ids["local-0-0"]) == "terminated"
+    assert moto_aws.state(ids["local-0-2"]) == "terminated", client.notices
+    assert any("auto_stop: terminated spot" in n for n in client.notices), client.notices
+    # ended on purpose: not a lost host, nothing to replace
+    assert not any(("local-0-0 is gone" in n or "local-0-2 is gone" in n) for n in client.notices)
 
 
 def test_a_stopped_instance_is_started_again(project: Project, moto_aws: Any) -> None:

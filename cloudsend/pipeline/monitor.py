@@ -239,6 +239,9 @@ class RunMonitor:
                 started = provider.start_instances(reaction.start, skip_names=self.stopped)
                 if started:
                     self.s.reporter.notice(f"starting {len(started)} stopped instance(s)")
+        # auto_stop ended these on purpose (a spot one is terminated): no loss, no replacement
+        reaction.lost_hosts = [n for n in reaction.lost_hosts if n not in self.stopped]
+        reaction.replace = [n for n in reaction.replace if n not in self.stopped]
         known = {h.name for h in self.s.hosts}
         for name in reaction.lost_hosts:
             if name in known and name not in self.s.lost_hosts:
@@ -265,10 +268,20 @@ class RunMonitor:
             if h.name not in busy and h.name not in self.stopped and h.name not in self.s.lost_hosts
         ]
         if idle:
-            self.stopped.update(idle)
+            self.stopped.update(idle)  # also on failure: one notice, not one per loop
             self.s.reporter.notice(f"auto_stop: stopping {', '.join(idle)} (no work left)")
-            with contextlib.suppress(CloudsendError):
-                stop(idle)
+            try:
+                done = stop(idle)
+            except CloudsendError as exc:
+                # the run goes on; the user must know these machines may still bill
+                self.s.reporter.notice(f"auto_stop failed: {exc}")
+                return
+            ended = getattr(done, "terminated", None)
+            if ended:
+                self.s.reporter.notice(
+                    f"auto_stop: terminated spot instance(s) of {', '.join(ended)} "
+                    "(one-time spot instances cannot be stopped)"
+                )
 
     # ---- lost hosts ----------------------------------------------------------------------
 

@@ -280,18 +280,13 @@ class AwsProvider:
         wanted = set(names)
         return [h for h in self.up(refresh=True) if h.name in wanted]
 
-    def stop_hosts(self, names: list[str]) -> None:
-        """auto_stop: stop these hosts' instances (their disks stay; `down` destroys)."""
-        from cloudsend.providers.aws.session import client
+    def stop_hosts(self, names: list[str]) -> Any:
+        """auto_stop: on-demand instances are stopped (disks stay; `down` destroys), one-time
+        spot ones terminated (EC2 cannot stop them). Returns a power.PowerOff."""
+        from cloudsend.providers.aws.power import power_off
 
         infos = self._monitor().instances()
-        by_region: dict[str, list[str]] = {}
-        for name in names:
-            info = infos.get(name)
-            if info is not None and info.state in ("pending", "running"):
-                by_region.setdefault(info.region, []).append(info.id)
-        for region, ids in by_region.items():
-            client(self.session(), "ec2", region).stop_instances(InstanceIds=ids)
+        return power_off(self.session(), [infos[n] for n in names if n in infos])
 
     def notices(self) -> list[str]:
         return [
