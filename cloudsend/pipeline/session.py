@@ -26,7 +26,7 @@ from cloudsend.pipeline.plan import Plan, build_plan
 from cloudsend.pipeline.reporting import JobView, NullReporter, Reporter, RunSummary
 from cloudsend.pipeline.watch import FINAL
 from cloudsend.providers import Host, get_provider
-from cloudsend.scheduling import HostSlots, assign
+from cloudsend.scheduling import HostSlots, assign, check_fits
 from cloudsend.scheduling.transitions import HostView, JobSnapshot, as_state, plan_resume
 from cloudsend.state import NewJob, Store
 
@@ -108,6 +108,10 @@ class Session:
         self.hosts = self.provider.up()
         for notice in self.provider.notices():
             self.reporter.notice(notice)
+        if self.hosts and not self.provider.unreachable:
+            # a job bigger than every host would wait forever: say so before deploying
+            slots = [HostSlots(h.name, h.cpus) for h in self.hosts]
+            check_fits([p.unit for p in self.plan.jobs], slots)
         if reset:
             self._reset_hosts()
         run = self.store.open_run(config_hash(self.config), new=reset or not self.config.recover)

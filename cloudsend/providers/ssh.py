@@ -100,10 +100,15 @@ class SshProvider:
         return sorted(hosts, key=lambda h: order[h.name])
 
     def down(self, hosts: list[Host], keep: bool = False) -> None:
-        if keep:
+        """Remove each host's root dir (unless keep), the hosts in parallel."""
+        if keep or not hosts:
             return
-        for host in hosts:
+
+        def remove(host: Host) -> None:
             host.transport.run(f"rm -rf {shlex.quote(host.root)}", check=False)
+
+        with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
+            list(pool.map(remove, hosts))
 
     def attach(self) -> list[Host]:
         """The hosts, creating nothing (here the same as up)."""
