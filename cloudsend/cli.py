@@ -364,6 +364,13 @@ def validate(config: Path) -> None:
     from cloudsend.config import local_notices
 
     cfg = _load(config)
+    if cfg.provider == "local":
+        from cloudsend.providers.local import LocalProvider
+        from cloudsend.scheduling import HostSlots, check_fits, expand_jobs
+
+        # this machine's hosts are known now: a job too big for all of them is caught here
+        shapes = LocalProvider(cfg).shapes()
+        check_fits(expand_jobs(cfg), [HostSlots(name, cpus) for name, cpus in shapes])
     for notice in local_notices(cfg) if cfg.provider == "local" else []:
         click.echo(f"note: {notice}")
     jobs = sum(j.repeat for j in cfg.jobs)

@@ -159,6 +159,31 @@ def test_pypi_list_real_venv_and_job(tmp_path: Path):
     assert proc.stdout.strip() == "six a b $HOME"
 
 
+def test_pypi_from_a_requirements_file_and_from_a_local_venv(tmp_path: Path):
+    """Both other forms of env_pypi, built for real: a requirements.txt, and a venv of the
+    user's that is frozen here and reproduced on the host."""
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("# pinned for the test\nsix==1.16.0\n")
+    built = run_bootstrap(render(EnvironmentConfig(name="req", env_pypi=str(reqs))), tmp_path / "a")
+    assert built.rc == 0, built.log
+    assert in_env(built.envdir, '"$CLOUDSEND_PYTHON" -c "import six; print(six.__version__)"') == (
+        "1.16.0"
+    )
+    # the user's own venv, holding six: the host's env gets the same packages
+    mine = tmp_path / "myvenv"
+    subprocess.run([sys.executable, "-m", "venv", str(mine)], check=True, timeout=120)
+    subprocess.run(
+        [str(mine / "bin" / "python"), "-m", "pip", "install", "-q", "six==1.16.0"],
+        check=True,
+        timeout=300,
+    )
+    rendered = render(EnvironmentConfig(name="frozen", env_pypi=str(mine)))
+    assert "six==1.16.0" in rendered.script
+    built = run_bootstrap(rendered, tmp_path / "b")
+    assert built.rc == 0, built.log
+    assert in_env(built.envdir, '"$CLOUDSEND_PYTHON" -m pip freeze') == "six==1.16.0"
+
+
 def test_failing_command_then_retry(tmp_path: Path):
     root = tmp_path / "root"
     command = 'echo "checking prerequisites"; [ -e "$CLOUDSEND_ROOT/ready" ] || exit 9'
@@ -479,6 +504,50 @@ def test_julia_through_recorded_shim(tmp_path: Path):
         "project": project,
     }
     assert in_env(built.envdir, 'echo "$JULIA_PROJECT"') == project
+
+
+def test_jl_job_runs_with_the_environment_julia(tmp_path: Path):
+    """A .jl run_script runs with julia in the environment's project, its arguments kept:
+    julia itself cannot be installed here, so a shim records how it was called."""
+    bin_dir, record = tmp_path / "bin", tmp_path / "julia-job.json"
+    shim(
+        bin_dir,
+        "julia",
+        (
+            f"#!{sys.executable}\nimport json, os, sys\n"
+            "calls = json.load(open(sys.argv[0] + '.log')) if os.path.exists(sys.argv[0] + '.log')"
+            " else []\n"
+            "calls.append({'argv': sys.argv[1:], 'project': os.environ.get('JULIA_PROJECT'),"
+            " 'cwd': os.getcwd()})\n"
+            "json.dump(calls, open(sys.argv[0] + '.log', 'w'))\n"
+            f"json.dump(calls, open({str(record)!r}, 'w'))\n"
+        ),
+    )
+    path = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    rendered = render(EnvironmentConfig(name="jl", env_julia="Example"))
+    built = run_bootstrap(rendered, tmp_path / "root", path)
+    assert built.rc == 0, built.log
+    script = tmp_path / "fit.jl"
+    script.write_text('println("fit ", ARGS)\n')
+    job = JobConfig(run_script=f"{script} --n 3 'two words'")
+    run_sh = render_job_script(job, rendered, CONFIG)
+    work = tmp_path / "root" / "jobs" / "j1" / "work"
+    work.mkdir(parents=True)
+    (work.parent / "run.sh").write_text(run_sh)
+    (work / "fit.jl").symlink_to(script)
+    proc = subprocess.run(
+        ["bash", "../run.sh"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=base_env({**path, "CLOUDSEND_ENV_DIR": str(built.envdir)}),
+    )
+    assert proc.returncode == 0, proc.stderr
+    job_call = json.loads(record.read_text())[-1]
+    assert job_call["argv"][-4:] == ["fit.jl", "--n", "3", "two words"]
+    assert job_call["project"] == str(built.envdir / "julia")
+    assert job_call["cwd"] == str(work)
 
 
 def test_julia_missing_fails_clearly(tmp_path: Path):

@@ -189,3 +189,16 @@ def test_dev_keeps_the_environment_across_edits(project: Project, tmp_path: Path
     project.config(text.format(dev="false", version="v2", built=built, ran=ran))
     project.cli("run", check=True)
     assert built.read_text() == "v1\nv2\n" and ran.read_text() == "run\nrun\n"
+
+
+def test_a_job_bigger_than_every_host_is_refused_before_anything_runs(project: Project) -> None:
+    project.config(
+        "instances:\n  - cpus: 2\n    number: 2\n"
+        "jobs:\n  - run_command: echo big\n    cpus_req: 3\n"
+    )
+    for args in (["validate", "cloudsend.yaml"], ["run"]):
+        proc = project.cli(*args)
+        assert proc.returncode == 2, proc.stderr
+        assert "jobs[0] (cpus_req=3) needs more CPUs than any host has" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (project.path / ".cloudsend" / "hosts" / "local-0-0" / "agent.py").exists()

@@ -25,7 +25,8 @@ class LocalProvider:
         self.unreachable: dict[str, str] = {}
         self.hosts_dir = config.state_dir / "hosts"
 
-    def _shapes(self) -> list[tuple[str, int]]:
+    def shapes(self) -> list[tuple[str, int]]:
+        """(name, cpus) of every host `up` makes, known without making them."""
         cpus_here = os.cpu_count() or 1
         instances = self.config.instances or [InstanceConfig()]
         biggest = max((j.cpus_req for j in self.config.jobs), default=1)
@@ -41,7 +42,7 @@ class LocalProvider:
 
     def up(self) -> list[Host]:
         hosts = []
-        for name, cpus in self._shapes():
+        for name, cpus in self.shapes():
             root = self.hosts_dir / name
             root.mkdir(parents=True, exist_ok=True)
             hosts.append(
