@@ -290,8 +290,18 @@ class Config(_Model):
         None, description="Name used in instance/stack names; default: the config file name."
     )
     profile: str | None = Field(None, description="AWS profile from ~/.aws; none: default chain.")
-    dev: bool = Field(False, description="Keep the same instances and environments across edits.")
-    debug: Int = Field(0, ge=0, le=3, description="Verbosity, 0 to 3.")
+    dev: bool = Field(
+        False,
+        description="Keep the same environments across edits (named without a content hash: "
+        "an edited environment is not rebuilt, its DONE jobs stay done).",
+    )
+    debug: Int = Field(
+        0,
+        ge=0,
+        le=3,
+        description="Verbosity, 0 to 3: 1 tracebacks on error, 2 also logs every agent call "
+        "and streams bootstrap output, 3 also paramiko's logs.",
+    )
     maestro: Literal["local", "remote"] = Field(
         "local", description="Where the orchestrator runs; only 'local' for now."
     )
@@ -303,7 +313,11 @@ class Config(_Model):
         "multi_knapsack",
         description="How jobs go to instances: random, or packed by cpus_req (multi_knapsack).",
     )
-    recover: bool = Field(True, description="Record state and resume from it on the next run.")
+    recover: bool = Field(
+        True,
+        description="Record state and resume from it on the next run; false: every run "
+        "starts over (unfinished jobs of the last run cancelled, DONE jobs run again).",
+    )
     print_deploy: bool = Field(False, description="Stream environment setup output live.")
     mutualize_uploads: bool = Field(
         True,
