@@ -103,6 +103,23 @@ def _no_ssh(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return asked
 
 
+class RecreatingStub(EngineStub):
+    """An up after a refresh re-creates the instances EC2 has ended, as Pulumi would once its
+    state knows they are gone (moto launches the new one under the same name)."""
+
+    def __init__(self, moto_aws: Any, ids: list[str]) -> None:
+        super().__init__(_outputs(ids))
+        self.moto_aws, self.ids = moto_aws, ids
+
+    def up(self, on_change: Any = None) -> dict[str, Any]:
+        if "refresh" in self.calls:
+            for n, iid in enumerate(self.ids):
+                if self.moto_aws.state(iid) == "terminated":
+                    (self.ids[n],) = self.moto_aws.run_instances(1, TAGS, names=[NAMES[n]])
+            self._outputs = _outputs(self.ids)
+        return super().up(on_change)
+
+
 def test_replace_refreshes_the_stack_before_up(
     project: Project, moto_aws: Any, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -111,7 +128,7 @@ def test_replace_refreshes_the_stack_before_up(
     from cloudsend.providers.aws.provider import AwsProvider
 
     ids = moto_aws.run_instances(2, TAGS, names=NAMES)
-    stub = EngineStub(_outputs(ids))
+    stub = RecreatingStub(moto_aws, list(ids))
     monkeypatch.setattr(AwsProvider, "engine", lambda self, spec: stub)
     _no_ssh(monkeypatch)
     provider = _provider(project)
@@ -120,11 +137,12 @@ def test_replace_refreshes_the_stack_before_up(
     moto_aws.terminate(ids[1])
     stub.calls.clear()
     hosts = provider.replace(["life-0-1"])
-    assert [h.name for h in hosts] == ["life-0-1"]
     assert "refresh" in stub.calls and stub.calls.index("refresh") < stub.calls.index("up")
+    assert [h.name for h in hosts] == ["life-0-1"] and hosts[0].info["instance_id"] != ids[1]
     # a plain `up` (the next `cloudsend run`) also refreshes once an instance is gone
+    moto_aws.terminate(stub.ids[0])
     stub.calls.clear()
-    provider.up()
+    assert [h.name for h in provider.up()] == NAMES
     assert stub.calls.index("refresh") < stub.calls.index("up")
 
 
@@ -187,3 +205,57 @@ def test_watch_loop_reports_a_failed_auto_stop_and_goes_on(moto_aws: Any) -> Non
     monitor._auto_stop()  # moto answers InvalidInstanceID.NotFound: reported, not raised
     assert monitor.stopped == {"a"}
     assert any(n.startswith("auto_stop failed") and "hint" in n for n in notices), notices
+
+
+def test_up_starts_instances_auto_stop_stopped_and_uses_their_new_address(
+    project: Project, moto_aws: Any, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second `cloudsend run` after auto_stop: `up` starts the stopped instances and waits
+    for them to run before connecting (it used to find no instance answering)."""
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    ids = moto_aws.run_instances(2, TAGS, names=NAMES)
+    stub = EngineStub(_outputs(ids))
+    monkeypatch.setattr(AwsProvider, "engine", lambda self, spec: stub)
+    asked = _no_ssh(monkeypatch)
+    moto_aws.stop(ids[0])
+    hosts = _provider(project).up()
+    assert [moto_aws.state(i) for i in ids] == ["running", "running"]
+    assert [h.name for h in hosts] == NAMES
+    described = moto_aws.client("ec2").describe_instances(InstanceIds=ids)["Reservations"]
+    live = {i["InstanceId"]: i["PublicIpAddress"] for r in described for i in r["Instances"]}
+    assert asked == [live[i] for i in ids]  # EC2's address now, not the outputs' old one
+    assert "refresh" not in stub.calls  # stopped is not gone: nothing to re-create
+
+
+def test_down_does_not_wait_for_ssh_on_stopped_instances(
+    project: Project, moto_aws: Any, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After auto_stop, `down` only needs destroy and the leak check: no SSH wait (300 s per
+    instance before) and no start of a machine that is about to be destroyed."""
+    from cloudsend.api import SyncClient
+    from cloudsend.errors import ProvisionError
+    from cloudsend.pipeline.reporting import NullReporter
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    ids = moto_aws.run_instances(2, TAGS, names=NAMES)
+    stub = EngineStub(_outputs(ids), on_destroy=lambda: [moto_aws.terminate(i) for i in ids])
+    monkeypatch.setattr(AwsProvider, "engine", lambda self, spec: stub)
+    asked = _no_ssh(monkeypatch)
+    for iid in ids:
+        moto_aws.stop(iid)
+    provider = _provider(project)
+    with pytest.raises(ProvisionError, match="no instance"):
+        provider.attach()
+    assert asked == []
+    assert all("is stopped" in why for why in provider.unreachable.values())
+    notices: list[str] = []
+    reporter = NullReporter()
+    reporter.notice = notices.append  # type: ignore[method-assign]
+    client = SyncClient(project.path / "cloudsend.yaml", reporter)
+    try:
+        client.down()
+    finally:
+        client.close()
+    assert asked == [] and stub.destroyed
+    assert [moto_aws.state(i) for i in ids] == ["terminated", "terminated"]

@@ -31,6 +31,14 @@ class MotoPairedLocal(LocalProvider):
         self.session = session
         self.monitor = InstanceMonitor(session, TAGS, ["us-east-1"])
 
+    def up(self) -> list[Any]:
+        hosts = super().up()
+        infos = self.monitor.instances()
+        for host in hosts:  # as AwsProvider's hosts carry them
+            if host.name in infos:
+                host.info["instance_id"] = infos[host.name].id
+        return hosts
+
     def poll_instances(self) -> Any:
         from cloudsend.providers.aws.monitor import plan_reaction
 
@@ -144,3 +152,52 @@ def test_a_stopped_instance_is_started_again(project: Project, moto_aws: Any) ->
         client.close()
     assert [v.state for v in views] == ["DONE"] * 3
     assert any("starting 1 stopped instance" in n for n in client.notices), client.notices
+
+
+def test_handed_back_jobs_skip_stopped_hosts_and_wake_them_when_alone(
+    project: Project, moto_aws: Any
+) -> None:
+    """Jobs re-queued from a lost host never go to a host auto_stop stopped (its machine is
+    off); when stopped hosts are all that is left, they are started again and take them."""
+    from cloudsend.core import FINAL_STATES
+    from cloudsend.pipeline.monitor import RunMonitor
+
+    names = ["local-0-0", "local-0-1", "local-0-2"]
+    ids = dict(zip(names, moto_aws.run_instances(3, TAGS, names=names), strict=True))
+    client = _client(project, moto_aws, jobs=3, sleep=0)
+    monitor: Any = None
+    try:
+        client.start()
+        client.deploy()
+        client.run()
+        client.wait(timeout=120)
+        session = client.session
+        sent: list[list[str]] = []
+        submit = session.submit_jobs
+
+        def recording(attempts: dict[str, int], hosts: list[Any]) -> Any:
+            sent.append(sorted(h.name for h in hosts))
+            return submit(attempts, hosts)
+
+        session.submit_jobs = recording  # type: ignore[method-assign]
+        monitor = RunMonitor(session, FINAL_STATES)
+        job = session.views()[0]
+        moto_aws.stop(ids["local-0-0"])
+        monitor.stopped = {"local-0-0"}  # as auto_stop leaves it
+        session.lost_hosts.add("local-0-1")
+        assert monitor._submit({job.job_id: job.attempt + 1})
+        assert sent[-1] == ["local-0-2"]
+        moto_aws.stop(ids["local-0-2"])
+        monitor.stopped.add("local-0-2")
+        assert monitor._submit({job.job_id: job.attempt + 2})
+        assert sent[-1] == ["local-0-0", "local-0-2"]
+        assert monitor.stopped == set()
+        assert moto_aws.state(ids["local-0-0"]) in ("pending", "running")
+        assert moto_aws.state(ids["local-0-2"]) in ("pending", "running")
+        assert any("starting local-0-0, local-0-2 again" in n for n in client.notices)
+    finally:
+        if monitor is not None:
+            monitor.stop.set()
+            for watcher in monitor.watchers.values():
+                watcher.join(timeout=30)
+        client.close()

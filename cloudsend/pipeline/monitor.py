@@ -23,6 +23,7 @@ from cloudsend.scheduling.transitions import killed_with_host
 
 if TYPE_CHECKING:
     from cloudsend.pipeline.session import Session
+    from cloudsend.providers.base import Host
 
 MAX_CASUALTY_RETRIES = 3
 
@@ -209,8 +210,8 @@ class RunMonitor:
                 self.watchers[host].forget(set(again))
             self._submit(again)
 
-    def _submit(self, attempts: dict[str, int]) -> bool:
-        targets = [h for h in self.s.hosts if h.name not in self.s.lost_hosts]
+    def _submit(self, attempts: dict[str, int], targets: list[Host] | None = None) -> bool:
+        targets = self._targets() if targets is None else targets
         if not targets:
             return False
         now = time.monotonic()
@@ -223,6 +224,33 @@ class RunMonitor:
         return True
 
     # ---- machines (aws) ------------------------------------------------------------------
+
+    def _targets(self) -> list[Host]:
+        """Hosts that may take work: not lost, and not stopped by auto_stop (their machines
+        are off; work sent there would wait for nobody). When only stopped ones are left,
+        they are started again through the provider and rejoin."""
+        targets = [h for h in self.s.hosts if h.name not in self.s.lost_hosts | self.stopped]
+        start = getattr(self.s.provider, "start_instances", None)
+        if targets or start is None:
+            return targets
+        asleep = {
+            str(h.info["instance_id"]): h
+            for h in self.s.hosts
+            if h.name in self.stopped - self.s.lost_hosts and h.info.get("instance_id")
+        }
+        try:
+            started = set(start(list(asleep)))
+        except CloudsendError as exc:
+            self.s.reporter.notice(f"could not start stopped hosts for new work: {exc.message}")
+            return []
+        woken = [h for iid, h in asleep.items() if iid in started]
+        for host in woken:
+            self.stopped.discard(host.name)
+            self.last_ok[host.name] = time.monotonic()  # booting: give it host_lost_after
+        if woken:
+            names = ", ".join(h.name for h in woken)
+            self.s.reporter.notice(f"starting {names} again: work came back to do")
+        return woken
 
     def _instances(self) -> None:
         """Stopped instances are started; terminated or spot-interrupted ones are lost hosts
@@ -308,7 +336,7 @@ class RunMonitor:
                 stranded[r.job_id] = r.attempt
         if not stranded:
             return
-        targets = [h for h in self.s.hosts if h.name not in self.s.lost_hosts]
+        targets = self._targets()
         if not targets:
             self.s.reporter.notice(
                 f"no host left to re-queue {len(stranded)} job(s) on; "
@@ -322,7 +350,7 @@ class RunMonitor:
         watcher.forget(set(stranded))
         watcher.keep_watching = True  # to settle these if the host comes back
         self.s.reporter.notice(f"re-queuing {len(stranded)} job(s) from lost host {host}")
-        self._submit({job: attempt + 1 for job, attempt in stranded.items()})
+        self._submit({job: attempt + 1 for job, attempt in stranded.items()}, targets)
 
     def _settle_return(self, host: str, status: dict[str, Any]) -> None:
         """A lost host answers again: take results it finished first, cancel stale attempts."""

@@ -159,7 +159,7 @@ class AwsProvider:
             # auto_stop of a spot one, by hand): without a refresh `up` sees nothing to create.
             engine.refresh()
         outputs = engine.up()
-        return self._hosts(outputs)
+        return self._hosts(outputs, wake=True)
 
     def _instances_gone(self, engine: Any) -> bool:
         """True when an instance in the last stack outputs is no longer alive in EC2."""
@@ -172,10 +172,28 @@ class AwsProvider:
         return not recorded <= alive
 
     def attach(self) -> list[Host]:
-        """The stack's current instances as hosts, creating nothing."""
+        """The stack's running instances as hosts, creating and starting nothing: `down`
+        comes through here and needs no stopped machine started (nor waited for over SSH)."""
         return self._hosts(self.engine(self.plan()).outputs())
 
-    def _hosts(self, outputs: dict[str, Any]) -> list[Host]:
+    def _live(self, instances: dict[str, Any], wake: bool) -> dict[str, Any]:
+        """{name: InstanceInfo} of the outputs' instances as EC2 sees them now; with `wake`,
+        stopped ones (auto_stop) are started first and waited for until running."""
+        from cloudsend.providers.aws.power import power_on
+
+        try:
+            seen = self._monitor().instances()
+        except CloudsendError:
+            if wake:
+                raise
+            return {}  # attach: SSH alone still tells who answers
+        live = {n: i for n, i in seen.items() if n in instances and i.id == instances[n].get("id")}
+        if wake and power_on(self.session(), live.values()):
+            seen = self._monitor().instances()  # started: new state, new public IP
+            live = {n: seen[n] for n in live if n in seen}
+        return live
+
+    def _hosts(self, outputs: dict[str, Any], wake: bool = False) -> list[Host]:
         from cloudsend.providers.aws.keys import stack_key
         from cloudsend.transport.ssh import SshTarget, SshTransport
 
@@ -186,10 +204,21 @@ class AwsProvider:
             raise ProvisionError(
                 f"stack {self.stack} has no instances", hint="run `cloudsend up` first"
             )
+        live = self._live(instances, wake)
         hosts: list[Host] = []
         self.unreachable = {}
         for name, inst in sorted(instances.items()):
-            address = inst.get("public_ip") or inst.get("private_ip")
+            info = live.get(name)
+            if info is not None and info.state not in ("pending", "running"):
+                # no sshd to wait for on a machine that is off
+                self.unreachable[name] = f"instance {info.id} is {info.state}" + (
+                    " (`cloudsend run` starts it again)" if info.state == "stopped" else ""
+                )
+                continue
+            # A stopped-then-started instance has a new public IP; the outputs keep the old.
+            address = (info.public_ip or info.private_ip if info else None) or (
+                inst.get("public_ip") or inst.get("private_ip")
+            )
             target = SshTarget(
                 name=name,
                 address=address,
