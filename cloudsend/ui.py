@@ -172,5 +172,7 @@ def cost_table(cost: Any) -> Table:
     caption = f"total ${doc['total_per_hour']:.4f}/hour"
     if doc.get("total_for_eco_life") is not None:
         caption += f", ${doc['total_for_eco_life']:.2f} over eco_life"
+        if doc.get("total_for_eco_life_covers"):
+            caption += f" ({doc['total_for_eco_life_covers']})"
     table.caption = caption
     return table

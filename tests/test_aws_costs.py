@@ -93,10 +93,35 @@ def test_eco_life_total() -> None:
     )
     result = estimate(spec)
     spot = table_price("us-east-1", "m5.large", "spot")
+    on_demand = table_price("us-east-1", "m5.large", "on_demand")
     assert [line.eco_life_hours for line in result.lines] == [6, 6, 1.5, None, None]
     assert result.eco_life_hours == 6
-    assert result.total_for_eco_life == pytest.approx(spot * (6 + 6 + 1.5))
-    assert result.lines[0].total_for_eco_life == pytest.approx(spot * 6)
+    # the whole plan over the 6 h window: spot ones until their own eco_life, the unbounded
+    # spot one and the on-demand one for all 6 h (they are not only the spot instances)
+    assert result.total_for_eco_life == pytest.approx(spot * (6 + 6 + 1.5 + 6) + on_demand * 6)
+    assert [line.total_for_eco_life for line in result.lines] == pytest.approx(
+        [spot * 6, spot * 6, spot * 1.5, spot * 6, on_demand * 6]
+    )
+    assert result.eco_life_note is not None and "every instance for 6 h" in result.eco_life_note
+    assert result.to_dict()["total_for_eco_life_covers"] == result.eco_life_note
+
+
+def test_eco_life_total_in_the_cost_table() -> None:
+    from rich.console import Console
+
+    from cloudsend.ui import cost_table
+
+    spec = make_spec([{"type": "m5.large", "eco": True, "eco_life": "2h"}, {"type": "m5.large"}])
+    console = Console(width=200, record=True)
+    console.print(cost_table(estimate(spec)))
+    text = " ".join(console.export_text().split())  # the caption wraps at the table width
+    assert "over eco_life (every instance for 2 h; spot instances until their own eco_life)" in text
+
+
+def test_no_eco_life_no_window() -> None:
+    result = estimate(make_spec([{"type": "m5.large", "eco": True}, {"type": "m5.large"}]))
+    assert result.eco_life_hours is None and result.total_for_eco_life is None
+    assert result.eco_life_note is None
 
 
 def test_unknown_type_and_region_warn() -> None:
@@ -166,6 +191,7 @@ def test_to_dict_is_json_ready() -> None:
         "complete",
         "eco_life_hours",
         "total_for_eco_life",
+        "total_for_eco_life_covers",
         "as_of",
         "warnings",
     }

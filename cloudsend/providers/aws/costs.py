@@ -10,13 +10,18 @@ A spot instance is estimated at the spot price, capped at its max_bid (it never 
 A max_bid below the estimated spot price is warned about: such a request may never start.
 Unknown (region, type) pairs are left out of the total with a warning rather than guessed.
 EBS volumes and data transfer are not counted (a few cents a day for the default 20 GB).
+
+The eco_life total is what the whole plan costs over the longest eco_life: every instance, not
+only the spot ones. A spot instance ends at its own eco_life (the program shuts it down); an
+on-demand one, or a spot one without eco_life, is counted for the whole window, since nothing
+ends it before auto_stop or `cloudsend down`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -35,7 +40,9 @@ class CostLine:
     hourly: float | None  # None: unknown (not in the total)
     source: str  # "live" | "table" | "unknown" | "max_bid" (spot price unknown: the bid caps it)
     eco_life_hours: float | None = None  # spot with eco_life: it ends by then
-    total_for_eco_life: float | None = None  # hourly × eco_life_hours
+    # hourly × the hours it runs within the plan's eco_life window (its own eco_life for a
+    # spot instance that has one, the whole window for the others)
+    total_for_eco_life: float | None = None
 
 
 @dataclass
@@ -44,8 +51,18 @@ class CostEstimate:
     total_per_hour: float  # known lines only; see `complete`
     as_of: str  # date of the bundled table
     eco_life_hours: float | None = None  # the longest eco_life among spot instances
-    total_for_eco_life: float | None = None  # what the spot instances can cost at most
+    total_for_eco_life: float | None = None  # every priced instance over that window
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def eco_life_note(self) -> str | None:
+        """What total_for_eco_life covers, for the cost output."""
+        if self.eco_life_hours is None:
+            return None
+        return (
+            f"every instance for {self.eco_life_hours:g} h; spot instances until their own "
+            "eco_life"
+        )
 
     @property
     def complete(self) -> bool:
@@ -80,6 +97,7 @@ class CostEstimate:
             "total_for_eco_life": None
             if self.total_for_eco_life is None
             else round(self.total_for_eco_life, 6),
+            "total_for_eco_life_covers": self.eco_life_note,
             "as_of": self.as_of,
             "warnings": list(self.warnings),
         }
@@ -129,18 +147,25 @@ def estimate(spec: StackSpec, live: LivePrices | None = None) -> CostEstimate:
                 hourly=price,
                 source=source,
                 eco_life_hours=life,
-                total_for_eco_life=price * life if price is not None and life else None,
             )
         )
-    bounded = [line for line in lines if line.total_for_eco_life is not None]
+    window = max((line.eco_life_hours or 0.0 for line in lines), default=0.0) or None
+    if window is not None:
+        # the whole plan over the window: spot lines end at their eco_life, others run on
+        lines = [
+            replace(line, total_for_eco_life=line.hourly * (line.eco_life_hours or window))
+            if line.hourly is not None
+            else line
+            for line in lines
+        ]
     return CostEstimate(
         lines=lines,
         total_per_hour=sum(line.hourly for line in lines if line.hourly is not None),
         as_of=table["as_of"],
-        eco_life_hours=max((line.eco_life_hours or 0.0 for line in bounded), default=None),
-        total_for_eco_life=sum(line.total_for_eco_life or 0.0 for line in bounded)
-        if bounded
-        else None,
+        eco_life_hours=window,
+        total_for_eco_life=None
+        if window is None
+        else sum(line.total_for_eco_life or 0.0 for line in lines),
         warnings=warnings,
     )
 
