@@ -405,8 +405,19 @@ def _confirm_aws_plan(cfg: Any, yes: bool) -> None:
     console = _console()
     console.print(changes_table(plan.changes))
     console.print(cost_table(plan.cost))
-    if not yes and not click.confirm("create these resources?", default=False):
-        raise click.Abort()
+    for warning in plan.warnings:  # e.g. a max_bid below the spot price: decide knowing it
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    if yes:
+        return
+    try:
+        confirmed = click.confirm("create these resources?", default=False)
+    except click.Abort:  # Ctrl-C or end of input at the prompt: a no, not an interrupted run
+        confirmed = False
+    if not confirmed:
+        raise CloudsendError(
+            "not confirmed: nothing was created",
+            hint="run the command again and answer y, or pass --yes",
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -125,3 +125,92 @@ def test_down_refuses_while_results_are_not_fetched(project: Project) -> None:
     project.cli("fetch", check=True)
     project.cli("down", check=True)
     assert not (project.path / ".cloudsend" / "hosts").exists()
+
+
+# Runs the real CLI in a subprocess whose Pulumi engine is a stub (the pulumi CLI cannot be
+# installed here): its preview plans one instance to create, and any operation that would
+# create or touch resources leaves a marker file, so "nothing was created" is checked.
+_STUB_ENGINE_CLI = """
+import sys
+from pathlib import Path
+
+from cloudsend.providers.aws.diff import ResourceChange
+from cloudsend.providers.aws.provider import AwsProvider
+
+marker = Path(sys.argv[1])
+
+
+class Stub:
+    def preview(self):
+        return [ResourceChange("create", "aws:ec2/instance:Instance", "awsdemo-0-0", "urn:x")]
+
+    def _touch(self, what):
+        marker.write_text(what)
+        return {}
+
+    def up(self, on_change=None):
+        return self._touch("up")
+
+    def refresh(self):
+        return self._touch("refresh")
+
+    def destroy(self, on_change=None):
+        return self._touch("destroy")
+
+    def outputs(self):
+        return {}
+
+
+AwsProvider.engine = lambda self, spec: Stub()
+from cloudsend.cli import main
+
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("answer", ["n\n", ""])  # "n", and end of input at the prompt
+@pytest.mark.parametrize("command", ["up", "run"])
+def test_declining_the_confirmation_creates_nothing(
+    project: Project,
+    moto_aws: Any,
+    no_pulumi_env: dict[str, str],
+    tmp_path: Path,
+    command: str,
+    answer: str,
+) -> None:
+    import subprocess
+    import sys
+
+    project.config(
+        """
+        project: awsdemo
+        provider: aws
+        region: us-east-1
+        ssh_cidrs: [198.51.100.7/32]
+        instances:
+          - {type: c5.xlarge, eco: true, img_id: ami-12345678}
+        jobs:
+          - run_command: echo hi
+        """
+    )
+    marker = tmp_path / "engine-touched"
+    proc = subprocess.run(
+        [sys.executable, "-c", _STUB_ENGINE_CLI, str(marker), command],
+        cwd=project.path,
+        input=answer,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **no_pulumi_env, **_aws_env()},
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "nothing was created" in proc.stderr and "--yes" in proc.stderr
+    assert "interrupted" not in proc.stderr and "Traceback" not in proc.stderr
+    # the plan, its cost and the cost warnings were shown before the question
+    prompt = proc.stdout.index("create these resources?")
+    assert proc.stdout.index("awsdemo-0-0") < prompt
+    # (moto has no pricing API: the live-price warning is the one every run here gets)
+    assert proc.stdout.index("warning: live on-demand prices unavailable") < prompt
+    assert not marker.exists()  # no up, refresh or destroy
+    assert moto_aws.client("ec2").describe_instances()["Reservations"] == []
+    assert not (project.path / ".cloudsend" / "state.db").exists()
