@@ -1,11 +1,14 @@
-"""provider ssh over real sshd hosts: what `down` leaves behind."""
+"""provider ssh over real sshd hosts: what `down` leaves behind, how many round trips a run
+costs, and a slow results download that must not get a healthy host declared lost."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,13 @@ import pytest
 
 from tests.conftest import Project
 from tests.ssh_helpers import (
+    CallCounter,
+    FetchSpy,
+    Notices,
+    api_run,
+    check_outputs,
+    ledger_ids,
+    lost_notice,
     pname,
     processes_under,
     shared_ledger_dir,
@@ -142,3 +152,131 @@ def test_down_runs_the_hosts_in_parallel(
     names = sorted(pname(h) for h in hosts)
     assert {step: sorted(who) for step, who in met.items()} == {"stop": names, "rm -rf": names}
     assert not any(h.root.exists() for h in hosts)
+
+
+# ---- round trips ---------------------------------------------------------------------------
+
+
+def test_watch_costs_one_call_per_host_per_round_whatever_the_job_count(
+    sshd_factory: Any, project: Project, ledger_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """30 jobs on 2 hosts (15 slots each, so all run at once). They wait for a gate file;
+    once all are running the gate opens and the 15 jobs of each host end together: seeing
+    them end and bringing their outputs home must take a few round trips per host, not one
+    (or more) per job."""
+    from cloudsend.pipeline.session import Session
+
+    hosts = sshd_factory(1) + sshd_factory(1, user="ubuntu", stock_limits=True)
+    ledger = ledger_dir / "ledger"
+    gate = ledger_dir / "gate"
+    jobs = 30
+    command = (
+        f'echo "$CLOUDSEND_JOB_ID x $$" >> {ledger} && '
+        f"for i in $(seq 600); do [ -e {gate} ] && break; sleep 0.05; done && "  # <= 30 s
+        'echo "$CLOUDSEND_JOB_ID" > out.txt'
+    )
+    cfg = project.config(ssh_config(hosts, ledger, jobs=jobs, sleep=0, cpus=15, command=command))
+    counter = CallCounter(monkeypatch)
+    spy = FetchSpy(monkeypatch)
+    marks: dict[str, int] = {}
+    wait = Session.wait
+
+    def marked_wait(self: Session, *args: Any, **kwargs: Any) -> Any:
+        marks["watch"] = counter.mark()
+        try:
+            return wait(self, *args, **kwargs)
+        finally:
+            marks["watched"] = counter.mark()
+
+    def open_gate() -> None:
+        wait_for(lambda: len(ledger_ids(ledger)) == jobs, 60, "every job running")
+        marks["gate"] = counter.mark()
+        gate.touch()
+
+    monkeypatch.setattr(Session, "wait", marked_wait)
+    summary = api_run(cfg, during=open_gate)
+    assert summary.counts() == {"DONE": jobs}, summary.counts()
+    check_outputs(summary.results_dir, jobs)
+    assert {v.host for v in summary.jobs} == {pname(h) for h in hosts}, "jobs not spread"
+    watching = counter.between(marks["watch"], marks["watched"])
+    ending = counter.between(marks["gate"], marks["watched"])
+    whole = counter.between(0)
+    for h in hosts:
+        name = pname(h)
+        mine = sum(1 for v in summary.jobs if v.host == name)
+        rounds = counter.rounds[name]
+        calls = watching.get(name)
+        assert calls, f"{name}: no call while watching"
+        # while watching, a host sees only each round's collect (status and pack in one
+        # call) and that round's archive download: nothing per job
+        assert set(calls) <= {"collect", "get"}, calls
+        assert calls["collect"] <= rounds and calls["get"] <= rounds, (calls, rounds)
+        # status-type calls over the whole run: the rounds, plus the status `run` asks
+        # (reconcile) before submitting
+        assert whole[name]["collect"] + whole[name]["status"] <= rounds + 1, (whole, rounds)
+        # the host's jobs all ending: a few rounds and archives, not one per job
+        assert ending[name]["collect"] <= 5 < mine, (ending[name], mine)
+        assert 1 <= ending[name]["get"] <= 3, (ending[name], mine)
+    # every job's outputs came home once, in archives carrying several jobs each
+    assert spy.per_job() == {v.job_id: 1 for v in summary.jobs}, spy.downloads
+    assert sum(spy.per_host().values()) <= 6, spy.downloads
+
+
+# ---- liveness during a long download -------------------------------------------------------
+
+
+def test_a_slow_download_does_not_get_a_healthy_host_declared_lost(
+    sshd_factory: Any, project: Project, ledger_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The results archive takes about twice host_lost_after to come home (a slow link: the
+    download is throttled as its chunks arrive). The host answers all along, so it must not
+    be declared lost nor its job run again elsewhere."""
+    import paramiko
+
+    hosts = sshd_factory(2)
+    ledger = ledger_dir / "ledger"
+    lost_after = 3.0
+    size = 3 * 2**20  # incompressible: the archive is as big
+    rate = size / (2 * lost_after)  # bytes per second
+    command = f'echo "$CLOUDSEND_JOB_ID x $$" >> {ledger} && head -c {size} /dev/urandom > out.txt'
+    cfg = project.config(
+        ssh_config(hosts, ledger, jobs=1, sleep=0, lost_after=lost_after, command=command)
+    )
+    original = paramiko.SFTPClient.get
+    durations: list[float] = []
+
+    def slow_get(
+        self: paramiko.SFTPClient, remotepath: str, localpath: str, callback: Any = None, **kw: Any
+    ) -> Any:
+        began = time.monotonic()
+        seen = [0]
+
+        def throttle(done: int, total: int) -> None:
+            time.sleep((done - seen[0]) / rate)
+            seen[0] = done
+            if callback is not None:
+                callback(done, total)
+
+        try:
+            return original(self, remotepath, localpath, callback=throttle, **kw)
+        finally:
+            if "collect-" in remotepath:
+                durations.append(time.monotonic() - began)
+
+    monkeypatch.setattr(paramiko.SFTPClient, "get", slow_get)
+    notices = Notices()
+    spy = FetchSpy(monkeypatch)
+    summary = api_run(cfg, notices.reporter, poll_wait=1.0)
+    assert summary.counts() == {"DONE": 1}, summary.counts()
+    assert durations and max(durations) > lost_after + 1.0, durations  # the scenario held
+    for h in hosts:
+        assert notices.first(lost_notice(pname(h))) is None, notices.texts()
+    assert not any("re-queuing" in m for m in notices.texts()), notices.texts()
+    assert len(ledger_ids(ledger)) == 1, "the job ran again elsewhere"
+    (out,) = summary.results_dir.glob("*/out.txt")
+    assert out.stat().st_size == size
+    job = summary.jobs[0]
+    remote = next(h.root for h in hosts if pname(h) == job.host) / "jobs" / job.job_id
+    there = (remote / "work" / "out.txt").read_bytes()
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(there).digest()
+    assert spy.per_job() == {job.job_id: 1}

@@ -7,6 +7,7 @@ import shlex
 import tarfile
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from cloudsend.errors import TransportError
@@ -44,16 +45,21 @@ def fetch_jobs(
 
 
 def download(
-    host: Host, remote: str, job_ids: list[str], results_dir: Path
+    host: Host,
+    remote: str,
+    job_ids: list[str],
+    results_dir: Path,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, list[tuple[str, int]]]:
-    """Fetch an archive made by the agent and extract it safely into results_dir/<job>/."""
+    """Fetch an archive made by the agent and extract it safely into results_dir/<job>/.
+    `progress` is the transport's (called as bytes arrive)."""
     results_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".fetch-", suffix=".tar.gz", dir=results_dir)
     os.close(fd)
     tmp = Path(tmp_name)
     got: dict[str, list[tuple[str, int]]] = {job: [] for job in job_ids}
     try:
-        host.transport.get(remote, tmp)
+        host.transport.get(remote, tmp, progress=progress)
         try:
             with tarfile.open(tmp, "r:gz") as tar:
                 for member in _safe_members(tar, set(job_ids)):

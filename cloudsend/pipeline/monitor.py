@@ -140,6 +140,8 @@ class RunMonitor:
                 "lost" if host in self.s.lost_hosts else "unreachable",
                 event.unreachable.splitlines()[0][:200],
             )
+        if event.alive:  # a download advancing or done: the host answers between statuses
+            self.last_ok[host] = time.monotonic()
         if event.status is not None:
             self.last_ok[host] = time.monotonic()
             if host in self.s.lost_hosts:

@@ -13,6 +13,7 @@ import shlex
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ class HostEvent:
     finished: bool = False
     log: str = ""
     at: float = 0.0  # time.monotonic() when the status call was issued
+    alive: bool = False  # the host answered without a status: a download advanced or ended
 
 
 class HostWatcher(threading.Thread):
@@ -122,6 +124,21 @@ class HostWatcher(threading.Thread):
         with self._lock:
             return {j: a for j, a in self._expected.items() if j not in self._fetched}
 
+    def _heartbeat(self, every: float = 1.0) -> Callable[[int], None]:
+        """A download's progress callback. Bytes arriving prove the host answers, which the
+        monitor is told (at most every `every` s): an archive that takes longer than
+        host_lost_after to come home must not get a healthy host declared lost."""
+        last = time.monotonic()
+
+        def beat(_received: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last >= every:
+                last = now
+                self.events.put(HostEvent(self.host.name, alive=True))
+
+        return beat
+
     def _round(self, client: AgentClient, version: int | None, wait: float) -> tuple[int, float]:
         """One round trip: wait for a change, get the status and the finished jobs' outputs."""
         out = f"{self.host.root}/outbox/collect-{uuid.uuid4().hex}.tar.gz"
@@ -138,11 +155,15 @@ class HostWatcher(threading.Thread):
         if packed:
             ready = self._ready(status.get("jobs", {}))
             jobs = [j for j in packed.get("jobs", []) if j in ready]
-            got = download(self.host, packed["path"], jobs, self.results_dir)
+            got = download(
+                self.host, packed["path"], jobs, self.results_dir, progress=self._heartbeat()
+            )
             with self._lock:
                 self._fetched.update(jobs)
             self.events.put(
-                HostEvent(self.host.name, fetched=got, attempts={j: ready[j] for j in jobs})
+                HostEvent(
+                    self.host.name, fetched=got, attempts={j: ready[j] for j in jobs}, alive=True
+                )
             )
         return int(status.get("version", 0)), wait
 

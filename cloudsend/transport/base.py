@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -51,6 +52,10 @@ class Transport(Protocol):
 
     def put(self, local: Path, remote: str) -> None: ...
 
-    def get(self, remote: str, local: Path) -> None: ...
+    def get(
+        self, remote: str, local: Path, progress: Callable[[int], None] | None = None
+    ) -> None:
+        """`progress(bytes so far)` is called as the download advances."""
+        ...
 
     def close(self) -> None: ...

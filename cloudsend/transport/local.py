@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from cloudsend.errors import TransportError
@@ -52,13 +53,17 @@ class LocalTransport:
         except OSError as exc:
             raise TransportError(f"cannot copy {local} to {remote}: {exc}") from exc
 
-    def get(self, remote: str, local: Path) -> None:
+    def get(
+        self, remote: str, local: Path, progress: Callable[[int], None] | None = None
+    ) -> None:
         self.calls += 1
         local.parent.mkdir(parents=True, exist_ok=True)
         try:
             shutil.copyfile(remote, local)
         except OSError as exc:
             raise TransportError(f"cannot fetch {remote} from host {self.name!r}: {exc}") from exc
+        if progress is not None:
+            progress(local.stat().st_size)
 
     def close(self) -> None:
         pass

@@ -298,15 +298,19 @@ class SshTransport:
 
         self._count("bytes_sent", self._transfer(f"upload {local} to {remote}", upload))
 
-    def get(self, remote: str, local: Path) -> None:
-        """Download to `local` (parents created), atomically on this side too."""
+    def get(
+        self, remote: str, local: Path, progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Download to `local` (parents created), atomically on this side too.
+        `progress(bytes so far)` is called as chunks arrive (proof the host answers)."""
         self._count()
         local.parent.mkdir(parents=True, exist_ok=True)
+        callback = None if progress is None else (lambda done, _total: progress(done))
 
         def download(sftp: paramiko.SFTPClient) -> int:
             tmp = local.with_name(f"{local.name}.part-{secrets.token_hex(4)}")
             try:
-                sftp.get(remote, str(tmp))
+                sftp.get(remote, str(tmp), callback=callback)
                 size = tmp.stat().st_size
                 os.replace(tmp, local)
             finally:
