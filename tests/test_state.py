@@ -374,3 +374,19 @@ def test_adopt_attempt_makes_an_earlier_done_attempt_current(tmp_path: Path) -> 
         attempts = {a.attempt: a for a in store.attempts(run.id, "j1")}
         assert attempts[2].reason == "superseded: attempt 1 finished first"
         assert attempts[1].state == "DONE"
+
+
+def test_adopting_an_attempt_already_fetched_keeps_it_fetched(tmp_path: Path) -> None:
+    """Its outputs came home late (after the re-queue): adopting it must not fetch them twice."""
+    from cloudsend.state import NewJob, Store
+
+    with Store(tmp_path / "s.db") as store:
+        run = store.open_run("h")
+        store.add_jobs(run.id, [NewJob("j1", 0, 0, None, 1, "x")])
+        store.record_submission(run.id, "j1", "a", 1)
+        store.record_submission(run.id, "j1", "b", 2)
+        store.record_fetch(run.id, "j1", 1, [("out.txt", 3)])  # late: attempt 1 not current
+        assert not store.job(run.id, "j1").fetched  # type: ignore[union-attr]
+        store.adopt_attempt(run.id, "j1", "a", 1, 0)
+        job = store.job(run.id, "j1")
+        assert job is not None and (job.attempt, job.fetched) == (1, True)

@@ -378,7 +378,9 @@ class RunMonitor:
                 self.s.store.adopt_attempt(
                     self.run_id, job_id, host, old_attempt, job.get("exit_code")
                 )
-                self._watch(host, {job_id: old_attempt})
+                adopted = self.s.store.job(self.run_id, job_id)
+                home = {job_id} if adopted is not None and adopted.fetched else set()
+                self._watch(host, {job_id: old_attempt}, home)
             del pending[job_id]
         if stale:
             with contextlib.suppress(CloudsendError):

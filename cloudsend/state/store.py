@@ -295,10 +295,16 @@ class Store:
                 "WHERE run_id = ? AND job_id = ? AND attempt = ?",
                 (now, exit_code, run_id, job_id, attempt),
             )
+            # its outputs may be home already (a late fetch of it, recorded but not current)
+            home = db.execute(
+                "SELECT EXISTS (SELECT 1 FROM fetched_files WHERE run_id = ? AND job_id = ? "
+                "AND attempt = ?)",
+                (run_id, job_id, attempt),
+            ).fetchone()[0]
             db.execute(
                 "UPDATE jobs SET host = ?, attempt = ?, state = 'DONE', exit_code = ?, "
-                "reason = NULL, fetched = 0, updated = ? WHERE run_id = ? AND job_id = ?",
-                (host, attempt, exit_code, now, run_id, job_id),
+                "reason = NULL, fetched = ?, updated = ? WHERE run_id = ? AND job_id = ?",
+                (host, attempt, exit_code, int(bool(home)), now, run_id, job_id),
             )
 
     def _set_state(
