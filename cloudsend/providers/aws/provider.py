@@ -42,6 +42,7 @@ class AwsProvider:
         self.stack = stack_name(config)
         self.unreachable: dict[str, str] = {}
         self._session: Any = None
+        self.plan_notices: list[str] = []  # what the last online plan adjusted (cpus)
 
     # ---- the plan ------------------------------------------------------------------------
 
@@ -73,13 +74,20 @@ class AwsProvider:
         )
         wanted = {(i.region, i.type) for i in draft.instances if i.ami is None}
         amis = ami.ubuntu_amis(self.session(), wanted) if wanted else None
-        return stack_spec(
+        spec = stack_spec(
             self.config,
             public_key=key.public_openssh,
             ssh_cidrs=cidrs,
             amis=amis,
             default_region=region,
         )
+        sized = {(i.region, i.type) for i in spec.instances if i.cpus is not None}
+        if not sized:
+            return spec
+        from cloudsend.providers.aws.cpus import fit_cpu_options, vcpu_info
+
+        spec, self.plan_notices = fit_cpu_options(spec, vcpu_info(self.session(), sized))
+        return spec
 
     def default_region(self, *, offline: bool = False) -> str:
         """config `region:`, else boto3's chain (AWS_REGION, AWS_DEFAULT_REGION, profile), else
@@ -135,7 +143,7 @@ class AwsProvider:
         if enforce_budget:
             self.check_budget(cost)
         changes = self.engine(spec).preview()
-        return Preview(changes, cost, warnings + list(cost.warnings))
+        return Preview(changes, cost, self.plan_notices + warnings + list(cost.warnings))
 
     def check_budget(self, cost: Any) -> None:
         message = cost.over_budget(self.config.max_cost_per_hour)
@@ -318,7 +326,7 @@ class AwsProvider:
         return power_off(self.session(), [infos[n] for n in names if n in infos])
 
     def notices(self) -> list[str]:
-        return [
+        return self.plan_notices + [
             f"host {name} did not answer over SSH: {why.splitlines()[0]}"
             for name, why in self.unreachable.items()
         ]
