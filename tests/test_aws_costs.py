@@ -174,10 +174,10 @@ def test_most_expensive_order_and_budget_message() -> None:
     assert [line.type for line in result.most_expensive(10)][-1] == "t3.micro"
     assert result.most_expensive(0) == []
     assert result.over_budget(None) is None
-    assert result.over_budget(1000.0) is None
-    message = result.over_budget(1.0)
+    assert "no price is known" in (result.over_budget(1000.0) or "")  # x9z.huge unpriced
+    message = result.over_budget(1.0)  # the known part alone is over: that is what is said
     assert message is not None
-    assert "max_cost_per_hour" in message and "p3.2xlarge" in message
+    assert "exceeds max_cost_per_hour" in message and "p3.2xlarge" in message
 
 
 def test_to_dict_is_json_ready() -> None:
@@ -204,3 +204,13 @@ def test_to_dict_is_json_ready() -> None:
         "table",
     }
     assert doc["eco_life_hours"] == 2
+
+
+def test_budget_guard_refuses_an_estimate_with_unknown_prices() -> None:
+    result = estimate(make_spec([{"type": "x9z.huge"}, {"type": "t3.micro"}]))
+    assert not result.complete
+    assert result.over_budget(None) is None
+    message = result.over_budget(1000.0)  # the known part is far below, but is not the total
+    assert message is not None
+    assert "no price is known for demo-0-0 (x9z.huge, us-east-1)" in message
+    assert "remove max_cost_per_hour" in message

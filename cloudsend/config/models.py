@@ -354,7 +354,10 @@ class Config(_Model):
         description="aws: managed policies attached to the instances' role (none by default).",
     )
     max_cost_per_hour: float | None = Field(
-        None, gt=0, description="aws: `up` refuses a plan whose estimate exceeds this ($/hour)."
+        None,
+        gt=0,
+        description="aws: `up` refuses a plan whose estimate exceeds this ($/hour), or "
+        "whose estimate lacks a price.",
     )
 
     instances: list[InstanceConfig] = Field(default_factory=list, description="Machines to run on.")

@@ -76,8 +76,23 @@ class CostEstimate:
         return priced[: max(0, n)]
 
     def over_budget(self, limit: float | None) -> str | None:
-        """A message when the total exceeds `limit` $/hour (max_cost_per_hour), else None."""
-        if limit is None or self.total_per_hour <= limit:
+        """A message when the total exceeds `limit` $/hour (max_cost_per_hour), else None.
+
+        An estimate missing some prices cannot prove the plan is within the budget: with a
+        limit set, that is refused too (naming the unpriced instances) rather than waved
+        through as an underestimate."""
+        if limit is None:
+            return None
+        unpriced = [line for line in self.lines if line.hourly is None]
+        if unpriced and self.total_per_hour <= limit:
+            names = ", ".join(f"{line.name} ({line.type}, {line.region})" for line in unpriced[:3])
+            more = f" and {len(unpriced) - 3} more" if len(unpriced) > 3 else ""
+            return (
+                f"cannot check max_cost_per_hour ${limit:.4f}: no price is known for "
+                f"{names}{more} (known part: ${self.total_per_hour:.4f}/hour); "
+                "remove max_cost_per_hour to go ahead without a full estimate"
+            )
+        if self.total_per_hour <= limit:
             return None
         top = ", ".join(
             f"{line.name} ({line.type}, {line.market}) ${line.hourly:.4f}/h"
