@@ -118,6 +118,31 @@ def shim(bin_dir: Path, name: str, body: str) -> Path:
     return path
 
 
+def run_job(
+    run_script: str,
+    script: Path,
+    rendered: RenderedEnv,
+    built: Built,
+    extra: dict[str, str] | None = None,
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Run a job's run.sh as the agent does (the script linked into work/); must succeed."""
+    run_sh = render_job_script(JobConfig(run_script=run_script), rendered, CONFIG)
+    work = built.envdir.parent.parent / "jobs" / "j1" / "work"
+    work.mkdir(parents=True)
+    (work.parent / "run.sh").write_text(run_sh)
+    (work / script.name).symlink_to(script)
+    proc = subprocess.run(
+        ["bash", "../run.sh"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=base_env({**(extra or {}), "CLOUDSEND_ENV_DIR": str(built.envdir)}),
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc, work
+
+
 def path_without(*tools: str) -> str:
     """PATH minus every directory that holds one of `tools`."""
     dirs = os.environ["PATH"].split(os.pathsep)
@@ -142,20 +167,7 @@ def test_pypi_list_real_venv_and_job(tmp_path: Path):
     # A job using the env: run.sh as the agent runs it, the script linked into work/.
     script = tmp_path / "show.py"
     script.write_text("import sys, six\nprint(six.__name__, *sys.argv[1:])\n")
-    run_sh = render_job_script(JobConfig(run_script=f"{script} 'a b' '$HOME'"), rendered, CONFIG)
-    work = tmp_path / "root" / "jobs" / "j1" / "work"
-    work.mkdir(parents=True)
-    (work.parent / "run.sh").write_text(run_sh)
-    (work / "show.py").symlink_to(script)
-    proc = subprocess.run(
-        ["bash", "../run.sh"],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=base_env({"CLOUDSEND_ENV_DIR": str(built.envdir)}),
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc, _ = run_job(f"{script} 'a b' '$HOME'", script, rendered, built)
     assert proc.stdout.strip() == "six a b $HOME"
 
 
@@ -529,21 +541,7 @@ def test_jl_job_runs_with_the_environment_julia(tmp_path: Path):
     assert built.rc == 0, built.log
     script = tmp_path / "fit.jl"
     script.write_text('println("fit ", ARGS)\n')
-    job = JobConfig(run_script=f"{script} --n 3 'two words'")
-    run_sh = render_job_script(job, rendered, CONFIG)
-    work = tmp_path / "root" / "jobs" / "j1" / "work"
-    work.mkdir(parents=True)
-    (work.parent / "run.sh").write_text(run_sh)
-    (work / "fit.jl").symlink_to(script)
-    proc = subprocess.run(
-        ["bash", "../run.sh"],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=base_env({**path, "CLOUDSEND_ENV_DIR": str(built.envdir)}),
-    )
-    assert proc.returncode == 0, proc.stderr
+    _, work = run_job(f"{script} --n 3 'two words'", script, rendered, built, path)
     job_call = json.loads(record.read_text())[-1]
     assert job_call["argv"][-4:] == ["fit.jl", "--n", "3", "two words"]
     assert job_call["project"] == str(built.envdir / "julia")

@@ -146,7 +146,8 @@ def test_frozen_host_is_declared_lost_then_thawed(
     # finished when the frozen host thawed; only one is the job's result) ...
     assert set(done_attempts(project).values()) == {1}, done_attempts(project)
     # ... and its outputs were downloaded once, from whichever host ran the counted attempt
-    assert spy.per_job() == {v.job_id: 1 for v in summary.jobs}, spy.downloads
+    once = {v.job_id: 1 for v in summary.jobs}
+    assert spy.per_job() == once, (spy.downloads, notices.texts())
     # once thawed, a later status sees each job once and no second result appears
     again = json.loads(project.cli("run", "--json", check=True).stdout)
     check_results(again, 6)

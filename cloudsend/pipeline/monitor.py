@@ -354,11 +354,28 @@ class RunMonitor:
         self.s.reporter.notice(f"re-queuing {len(stranded)} job(s) from lost host {host}")
         self._submit({job: attempt + 1 for job, attempt in stranded.items()}, targets)
 
+    def _done_there(
+        self, host: str | None, job_id: str, attempt: int, cache: dict[str, dict[str, Any]]
+    ) -> bool:
+        """Whether the newer attempt already finished on its host, as its agent says now:
+        its DONE may still be queued behind this event, and adopting the older attempt then
+        would fetch a second copy of the same job's outputs."""
+        if not host or host in self.s.lost_hosts:
+            return False
+        if host not in cache:
+            try:
+                cache[host] = AgentClient(self.s.host_named(host)).status().get("jobs", {})
+            except CloudsendError:
+                cache[host] = {}
+        there = cache[host].get(job_id) or {}
+        return bool(there.get("state") == "DONE" and there.get("attempt") == attempt)
+
     def _settle_return(self, host: str, status: dict[str, Any]) -> None:
         """A lost host answers again: take results it finished first, cancel stale attempts."""
         pending = self.requeued.get(host, {})
         on_host = status.get("jobs", {})
         stale: list[str] = []
+        elsewhere: dict[str, dict[str, Any]] = {}  # host → its agent's jobs, asked once
         for job_id, old_attempt in list(pending.items()):
             job = on_host.get(job_id)
             if not job or job.get("attempt") != old_attempt:
@@ -369,12 +386,19 @@ class RunMonitor:
                 del pending[job_id]
                 continue
             rec = self.s.store.job(self.run_id, job_id)
-            if job.get("state") == "DONE" and rec is not None and rec.state != "DONE":
+            if (
+                job.get("state") == "DONE"
+                and rec is not None
+                and rec.state != "DONE"
+                and not self._done_there(rec.host, job_id, rec.attempt, elsewhere)
+            ):
                 if rec.host and rec.host != host:
-                    with contextlib.suppress(CloudsendError):
-                        AgentClient(self.s.host_named(rec.host)).cancel([job_id])
+                    # forgotten before the cancel: a collect woken by the cancel must not
+                    # fetch the cancelled attempt's logs over the adopted result's
                     if rec.host in self.watchers:
                         self.watchers[rec.host].forget({job_id})
+                    with contextlib.suppress(CloudsendError):
+                        AgentClient(self.s.host_named(rec.host)).cancel([job_id])
                 self.s.store.adopt_attempt(
                     self.run_id, job_id, host, old_attempt, job.get("exit_code")
                 )
