@@ -202,3 +202,15 @@ def test_a_job_bigger_than_every_host_is_refused_before_anything_runs(project: P
         assert "jobs[0] (cpus_req=3) needs more CPUs than any host has" in proc.stderr
         assert "Traceback" not in proc.stderr
     assert not (project.path / ".cloudsend" / "hosts" / "local-0-0" / "agent.py").exists()
+
+
+def test_cloud_only_keys_are_ignored_with_a_notice_on_local(project: Project) -> None:
+    project.config(
+        "instances:\n  - cpus: 2\n    eco: true\n    max_bid: 0.1\n"
+        "jobs:\n  - run_command: echo hi > o.txt\n    output_file: o.txt\n"
+    )
+    proc = project.cli("run", check=True)
+    flat = " ".join(proc.stdout.split())  # rich wraps long lines
+    assert "instances[0].eco is ignored by the local provider" in flat
+    assert "instances[0].max_bid is ignored by the local provider" in flat
+    assert [p.read_text() for p in project.results().glob("*/o.txt")] == ["hi\n"]
