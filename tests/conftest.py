@@ -4,9 +4,11 @@ every agent daemon a test started (no process may outlive its test)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,3 +100,15 @@ def project(tmp_path: Path) -> Project:
     proj = Project(tmp_path / "proj")
     proj.path.mkdir()
     return proj
+
+
+@pytest.fixture
+def ledger_dir() -> Iterator[Path]:
+    """A dir every test user may append to (pytest's tmp dirs are root-only): jobs run as
+    the ssh hosts' users record their executions there."""
+    path = Path(tempfile.mkdtemp(prefix="cloudsend-ledger-"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

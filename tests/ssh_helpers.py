@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
-import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +19,6 @@ JOB = (
     'echo "$CLOUDSEND_JOB_ID $(hostname) $$" >> {ledger} && sleep {sleep} && '
     'echo "$CLOUDSEND_JOB_ID" > out.txt'
 )
-
-
-@contextmanager
-def shared_ledger_dir() -> Iterator[Path]:
-    """A dir every test user may append to (pytest's tmp dirs are root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="cloudsend-ledger-"))
-    path.chmod(0o777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def ssh_config(

@@ -27,18 +27,10 @@ from tests.ssh_helpers import (
     lost_notice,
     pname,
     processes_under,
-    shared_ledger_dir,
     ssh_config,
     wait_for,
 )
 from tests.sshd_harness import stop_agents
-
-
-@pytest.fixture
-def ledger_dir() -> Iterator[Path]:
-    with shared_ledger_dir() as path:
-        yield path
-
 
 # ---- down ----------------------------------------------------------------------------------
 

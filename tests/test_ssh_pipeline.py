@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,9 @@ from tests.ssh_helpers import (
     lost_notice,
     pname,
     processes_under,
-    shared_ledger_dir,
     ssh_config,
     wait_for,
 )
-
-
-@pytest.fixture
-def ledger_dir() -> Iterator[Path]:
-    with shared_ledger_dir() as path:
-        yield path
 
 
 def done_attempts(project: Project) -> dict[str, int]:

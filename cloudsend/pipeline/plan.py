@@ -24,9 +24,12 @@ class PlannedJob:
     def job_id(self) -> str:
         return self.unit.job_id
 
-    def spec(self, attempt: int, root: str, index: FileIndex, copy: bool) -> dict[str, Any]:
-        """The JobSpec the agent receives (docs/internals.md)."""
-        return {
+    def spec(
+        self, attempt: int, root: str, index: FileIndex, copy: bool, rerun: bool = False
+    ) -> dict[str, Any]:
+        """The JobSpec the agent receives (docs/internals.md); `rerun` lets a DONE job on
+        the host run again (a new run under recover: false)."""
+        spec = {
             "job_id": self.job_id,
             "attempt": attempt,
             "env_id": self.env.env_id if self.env else None,
@@ -36,6 +39,9 @@ class PlannedJob:
             "copy": copy,
             "outputs": list(self.unit.job.output_files),
         }
+        if rerun:
+            spec["rerun"] = True
+        return spec
 
 
 @dataclass

@@ -299,10 +299,10 @@ class Session:
             needed = set().union(*(self.index.hashes(p.files) for p in jobs))
             envs = {p.env.env_id: p.env for p in jobs if p.env is not None}
             copy = not self.config.mutualize_uploads
-            specs = [p.spec(attempts[p.job_id], host.root, self.index, copy) for p in jobs]
-            if self.fresh_run:
-                for spec in specs:
-                    spec["rerun"] = True
+            specs = [
+                p.spec(attempts[p.job_id], host.root, self.index, copy, rerun=self.fresh_run)
+                for p in jobs
+            ]
             report = DeployReport(host.name)
             try:
                 report = deploy_host(host, self.index, needed, self._present.pop(host.name, None))
