@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,7 +243,7 @@ def open_database(path: Path, busy_timeout: float) -> sqlite3.Connection:
         conn.execute("PRAGMA foreign_keys = ON")
         # WAL lets other processes read while this one writes. This is also the first statement
         # that reads the file, so a corrupt file shows up here.
-        conn.execute("PRAGMA journal_mode = WAL")
+        _use_wal(conn, busy_timeout)
         # NORMAL in WAL mode: commits survive a crash of cloudsend (what recovery is about);
         # only an OS crash can lose the last ones, and the agents then still hold the truth.
         # FULL would fsync on every commit, which dominated the watch loop with many jobs.
@@ -258,6 +259,22 @@ def open_database(path: Path, busy_timeout: float) -> sqlite3.Connection:
             raise sqlite_error(path, exc) from exc
         raise
     return conn
+
+
+def _use_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Switch a new file to WAL (a no-op once it is). The switch needs the file to itself
+    and SQLite answers "locked" at once, without its busy handler, when another process
+    opens the new store at that moment (a `status` beside the first `run`): retry it within
+    the busy timeout like any other wait for the lock."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
