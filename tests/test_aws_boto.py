@@ -314,6 +314,7 @@ def test_monitor_events_reaction_and_start(moto_aws: Any) -> None:
     assert reaction.start == [ids[0]]
     assert reaction.replace == ["demo-0-1", "demo-1-0"]
     assert reaction.lost_hosts == ["demo-0-1", "demo-1-0"]
+    assert reaction.interrupted == ["demo-1-0"]  # AWS's doing, unlike the user's terminate
 
     assert mon.start(reaction.start + [ids[2]]) == [ids[0]]  # ids[2] is running: left alone
     assert moto_aws.state(ids[0]) == "running"

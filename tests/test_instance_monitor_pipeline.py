@@ -123,7 +123,7 @@ def test_spot_interruption_requeues_jobs_and_auto_stop_stops_machines(
         fault.join()
     finally:
         client.close()
-    assert [v.state for v in views] == ["DONE"] * 9
+    assert [v.state for v in views] == ["DONE"] * 9, (views, client.notices)
     assert all(v.fetched and v.host != "local-0-1" for v in views)
     assert any("local-0-1 is gone" in n for n in client.notices), client.notices
     assert any("re-queuing" in n for n in client.notices), client.notices

@@ -417,10 +417,12 @@ def test_host_casualties_are_told_from_job_failures() -> None:
     vanished = "process vanished (host restarted?)"
     for gone in (False, True):
         assert killed_with_host(vanished, host_gone=gone)
-        assert killed_with_host("killed by stop --kill-jobs", host_gone=gone)
         assert not killed_with_host("cancelled", host_gone=gone)
         assert not killed_with_host("exit code 1: Traceback", host_gone=gone)
         assert not killed_with_host(None, host_gone=gone)
     # a signal is the machine's shutdown only when the machine is known to be gone
     assert killed_with_host("killed by signal 15", host_gone=True)
     assert not killed_with_host("killed by signal 9: oom", host_gone=False)
+    # likewise stop --kill-jobs: on a live host it is `down` or `run --reset` stopping all
+    assert killed_with_host("killed by stop --kill-jobs", host_gone=True)
+    assert not killed_with_host("killed by stop --kill-jobs", host_gone=False)

@@ -269,7 +269,11 @@ class RunMonitor:
                 started = provider.start_instances(reaction.start, skip_names=self.stopped)
                 if started:
                     self.s.reporter.notice(f"starting {len(started)} stopped instance(s)")
-        # auto_stop ended these on purpose (a spot one is terminated): no loss, no replacement
+        # auto_stop ended these on purpose (a spot one is terminated): no loss, no replacement.
+        # A spot interruption is AWS's doing even on a host auto_stop stopped meanwhile: its
+        # jobs that the machine's end killed must still run again elsewhere.
+        interrupted = set(getattr(reaction, "interrupted", ()))
+        self.stopped -= interrupted
         reaction.lost_hosts = [n for n in reaction.lost_hosts if n not in self.stopped]
         reaction.replace = [n for n in reaction.replace if n not in self.stopped]
         known = {h.name for h in self.s.hosts}

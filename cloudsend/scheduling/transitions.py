@@ -51,25 +51,30 @@ def is_final(state: CloudSendProcessState | str) -> bool:
     return s in _REAL_STATES and bool(s & FINAL_STATES)
 
 
-# Reasons an agent gives for a job ended from outside, by the machine rather than by the job:
-# its process vanished (the host restarted) or the whole host was stopped with its jobs.
-_HOST_CASUALTIES = ("process vanished", "killed by stop --kill-jobs")
+# Reasons an agent gives for a job ended from outside, by the machine rather than by the job.
+# Its process vanished: the host restarted under it.
+_HOST_RESTARTED = "process vanished"
+# Signals, and `stop --kill-jobs` (how a machine's end is simulated, and what `down` does):
+# a casualty only when the machine is known to be gone, never on a live host, where they are
+# the job's own doing or the user stopping everything.
+_KILLED = ("killed by signal", "killed by stop --kill-jobs")
 
 
 def killed_with_host(reason: str | None, *, host_gone: bool) -> bool:
     """Whether an ABORTED job was a casualty of its host rather than a failure of its own.
 
     Such a job is re-queued with the host's other unfinished jobs instead of being reported
-    as failed. A job killed by a signal counts only when the machine itself is gone
-    (terminated, spot-interrupted): a shutdown signals every process just before the end,
-    whereas on a live host a signal is as likely the job's own doing (the OOM killer, say).
+    as failed. A job killed by a signal (or by `stop --kill-jobs`) counts only when the
+    machine itself is gone (terminated, spot-interrupted): a shutdown signals every process
+    just before the end, whereas on a live host a signal is as likely the job's own doing
+    (the OOM killer, say) and `stop --kill-jobs` is `cloudsend down` or `run --reset`.
     A job the user cancelled never counts.
     """
     if not reason:
         return False
-    if reason.startswith(_HOST_CASUALTIES):
+    if reason.startswith(_HOST_RESTARTED):
         return True
-    return host_gone and reason.startswith("killed by signal")
+    return host_gone and reason.startswith(_KILLED)
 
 
 class HostView(str, Enum):

@@ -76,6 +76,8 @@ class Reaction:
     start: list[str] = field(default_factory=list)  # instance ids to start (were stopped)
     replace: list[str] = field(default_factory=list)  # host names to provision again
     lost_hosts: list[str] = field(default_factory=list)  # host names whose jobs go elsewhere
+    # host names AWS interrupted (spot): never what auto_stop did, whatever else is known
+    interrupted: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.start or self.replace or self.lost_hosts)
@@ -108,6 +110,9 @@ def plan_reaction(events: Iterable[InstanceEvent]) -> Reaction:
         elif event.kind in ("terminated", "spot_interrupted", "missing"):
             _append_once(reaction.replace, event.name)
             _append_once(reaction.lost_hosts, event.name)
+            if event.kind == "spot_interrupted" and event.reason_code.startswith("Server."):
+                # AWS says it reclaimed it: not something cloudsend's own terminate did
+                _append_once(reaction.interrupted, event.name)
             running_names.discard(event.name)
         elif event.kind == "running":
             running_names.add(event.name)
