@@ -422,7 +422,7 @@ def test_pulumi_cli_entry_refuses_another_project_name(tmp_path: Path) -> None:
     import pulumi
 
     (tmp_path / "cloudsend.yaml").write_text(
-        "project: My Demo\nprovider: aws\ninstances:\n  - type: t3.small\n"
+        "project: My_Demo\nprovider: aws\ninstances:\n  - type: t3.small\n"
     )
     mocks = offline.OfflineMocks()
     config = {
@@ -452,7 +452,7 @@ def test_engine_provider_and_program_agree_on_the_project_name(
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     config = load_config(
         {
-            "project": "My Big Exp!",
+            "project": "My.Big_Exp",
             "provider": "aws",
             "region": "eu-west-1",
             "ssh_cidrs": [MY_IP],
@@ -469,4 +469,4 @@ def test_engine_provider_and_program_agree_on_the_project_name(
     keys = sorted(p.name for p in (tmp_path / "home" / ".cloudsend" / "keys").iterdir())
     assert keys == ["my-big-exp--my-big-exp", "my-big-exp--my-big-exp.pub"]
     # any caller of the engine gets a valid Pulumi project name
-    assert Engine("My Big Exp!", "dev", lambda: None, plugins={}).project == "my-big-exp"
+    assert Engine("My.Big_Exp", "dev", lambda: None, plugins={}).project == "my-big-exp"

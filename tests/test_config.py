@@ -220,22 +220,22 @@ def test_wrong_types_are_all_reported_with_path_line_and_values(project: Path) -
     assert "types.yaml:1: debug: expected an integer from 0 to 3, got 7" in message
     assert (
         f"types.yaml:{line_of(path, 'many')}: jobs[0].cpus_req: "
-        "expected an integer >= 1, got 'many'" in message
+        "expected an integer from 1 to 1024, got 'many'" in message
     )
     assert (
-        f"types.yaml:{line_of(path, '-2')}: jobs[1].repeat: expected an integer >= 1, got -2"
+        f"types.yaml:{line_of(path, '-2')}: jobs[1].repeat: expected an integer from 1 to 100000, got -2"
         in message
     )
     assert (
-        f"types.yaml:{line_of(path, ': 0')}: jobs[2].cpus_req: expected an integer >= 1, got 0"
+        f"types.yaml:{line_of(path, ': 0')}: jobs[2].cpus_req: expected an integer from 1 to 1024, got 0"
         in message
     )
 
 
 def test_optional_int_bounds_are_named() -> None:
     message = error_of({"instances": [{"cpus": 0, "disk_size": "big"}]})
-    assert "instances[0].cpus: expected an integer >= 1, got 0" in message
-    assert "instances[0].disk_size: expected an integer >= 1, got 'big'" in message
+    assert "instances[0].cpus: expected an integer from 1 to 1024, got 0" in message
+    assert "instances[0].disk_size: expected an integer from 1 to 65536, got 'big'" in message
 
 
 def test_wrong_bool_and_yes_as_a_count() -> None:
@@ -552,7 +552,8 @@ def test_schema_describes_every_key() -> None:
         for key, prop in definition["properties"].items():
             assert prop.get("description"), f"{key} has no description"
     cpus = schema["$defs"]["InstanceConfig"]["properties"]["cpus"]
-    assert {"type": "integer", "minimum": 1} in cpus["anyOf"]  # bounds survive on optional fields
+    # bounds survive on optional fields
+    assert {"type": "integer", "minimum": 1, "maximum": 1024} in cpus["anyOf"]
 
 
 def test_schema_accepts_the_example_config() -> None:

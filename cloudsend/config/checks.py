@@ -14,8 +14,20 @@ import re
 import shlex
 from pathlib import Path, PurePath
 
-from cloudsend.config.messages import Issue, KeyPath, did_you_mean, format_path
-from cloudsend.config.models import Config, EnvironmentConfig, InstanceConfig, JobConfig
+from cloudsend.config.messages import Issue, KeyPath, did_you_mean, format_path, show
+from cloudsend.config.models import (
+    MAX_JOB_RUNS,
+    MAX_MACHINES,
+    Config,
+    EnvironmentConfig,
+    InstanceConfig,
+    JobConfig,
+    check_name,
+)
+
+# Files cloudsend itself writes in a job's results folder: an output of that name would
+# overwrite them (or be overwritten).
+RESERVED_OUTPUTS = frozenset({"stdout.log", "stderr.log"})
 
 # Instance keys (and the global profile) that only mean something on a cloud.
 CLOUD_ONLY_KEYS = (
@@ -44,6 +56,7 @@ def check_and_resolve(config: Config) -> list[Issue]:
             )
         )
     _check_hosts(config, issues)
+    _check_totals(config, issues)
     names = _check_environments(config, issues)
     for index, job in enumerate(config.jobs):
         _check_job(config, ("jobs", index), job, names, issues)
@@ -84,6 +97,40 @@ def _check_hosts(config: Config, issues: list[Issue]) -> None:
             if _kind(key) != "file":
                 issues.append(_missing(config, ("hosts", index, "key"), "key", host.key, key))
             host.key = key
+
+
+def machine_count(instances: list[InstanceConfig], max_job_cpus: int) -> int:
+    """How many machines `explode_instances` makes, computed without making them."""
+    m = max(1, max_job_cpus)
+    total = 0
+    for inst in instances:
+        split = inst.explode and inst.cpus is not None and inst.cpus >= 2 * m
+        total += inst.number * (inst.cpus // m if split and inst.cpus is not None else 1)
+    return total
+
+
+def _check_totals(config: Config, issues: list[Issue]) -> None:
+    # Checked on the numbers, before anything makes one object per run or per machine.
+    runs = sum(job.repeat for job in config.jobs)
+    if runs > MAX_JOB_RUNS:
+        issues.append(
+            Issue(
+                ("jobs",),
+                f"{runs} job runs in all (repeat added up); at most {MAX_JOB_RUNS} are allowed",
+                hint="split the work into several configs, or make each run do more",
+            )
+        )
+    biggest = max((job.cpus_req for job in config.jobs), default=1)
+    machines = machine_count(config.instances, biggest)
+    if machines > MAX_MACHINES:
+        issues.append(
+            Issue(
+                ("instances",),
+                f"{machines} machines in all (number, and explode's pieces); at most "
+                f"{MAX_MACHINES} are allowed",
+                hint="lower number or cpus, or leave explode off",
+            )
+        )
 
 
 def local_notices(config: Config) -> list[str]:
@@ -141,6 +188,8 @@ def _check_environments(config: Config, issues: list[Issue]) -> list[str]:
             issues.append(Issue(key, "missing: with several environments each needs a unique name"))
         elif env.name is not None and not env.name.strip():
             issues.append(Issue(key, "is empty; give the environment a name"))
+        elif env.name is not None and _unsafe(env.name):
+            issues.append(Issue(key, _unsafe(env.name) or ""))
         elif env.name is not None and env.name in seen:
             other = format_path(("environments", seen[env.name]))
             issues.append(
@@ -150,6 +199,16 @@ def _check_environments(config: Config, issues: list[Issue]) -> list[str]:
             seen.setdefault(env.name, index)
         _resolve_environment(config, ("environments", index), env, issues)
     return list(seen)
+
+
+def _unsafe(name: str) -> str | None:
+    """Why `name` cannot name an environment (it becomes part of a folder name on every
+    host), or None."""
+    try:
+        check_name(name)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _resolve_environment(
@@ -234,6 +293,9 @@ def _resolve_inputs(
         resolved = []
         for index, value in enumerate(getattr(job, field)):
             where: KeyPath = (*key, field, index)
+            if not str(value).strip():
+                issues.append(Issue(where, "is an empty path; name a file, or remove the entry"))
+                continue
             path = _absolute(config.base_dir, value)
             resolved.append(path)
             kind = _kind(path)
@@ -258,31 +320,62 @@ def _resolve_inputs(
 
 
 def _check_outputs(key: KeyPath, job: JobConfig, issues: list[Issue]) -> None:
-    cleaned = []
+    """Normalise outputs (`./a.txt` is `a.txt`), drop exact repeats, and refuse what cannot
+    be fetched as a file of its own: outside the work dir, cloudsend's own log names, or one
+    output inside another (the archive would hold it twice)."""
+    cleaned: list[str] = []
+    seen: dict[str, int] = {}  # normalised output → its index
+    parents: dict[str, int] = {}  # every folder above an output → that output's index
     for index, value in enumerate(job.output_files):
         where: KeyPath = (*key, "output_files", index)
-        text = value.strip()
-        norm = posixpath.normpath(text) if text else ""
-        if not text or "\0" in text:
-            issues.append(Issue(where, f"{value!r} is not a file name"))
-        elif text.startswith("~"):
-            issues.append(
-                Issue(
-                    where, f"{value!r}: '~' is not expanded; outputs are relative to the work dir"
-                )
-            )
-        elif text.startswith("/") or re.match(r"[A-Za-z]:[\\/]", text):
+        problem = _output_problem(value)
+        if problem is not None:
+            issues.append(Issue(where, problem))
+            cleaned.append(value)
+            continue
+        norm = posixpath.normpath(value.strip())
+        if norm in seen:
+            continue  # the same file listed twice: fetched once
+        ancestors = [posixpath.dirname(norm)]
+        while ancestors[-1]:
+            ancestors.append(posixpath.dirname(ancestors[-1]))
+        outer = next((a for a in ancestors if a in seen), None)
+        if outer is not None or norm in parents:
+            other = outer if outer is not None else job.output_files[parents[norm]]
             issues.append(
                 Issue(
                     where,
-                    f"{value!r} is an absolute path; outputs are relative to the job's work dir",
+                    f"{show(value)} and {show(other)}: one is inside the other; list only the "
+                    "outer one (a folder is fetched with everything in it)",
                 )
             )
-        elif norm == ".." or norm.startswith("../"):
-            issues.append(
-                Issue(where, f"{value!r} leaves the job's work dir; outputs must stay inside it")
-            )
-        elif norm == ".":
-            issues.append(Issue(where, f"{value!r} is the work dir itself; name a file in it"))
-        cleaned.append(norm or value)
+            continue
+        seen[norm] = index
+        for folder in ancestors[:-1]:
+            parents.setdefault(folder, index)
+        cleaned.append(norm)
     job.output_files = cleaned
+
+
+def _output_problem(value: str) -> str | None:
+    text = value.strip()
+    norm = posixpath.normpath(text) if text else ""
+    if not text:
+        return "is an empty path; name a file, or remove the entry"
+    if "\0" in text or any(ord(c) < 32 for c in text):
+        return f"{show(value)} is not a file name (control characters)"
+    if text.startswith("~"):
+        return f"{show(value)}: '~' is not expanded; outputs are relative to the work dir"
+    if text.startswith("/") or re.match(r"[A-Za-z]:[\\/]", text):
+        return f"{show(value)} is an absolute path; outputs are relative to the job's work dir"
+    if norm == ".." or norm.startswith("../"):
+        return f"{show(value)} leaves the job's work dir; outputs must stay inside it"
+    if norm == ".":
+        return f"{show(value)} is the work dir itself; name a file in it"
+    if norm.split("/")[0] in RESERVED_OUTPUTS:
+        names = " and ".join(sorted(RESERVED_OUTPUTS))
+        return (
+            f"{show(value)} would overwrite the job's own log in its results folder "
+            f"({names} are cloudsend's); write to another name"
+        )
+    return None

@@ -16,7 +16,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from cloudsend.config.models import Config, EnvironmentConfig, InstanceConfig, JobConfig
+from cloudsend.config.models import (
+    Config,
+    EnvironmentConfig,
+    InstanceConfig,
+    JobConfig,
+    SshHostConfig,
+)
 from cloudsend.errors import ConfigError
 
 KeyPath = tuple[str | int, ...]
@@ -28,6 +34,7 @@ _ALIASES: dict[type[BaseModel], tuple[str, ...]] = {JobConfig: ("input_file", "o
 _SECTIONS: dict[type[BaseModel], str] = {
     Config: "the top level",
     InstanceConfig: "instances[] entries",
+    SshHostConfig: "hosts[] entries",
     EnvironmentConfig: "environments[] entries",
     JobConfig: "jobs[] entries",
 }
@@ -133,14 +140,13 @@ def unknown_key(path: KeyPath, key: str, model: type[BaseModel]) -> Issue:
     elsewhere = [s for m, s in _SECTIONS.items() if m is not model and key in keys_of(m)]
     if guess and elsewhere:
         text = f"did you mean {guess!r}? ({key!r} belongs in {elsewhere[0]})"
-        return Issue(path, f"unknown key {key!r} here; {text}")
+        return Issue(path, f"unknown key {show(key)} here; {text}")
     if elsewhere:
-        return Issue(path, f"unknown key {key!r} here; it belongs in {elsewhere[0]}")
+        return Issue(path, f"unknown key {show(key)} here; it belongs in {elsewhere[0]}")
     if guess:
-        return Issue(path, f"unknown key {key!r}; did you mean {guess!r}?")
-    return Issue(
-        path, f"unknown key {key!r}", hint=f"keys of {_SECTIONS[model]}: " + ", ".join(known)
-    )
+        return Issue(path, f"unknown key {show(key)}; did you mean {guess!r}?")
+    section = _SECTIONS.get(model, "this section")  # a model added later still gets a message
+    return Issue(path, f"unknown key {show(key)}", hint=f"keys of {section}: " + ", ".join(known))
 
 
 def config_error(issues: Sequence[Issue], locator: Locator) -> ConfigError:
@@ -232,6 +238,8 @@ _EXPECTED = {
 
 def _expected(err: Any, owner: type[BaseModel] | None, name: str | None) -> str:
     kind = str(err["type"])
+    if kind == "missing":
+        return "is required, got nothing"
     if kind == "value_error":
         ctx = err.get("ctx") or {}
         return str(ctx.get("error", err["msg"]))

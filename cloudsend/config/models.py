@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
-from annotated_types import Ge
+from annotated_types import Ge, Le
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -119,10 +119,73 @@ def _parse_hours(value: str) -> float:
     )
 
 
+# Upper bounds: beyond them a config is a mistake (or hostile), and the code downstream
+# materialises one object per job run and per machine, so they also bound memory and time.
+MAX_REPEAT = 100_000  # runs of one jobs[] entry
+MAX_JOB_RUNS = 100_000  # runs of all jobs together (checks.py)
+MAX_NUMBER = 1_000  # machines of one instances[] entry
+MAX_MACHINES = 1_000  # machines of all entries, after explode (checks.py)
+MAX_CPUS = 1_024  # cpus of a machine, cpus_req of a job
+MAX_DISK_GB = 65_536  # the largest EBS volume
+MAX_NAME = 64  # project and environment names
+
+# A name that becomes a path or an id (project, environment): a safe ASCII subset, starting
+# with a letter, digit or '_' (no '.', '..', '/', leading '-' or '.').
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+NAME_HELP = (
+    f"use at most {MAX_NAME} letters, digits, '_', '-' and '.', starting with a letter, "
+    "digit or '_'"
+)
+
+
+def check_name(value: str) -> str:
+    """`value` if it is a safe name (NAME_RE, no '..', at most MAX_NAME), else ValueError."""
+    if len(value) > MAX_NAME or not NAME_RE.fullmatch(value) or ".." in value:
+        raise ValueError(f"is not a safe name ({NAME_HELP}), got {_short(value)}")
+    return value
+
+
+def safe_name(text: str) -> str:
+    """`text` reduced to a safe name (for names cloudsend derives, e.g. from a file name)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
+    cleaned = re.sub(r"\.{2,}", ".", cleaned).lstrip("-.")[:MAX_NAME].rstrip("-.")
+    return cleaned or "cloudsend"
+
+
+def check_root(value: str) -> str:
+    """A host root as written in the config, normalised: absolute or under ~/, no '..', not
+    / nor ~ itself, printable ASCII (it is quoted into shell commands and removed by down)."""
+    text = value.strip()
+    if not text or any(ord(c) < 32 or ord(c) > 126 for c in text):
+        raise ValueError(f"{_short(value)} is not a usable folder path (empty or control chars)")
+    if not (text.startswith("/") or text == "~" or text.startswith("~/")):
+        raise ValueError(
+            f"{_short(value)} must be an absolute path or start with ~/ (e.g. ~/.cloudsend/demo)"
+        )
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"{_short(value)} contains '..'; give the folder's real path")
+    head = "~" if text.startswith("~") else ""
+    rest = parts[1:] if head else parts
+    if not rest:
+        raise ValueError(
+            f"{_short(value)} is {'your home' if head else 'the root'} folder; give cloudsend a "
+            "folder of its own (e.g. ~/.cloudsend/demo): `down` removes it"
+        )
+    return "/".join([head, *rest]) if head else "/" + "/".join(rest)
+
+
+def _short(value: str, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
 Int = Annotated[int, BeforeValidator(_no_bool)]
 # Bounds inside the type, not on Field: pydantic then puts them in the JSON Schema of an
 # optional field too (with Field(ge=1) on `int | None` some versions drop them).
 PositiveInt = Annotated[int, Ge(1), BeforeValidator(_no_bool)]
+CpuCount = Annotated[int, Ge(1), Le(MAX_CPUS), BeforeValidator(_no_bool)]
+DiskSize = Annotated[int, Ge(1), Le(MAX_DISK_GB), BeforeValidator(_no_bool)]
 StrList = Annotated[list[str], BeforeValidator(_as_list), WithJsonSchema(_ONE_OR_MANY)]
 PathList = Annotated[list[Path], BeforeValidator(_as_list), WithJsonSchema(_ONE_OR_MANY)]
 PackagesOrPath = Annotated[
@@ -167,20 +230,20 @@ class InstanceConfig(_Model):
     img_id: str | None = Field(None, description="Machine image (AMI); default latest Ubuntu LTS.")
     img_username: str | None = Field(None, description="SSH user of img_id (default ubuntu).")
     type: str | None = Field(None, description="Instance type, e.g. t3.micro.")
-    cpus: PositiveInt | None = Field(
+    cpus: CpuCount | None = Field(
         None, description="CPU cores to use; the capacity jobs are packed into."
     )
     gpu: str | None = Field(None, description="GPU kind wanted; pick a type that has it.")
-    disk_size: PositiveInt | None = Field(None, description="Root volume size in GB.")
+    disk_size: DiskSize | None = Field(None, description="Root volume size in GB.")
     disk_type: str | None = Field(None, description="Root volume type (gp3, io2, st1...).")
     eco: bool = Field(False, description="True: a spot instance (cheaper, may be interrupted).")
     eco_life: Duration = Field(
         None, description=f"How long a spot request may live: {_DURATION_HELP}."
     )
     max_bid: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="Highest spot price in $/hour."
+        None, gt=0, le=1_000, allow_inf_nan=False, description="Highest spot price in $/hour."
     )
-    number: Int = Field(1, ge=1, description="How many instances of this entry.")
+    number: Int = Field(1, ge=1, le=MAX_NUMBER, description="How many instances of this entry.")
     explode: bool = Field(
         False, description="May this entry's CPUs be split across several smaller instances."
     )
@@ -193,10 +256,18 @@ class SshHostConfig(_Model):
     port: Int = Field(22, ge=1, le=65535, description="SSH port.")
     user: str | None = Field(None, description="Login user; default: your local user name.")
     key: Path | None = Field(None, description="Private key file; default: ssh agent/default keys.")
-    cpus: PositiveInt | None = Field(None, description="CPU slots; default: detected (nproc).")
+    cpus: CpuCount | None = Field(None, description="CPU slots; default: detected (nproc).")
     root: str | None = Field(
-        None, description="cloudsend's folder on the host; default ~/.cloudsend/<project>."
+        None,
+        description="cloudsend's folder on the host (absolute, or ~/...); default "
+        "~/.cloudsend/<project>. cloudsend marks it as its own and `down` removes only a "
+        "folder so marked.",
     )
+
+    @field_validator("root")
+    @classmethod
+    def _root_is_safe(cls, value: str | None) -> str | None:
+        return None if value is None else check_root(value)
 
     @field_validator("address")
     @classmethod
@@ -244,7 +315,9 @@ class JobConfig(_Model):
         description="Environment to run in. Left out: the only environment if there is "
         "exactly one, otherwise no environment (the host's own tools).",
     )
-    cpus_req: Int = Field(1, ge=1, description="CPUs the job needs (for packing).")
+    cpus_req: Int = Field(
+        1, ge=1, le=MAX_CPUS, description="CPUs the job needs (for packing)."
+    )
     run_script: str | None = Field(
         None,
         description="'path/script.py arg1 \"arg two\"': .py runs with the environment's "
@@ -263,7 +336,9 @@ class JobConfig(_Model):
         description="File(s) the script writes, relative to its work dir; fetched back when "
         "the job is done (also: output_file).",
     )
-    repeat: Int = Field(1, ge=1, description="Run this job N times, each its own process.")
+    repeat: Int = Field(
+        1, ge=1, le=MAX_REPEAT, description="Run this job N times, each its own process."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -287,7 +362,9 @@ class Config(_Model):
     """A whole config file: globals, then instances, environments and jobs."""
 
     project: str | None = Field(
-        None, description="Name used in instance/stack names; default: the config file name."
+        None,
+        description="Name used in instance/stack names and host folders; default: the config "
+        f"file name. {NAME_HELP[0].upper()}{NAME_HELP[1:]}.",
     )
     profile: str | None = Field(None, description="AWS profile from ~/.aws; none: default chain.")
     dev: bool = Field(
@@ -328,6 +405,8 @@ class Config(_Model):
     host_lost_after: float = Field(
         60.0,
         gt=0,
+        le=7 * 24 * 3600,
+        allow_inf_nan=False,
         description="Seconds a host may stay unreachable before it is declared lost and its "
         "unfinished jobs are re-queued on the other hosts.",
     )
@@ -356,6 +435,7 @@ class Config(_Model):
     max_cost_per_hour: float | None = Field(
         None,
         gt=0,
+        allow_inf_nan=False,
         description="aws: `up` refuses a plan whose estimate exceeds this ($/hour), or "
         "whose estimate lacks a price.",
     )
@@ -376,10 +456,12 @@ class Config(_Model):
 
     @property
     def project_name(self) -> str:
+        """The project: `project:` (validated as a safe name), else the config file's name
+        made safe (it becomes a folder on every host)."""
         if self.project:
             return self.project
         if self.source is not None:
-            return self.source.stem
+            return safe_name(self.source.stem)
         return "cloudsend"
 
     @property
@@ -419,7 +501,7 @@ class Config(_Model):
 
     @field_validator("project")
     @classmethod
-    def _project_not_blank(cls, value: str | None) -> str | None:
+    def _project_is_safe(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("expected a name, got an empty string (leave project out instead)")
-        return value
+        return None if value is None else check_name(value)

@@ -9,6 +9,7 @@ from cloudsend.agent import AGENT_PATH, agent_sha256
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.files import FileIndex, sync_files
 from cloudsend.providers.base import Host
+from cloudsend.providers.roots import CLAIMED, claim_command, claim_outcome, refusal_error
 
 _STARTED = "__cloudsend_agent_started__"
 
@@ -20,22 +21,29 @@ class DeployReport:
     bytes_sent: int = 0
 
 
-def ensure_agent(host: Host) -> set[str]:
+def ensure_agent(host: Host, project: str) -> set[str]:
     """Make sure the host runs the current agent, in one round trip when it already has it.
 
-    The same command lists the content-addressed files the host already has (the submit
-    step then needs not ask again) and, when the host's agent.py is the current one, starts
-    it. Returns that listing.
+    The same command claims the host root for `project` (providers.roots: a folder that is
+    not cloudsend's is refused with a ProvisionError, never written into), lists the
+    content-addressed files the host already has (the submit step then needs not ask again)
+    and, when the host's agent.py is the current one, starts it. Returns that listing.
     """
     root = shlex.quote(host.root)
     start = AgentClient(host).command("start", "--slots", str(host.cpus))
     want = agent_sha256()
     probe = host.transport.run(
+        f"cs_claim=$({claim_command(host.root, project)}); "
+        'printf "%s\\n" "$cs_claim"; '
+        f'case "$cs_claim" in {CLAIMED}*) '
         f"mkdir -p {root}/files && cd {root} && ls -1 files && "
         f'{{ [ "$(sha256sum agent.py 2>/dev/null | cut -c1-64)" != {want} ] || '
-        f"{{ echo {_STARTED}; {start} >/dev/null; }}; }}"
+        f"{{ echo {_STARTED}; {start} >/dev/null; }}; }};; esac"
     )
-    lines = {line.strip() for line in probe.stdout.splitlines() if line.strip()}
+    refused = claim_outcome(host.name, host.root, probe.stdout)
+    if refused is not None:
+        raise refusal_error(refused)
+    lines = {line.strip() for line in probe.stdout.splitlines()[1:] if line.strip()}
     if _STARTED not in lines:
         host.transport.put(AGENT_PATH, host.agent)
         AgentClient(host).start(host.cpus)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import shlex
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,14 +17,15 @@ from typing import Any, TypeVar
 
 from cloudsend.config.models import Config
 from cloudsend.core import CloudSendProcessState
-from cloudsend.errors import CloudsendError, StateError, TransportError
+from cloudsend.errors import CloudsendError, ProvisionError, StateError, TransportError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.deploy import DeployReport, deploy_host, ensure_agent
 from cloudsend.pipeline.files import FileIndex
 from cloudsend.pipeline.plan import Plan, build_plan
 from cloudsend.pipeline.reporting import JobView, NullReporter, Reporter, RunSummary
 from cloudsend.pipeline.watch import FINAL
-from cloudsend.providers import Host, get_provider
+from cloudsend.providers import Host, HostsNotCleaned, get_provider
+from cloudsend.providers.roots import removal_refused, remove_command
 from cloudsend.scheduling import HostSlots, assign, check_fits
 from cloudsend.scheduling.transitions import HostView, JobSnapshot, as_state, plan_resume
 from cloudsend.state import NewJob, Store
@@ -142,7 +142,7 @@ class Session:
         run_id = self.current_run()
         added = []
         for host in hosts:
-            ensure_agent(host)
+            ensure_agent(host, self.config.project_name)
             self.store.upsert_host(run_id, host.name, self.provider.name, host.cpus, host.info)
             self.hosts = [h for h in self.hosts if h.name != host.name] + [host]
             added.append(host)
@@ -165,7 +165,10 @@ class Session:
         def wipe(host: Host) -> None:
             with contextlib.suppress(TransportError):  # no agent there yet
                 AgentClient(host).stop(kill_jobs=True)
-            host.transport.run(f"rm -rf {shlex.quote(host.root)}", check=False)
+            out = host.transport.run(remove_command(host.root, self.config.project_name)).stdout
+            refused = removal_refused(host.name, host.root, out)
+            if refused is not None:
+                raise ProvisionError(f"--reset: {refused}")
             self.store.forget_host(host.name)
 
         self.each_host(wipe)
@@ -193,7 +196,7 @@ class Session:
 
         def ensure(host: Host) -> tuple[str, set[str] | None]:
             try:
-                return host.name, ensure_agent(host)
+                return host.name, ensure_agent(host, self.config.project_name)
             except TransportError as exc:
                 # not fatal: the host is left out of scheduling until it answers again
                 self.store.set_host_health(run_id, host.name, "unreachable", exc.message[:200])
@@ -422,15 +425,44 @@ class Session:
                 hint="run `cloudsend fetch` first, or `cloudsend down --force`",
             )
         self.reporter.phase("down", f"provider {self.provider.name}")
+        failed: dict[str, str] = {}  # host → why it was not cleaned
         if not self.hosts:
             try:
                 self.hosts = self.provider.attach()
             except CloudsendError as exc:
-                self.reporter.notice(f"cannot reach the hosts to stop their agents: {exc.message}")
+                failed["(all hosts)"] = f"cannot reach the hosts: {exc.message}"
+        for name, why in self.provider.unreachable.items():
+            failed[name] = why.splitlines()[0]
 
         def stop(host: Host) -> None:
-            with contextlib.suppress(TransportError):
+            try:
                 AgentClient(host).stop(kill_jobs=True)
+            except TransportError as exc:
+                # no agent there (never deployed) is fine; a host that does not answer is not
+                try:
+                    host.transport.run("true", timeout=30)
+                except CloudsendError:
+                    failed[host.name] = f"unreachable: {exc.message.splitlines()[0][:200]}"
 
         self.each_host(stop)  # the hosts in parallel, as the provider's down does
-        self.provider.down(self.hosts, keep=keep)
+        reachable = [h for h in self.hosts if h.name not in failed]
+        try:
+            self.provider.down(reachable, keep=keep)
+        except HostsNotCleaned as exc:
+            failed.update(exc.hosts)
+        self._record_down(failed)
+        if failed:
+            raise HostsNotCleaned(failed)
+
+    def _record_down(self, failed: dict[str, str]) -> None:
+        """The store says which hosts are down and which are not (a retry knows)."""
+        run = self.store.latest_run()
+        if run is None:
+            return
+        everyone = failed.get("(all hosts)")
+        for record in self.store.hosts(run.id):
+            why = failed.get(record.name, everyone)
+            if why is not None:
+                self.store.set_host_health(run.id, record.name, "not down", why)
+            else:
+                self.store.set_host_health(run.id, record.name, "down")

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cloudsend.errors import ConfigError
-from cloudsend.providers.base import Host, Provider
+from cloudsend.providers.base import Host, HostsNotCleaned, Provider
 
 if TYPE_CHECKING:
     from cloudsend.config.models import Config
 
-__all__ = ["Host", "Provider", "get_provider", "require_aws_extra"]
+__all__ = ["Host", "HostsNotCleaned", "Provider", "get_provider", "require_aws_extra"]
 
 
 def require_aws_extra() -> None:

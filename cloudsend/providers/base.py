@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cloudsend.errors import ProvisionError
 from cloudsend.transport.base import Transport
 
 
@@ -24,6 +25,21 @@ class Host:
         return f"{self.root}/agent.py"
 
 
+class HostsNotCleaned(ProvisionError):
+    """`down` could not clean some hosts (unreachable, or a root that is not cloudsend's);
+    the others were. `hosts`: host name → why."""
+
+    def __init__(self, hosts: dict[str, str]) -> None:
+        self.hosts = dict(hosts)
+        listing = "\n".join(f"  {name}: {why}" for name, why in sorted(self.hosts.items()))
+        super().__init__(
+            f"down did not clean {len(self.hosts)} host(s); their agents or folders may "
+            f"remain:\n{listing}",
+            hint="make them reachable and run `cloudsend down` again (the hosts already "
+            "cleaned are skipped quickly)",
+        )
+
+
 class Provider(Protocol):
     name: str
     unreachable: dict[str, str]  # host name → why, for hosts up() had to leave out
@@ -37,7 +53,8 @@ class Provider(Protocol):
         ...
 
     def down(self, hosts: list[Host], keep: bool = False) -> None:
-        """Tear the hosts down (after their agents were stopped); `keep` leaves their files."""
+        """Tear the hosts down (after their agents were stopped); `keep` leaves their files.
+        Raises HostsNotCleaned naming the hosts it could not clean, after trying them all."""
         ...
 
     def notices(self) -> list[str]:

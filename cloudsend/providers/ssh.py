@@ -7,12 +7,12 @@ machine (an absolute path is needed by the agent, so the home dir is probed at f
 
 from __future__ import annotations
 
-import shlex
 from concurrent.futures import ThreadPoolExecutor
 
 from cloudsend.config.models import Config, SshHostConfig
 from cloudsend.errors import CloudsendError, ProvisionError
-from cloudsend.providers.base import Host
+from cloudsend.providers.base import Host, HostsNotCleaned
+from cloudsend.providers.roots import host_root, removal_refused, remove_command
 
 
 class SshProvider:
@@ -60,7 +60,7 @@ class SshProvider:
                 f"host {name}: python3 is not installed there (the cloudsend agent needs it)",
                 hint="install python3 on the host (apt-get install python3)",
             )
-        root = entry.root or f"{info['home']}/.cloudsend/{self.config.project_name}"
+        root = host_root(entry.root, str(info["home"]), self.config.project_name)
         return Host(
             name=name,
             cpus=entry.cpus or int(info["cpus"]),
@@ -100,15 +100,27 @@ class SshProvider:
         return sorted(hosts, key=lambda h: order[h.name])
 
     def down(self, hosts: list[Host], keep: bool = False) -> None:
-        """Remove each host's root dir (unless keep), the hosts in parallel."""
+        """Remove each host's root dir (unless keep), the hosts in parallel: only a root whose
+        marker names this project (providers.roots); any other is reported, not deleted."""
         if keep or not hosts:
             return
+        failed: dict[str, str] = {}
+        project = self.config.project_name
 
         def remove(host: Host) -> None:
-            host.transport.run(f"rm -rf {shlex.quote(host.root)}", check=False)
+            try:
+                out = host.transport.run(remove_command(host.root, project), timeout=120).stdout
+            except CloudsendError as exc:
+                failed[host.name] = f"could not remove {host.root}: {exc.message[:200]}"
+                return
+            outcome = removal_refused(host.name, host.root, out)
+            if outcome is not None:
+                failed[host.name] = outcome
 
         with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
             list(pool.map(remove, hosts))
+        if failed:
+            raise HostsNotCleaned(failed)
 
     def attach(self) -> list[Host]:
         """The hosts, creating nothing (here the same as up)."""

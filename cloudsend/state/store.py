@@ -387,7 +387,8 @@ class Store:
                     (run_id, job_id, attempt),
                 )
                 db.executemany(
-                    "INSERT INTO fetched_files (run_id, job_id, attempt, path, size) "
+                    # OR REPLACE: one path listed twice by a host is one file, never a failure
+                    "INSERT OR REPLACE INTO fetched_files (run_id, job_id, attempt, path, size) "
                     "VALUES (?, ?, ?, ?, ?)",
                     [(run_id, job_id, attempt, path, size) for path, size in files],
                 )
