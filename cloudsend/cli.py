@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cloudsend.errors import EXIT_CODES_HELP, CloudsendError, JobError
+from cloudsend.textsafe import clean
 
 if TYPE_CHECKING:
     from cloudsend.api import SyncClient
@@ -197,13 +198,15 @@ def preview(config: Path, offline: bool, as_json: bool) -> None:
             }
         )
         return
+    from rich.markup import escape
+
     from cloudsend.providers.aws.diff import changes_table
     from cloudsend.ui import cost_table
 
     console.print(changes_table(plan.changes))
     console.print(cost_table(plan.cost))
     for warning in plan.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
 
 
 @cli.command()
@@ -256,10 +259,12 @@ def status(config: Path, as_json: bool) -> None:
             }
         )
         return
+    from rich.text import Text
+
     console = _console()
     console.print(jobs_table(views))
     for h in hosts:
-        console.print(f"host {h.name}: {h.health} {h.detail}".rstrip())
+        console.print(Text(clean(f"host {h.name}: {h.health} {h.detail}".rstrip())))
 
 
 @cli.command()
@@ -394,6 +399,8 @@ def _require_aws_extra() -> None:
 
 
 def _confirm_aws_plan(cfg: Any, yes: bool) -> None:
+    from rich.markup import escape
+
     from cloudsend.providers.aws.diff import changes_table
     from cloudsend.providers.aws.provider import AwsProvider
     from cloudsend.ui import cost_table
@@ -406,7 +413,7 @@ def _confirm_aws_plan(cfg: Any, yes: bool) -> None:
     console.print(changes_table(plan.changes))
     console.print(cost_table(plan.cost))
     for warning in plan.warnings:  # e.g. a max_bid below the spot price: decide knowing it
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     if yes:
         return
     try:
@@ -437,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     except CloudsendError as exc:
         if flag or _VERBOSITY["debug"]:
             raise
-        click.echo(f"{exc.kind}: {exc}", err=True)
+        click.echo(f"{exc.kind}: {clean(str(exc), 20_000)}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # never a bare traceback for users; --debug shows it
         if flag or _VERBOSITY["debug"]:

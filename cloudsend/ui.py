@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cloudsend.pipeline.reporting import JobView, RunSummary
+from cloudsend.textsafe import clean
 
 STATE_STYLE = {
     "DONE": "green",
@@ -48,16 +49,19 @@ class RichReporter:
     def phase(self, name: str, detail: str = "") -> None:
         if not self.quiet:
             self._stop_live()
-            self.console.print(f"[bold]{name}[/bold] {detail}".rstrip())
+            line = Text.assemble((name, "bold"), " ", clean(detail))
+            line.rstrip()
+            self.console.print(line)
 
     def notice(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(f"[dim]note:[/dim] {message}")
+            self.console.print(Text.assemble(("note:", "dim"), " ", clean(message)))
 
     def log(self, host: str, text: str) -> None:
         if not self.quiet:
             for line in text.splitlines():
-                self.console.print(f"[dim]{host}|[/dim] {line}", highlight=False)
+                shown = Text.assemble((f"{clean(host, 80)}|", "dim"), " ", clean(line))
+                self.console.print(shown, highlight=False)
 
     def progress(self, jobs: list[JobView]) -> None:
         if self.quiet:
@@ -83,15 +87,16 @@ def jobs_table(jobs: list[JobView], title: str | None = None) -> Table:
     for col in ("job", "state", "host", "attempt", "exit", "fetched", "reason"):
         table.add_column(col, overflow="fold")
     for j in jobs:
-        reason = (j.reason or "").splitlines()[0] if j.reason else ""
+        # the reason holds the tail of the job's stderr: plain Text, never markup
+        reason = clean(j.reason, 400).splitlines()[0] if j.reason else ""
         table.add_row(
-            j.job_id,
+            Text(j.job_id),
             Text(j.state, style=STATE_STYLE.get(j.state, "")),
-            j.host or "-",
+            Text(clean(j.host or "-", 200)),
             str(j.attempt),
             "" if j.exit_code is None else str(j.exit_code),
             "yes" if j.fetched else "no",
-            reason[:80],
+            Text(reason[:80]),
         )
     return table
 
@@ -119,8 +124,9 @@ def print_summary(console: Console, summary: RunSummary) -> None:
         f"{summary.elapsed:.1f} s"
     )
     for env_id, tail in summary.env_failures.items():
-        console.print(f"[red]environment {env_id} failed[/red]:\n{tail}", highlight=False)
-    console.print(f"results: {summary.results_dir}")
+        head = Text.assemble((f"environment {env_id} failed", "red"), ":\n", clean(tail, 20_000))
+        console.print(head, highlight=False)
+    console.print(Text(f"results: {summary.results_dir}"))
 
 
 def print_json(doc: Any) -> None:

@@ -293,9 +293,6 @@ def _resolve_inputs(
         resolved = []
         for index, value in enumerate(getattr(job, field)):
             where: KeyPath = (*key, field, index)
-            if not str(value).strip():
-                issues.append(Issue(where, "is an empty path; name a file, or remove the entry"))
-                continue
             path = _absolute(config.base_dir, value)
             resolved.append(path)
             kind = _kind(path)

@@ -187,7 +187,18 @@ PositiveInt = Annotated[int, Ge(1), BeforeValidator(_no_bool)]
 CpuCount = Annotated[int, Ge(1), Le(MAX_CPUS), BeforeValidator(_no_bool)]
 DiskSize = Annotated[int, Ge(1), Le(MAX_DISK_GB), BeforeValidator(_no_bool)]
 StrList = Annotated[list[str], BeforeValidator(_as_list), WithJsonSchema(_ONE_OR_MANY)]
-PathList = Annotated[list[Path], BeforeValidator(_as_list), WithJsonSchema(_ONE_OR_MANY)]
+def _not_blank_path(value: Any) -> Any:
+    # Path("") is ".": an empty entry would be reported as "'.' is a directory"
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("is an empty path; name a file, or remove the entry")
+    return value
+
+
+PathList = Annotated[
+    list[Annotated[Path, BeforeValidator(_not_blank_path)]],
+    BeforeValidator(_as_list),
+    WithJsonSchema(_ONE_OR_MANY),
+]
 PackagesOrPath = Annotated[
     list[str] | Path | None,
     BeforeValidator(_packages_or_path),

@@ -69,13 +69,14 @@ class RootRefused:
     other: bool  # True: another project's marker; False: a folder cloudsend did not make
 
     @property
-    def message(self) -> str:
+    def what(self) -> str:
         if self.other:
-            return f"host {self.host}: {self.root} belongs to another cloudsend project"
-        return (
-            f"host {self.host}: {self.root} exists and was not made by cloudsend "
-            f"(no {MARKER} in it)"
-        )
+            return f"{self.root} belongs to another cloudsend project"
+        return f"{self.root} exists and was not made by cloudsend (no {MARKER} in it)"
+
+    @property
+    def message(self) -> str:
+        return f"host {self.host}: {self.what}"
 
 
 def claim_outcome(host: str, root: str, output: str) -> RootRefused | None:
@@ -110,7 +111,7 @@ def removal_refused(host: str, root: str, output: str) -> str | None:
         return None
     if first in (NOT_OURS, OTHER_PROJECT):
         refused = RootRefused(host, root, other=first == OTHER_PROJECT)
-        return f"{refused.message}; left in place (remove it yourself if you are sure)"
+        return f"{refused.what}; left in place (remove it yourself if you are sure)"
     return f"could not remove {root}: {output.strip()[-200:] or 'no answer'}"
 
 
