@@ -3,6 +3,7 @@ nothing later that crashes, loops or fills the memory on them."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -160,3 +161,41 @@ def test_a_job_listing_one_output_twice_runs_and_fetches_it_once(project: Projec
     assert [p.read_text() for p in results] == ["result\n"]
     assert project.cli("fetch").returncode == 0
     assert project.cli("down").returncode == 0
+
+
+HOSTILE_STDERR = r"""
+printf 'array[/0] closing [/bold] tag [red]x[/red]\n' >&2
+printf '\033]0;pwned title\007\033[2J\033[31mred\033[0m\n' >&2
+printf 'bad utf8: \377\376 end\n' >&2
+exit 3
+"""
+HUGE_LINE = "head -c 200000000 /dev/zero | tr '\\0' x >&2\nexit 4\n"
+
+
+def test_status_shows_a_table_whatever_a_job_wrote_to_stderr(project: Project) -> None:
+    project.write("hostile.sh", HOSTILE_STDERR)
+    project.write("huge.sh", HUGE_LINE)
+    project.config(
+        """
+        project: hostile
+        jobs:
+          - {run_command: bash hostile.sh, upload_files: hostile.sh}
+          - {run_command: bash huge.sh, upload_files: huge.sh}
+        """
+    )
+    run = project.cli("run")
+    assert run.returncode == 6, run.stderr  # both jobs ABORTED: a job error, not a crash
+    for proc in (run, project.cli("status")):
+        out = proc.stdout + proc.stderr
+        assert "Traceback" not in out and "MarkupError" not in out
+        assert "\x1b]" not in out and "\x1b[2J" not in out, "a control sequence got through"
+        assert "pwned title" in out or "closing" in out
+        assert len(out) < 100_000, "the 200 MB line reached the terminal"
+    status = project.cli("status")
+    assert status.returncode == 0, status.stderr
+    assert "[/bold]" in status.stdout, "markup in job output was eaten instead of shown"
+    assert "exit code 3" in status.stdout and "exit code 4" in status.stdout
+    doc = json.loads(project.cli("status", "--json").stdout)
+    reasons = sorted(j["reason"] for j in doc["jobs"])
+    assert reasons[0].startswith("exit code 3: array[/0] closing [/bold]")
+    assert reasons[1].startswith("exit code 4: xxxx") and len(reasons[1]) < 10_000
