@@ -9,6 +9,7 @@ names the file (:func:`sqlite_error`).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -219,6 +220,14 @@ def sqlite_error(path: Path, exc: sqlite3.Error) -> StateError:
     return StateError(f"state store {path}: {text}")
 
 
+def private_dir(path: Path) -> None:
+    """Make `path` (and missing parents) with the folder itself 0700: cloudsend's state (job
+    logs, hosts, keys) is not for other users of the machine, whatever the umask."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)  # mkdir's mode is filtered by the umask and ignored if it existed
+
+
 def open_database(path: Path, busy_timeout: float) -> sqlite3.Connection:
     """Connect (creating parent dirs), switch to WAL, and create or check the schema.
 
@@ -226,7 +235,11 @@ def open_database(path: Path, busy_timeout: float) -> sqlite3.Connection:
     its own ``BEGIN IMMEDIATE`` per write, and may be shared between threads behind a lock.
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        # 0600 before SQLite opens it: its -wal and -shm files take the database's mode
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
     except OSError as exc:
         raise StateError(
             f"cannot create the state directory {path.parent}: {exc.strerror or exc}",
