@@ -100,7 +100,7 @@ class SshProvider:
         if errors and not hosts:
             first = next(iter(errors.values()))
             raise ProvisionError(
-                f"none of the {len(pairs)} ssh host(s) could be reached: {first.message}",
+                f"none of the {len(pairs)} ssh host(s) could be used: {first.message}",
                 hint=first.hint or "check address, port, user and key in hosts:",
             )
         order = {name: i for i, (name, _) in enumerate(pairs)}
@@ -123,7 +123,7 @@ class SshProvider:
 
     def notices(self) -> list[str]:
         notes = [
-            f"host {name} is unreachable and left out: {why.splitlines()[0]}"
+            f"host {name} is left out: {why.splitlines()[0]}"
             for name, why in self.unreachable.items()
         ]
         where = _shown(self.known_hosts)
