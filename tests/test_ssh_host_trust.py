@@ -18,7 +18,7 @@ from cloudsend.errors import ProvisionError, TransportError
 from cloudsend.transport.host_trust import HostKeyUnknown
 from cloudsend.transport.known_hosts import HostKeyChanged
 from cloudsend.transport.ssh import SshTransport
-from cloudsend.transport.user_known_hosts import _names_host
+from cloudsend.transport.user_known_hosts import SshFiles, _names_host
 from tests.conftest import Project
 from tests.ssh_helpers import ledger_ids, ssh_config
 from tests.sshd_harness import SSH_KEYGEN, SshdHost
@@ -211,6 +211,29 @@ def test_known_hosts_patterns_match_as_openssh_does(
     patterns: str, name: str, matches: bool
 ) -> None:
     assert _names_host(patterns, name) is matches
+
+
+def test_ssh_files_follow_include_alias_tokens_and_none(tmp_path: Path) -> None:
+    home, etc = tmp_path / "home", tmp_path / "etc"
+    (home / ".ssh" / "conf.d").mkdir(parents=True)
+    etc.mkdir()
+    (home / ".ssh" / "config").write_text("Include conf.d/*.conf\n")
+    (home / ".ssh" / "conf.d" / "team.conf").write_text(
+        "Host box\n  HostKeyAlias box-alias\n  UserKnownHostsFile ~/kh/%h_%p %d/second\n"
+        "Host quiet\n  UserKnownHostsFile none\n  GlobalKnownHostsFile none\n"
+    )
+    (etc / "ssh_config").write_text("Host *\n  GlobalKnownHostsFile /srv/team_hosts\n")
+    files = SshFiles(home, etc)
+    box = files.lookup("box", 2222, "me")
+    assert box.name == "box-alias"  # OpenSSH looks an aliased host up by its alias alone
+    assert box.files == (home / "kh" / "box_2222", home / "second", Path("/srv/team_hosts"))
+    assert files.lookup("quiet", 22, "me").files == ()
+    plain = files.lookup("10.0.0.5", 22, "me")
+    assert plain.name == "10.0.0.5"
+    assert plain.files[:2] == (home / ".ssh" / "known_hosts", home / ".ssh" / "known_hosts2")
+    (home / ".ssh" / "config").write_text("Match nonsense\n")
+    with pytest.raises(TransportError, match=f"cannot parse your ssh config {home}/.ssh/config"):
+        files.lookup("box", 22, "me")
 
 
 # -- private keys -----------------------------------------------------------------------------
