@@ -422,6 +422,14 @@ class Config(_Model):
         "unfinished jobs are re-queued on the other hosts.",
     )
 
+    host_key_policy: Literal["tofu", "strict"] = Field(
+        "tofu",
+        description="ssh: a host whose key is in none of your known_hosts files (~/.ssh/"
+        "known_hosts, or the UserKnownHostsFile/GlobalKnownHostsFile of your ssh config) nor "
+        "pinned in .cloudsend/known_hosts: tofu pins it on first contact and shows its "
+        "fingerprint; strict refuses it. A key that differs from a known one is always refused.",
+    )
+
     # provider: aws (Pulumi stack and safety settings)
     region: str | None = Field(
         None, description="aws: default region (else the profile's / AWS_REGION)."

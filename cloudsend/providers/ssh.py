@@ -8,6 +8,7 @@ machine (an absolute path is needed by the agent, so the home dir is probed at f
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from cloudsend.config.models import Config, SshHostConfig
 from cloudsend.errors import CloudsendError, ProvisionError
@@ -22,6 +23,7 @@ class SshProvider:
         self.config = config
         self.known_hosts = config.state_dir / "known_hosts"
         self.unreachable: dict[str, str] = {}
+        self.first_contacts: dict[str, str] = {}  # host name -> the key pinned on first contact
 
     def _names(self) -> list[str]:
         entries = self.config.hosts
@@ -47,6 +49,8 @@ class SshProvider:
             user=entry.user,
             key=entry.key,
             known_hosts=self.known_hosts,
+            host_key_policy=self.config.host_key_policy,
+            user_known_hosts=True,  # machines the user may have reached with ssh already
         )
         transport = SshTransport(target)
         try:
@@ -54,6 +58,8 @@ class SshProvider:
         except CloudsendError:
             transport.close()
             raise
+        if transport.first_contact:
+            self.first_contacts[name] = transport.first_contact
         if not info.get("python"):
             transport.close()
             raise ProvisionError(
@@ -80,6 +86,7 @@ class SshProvider:
         pairs = list(zip(self._names(), self.config.hosts, strict=True))
         hosts: list[Host] = []
         errors: dict[str, CloudsendError] = {}
+        self.first_contacts = {}
 
         def one(pair: tuple[str, SshHostConfig]) -> None:
             try:
@@ -93,7 +100,7 @@ class SshProvider:
         if errors and not hosts:
             first = next(iter(errors.values()))
             raise ProvisionError(
-                f"none of the {len(pairs)} ssh host(s) could be reached: {first.message}",
+                f"none of the {len(pairs)} ssh host(s) could be used: {first.message}",
                 hint=first.hint or "check address, port, user and key in hosts:",
             )
         order = {name: i for i, (name, _) in enumerate(pairs)}
@@ -128,9 +135,22 @@ class SshProvider:
 
     def notices(self) -> list[str]:
         notes = [
-            f"host {name} is unreachable and left out: {why.splitlines()[0]}"
+            f"host {name} is left out: {why.splitlines()[0]}"
             for name, why in self.unreachable.items()
+        ]
+        where = _shown(self.known_hosts)
+        notes += [
+            f"host {name}: first contact, pinned {key} in {where}"
+            for name, key in sorted(self.first_contacts.items())
         ]
         if self.config.instances:
             notes.append("instances: is ignored by provider ssh (hosts: lists the machines)")
         return notes
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the working dir when it is under it (.cloudsend/known_hosts)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,9 +1,9 @@
-"""Host-key pinning: the project's own known_hosts file, trusted on first contact.
+"""Host-key pinning: the project's own known_hosts file, the store of trusted host keys.
 
 Fabric installs paramiko's AutoAddPolicy and never reads a known_hosts file, so a host whose
-key changed would be accepted silently. Here the first key a host presents is recorded in the
-project's file (OpenSSH format, mode 0600); any later connection presenting another key is
-refused during the key exchange, before authentication and before any command runs.
+key changed would be accepted silently. Here the key a host is trusted with (see host_trust)
+is recorded in the project's file (OpenSSH format, mode 0600); any later connection presenting
+another key is refused during the key exchange, before authentication and before any command.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def host_key_name(address: str, port: int) -> str:
 
 
 def fingerprint(key: paramiko.PKey) -> str:
+    """As OpenSSH shows it: `ssh-ed25519 SHA256:<base64>` (paramiko's .fingerprint is that)."""
     return f"{key.get_name()} {key.fingerprint}"
 
 
@@ -102,28 +103,3 @@ class KnownHosts:
                 f"{self.path} (or run: ssh-keygen -R '{name}' -f {self.path}) and retry"
             ),
         )
-
-
-class PinningPolicy(paramiko.MissingHostKeyPolicy):
-    """Called by paramiko only for a host with no key loaded into the client: pin it, unless
-    another thread or process pinned a different key meanwhile."""
-
-    def __init__(self, known: KnownHosts, label: str) -> None:
-        self.known = known
-        self.label = label
-
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
-        before = self.known.pin(hostname, key)
-        if before and not any(k.asbytes() == key.asbytes() for k in before):
-            raise self.known.refusal(hostname, self.label, key)
-
-
-def prepare_client(client: paramiko.SSHClient, known: KnownHosts, name: str, label: str) -> None:
-    """Arm `client` before connect: pinned keys are checked by paramiko itself (mismatch ->
-    BadHostKeyException before auth); an unknown host goes through PinningPolicy."""
-    client.set_missing_host_key_policy(PinningPolicy(known, label))
-    host_keys = client.get_host_keys()
-    for key in known.lookup(name):
-        host_keys.add(name, key.get_name(), key)

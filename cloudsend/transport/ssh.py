@@ -79,6 +79,7 @@ class SshTransport:
         self.bytes_sent = 0  # payload of completed puts
         self.bytes_received = 0  # payload of completed gets
         self.connects = 0  # SSH connections opened: stays 1 while the link holds
+        self.first_contact = ""  # the host key pinned on first contact by this transport
         self._known = KnownHosts(target.known_hosts)
         self._lock = threading.Lock()  # guards the connection (held while connecting)
         self._count_lock = threading.Lock()
@@ -111,6 +112,7 @@ class SshTransport:
                 raise
             self._failed = None
             self._conn = conn
+            self.first_contact = self.first_contact or conn.first_contact
             self.connects += 1
             self._stop = threading.Event()
             threading.Thread(

@@ -1,4 +1,4 @@
-"""One SSH connection to a host: target description, connect with pinning, liveness.
+"""One SSH connection to a host: target description, connect with host-key checks, liveness.
 
 Used by cloudsend.transport.ssh, which adds threads, retries, commands and file transfers.
 """
@@ -10,6 +10,7 @@ import errno
 import getpass
 import posixpath
 import socket
+import stat
 import threading
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
@@ -19,12 +20,20 @@ import fabric
 import paramiko
 
 from cloudsend.errors import TransportError
-from cloudsend.transport.known_hosts import KnownHosts, host_key_name, prepare_client
+from cloudsend.transport.host_trust import HostKeyPolicy, HostTrust
+from cloudsend.transport.known_hosts import KnownHosts, fingerprint, host_key_name
+from cloudsend.transport.user_known_hosts import SshFiles
+
+# the keys paramiko tries when no key is given (look_for_keys), as OpenSSH names them
+DEFAULT_KEYS = ("id_rsa", "id_dsa", "id_ecdsa", "id_ed25519")
 
 
 @dataclass(frozen=True)
 class SshTarget:
-    """Where and how to reach one host. `known_hosts` is the project's pinning file."""
+    """Where and how to reach one host. `known_hosts` is the project's pinning file;
+    `user_known_hosts` also checks the host against the user's OpenSSH known_hosts files
+    (found from the ssh config under `home`, default $HOME); `host_key_policy` strict refuses
+    a host known nowhere instead of pinning it."""
 
     name: str
     address: str
@@ -39,6 +48,9 @@ class SshTarget:
     channel_timeout: float = 10
     keepalive: float = 2
     max_channels: int = 8  # keep below sshd's MaxSessions (stock 10; SFTP takes one more)
+    host_key_policy: HostKeyPolicy = "tofu"
+    user_known_hosts: bool = False
+    home: Path | None = None  # the local user's home (its .ssh/); None: $HOME
 
     def __post_init__(self) -> None:
         if self.user is None:
@@ -68,6 +80,7 @@ class Connection(fabric.Connection):
     # class attributes: invoke's DataProxy turns unknown instance attributes into config keys
     armed = False
     lost = ""  # why we closed it, when we did (shown in the errors of calls it broke)
+    first_contact = ""  # the host key this connection pinned on first contact, if it did
 
     def open(self) -> Any:
         # Fabric reopens a dropped connection implicitly on every run(); that would race
@@ -94,24 +107,36 @@ def connect(target: SshTarget, known: KnownHosts) -> Connection:
     """Open and authenticate a connection; the host key is checked before authentication.
     Raises Retry for failures worth another try, TransportError for final ones."""
     t = target
+    home = t.home or Path.home()
+    check_private_keys([t.key] if t.key is not None else [home / ".ssh" / n for n in DEFAULT_KEYS])
+    name = host_key_name(t.address, t.port)
+    assert t.user is not None  # set by SshTarget
+    trust = HostTrust(
+        known,
+        label=t.label,
+        address=t.address,
+        port=t.port,
+        user=t.user,
+        ssh_files=SshFiles(home) if t.user_known_hosts else None,
+        policy=t.host_key_policy,
+    )
     kwargs: dict[str, Any] = {
         "timeout": t.connect_timeout,  # Fabric's own connect_timeout is cast to int
         "banner_timeout": t.banner_timeout,
         "auth_timeout": t.auth_timeout,
         "channel_timeout": t.channel_timeout,  # paramiko's default is an hour
+        "transport_factory": trust.transport_factory(name),
     }
     if t.key is not None:  # only this key: an agent offering many keys hits MaxAuthTries
         kwargs.update(key_filename=[str(t.key)], look_for_keys=False, allow_agent=False)
     config = fabric.Config(ssh_config=paramiko.SSHConfig(), lazy=True)  # ignore ~/.ssh/config
     conn = Connection(t.address, user=t.user, port=t.port, config=config, connect_kwargs=kwargs)
-    name = host_key_name(t.address, t.port)
-    prepare_client(conn.client, known, name, t.label)
+    # no host keys loaded into the client: paramiko asks `trust` about every key offered
+    conn.client.set_missing_host_key_policy(trust)
     try:
         conn.open()
     except BaseException as exc:
         conn.shut()  # paramiko leaves the transport thread running after a failed connect
-        if isinstance(exc, paramiko.BadHostKeyException):
-            raise known.refusal(name, t.label, exc.key) from exc
         if isinstance(exc, paramiko.AuthenticationException):
             raise TransportError(
                 f"SSH authentication failed on {t.label}: {exc}",
@@ -122,8 +147,10 @@ def connect(target: SshTarget, known: KnownHosts) -> Connection:
             raise TransportError(f"cannot resolve {t.address!r} (host {t.name}): {exc}") from exc
         if isinstance(exc, (EOFError, paramiko.SSHException, OSError)):
             raise Retry(f"cannot connect: {describe(exc)}") from exc
-        raise  # TransportError from the pinning policy, KeyboardInterrupt...
+        raise  # TransportError from the host-key check (HostTrust), KeyboardInterrupt...
     conn.armed = True
+    if trust.first_contact is not None:
+        conn.first_contact = fingerprint(trust.first_contact)
     transport = conn.client.get_transport()
     assert transport is not None
     # keepalive + TCP_USER_TIMEOUT: unacknowledged data (dropped packets) fails the socket
@@ -133,6 +160,21 @@ def connect(target: SshTarget, known: KnownHosts) -> Connection:
     if hasattr(socket, "TCP_USER_TIMEOUT") and isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(t.dead_after * 1000))
     return conn
+
+
+def check_private_keys(paths: list[Path]) -> None:
+    """Refuse a private key file that group or others may read, as OpenSSH does."""
+    for path in paths:
+        try:
+            mode = path.expanduser().stat().st_mode
+        except OSError:
+            continue  # missing: paramiko skips a default key, and names a given one
+        if stat.S_ISREG(mode) and mode & 0o077:
+            raise TransportError(
+                f"UNPROTECTED PRIVATE KEY FILE: {path} is accessible by others "
+                f"(mode {stat.S_IMODE(mode):04o}); refusing to use it, as ssh does",
+                hint=f"chmod 600 {path}",
+            )
 
 
 def alive(conn: Connection, wait: float) -> bool:
