@@ -26,6 +26,7 @@ import json
 import os
 import select
 import signal
+import stat
 import sys
 import time
 
@@ -562,7 +563,7 @@ class Store:
         # In place, one pwrite: versions only grow, so the digits never shrink and a reader sees
         # the old or the new number; it saves creating a file per change (slow on some disks).
         if self._version_fd is None:
-            self._version_fd = os.open(self.p.version, os.O_WRONLY | os.O_CREAT, 0o644)
+            self._version_fd = os.open(self.p.version, os.O_WRONLY | os.O_CREAT, 0o600)
         os.pwrite(self._version_fd, str(self.version).encode(), 0)
         self.dirty = False
 
@@ -941,7 +942,7 @@ class Daemon(Store):
         d = self.p.job(job_id)
         work = os.path.join(d, "work")
         try:
-            prepare_work(work, read_json(os.path.join(d, "spec.json"), {}))
+            prepare_work(work, read_json(os.path.join(d, "spec.json"), {}), self.p.at("files"))
         except (OSError, AgentError) as exc:
             self._abort(rec, f"cannot prepare the work dir: {exc}")
             return
@@ -1276,8 +1277,9 @@ class Daemon(Store):
 USE_POSIX_SPAWN = hasattr(os, "posix_spawn") and not os.environ.get("CLOUDSEND_AGENT_NO_SPAWN")
 
 
-def prepare_work(work: str, spec: dict[str, Any]) -> None:
-    """A fresh work dir with the job's inputs linked (or copied) at their relative paths."""
+def prepare_work(work: str, spec: dict[str, Any], files: str) -> None:
+    """A fresh work dir with the job's inputs linked (or copied) at their relative paths.
+    Uploads in ROOT/files are made owner-only first (SFTP creates them under sshd's umask)."""
     import shutil
 
     if os.path.lexists(work):
@@ -1286,8 +1288,12 @@ def prepare_work(work: str, spec: dict[str, Any]) -> None:
     real_work = os.path.realpath(work)
     for rel, src in sorted((spec.get("links") or {}).items()):
         dst = os.path.join(work, safe_rel(rel))
-        if not os.path.exists(src):
-            raise AgentError(f"input missing: {src} (for {rel})")
+        try:
+            st = os.stat(src)
+        except OSError:
+            raise AgentError(f"input missing: {src} (for {rel})") from None
+        if st.st_mode & 0o077 and within(src, files):
+            os.chmod(src, 0o700 if os.path.isdir(src) else 0o600)
         if not within(os.path.realpath(os.path.dirname(dst)), real_work):
             # e.g. "d" linked to a dir and "d/f" inside it: never write into linked inputs
             raise AgentError(f"link {rel} would be created outside the work dir")
@@ -1334,7 +1340,7 @@ def poke(paths: Paths) -> None:
 
 def lock_free(paths: Paths) -> bool:
     """True when no daemon holds agent.lock (a shared probe, so probes never collide)."""
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as exc:
@@ -1354,7 +1360,24 @@ def configured_slots(paths: Paths) -> int:
 
 def make_dirs(paths: Paths) -> None:
     for d in (paths.root, paths.jobs, paths.envs, paths.outbox, paths.inbox, paths.at("files")):
-        os.makedirs(d, exist_ok=True)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+
+
+def owner_only(paths: Paths) -> None:
+    """The root and what cloudsend put there before the agent ran (mkdir -p files, the
+    uploaded agent.py, Python's __pycache__) become owner-only: the agent's umask (077) covers
+    everything it creates itself, not what came first."""
+    cache = paths.at("__pycache__")
+    names = [paths.root, paths.jobs, paths.envs, paths.outbox, paths.inbox, paths.at("files")]
+    names += [paths.at("agent.py"), cache] + [os.path.join(cache, n) for n in listdir(cache)]
+    for name in names:
+        try:
+            mode = os.lstat(name).st_mode
+        except OSError:
+            continue
+        if mode & 0o077 and not stat.S_ISLNK(mode):
+            with contextlib.suppress(OSError):
+                os.chmod(name, stat.S_IMODE(mode) & 0o700)
 
 
 def ensure_daemon(paths: Paths) -> tuple[int, bool]:
@@ -1420,7 +1443,7 @@ def start_daemon(paths: Paths) -> tuple[int, bool]:
 def detach(paths: Paths, keep: int) -> None:
     """stdin from /dev/null, stdout/stderr to agent.log, every other inherited fd closed."""
     null = os.open(os.devnull, os.O_RDONLY)
-    log = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(null, 0)
     os.dup2(log, 1)
     os.dup2(log, 2)
@@ -1436,7 +1459,7 @@ def detach(paths: Paths, keep: int) -> None:
 
 
 def daemon_main(paths: Paths, slots: int, ready_fd: int) -> int:
-    lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
     deadline = time.monotonic() + 0.5
     while True:  # a CLI's shared probe may hold the lock for a moment
         try:
@@ -1528,6 +1551,7 @@ def validate_submit(doc: object) -> dict[str, Any]:
 
 def cmd_start(paths: Paths, slots: int | None) -> dict[str, Any]:
     make_dirs(paths)
+    owner_only(paths)
     cfg = read_json(paths.agent_json, {})
     changed = False
     if slots is not None and (not isinstance(cfg, dict) or cfg.get("slots") != slots):
@@ -1802,6 +1826,7 @@ def parse(argv: list[str]) -> tuple[str, str, dict[str, Any], list[str]]:
 
 
 def run(argv: list[str]) -> dict[str, Any] | bytes:
+    os.umask(0o077)  # the root is private: state, logs, work dirs, envs (and jobs' own files)
     root, command, opts, args = parse(argv)
     paths = Paths(root)
     if command == "stop":
