@@ -15,6 +15,9 @@ One stdlib-only file for Python 3.8+ (remote hosts run it with their system pyth
 - Each job runs in its own session through a tiny sh wrapper that writes its pid and, at the
   end, its exit code (atomically) into the job dir, so a restarted daemon adopts jobs that are
   still running (pid + start time from /proc, against pid reuse) and collects their rc.
+- A job's whole process tree dies with it (at its end, on cancel, on stop --kill-jobs): its own
+  cgroup where the host allows, else its session, a token env var and the parent chain; the
+  daemon is a child subreaper. Every call runs under umask 077: the root is owner-only.
 """
 
 from __future__ import annotations
