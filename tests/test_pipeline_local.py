@@ -196,6 +196,61 @@ def test_status_logs_cancel(project: Project, tmp_path: Path) -> None:
     assert all(j["reason"] == "cancelled" for j in doc["jobs"] if j["state"] == "ABORTED")
 
 
+def test_host_roots_are_private_under_a_umask_of_022(project: Project) -> None:
+    """A shared machine: no file or dir under a host root is readable by other users
+    (uploads, agent, state, logs, env and work dirs, job outputs, archives)."""
+    project.write("data/input.csv", "a,b\n1,2\n")
+    project.write("tool.sh", "echo tool\n", mode=0o755)
+    project.config(
+        """
+        environments:
+          - name: plain
+            command: "echo plain ready > built.txt"
+        jobs:
+          - env_name: plain
+            run_command: "cat input.csv > copy.csv && mkdir -p res && echo x > res/x.txt"
+            input_file: data/input.csv
+            upload_files: tool.sh
+            output_files: [copy.csv, res]
+            repeat: 2
+        """
+    )
+    old = os.umask(0o022)
+    try:
+        doc = json.loads(project.cli("run", "--json", check=True).stdout)
+    finally:
+        os.umask(old)
+    assert doc["counts"] == {"DONE": 2}
+    roots = list((project.path / ".cloudsend" / "hosts").iterdir())
+    assert roots
+    seen, shared = 0, []
+    for root in roots:
+        for path in [root, *root.rglob("*")]:
+            st = path.lstat()
+            if path.is_symlink():
+                continue  # a link's own mode means nothing; its target is checked
+            seen += 1
+            if st.st_mode & 0o077:
+                shared.append(f"{oct(st.st_mode & 0o777)} {path.relative_to(root)}")
+    assert seen > 20 and not shared, shared
+
+
+def test_local_uploads_are_owner_only(tmp_path: Path) -> None:
+    """Before any job makes the agent tighten them: the copy itself is 0600 in a 0700 dir."""
+    from cloudsend.transport.local import LocalTransport
+
+    src = tmp_path / "src.txt"
+    src.write_text("data\n")
+    dest = tmp_path / "root" / "files" / "abc"
+    old = os.umask(0o022)
+    try:
+        LocalTransport().put(src, str(dest))
+    finally:
+        os.umask(old)
+    assert dest.read_text() == "data\n"
+    assert (dest.stat().st_mode & 0o777, dest.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+
+
 def test_down_removes_local_hosts(project: Project) -> None:
     project.config("jobs:\n  - run_command: echo hi\n")
     project.cli("run", check=True)

@@ -60,6 +60,33 @@ def test_down_stops_everything_and_removes_the_roots(
         assert processes_under(h.root) == [], f"{h.name}: processes left"
 
 
+def test_down_kills_what_jobs_left_running(
+    sshd_factory: Any, project: Project, ledger_dir: Path
+) -> None:
+    """Jobs that started a setsid child, a nohup daemon and a double fork, and still run:
+    `down` leaves no process of theirs (root host: job cgroups; ubuntu: tracking only)."""
+    hosts = sshd_factory(1) + sshd_factory(1, user="ubuntu")
+    ledger = ledger_dir / "ledger"
+    leave = (
+        "setsid sleep 1001 & nohup sleep 1002 >/dev/null 2>&1 & (sleep 1003 &); "
+        f'echo "$CLOUDSEND_JOB_ID" >> {ledger}; sleep 300'
+    )
+    project.config(ssh_config(hosts, ledger, jobs=4, sleep=0, command=leave))
+    run = project.popen("run")
+    try:
+        wait_for(lambda: len(ledger_ids(ledger)) == 4, 60, "every job started its leftovers")
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=10)
+    for h in hosts:
+        left = processes_under(h.root)
+        assert all(any(f"sleep {n}" in p for p in left) for n in (1001, 1002, 1003)), left
+    proc = project.cli("down")
+    assert proc.returncode == 0, proc.stderr
+    for h in hosts:
+        assert processes_under(h.root) == [], f"{h.name}: processes left"
+
+
 def test_down_keep_keeps_the_roots_and_stops_the_agents(
     sshd_factory: Any, project: Project, ledger_dir: Path
 ) -> None:

@@ -15,6 +15,9 @@ One stdlib-only file for Python 3.8+ (remote hosts run it with their system pyth
 - Each job runs in its own session through a tiny sh wrapper that writes its pid and, at the
   end, its exit code (atomically) into the job dir, so a restarted daemon adopts jobs that are
   still running (pid + start time from /proc, against pid reuse) and collects their rc.
+- A job's whole process tree dies with it (at its end, on cancel, on stop --kill-jobs): its own
+  cgroup where the host allows, else its session, a token env var and the parent chain; the
+  daemon is a child subreaper. Every call runs under umask 077: the root is owner-only.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import os
 import select
 import signal
+import stat
 import sys
 import time
 
@@ -40,18 +44,20 @@ KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when cancelling
 ADOPTED_POLL = 0.05  # adopted processes are not our children: no SIGCHLD, so poll them
 REQUEST_TIMEOUT = 120.0
 
-# Runs every job and bootstrap: $1 = dir for pid/rc, $2 = cwd, the rest = the command. The rc
-# is only read once the wrapper's process is gone, so its write is complete by then: a plain
+# Runs every job and bootstrap: $1 = dir for pid/rc, $2 = cwd, $3 = its cgroup dir or "", the
+# rest = the command. It joins its cgroup before it starts anything, so nothing escapes it. The
+# rc is only read once the wrapper's process is gone, so its write is complete by then: a plain
 # redirect is enough (an `mv` would cost a fork+exec per job, most of a short job's cost).
+JOIN_CGROUP = '[ -z "$3" ] || { echo $$ >"$3/cgroup.procs"; } 2>/dev/null; '
 WRAPPER = (
-    'd=$1; w=$2; shift 2; echo $$ >"$d/pid"; '
+    JOIN_CGROUP + 'd=$1; w=$2; shift 3; echo $$ >"$d/pid"; '
     'if cd "$w"; then "$@"; rc=$?; else rc=126; fi; '
     'echo $rc >"$d/rc"; exit $rc'
 )
 # Jobs: the same wrapper in bash, which runs run.sh in a subshell (a fork, no exec): one
 # process start less per job, most of a short job's cost.
 JOB_WRAPPER = (
-    'd=$1; w=$2; echo $$ >"$d/pid"; '
+    JOIN_CGROUP + 'd=$1; w=$2; echo $$ >"$d/pid"; '
     'if cd "$w"; then ( . ../run.sh ); rc=$?; else rc=126; fi; '
     'echo $rc >"$d/rc"; exit $rc'
 )
@@ -216,35 +222,6 @@ def alive(pid: int | None, pstart: int | None) -> bool:
     return started is not None and (pstart is None or not HAS_PROC or started == pstart)
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-def live_groups(pgids: list[int]) -> list[int]:
-    """The groups that still have a live member. Zombies do not count: under a non-reaping
-    init (containers) they linger for good, yet killpg(pgid, 0) still finds them."""
-    if not HAS_PROC:
-        return [g for g in pgids if group_alive(g)]
-    wanted, found = set(pgids), set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    data = f.read()
-            except OSError:
-                continue
-            fields = data[data.rindex(b")") + 2 :].split()
-            if fields[0] not in (b"Z", b"X") and int(fields[2]) in wanted:
-                found.add(int(fields[2]))
-    return [g for g in pgids if g in found]
-
-
 def launched(rec: dict[str, Any], d: str) -> bool:
     """Its process was started (the wrapper writes its pid file first thing)."""
     return bool(rec.get("pid")) or os.path.exists(os.path.join(d, "pid"))
@@ -259,9 +236,254 @@ def recorded_process(rec: dict[str, Any], d: str) -> tuple[int | None, int | Non
     return pid, proc_start(pid) if pid else None
 
 
-def signal_group(pgid: int, sig: int) -> None:
+# --- process trees: everything a job started, wherever it went --------------------------------
+#
+# A job's processes are found by the union of: its cgroup (when the host lets the daemon make
+# one: nothing inside can leave it short of root moving it), its session (the wrapper is a
+# session leader), the token env var every descendant inherits (found in /proc/PID/environ even
+# after setsid and reparenting), and the descendants of all of these (a child that changed
+# session and cleared its environment is still under its parent). The daemon is a child
+# subreaper, so orphans of its jobs are reparented to it, and reaped.
+
+TOKEN_VAR = "CLOUDSEND_TOKEN"
+CGROUP_OFF = "CLOUDSEND_AGENT_NO_CGROUP"  # set: never use cgroups (tests the fallback)
+SCAN_EVERY = 0.2  # seconds between /proc scans for the leftovers of ended jobs
+
+
+def new_token() -> str:
+    return os.urandom(8).hex()
+
+
+def env_value(env: bytes, name: bytes) -> bytes | None:
+    """The value of one variable in a NUL-separated environ block."""
+    key = name + b"="
+    if env.startswith(key):
+        i = len(key)
+    else:
+        i = env.find(b"\0" + key)
+        if i < 0:
+            return None
+        i += len(key) + 1
+    j = env.find(b"\0", i)
+    return env[i:] if j < 0 else env[i:j]
+
+
+class ProcTable:
+    """One pass over /proc: the live processes (zombies, kernel threads, init and this process
+    left out) with their parent, session, start time, job token and CLOUDSEND_ROOT."""
+
+    def __init__(self) -> None:
+        self.info: dict[int, tuple[int, int, int]] = {}  # pid -> (ppid, sid, start)
+        self.by_token: dict[bytes, list[int]] = {}
+        self.by_root: dict[bytes, list[int]] = {}
+        self.children: dict[int, list[int]] = {}
+        if not HAS_PROC:
+            return
+        me = os.getpid()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            fields = data[data.rindex(b")") + 2 :].split()
+            ppid = int(fields[1])
+            if fields[0] in (b"Z", b"X") or pid in (1, 2, me) or ppid == 2:
+                continue
+            self.info[pid] = (ppid, int(fields[3]), int(fields[19]))
+            self.children.setdefault(ppid, []).append(pid)
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    env = f.read()
+            except OSError:  # another user's process: never one of ours
+                continue
+            if b"CLOUDSEND_" not in env:
+                continue
+            token = env_value(env, TOKEN_VAR.encode())
+            if token:
+                self.by_token.setdefault(token, []).append(pid)
+            root = env_value(env, b"CLOUDSEND_ROOT")
+            if root:
+                self.by_root.setdefault(root, []).append(pid)
+
+    def tree(self, rec: dict[str, Any], session: bool) -> set[int]:
+        """The live processes of one launch (a job or env record). ``session``: count its
+        session too (only while the launch is live or just ended: a session id can be reused
+        once all its members are gone)."""
+        found = set(cgroup_procs(rec.get("cgroup")))
+        if rec.get("token"):
+            found.update(self.by_token.get(rec["token"].encode(), ()))
+        if rec.get("root"):  # a whole agent root: what every job and bootstrap started
+            found.update(self.by_root.get(rec["root"].encode(), ()))
+        pid = rec.get("pid")
+        if session and pid:
+            leader = self.info.get(pid)
+            if leader is None or rec.get("pstart") is None or leader[2] == rec.get("pstart"):
+                found.update(p for p, (_, sid, _) in self.info.items() if sid == pid)
+        return self.descendants(found)
+
+    def descendants(self, pids: set[int]) -> set[int]:
+        out = set(pids)
+        stack = list(pids)
+        while stack:
+            for child in self.children.get(stack.pop(), ()):
+                if child not in out:
+                    out.add(child)
+                    stack.append(child)
+        out.discard(os.getpid())
+        return out
+
+
+def signal_pids(pids: set[int] | list[int], sig: int) -> None:
+    for pid in pids:
+        signal_pid(pid, sig)
+
+
+def signal_pid(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+        os.kill(pid, sig)
+
+
+def kill_trees(targets: list[tuple[dict[str, Any], bool]], sig: int) -> set[int]:
+    """Send sig to every process of these launches ((record, count its session) pairs).
+    SIGKILL goes twice over, to catch what forked meanwhile, after the cgroups' own kill
+    switch. Returns the processes signalled."""
+    hit: set[int] = set()
+    if not HAS_PROC:  # no /proc (macOS): a session's process group is all we can find
+        for rec, session in targets:
+            if session and rec.get("pid"):
+                with contextlib.suppress(OSError):
+                    os.killpg(rec["pid"], sig)
+    for _ in range(2 if sig == signal.SIGKILL else 1):
+        if sig == signal.SIGKILL:
+            for rec, _session in targets:
+                cgroup_kill(rec.get("cgroup"))
+        table = ProcTable()
+        pids: set[int] = set()
+        for rec, session in targets:
+            pids |= table.tree(rec, session)
+        signal_pids(pids, sig)
+        hit |= pids
+        if not pids:
+            break
+    return hit
+
+
+# --- cgroups (v2): a directory per launch under the daemon's own cgroup, when allowed --------
+
+
+def own_cgroup_dir() -> str | None:
+    """This process's cgroup v2 directory, or None (no v2 hierarchy mounted)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            rel = next((ln[3:].strip() for ln in f if ln.startswith("0::")), None)
+        with open("/proc/self/mountinfo") as f:
+            mounts = [ln.split() for ln in f]
+    except OSError:
+        return None
+    if rel is None or rel.endswith("(deleted)"):
+        return None
+    for fields in mounts:
+        sep = fields.index("-") if "-" in fields else -1
+        if sep > 0 and fields[sep + 1] == "cgroup2":
+            base = fields[4] if fields[3] == "/" else None  # a bind of a sub-tree: skip
+            if base:
+                return base.rstrip("/") + rel if rel != "/" else base
+    return None
+
+
+def setup_cgroups(paths: Paths) -> str | None:
+    """The cgroup dir this daemon puts its launches under, if the host lets it: made, then
+    proven by moving a throw-away process into a child (a read-only or undelegated hierarchy
+    fails here). None: track processes without cgroups."""
+    if os.environ.get(CGROUP_OFF) or not HAS_PROC:
+        return None
+    own = own_cgroup_dir()
+    if own is None:
+        return None
+    import hashlib
+
+    base = os.path.join(own, "cloudsend-" + hashlib.sha256(paths.root.encode()).hexdigest()[:16])
+    probe = os.path.join(base, f"probe-{os.getpid()}")
+    try:
+        os.makedirs(probe, exist_ok=True)
+        pid = os.spawnv(
+            os.P_NOWAIT,
+            "/bin/sh",
+            ["/bin/sh", "-c", 'echo $$ >"$1/cgroup.procs"', "sh", probe],
+        )
+        ok = os.waitpid(pid, 0)[1] == 0
+    except OSError:
+        ok = False
+    with contextlib.suppress(OSError):
+        os.rmdir(probe)
+    if not ok:
+        with contextlib.suppress(OSError):
+            os.rmdir(base)
+        return None
+    write_atomic(paths.at("cgroup"), base)
+    return base
+
+
+def cgroup_procs(path: str | None) -> list[int]:
+    if not path:
+        return []
+    try:
+        with open(os.path.join(path, "cgroup.procs"), "rb") as f:
+            return [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def cgroup_kill(path: str | None) -> None:
+    """SIGKILL everything in the cgroup at once (cgroup.kill: Linux 5.14+; older kernels get
+    the per-process kills of kill_trees)."""
+    if path:
+        with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.kill"), "w") as f:
+            f.write("1")
+
+
+def remove_cgroup(path: str | None) -> bool:
+    """rmdir an empty cgroup: True once it is gone (EBUSY while a process is still in it)."""
+    if not path:
+        return True
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_cgroups(base: str | None, timeout: float) -> None:
+    """Remove a daemon's cgroup dir and its launches' (waiting for killed processes to go)."""
+    if not base or not os.path.isdir(base):
+        return
+
+    def gone() -> bool:
+        with contextlib.suppress(OSError):
+            for name in os.listdir(base):
+                if os.path.isdir(os.path.join(base, name)):
+                    remove_cgroup(os.path.join(base, name))
+        return remove_cgroup(base)
+
+    wait_until(gone, timeout)
+
+
+def become_subreaper() -> None:
+    """Orphans of our jobs (a double fork, setsid + exit) are reparented to the daemon, not
+    init: they stay reaped, and findable as our children. Linux only; elsewhere a no-op."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,7 +566,7 @@ class Store:
         # In place, one pwrite: versions only grow, so the digits never shrink and a reader sees
         # the old or the new number; it saves creating a file per change (slow on some disks).
         if self._version_fd is None:
-            self._version_fd = os.open(self.p.version, os.O_WRONLY | os.O_CREAT, 0o644)
+            self._version_fd = os.open(self.p.version, os.O_WRONLY | os.O_CREAT, 0o600)
         os.pwrite(self._version_fd, str(self.version).encode(), 0)
         self.dirty = False
 
@@ -369,14 +591,21 @@ class Daemon(Store):
         super().__init__(paths, slots)
         self.live: dict[tuple[str, str], Proc] = {}
         self.by_pid: dict[int, Proc] = {}
-        # cancelled groups: pgid -> job_id; the SIGKILL deadline is the record's kill_at
-        # (wall clock, saved, so a restarted daemon or stop --kill-jobs still honours it)
-        self.kills: dict[int, str] = {}
+        # jobs whose processes got SIGTERM (cancelled, or leftovers of an ended job); the
+        # SIGKILL deadline is the record's kill_at (wall clock, saved, so a restarted daemon or
+        # stop --kill-jobs still honours it)
+        self.kills: set[str] = set()
+        # jobs whose wrapper ended, to check for leftovers: job_id -> (wrapper was our child,
+        # count its session)
+        self.sweep: dict[str, tuple[bool, bool]] = {}
+        self.next_scan = 0.0
+        self.cg_base: str | None = None  # this daemon's cgroup dir, when the host allows
+        self.cg_gc: dict[str, float] = {}  # cgroups to remove once empty -> give up time
         self.queue: list[str] = []  # QUEUE job ids in submission order
         self.stopping = False
         self.boot = boot_id()
         self.base_env = dict(os.environ)
-        for var in ("CLOUDSEND_JOB_ID", "CLOUDSEND_JOB_DIR", "CLOUDSEND_ENV_DIR"):
+        for var in ("CLOUDSEND_JOB_ID", "CLOUDSEND_JOB_DIR", "CLOUDSEND_ENV_DIR", TOKEN_VAR):
             self.base_env.pop(var, None)
         self.sched_dirty = True
         self.lock_id = (0, 0)  # (st_dev, st_ino) of the agent.lock this daemon holds
@@ -394,11 +623,18 @@ class Daemon(Store):
         self.queue = sorted(
             (j for j, r in self.jobs.items() if r["state"] == QUEUE), key=self._seq_of
         )
-        for job_id, rec in self.jobs.items():  # cancellations a dead daemon left unfinished
-            if rec.get("kill_at") and rec.get("pid"):
-                self.kills[rec["pid"]] = job_id
-                if rec.get("boot") != self.boot or not live_groups([rec["pid"]]):
-                    self._kill_done(rec["pid"])
+        for job_id, rec in self.jobs.items():
+            if rec.get("boot") != self.boot or ("job", job_id) in self.live:
+                continue
+            if rec.get("kill_at"):  # kills a dead daemon left unfinished
+                self.kills.add(job_id)
+                self.sweep[job_id] = (False, True)
+            elif rec.get("token") and rec["state"] in (DONE, ABORTED):
+                # its leftovers, if it ended while no daemon watched (or before their sweep)
+                self.sweep.setdefault(job_id, (False, False))
+        for job_id, rec in self.jobs.items():
+            if rec.get("kill_at") and job_id not in self.kills:
+                self._kill_done(job_id)  # from an earlier boot: nothing of it is left
 
     def _recover_one(self, kind: str, key: str, rec: dict[str, Any], d: str, cpus: int) -> None:
         pid, pstart = recorded_process(rec, d)
@@ -435,11 +671,13 @@ class Daemon(Store):
         self.live.pop((proc.kind, proc.key), None)
         self.by_pid.pop(proc.pid, None)
         self.sched_dirty = self.dirty = True  # slots_used changed
-        if proc.doomed:  # cancelled: the record is final already
-            if proc.pid in self.kills and not live_groups([proc.pid]):
-                self._kill_done(proc.pid)
-            return
         rec = (self.jobs if proc.kind == "job" else self.envs).get(proc.key)
+        if proc.kind == "job":
+            self.sweep[proc.key] = (proc.child, True)
+        elif rec is not None:  # what a bootstrap leaves running (a service?) stays until down
+            remove_cgroup(rec.get("cgroup"))
+        if proc.doomed:  # cancelled: the record is final already
+            return
         if rec is not None:
             d = self.p.job(proc.key) if proc.kind == "job" else self.p.env(proc.key)
             self._ended(proc.kind, rec, read_int(os.path.join(d, "rc")), status)
@@ -558,9 +796,11 @@ class Daemon(Store):
                 if proc is not None:  # a cancelled job still dying: finish it off first
                     self.live.pop(("job", job_id), None)
                     self.by_pid.pop(proc.pid, None)
-                for pgid in [g for g, j in self.kills.items() if j == job_id]:
-                    signal_group(pgid, signal.SIGKILL)
-                    del self.kills[pgid]
+                if proc is not None or job_id in self.kills or job_id in self.sweep:
+                    kill_trees([(cur, True)], signal.SIGKILL)  # and what it left running
+                    self.kills.discard(job_id)
+                    self.sweep.pop(job_id, None)
+                    self._gc(cur.get("cgroup"))
             self._new_job(spec)
             accepted.append(job_id)
         self.sched_dirty = True
@@ -609,6 +849,7 @@ class Daemon(Store):
         if everything:
             job_ids = [j for j, r in self.jobs.items() if r["state"] in (WAIT, QUEUE, RUNNING)]
         cancelled = []
+        doomed: list[tuple[dict[str, Any], bool]] = []
         for job_id in job_ids:
             rec = self.jobs.get(job_id)
             if rec is None or rec["state"] not in (WAIT, QUEUE, RUNNING):
@@ -616,13 +857,15 @@ class Daemon(Store):
             proc = self.live.get(("job", job_id))
             if proc is not None:
                 proc.doomed = True
-                signal_group(proc.pid, signal.SIGTERM)
-                self.kills[proc.pid] = job_id
+                doomed.append((rec, True))
+                self.kills.add(job_id)
                 rec["kill_at"] = time.time() + KILL_GRACE
             if rec["state"] == QUEUE and job_id in self.queue:
                 self.queue.remove(job_id)
             self._abort(rec, "cancelled")
             cancelled.append(job_id)
+        if doomed:  # the whole tree of each: one /proc scan for all of them
+            kill_trees(doomed, signal.SIGTERM)
         self.sched_dirty = True
         return {"cancelled": cancelled}
 
@@ -655,19 +898,21 @@ class Daemon(Store):
         out: str,
         err: str | None,
         env: dict[str, str],
+        cgroup: str | None = None,
     ) -> int:
+        cg = cgroup or ""
         if argv == ["bash", "../run.sh"] and BASH:
-            args = [BASH, "-c", JOB_WRAPPER, "cloudsend-wrapper", state_dir, cwd]
+            args = [BASH, "-c", JOB_WRAPPER, "cloudsend-wrapper", state_dir, cwd, cg]
         else:
-            args = ["/bin/sh", "-c", WRAPPER, "cloudsend-wrapper", state_dir, cwd, *argv]
+            args = ["/bin/sh", "-c", WRAPPER, "cloudsend-wrapper", state_dir, cwd, cg, *argv]
         wflags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         if USE_POSIX_SPAWN:
             actions = [
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 1, out, wflags, 0o644),
+                (os.POSIX_SPAWN_OPEN, 1, out, wflags, 0o600),
                 (os.POSIX_SPAWN_DUP2, 1, 2)
                 if err is None
-                else (os.POSIX_SPAWN_OPEN, 2, err, wflags, 0o644),
+                else (os.POSIX_SPAWN_OPEN, 2, err, wflags, 0o600),
             ]
             try:
                 # vfork+exec: cheap even for a big daemon; setsigdef undoes Python's SIG_IGNs
@@ -686,8 +931,8 @@ class Daemon(Store):
             try:
                 os.setsid()
                 os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-                os.dup2(os.open(out, wflags, 0o644), 1)
-                os.dup2(1 if err is None else os.open(err, wflags, 0o644), 2)
+                os.dup2(os.open(out, wflags, 0o600), 1)
+                os.dup2(1 if err is None else os.open(err, wflags, 0o600), 2)
                 for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGHUP, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
                 os.execve(args[0], args, env)
@@ -700,16 +945,19 @@ class Daemon(Store):
         d = self.p.job(job_id)
         work = os.path.join(d, "work")
         try:
-            prepare_work(work, read_json(os.path.join(d, "spec.json"), {}))
+            prepare_work(work, read_json(os.path.join(d, "spec.json"), {}), self.p.at("files"))
         except (OSError, AgentError) as exc:
             self._abort(rec, f"cannot prepare the work dir: {exc}")
             return
         for name in ("rc", "pid"):
             unlink(os.path.join(d, name))
+        token = new_token()
         env = dict(self.base_env)
         env.update(CLOUDSEND_ROOT=self.p.root, CLOUDSEND_JOB_ID=job_id, CLOUDSEND_JOB_DIR=work)
+        env[TOKEN_VAR] = token
         if rec.get("env_id"):
             env["CLOUDSEND_ENV_DIR"] = self.p.env(rec["env_id"])
+        cgroup = self._new_cgroup("job", job_id, token)
         try:
             pid = self.spawn(
                 d,
@@ -718,30 +966,38 @@ class Daemon(Store):
                 os.path.join(d, "stdout.log"),
                 os.path.join(d, "stderr.log"),
                 env,
+                cgroup,
             )
         except OSError as exc:
+            remove_cgroup(cgroup)
             self._abort(rec, f"cannot start the job: {exc}")
             return
         pstart = proc_start(pid)
         rec.update(state=RUNNING, pid=pid, pstart=pstart, boot=self.boot, started=now())
+        rec.update(token=token, cgroup=cgroup)
         self.save_job(rec)
         self._track(Proc("job", job_id, pid, pstart, True, int(rec.get("cpus") or 1)))
 
     def launch_env(self, rec: dict[str, Any]) -> None:
         d = self.p.env(rec["env_id"])
+        token = new_token()
         env = dict(self.base_env)
         env.update(CLOUDSEND_ROOT=self.p.root, CLOUDSEND_ENV_DIR=d)
+        env[TOKEN_VAR] = token
+        cgroup = self._new_cgroup("env", rec["env_id"], token)
         try:
             pid = self.spawn(
-                d, d, ["bash", "bootstrap.sh"], os.path.join(d, "bootstrap.log"), None, env
+                d, d, ["bash", "bootstrap.sh"], os.path.join(d, "bootstrap.log"), None, env, cgroup
             )
         except OSError as exc:
+            remove_cgroup(cgroup)
             rec.update(state=FAILED, reason=f"cannot start: {exc}", ended=now())
             self.save_env(rec)
             self._env_settled(rec)
             return
         pstart = proc_start(pid)
         rec.update(pid=pid, pstart=pstart, boot=self.boot, started=now())
+        rec.update(token=token, cgroup=cgroup)
         self.save_env(rec)
         self._track(Proc("env", rec["env_id"], pid, pstart, True, 0))
 
@@ -785,22 +1041,110 @@ class Daemon(Store):
             if not alive(proc.pid, proc.pstart):
                 self._finish(proc)  # rc file read after death: complete by then
 
-    def _kill_at(self, pgid: int) -> float:
-        rec = self.jobs.get(self.kills[pgid])
+    def _kill_at(self, job_id: str) -> float:
+        rec = self.jobs.get(job_id)
         return float(rec.get("kill_at") or 0) if rec else 0.0
 
-    def _kill_done(self, pgid: int) -> None:
-        rec = self.jobs.get(self.kills.pop(pgid))
-        if rec is not None and rec.get("kill_at") and rec.get("pid") == pgid:
-            rec["kill_at"] = None
-            self.save_job(rec)
+    def _kill_done(self, job_id: str) -> None:
+        self.kills.discard(job_id)
+        rec = self.jobs.get(job_id)
+        if rec is not None:
+            if rec.get("kill_at"):
+                rec["kill_at"] = None
+                self.save_job(rec)
+            self._gc(rec.get("cgroup"))
 
     def expire_kills(self, everything: bool = False) -> None:
         t = time.time()
-        for pgid in list(self.kills):
-            if everything or t >= self._kill_at(pgid):
-                signal_group(pgid, signal.SIGKILL)
-                self._kill_done(pgid)
+        due = [j for j in self.kills if everything or t >= self._kill_at(j)]
+        if due:
+            kill_trees([(self.jobs[j], True) for j in due if j in self.jobs], signal.SIGKILL)
+        for job_id in due:
+            self._kill_done(job_id)
+
+    # --- leftovers: what an ended job left running ---------------------------------------------
+
+    def _new_cgroup(self, kind: str, key: str, token: str) -> str | None:
+        if not self.cg_base:
+            return None
+        path = os.path.join(self.cg_base, f"{kind}-{token}-{key}"[:255])
+        try:
+            os.mkdir(path)
+        except OSError as exc:
+            self.log(f"cannot make cgroup {path}: {exc}; tracking {kind} {key} without it")
+            return None
+        return path
+
+    def _gc(self, cgroup: str | None) -> None:
+        """Remove a launch's cgroup now, or once its last process has exited."""
+        if cgroup and not remove_cgroup(cgroup):
+            self.cg_gc[cgroup] = time.monotonic() + 30  # killed processes take a moment
+
+    def gc_cgroups(self) -> bool:
+        """True once none is left to remove."""
+        t = time.monotonic()
+        for path, give_up in list(self.cg_gc.items()):
+            if remove_cgroup(path) or t > give_up:
+                del self.cg_gc[path]
+        return not self.cg_gc
+
+    def orphans(self) -> set[int] | None:
+        """Our children that are not job or bootstrap wrappers: orphans of our jobs, which
+        the kernel hands us as their subreaper (None: the kernel does not list children)."""
+        me = os.getpid()
+        try:
+            with open(f"/proc/{me}/task/{me}/children", "rb") as f:
+                kids = {int(x) for x in f.read().split()}
+        except (OSError, ValueError):
+            return None
+        return kids - {p.pid for p in self.live.values() if p.child}
+
+    def sweep_leftovers(self, force: bool = False) -> None:
+        """Jobs whose wrapper ended: whatever they left running (a daemon, a setsid child) gets
+        SIGTERM now and SIGKILL after the grace, as on cancel. Cheap checks first (an empty
+        cgroup; no orphan handed to us), a /proc scan at most every SCAN_EVERY otherwise."""
+        todo: list[tuple[str, bool]] = []
+        orphans: set[int] | None = None
+        for job_id, (child, session) in list(self.sweep.items()):
+            rec = self.jobs.get(job_id)
+            if rec is None or ("job", job_id) in self.live:
+                del self.sweep[job_id]
+                continue
+            if rec.get("cgroup"):  # nothing leaves its cgroup: empty means nothing is left
+                empty = not cgroup_procs(rec["cgroup"])
+            elif child:  # every leftover descends from an orphan the kernel gave us
+                if orphans is None:
+                    orphans = self.orphans()
+                empty = orphans is not None and not orphans
+            else:
+                empty = False
+            if empty:
+                del self.sweep[job_id]
+                self._clean(job_id, rec)
+            else:
+                todo.append((job_id, session))
+        if not todo or (not force and time.monotonic() < self.next_scan):
+            return
+        self.next_scan = time.monotonic() + SCAN_EVERY
+        table = ProcTable()
+        for job_id, session in todo:
+            del self.sweep[job_id]
+            rec = self.jobs[job_id]
+            pids = table.tree(rec, session)
+            if not pids:
+                self._clean(job_id, rec)
+            elif job_id not in self.kills:
+                self.log(f"job {job_id} left {len(pids)} processes running: killing them")
+                signal_pids(pids, signal.SIGTERM)
+                rec["kill_at"] = time.time() + KILL_GRACE
+                self.kills.add(job_id)
+                self.save_job(rec)
+
+    def _clean(self, job_id: str, rec: dict[str, Any]) -> None:
+        if job_id in self.kills:
+            self._kill_done(job_id)  # nothing left to kill
+        else:
+            self._gc(rec.get("cgroup"))
 
     # --- main loop ---------------------------------------------------------------------------
 
@@ -817,8 +1161,12 @@ class Daemon(Store):
         self.reap()
         if any(not p.child for p in self.live.values()):
             self.poll_adopted()
+        if self.sweep:
+            self.sweep_leftovers()
         if self.kills:
             self.expire_kills()
+        if self.cg_gc:
+            self.gc_cgroups()
         if self.sched_dirty:
             self.schedule()
         if self.dirty:
@@ -833,6 +1181,10 @@ class Daemon(Store):
             t = ADOPTED_POLL
         if self.kills:
             t = min(t, max(0.0, min(map(self._kill_at, self.kills)) - time.time()))
+        if self.sweep:
+            t = min(t, max(0.0, self.next_scan - time.monotonic()))
+        if self.cg_gc:
+            t = min(t, 0.1)
         return t
 
     def run(self, ready_fd: int) -> None:
@@ -849,6 +1201,8 @@ class Daemon(Store):
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        become_subreaper()
+        self.cg_base = setup_cgroups(self.p)
         self.load()
         self.recover()
         self.cleanup_inbox()
@@ -856,7 +1210,10 @@ class Daemon(Store):
         self.tick()
         os.write(ready_fd, b"ok %d\n" % os.getpid())
         os.close(ready_fd)
-        self.log(f"started: pid {os.getpid()}, {self.slots} slots, {len(self.jobs)} jobs known")
+        self.log(
+            f"started: pid {os.getpid()}, {self.slots} slots, {len(self.jobs)} jobs known, "
+            + (f"cgroups under {self.cg_base}" if self.cg_base else "no cgroups")
+        )
         while not self.stopping:
             with contextlib.suppress(InterruptedError):
                 select.select([wake, sig_r], [], [], self.timeout())
@@ -866,8 +1223,15 @@ class Daemon(Store):
                 # The host dir was wiped (or replaced): this daemon's jobs and state are gone,
                 # and the next call starts a fresh daemon there. Leave nothing behind.
                 self.log("root dir wiped: killing its processes and exiting")
-                for proc in self.live.values():
-                    signal_group(proc.pid, signal.SIGKILL)
+                live = {(p.kind, p.key) for p in self.live.values()}
+                targets = [
+                    (rec, (kind, key) in live or key in self.kills or key in self.sweep)
+                    for kind, recs in (("job", self.jobs), ("env", self.envs))
+                    for key, rec in recs.items()
+                    if rec.get("boot") == self.boot
+                ]
+                kill_trees(targets, signal.SIGKILL)
+                remove_cgroups(self.cg_base, 1.0)
                 return
             try:
                 self.tick()
@@ -876,7 +1240,12 @@ class Daemon(Store):
 
                 self.log("tick failed:\n" + traceback.format_exc())
                 time.sleep(0.2)
-        self.expire_kills(everything=True)  # no one would finish off cancelled jobs otherwise
+        # no one would finish off cancelled jobs (or leftovers) otherwise
+        self.sweep_leftovers(force=True)
+        self.expire_kills(everything=True)
+        wait_until(self.gc_cgroups, 0.5)
+        if self.cg_base:
+            remove_cgroup(self.cg_base)  # unless jobs still run in it (stop without killing)
         self.write_snapshot(self.agent_info(running=False))
         unlink(self.p.pid)
         self.log(f"stopped ({len(self.live)} processes left running)")
@@ -911,8 +1280,9 @@ class Daemon(Store):
 USE_POSIX_SPAWN = hasattr(os, "posix_spawn") and not os.environ.get("CLOUDSEND_AGENT_NO_SPAWN")
 
 
-def prepare_work(work: str, spec: dict[str, Any]) -> None:
-    """A fresh work dir with the job's inputs linked (or copied) at their relative paths."""
+def prepare_work(work: str, spec: dict[str, Any], files: str) -> None:
+    """A fresh work dir with the job's inputs linked (or copied) at their relative paths.
+    Uploads in ROOT/files are made owner-only first (SFTP creates them under sshd's umask)."""
     import shutil
 
     if os.path.lexists(work):
@@ -921,8 +1291,12 @@ def prepare_work(work: str, spec: dict[str, Any]) -> None:
     real_work = os.path.realpath(work)
     for rel, src in sorted((spec.get("links") or {}).items()):
         dst = os.path.join(work, safe_rel(rel))
-        if not os.path.exists(src):
-            raise AgentError(f"input missing: {src} (for {rel})")
+        try:
+            st = os.stat(src)
+        except OSError:
+            raise AgentError(f"input missing: {src} (for {rel})") from None
+        if st.st_mode & 0o077 and within(src, files):
+            os.chmod(src, 0o700 if os.path.isdir(src) else 0o600)
         if not within(os.path.realpath(os.path.dirname(dst)), real_work):
             # e.g. "d" linked to a dir and "d/f" inside it: never write into linked inputs
             raise AgentError(f"link {rel} would be created outside the work dir")
@@ -969,7 +1343,7 @@ def poke(paths: Paths) -> None:
 
 def lock_free(paths: Paths) -> bool:
     """True when no daemon holds agent.lock (a shared probe, so probes never collide)."""
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as exc:
@@ -989,7 +1363,24 @@ def configured_slots(paths: Paths) -> int:
 
 def make_dirs(paths: Paths) -> None:
     for d in (paths.root, paths.jobs, paths.envs, paths.outbox, paths.inbox, paths.at("files")):
-        os.makedirs(d, exist_ok=True)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+
+
+def owner_only(paths: Paths) -> None:
+    """The root and what cloudsend put there before the agent ran (mkdir -p files, the
+    uploaded agent.py, Python's __pycache__) become owner-only: the agent's umask (077) covers
+    everything it creates itself, not what came first."""
+    cache = paths.at("__pycache__")
+    names = [paths.root, paths.jobs, paths.envs, paths.outbox, paths.inbox, paths.at("files")]
+    names += [paths.at("agent.py"), cache] + [os.path.join(cache, n) for n in listdir(cache)]
+    for name in names:
+        try:
+            mode = os.lstat(name).st_mode
+        except OSError:
+            continue
+        if mode & 0o077 and not stat.S_ISLNK(mode):
+            with contextlib.suppress(OSError):
+                os.chmod(name, stat.S_IMODE(mode) & 0o700)
 
 
 def ensure_daemon(paths: Paths) -> tuple[int, bool]:
@@ -1055,7 +1446,7 @@ def start_daemon(paths: Paths) -> tuple[int, bool]:
 def detach(paths: Paths, keep: int) -> None:
     """stdin from /dev/null, stdout/stderr to agent.log, every other inherited fd closed."""
     null = os.open(os.devnull, os.O_RDONLY)
-    log = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(null, 0)
     os.dup2(log, 1)
     os.dup2(log, 2)
@@ -1071,7 +1462,7 @@ def detach(paths: Paths, keep: int) -> None:
 
 
 def daemon_main(paths: Paths, slots: int, ready_fd: int) -> int:
-    lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
     deadline = time.monotonic() + 0.5
     while True:  # a CLI's shared probe may hold the lock for a moment
         try:
@@ -1163,6 +1554,7 @@ def validate_submit(doc: object) -> dict[str, Any]:
 
 def cmd_start(paths: Paths, slots: int | None) -> dict[str, Any]:
     make_dirs(paths)
+    owner_only(paths)
     cfg = read_json(paths.agent_json, {})
     changed = False
     if slots is not None and (not isinstance(cfg, dict) or cfg.get("slots") != slots):
@@ -1277,11 +1669,6 @@ def cmd_stop(paths: Paths, kill_jobs: bool) -> dict[str, Any]:
     return {"stopped": was_running, "pid": pid, "killed": killed}
 
 
-def signal_pid(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, sig)
-
-
 def wait_until(pred: Any, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -1292,53 +1679,80 @@ def wait_until(pred: Any, timeout: float) -> bool:
 
 
 def kill_everything(paths: Paths) -> list[str]:
-    """With no daemon (we hold its lock): kill every job and bootstrap still running."""
-    lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    """With no daemon (we hold its lock): kill every job and bootstrap still running, and
+    every process any of them left behind (SIGTERM, SIGKILL after the grace)."""
+    lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         if not wait_until(lambda: try_lock(lock), 5.0):
             raise AgentError("a daemon restarted meanwhile; run stop --kill-jobs again")
         store = Store(paths, configured_slots(paths))
         store.load()
         boot = boot_id()
-        victims: list[tuple[str, dict[str, Any], int]] = []
+        victims: list[tuple[str, dict[str, Any]]] = []
+        targets: list[tuple[dict[str, Any], bool]] = []
         for kind, recs, active in (
             ("job", store.jobs, (RUNNING, QUEUE)),
             ("env", store.envs, (BUILDING,)),
         ):
             for key, rec in recs.items():
+                if rec.get("boot") and rec["boot"] != boot:
+                    continue  # a host restart ended all of it
                 d = paths.job(key) if kind == "job" else paths.env(key)
-                if rec["state"] not in active or not launched(rec, d):
-                    continue
-                pid, pstart = recorded_process(rec, d)
-                if pid and (not rec.get("boot") or rec["boot"] == boot) and alive(pid, pstart):
-                    signal_group(pid, signal.SIGTERM)
-                    victims.append((kind, rec, pid))
-        for rec in store.jobs.values():  # cancelled, still in their grace period
-            if rec.get("kill_at") and rec.get("pid") and rec.get("boot") == boot:
-                if live_groups([rec["pid"]]):
-                    signal_group(rec["pid"], signal.SIGKILL)
-                rec["kill_at"] = None
-                store.save_job(rec)
-        wait_until(lambda: not live_groups([pid for _, _, pid in victims]), KILL_GRACE)
+                if rec["state"] in active and launched(rec, d):
+                    pid, pstart = recorded_process(rec, d)
+                    if pid and alive(pid, pstart):
+                        victims.append((kind, rec))
+                        targets.append(({**rec, "pid": pid, "pstart": pstart}, True))
+                        continue
+                targets.append((rec, bool(rec.get("kill_at"))))
+        # and whatever carries this root in its environment, or sits in one of our cgroups
+        base = read_text(paths.at("cgroup"))
+        cgroups = [os.path.join(base, n) for n in listdir(base)] if base else []
+        targets += [({"cgroup": cg}, False) for cg in cgroups if os.path.isdir(cg)]
+        targets.append(({"root": paths.root}, False))
+        hit = kill_trees(targets, signal.SIGTERM)
+        wait_until(lambda: not any(alive(p, None) for p in hit), KILL_GRACE)
+        kill_trees(targets, signal.SIGKILL)
         killed = []
-        for kind, rec, pid in victims:
-            signal_group(pid, signal.SIGKILL)
+        for kind, rec in victims:
             rec.update(ended=now())
             if kind == "job":
                 rec.update(state=ABORTED, reason="killed by stop --kill-jobs")
-                store.save_job(rec)
                 killed.append(rec["job_id"])
             else:
                 rec.update(state=FAILED, reason="killed by stop --kill-jobs")
-                store.save_env(rec)
                 killed.append(rec["env_id"])
+        settled = {id(rec) for _, rec in victims}
+        for kind, recs in (("job", store.jobs), ("env", store.envs)):
+            for rec in recs.values():
+                if rec.get("kill_at") or id(rec) in settled:
+                    rec["kill_at"] = None
+                    (store.save_job if kind == "job" else store.save_env)(rec)
         if store.dirty:
             store.write_snapshot(
                 {"pid": None, "slots": store.slots, "slots_used": 0, "running": False}
             )
+        for rec, _ in targets:
+            remove_cgroup(rec.get("cgroup"))
+        remove_cgroups(base, 1.0)
         return killed
     finally:
         os.close(lock)
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def try_lock(fd: int) -> bool:
@@ -1415,6 +1829,7 @@ def parse(argv: list[str]) -> tuple[str, str, dict[str, Any], list[str]]:
 
 
 def run(argv: list[str]) -> dict[str, Any] | bytes:
+    os.umask(0o077)  # the root is private: state, logs, work dirs, envs (and jobs' own files)
     root, command, opts, args = parse(argv)
     paths = Paths(root)
     if command == "stop":

@@ -45,10 +45,13 @@ class LocalTransport:
     def put(self, local: Path, remote: str) -> None:
         self.calls += 1
         dest = Path(remote)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
         try:
-            shutil.copyfile(local, tmp)
+            # owner-only, like everything in a host root (another user may share this machine)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(fd, "wb") as out, open(local, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
             os.replace(tmp, dest)  # a reader never sees a half-copied file
         except OSError as exc:
             raise TransportError(f"cannot copy {local} to {remote}: {exc}") from exc
