@@ -38,6 +38,7 @@ def claim_command(root: str, project: str) -> str:
     OTHER_PROJECT (then the marker's line); exits 0 in every case."""
     r, m, want = _quoted(root, project)
     return (
+        "umask 077; "  # the root and its marker are the login user's alone
         f"if [ -f {m} ]; then IFS= read -r cs_mark < {m} || true; "
         f'if [ "$cs_mark" = {want} ]; then echo {CLAIMED}; '
         f'else echo {OTHER_PROJECT}; printf "%s\\n" "$cs_mark"; fi; '
