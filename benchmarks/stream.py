@@ -136,12 +136,18 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
     how = "/usr/bin/time -v" if os.path.exists(TIME) else "getrusage(RUSAGE_CHILDREN)"
     print(f"peak RSS ({how}), MB: baseline = 1 KB output and log")
-    print(f"  run + fetch, {big['out']:6.0f} MB output : {big['run']:7.1f}   "
-          f"baseline {small['run']:6.1f}   ratio {big['run'] / small['run']:5.2f}")
-    print(f"  logs --lines 0, {big['log']:4.0f} MB log : {big['logs']:7.1f}   "
-          f"baseline {small['logs']:6.1f}   ratio {big['logs'] / small['logs']:5.2f}")
-    print(f"peak disk of the project during the run: {big['disk']:.0f} MB (output "
-          f"{big['out']:.0f} MB + log {big['log']:.0f} MB, on the host, in its archive, home)")
+    print(
+        f"  run + fetch, {big['out']:6.0f} MB output : {big['run']:7.1f}   "
+        f"baseline {small['run']:6.1f}   ratio {big['run'] / small['run']:5.2f}"
+    )
+    print(
+        f"  logs --lines 0, {big['log']:4.0f} MB log : {big['logs']:7.1f}   "
+        f"baseline {small['logs']:6.1f}   ratio {big['logs'] / small['logs']:5.2f}"
+    )
+    print(
+        f"peak disk of the project during the run: {big['disk']:.0f} MB (output "
+        f"{big['out']:.0f} MB + log {big['log']:.0f} MB, on the host, in its archive, home)"
+    )
 
 
 if __name__ == "__main__":
