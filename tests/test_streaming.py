@@ -1,5 +1,5 @@
-"""Big outputs and logs come home streamed, byte-exact, on the local provider; a fetch killed
-with SIGKILL leaves nothing behind once the next fetch has run.
+"""Big outputs and logs come home streamed, byte-exact, on the local provider and over real
+sshd hosts; a fetch killed with SIGKILL leaves nothing behind once the next fetch has run.
 
 (Memory itself is measured by benchmarks/stream.py, not here.)
 """
@@ -21,7 +21,9 @@ from cloudsend.pipeline.fetch import PART_PREFIX, clean_leftovers
 from cloudsend.pipeline.logs import SCAN, tail_start
 from cloudsend.transport.base import CHUNK
 from cloudsend.transport.local import open_local
+from cloudsend.transport.ssh_file import WINDOW
 from tests.conftest import Project
+from tests.ssh_helpers import ssh_config
 
 OUT_SIZE = 9 * CHUNK + 12_345  # several chunks, not a multiple of one
 LOG_SIZE = 3 * CHUNK + 7
@@ -203,3 +205,34 @@ def test_clean_leftovers_spares_a_file_a_live_fetch_is_writing(tmp_path: Path) -
     assert not live.exists()
     assert clean_leftovers(tmp_path / "missing", tmp_path / "none") == 0
     os.unlink(other)
+
+
+def test_over_ssh_big_output_and_whole_log_arrive_byte_exact(
+    sshd_factory: Any, project: Project, ledger_dir: Path
+) -> None:
+    host = sshd_factory(1)[0]
+    flag, written = ledger_dir / "go", ledger_dir / "written"
+    ref_out, ref_log = ledger_dir / "ref_out", ledger_dir / "ref_log"
+    size = 2 * WINDOW + 12_345  # more than the SFTP reader's window, not a multiple of it
+    command = (
+        f"head -c {size} /dev/urandom | tee {ref_out} > out.txt && "
+        f"head -c {LOG_SIZE} /dev/urandom | tee {ref_log} && touch {written} && "
+        f"while [ ! -e {flag} ]; do sleep 0.05; done"
+    )
+    project.config(ssh_config([host], ledger_dir, jobs=1, sleep=0, command=command))
+    run = project.popen("run", "--json")
+    try:
+        wait_for(written.exists, 90, "the log written")
+        (job,) = wait_for(lambda: job_ids(project), 30, "the job")
+        log = ref_log.read_bytes()
+        assert cli_bytes(project, "logs", job, "--lines", "0") == log  # from the host
+        assert cli_bytes(project, "logs", job, "-n", "5") == expected_tail(log, 5)
+        flag.touch()
+        out, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, err
+    got = Path(json.loads(out)["results_dir"]) / job / "out.txt"
+    assert got.stat().st_size == size and sha256(got) == sha256(ref_out)
