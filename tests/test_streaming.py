@@ -213,7 +213,7 @@ def test_over_ssh_big_output_and_whole_log_arrive_byte_exact(
     host = sshd_factory(1)[0]
     flag, written = ledger_dir / "go", ledger_dir / "written"
     ref_out, ref_log = ledger_dir / "ref_out", ledger_dir / "ref_log"
-    size = 2 * WINDOW + 12_345  # more than the SFTP reader's window, not a multiple of it
+    size = WINDOW + 12_345  # more than the SFTP reader's window, not a multiple of it
     command = (
         f"head -c {size} /dev/urandom | tee {ref_out} > out.txt && "
         f"head -c {LOG_SIZE} /dev/urandom | tee {ref_log} && touch {written} && "

@@ -2,7 +2,11 @@
 
 paramiko's own prefetch asks for a whole file at once and, when the reader stops early, leaves
 its requests (and a thread issuing them) behind; here each window of WINDOW bytes is requested
-at once and read to its end before the next one, so at most WINDOW bytes are ever in flight.
+at once and read to its end before the next one, so at most WINDOW bytes are ever asked for.
+What has arrived but is not read yet is bounded further by the SSH channel's flow control
+(paramiko's 2 MB window): the reader's memory stays flat whatever the file's size.
+Measured on loopback (300 MB): windows of 4 MB 67 MB/s, 16 MB 98 MB/s, SFTPClient.get 105 MB/s;
+peak RSS the same for all.
 """
 
 from __future__ import annotations
@@ -13,8 +17,21 @@ import paramiko
 
 from cloudsend.errors import TransportError
 
-WINDOW = 4 << 20  # bytes asked for ahead of the reader (128 SFTP requests of 32 KB)
+WINDOW = 16 << 20  # bytes asked for ahead of the reader (512 SFTP requests of 32 KB)
 PIECE = paramiko.SFTPFile.MAX_REQUEST_SIZE  # one SFTP read request
+
+
+def _request(fh: paramiko.SFTPFile, start: int, end: int) -> None:
+    """Ask for [start, end) at once, as SFTPFile.prefetch does but from this thread: prefetch's
+    own thread, still sending when the link dies, would print its traceback on the terminal.
+    (Sending the requests never blocks: 512 of them are ~20 KB.)"""
+    send = getattr(fh, "_prefetch_thread", None)
+    if send is None:  # a paramiko without it: its threaded prefetch then
+        fh.prefetch(end)
+        return
+    fh._prefetching = True
+    fh._prefetch_done = False
+    send([(n, min(PIECE, end - n)) for n in range(start, end, PIECE)], None)
 
 
 class SftpReader:
@@ -55,7 +72,7 @@ class SftpReader:
             fh.seek(pos)
             while pos < end:
                 window_end = min(end, pos + WINDOW)
-                fh.prefetch(window_end)  # requests [pos, window_end) now
+                _request(fh, pos, window_end)
                 while pos < window_end:
                     data = fh.read(min(PIECE, window_end - pos))
                     if not data:
