@@ -15,6 +15,7 @@ reporter (the CLI passes one that draws progress).
 from __future__ import annotations
 
 import asyncio
+import codecs
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,8 +24,27 @@ from cloudsend.config import load_config
 from cloudsend.config.models import Config
 from cloudsend.core import FINAL_STATES, CloudSendProcessState
 from cloudsend.pipeline import operations
+from cloudsend.pipeline.logs import write_log
 from cloudsend.pipeline.reporting import JobView, Reporter, RunSummary
 from cloudsend.pipeline.session import Session
+
+
+def _print_log(session: Session, job_id: str, stream: str, out: TextIO) -> None:
+    """The tail of a job's log as text (streamed), ending with a newline."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    last = "\n"
+
+    def write(data: bytes, final: bool = False) -> None:
+        nonlocal last
+        text = decoder.decode(data, final)
+        if text:
+            out.write(text)
+            last = text[-1]
+
+    write_log(session, job_id, write, stream)
+    write(b"", final=True)
+    if last != "\n":
+        out.write("\n")
 
 
 def _load(config: Config | dict[str, Any] | str | Path) -> Config:
@@ -83,7 +103,7 @@ class SyncClient:
         for v in self.session.views():
             if v.state == "ABORTED":
                 print(f"--- {v.job_id} (exit {v.exit_code}): {v.reason or ''}", file=out)
-                print(operations.logs(self.session, v.job_id, "stderr"), file=out)
+                _print_log(self.session, v.job_id, "stderr", out)
 
     def fetch_results(self, out_dir: str | Path | None = None) -> Path:
         return operations.fetch_results(

@@ -272,30 +272,45 @@ def status(config: Path, as_json: bool) -> None:
 @CONFIG_ARG
 @click.option("--stderr", "stream", flag_value="stderr", help="Show stderr instead of stdout.")
 @click.option("--stdout", "stream", flag_value="stdout", default=True, hidden=True)
-@click.option("-n", "--lines", default=50, show_default=True, help="How many last lines.")
+@click.option(
+    "-n", "--lines", default=50, show_default=True, help="How many last lines; 0: the whole log."
+)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends.")
 def logs(job: str, config: Path, stream: str, lines: int, follow: bool) -> None:
-    """Print the last lines of JOB's stdout (or --stderr)."""
+    """Print the last lines of JOB's stdout (or --stderr), streamed as written."""
     import time
 
-    from cloudsend.pipeline import operations
+    from cloudsend.pipeline.logs import write_log
+
+    out = click.get_binary_stream("stdout")
+    last = b"\n"
+
+    def write(data: bytes) -> None:
+        nonlocal last
+        out.write(data)
+        last = data[-1:]
 
     client, _ = _client(config, quiet=True)
     try:
         client.wakeup()
-        shown = operations.logs(client.session, job, stream, lines)
-        click.echo(shown)
+        session = client.session
+        offset = write_log(session, job, write, stream, lines)
+        out.flush()
         while follow:
-            view = next(v for v in client.session.views() if v.job_id == job)
+            view = next(v for v in session.views() if v.job_id == job)
             if view.state in ("DONE", "ABORTED"):
                 break
             time.sleep(1)
-            client.session.reconcile()
-            text = operations.logs(client.session, job, stream, 10_000)
-            new = text[len(shown) :] if text.startswith(shown) else text
-            if new.strip():
-                click.echo(new.lstrip("\n"))
-            shown = text
+            session.reconcile()
+            offset = write_log(session, job, write, stream, offset=offset)
+            out.flush()
+        if last != b"\n" and out.isatty():  # a terminal's prompt starts on a line of its own
+            out.write(b"\n")
+        out.flush()
+    except BrokenPipeError:
+        # the reader left (`| head`): not an error; stdout goes to /dev/null so that the exit
+        # flush does not complain again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
     finally:
         client.close()
 

@@ -158,8 +158,8 @@ def agent_op(command: str) -> str:
 
 
 class CallCounter:
-    """Counts every SshTransport run/put/get per host, by kind (agent subcommand, 'shell',
-    'put', 'get'), and the watch rounds each HostWatcher made."""
+    """Counts every SshTransport run/put/get/reading per host, by kind (agent subcommand,
+    'shell', 'put', 'get' for both downloads), and the watch rounds each HostWatcher made."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from cloudsend.pipeline.watch import HostWatcher
@@ -169,6 +169,7 @@ class CallCounter:
         self.rounds: Counter[str] = Counter()
         self._lock = threading.Lock()
         run, put, get = SshTransport.run, SshTransport.put, SshTransport.get
+        reading = SshTransport.reading
         one_round = HostWatcher._round
 
         def note(host: str, kind: str) -> None:
@@ -187,6 +188,10 @@ class CallCounter:
             note(self_.name, "get")
             get(self_, *args, **kwargs)
 
+        def counted_reading(self_: SshTransport, *args: Any, **kwargs: Any) -> Any:
+            note(self_.name, "get")  # a download too: fetches stream the archive this way
+            return reading(self_, *args, **kwargs)
+
         def counted_round(self_: HostWatcher, *args: Any, **kwargs: Any) -> Any:
             with self._lock:
                 self.rounds[self_.host.name] += 1
@@ -195,6 +200,7 @@ class CallCounter:
         monkeypatch.setattr(SshTransport, "run", counted_run)
         monkeypatch.setattr(SshTransport, "put", counted_put)
         monkeypatch.setattr(SshTransport, "get", counted_get)
+        monkeypatch.setattr(SshTransport, "reading", counted_reading)
         monkeypatch.setattr(HostWatcher, "_round", counted_round)
 
     def mark(self) -> int:

@@ -250,7 +250,7 @@ def test_a_slow_download_does_not_get_a_healthy_host_declared_lost(
     """The results archive takes about twice host_lost_after to come home (a slow link: the
     download is throttled as its chunks arrive). The host answers all along, so it must not
     be declared lost nor its job run again elsewhere."""
-    import paramiko
+    from cloudsend.transport.ssh_file import SftpReader
 
     hosts = sshd_factory(2)
     ledger = ledger_dir / "ledger"
@@ -261,28 +261,20 @@ def test_a_slow_download_does_not_get_a_healthy_host_declared_lost(
     cfg = project.config(
         ssh_config(hosts, ledger, jobs=1, sleep=0, lost_after=lost_after, command=command)
     )
-    original = paramiko.SFTPClient.get
+    original = SftpReader.chunks
     durations: list[float] = []
 
-    def slow_get(
-        self: paramiko.SFTPClient, remotepath: str, localpath: str, callback: Any = None, **kw: Any
-    ) -> Any:
+    def slow_chunks(self: SftpReader, *args: Any, **kwargs: Any) -> Iterator[bytes]:
+        # the only files read over SFTP during a run are the results archives
         began = time.monotonic()
-        seen = [0]
-
-        def throttle(done: int, total: int) -> None:
-            time.sleep((done - seen[0]) / rate)
-            seen[0] = done
-            if callback is not None:
-                callback(done, total)
-
         try:
-            return original(self, remotepath, localpath, callback=throttle, **kw)
+            for chunk in original(self, *args, **kwargs):
+                time.sleep(len(chunk) / rate)
+                yield chunk
         finally:
-            if "collect-" in remotepath:
-                durations.append(time.monotonic() - began)
+            durations.append(time.monotonic() - began)
 
-    monkeypatch.setattr(paramiko.SFTPClient, "get", slow_get)
+    monkeypatch.setattr(SftpReader, "chunks", slow_chunks)
     notices = Notices()
     spy = FetchSpy(monkeypatch)
     summary = api_run(cfg, notices.reporter, poll_wait=1.0)

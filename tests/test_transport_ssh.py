@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from cloudsend.errors import TransportError
+from cloudsend.transport.base import CHUNK
 from cloudsend.transport.ssh import SshTarget, SshTransport, probe
+from cloudsend.transport.ssh_file import PIECE, WINDOW
 from tests.sshd_harness import SshdHost
 
 Factory = Callable[..., list[SshdHost]]
@@ -334,3 +336,48 @@ def test_probe_returns_home_cpus_python(sshd_host: SshdHost, known_hosts: Path) 
     assert python and os.path.isabs(python) and os.access(python, os.X_OK)
     assert "shims" not in python  # the real interpreter, not a pyenv wrapper
     assert facts["python_version"] and int(facts["python_version"].split(".")[1]) >= 8
+
+
+def test_reading_streams_a_file_in_bounded_windows(
+    sshd_host: SshdHost, connect: Callable, tmp_path: Path
+) -> None:
+    t = connect(sshd_host)
+    data = os.urandom(2 * WINDOW + 3 * PIECE + 123)  # windows and pieces, neither whole
+    path = sshd_host.root / "big.bin"
+    path.write_bytes(data)
+    with t.reading(str(path)) as f:
+        assert f.size() == len(data)
+        assert f.pread(len(data) - 10, 100) == data[-10:]
+        chunks = list(f.chunks())
+        assert b"".join(chunks) == data and max(map(len, chunks)) <= CHUNK
+        assert b"".join(f.chunks(WINDOW - 5, WINDOW + 5)) == data[WINDOW - 5 : WINDOW + 5]
+        early = f.chunks(7)  # a reader that stops mid-window...
+        assert next(early) == data[7 : 7 + PIECE]
+        early.close()
+        assert f.pread(0, 4) == data[:4]  # ...leaves the session in step
+    back = tmp_path / "back.bin"
+    t.get(str(path), back)  # the next transfer on the same SFTP session
+    assert back.read_bytes() == data
+    with pytest.raises(FileNotFoundError), t.reading(str(sshd_host.root / "missing")):
+        pass
+    assert t.connects == 1 and t.bytes_received >= 2 * len(data)
+
+
+def test_reading_when_sshd_dies_midway_is_a_transport_error(
+    sshd_host: SshdHost, connect: Callable
+) -> None:
+    t = connect(sshd_host)
+    path = sshd_host.root / "big.bin"
+    path.write_bytes(os.urandom(64 << 20))
+    with (
+        pytest.raises(TransportError, match=r"lost while reading .*big\.bin"),
+        t.reading(str(path)) as f,
+    ):
+        chunks = f.chunks()
+        next(chunks)
+        sshd_host.kill()
+        started = time.monotonic()
+        for _ in chunks:
+            assert time.monotonic() - started < 20
+    sshd_host.start()
+    assert t.run("echo back").stdout == "back\n"  # and the transport reconnects

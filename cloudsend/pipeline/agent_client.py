@@ -66,10 +66,6 @@ class AgentClient:
     def cancel(self, job_ids: list[str] | None = None) -> dict[str, Any]:
         return self._call("cancel", *(job_ids if job_ids else ["--all"]))
 
-    def tail(self, job_id: str, stream: str = "stdout", lines: int = 50) -> str:
-        doc = self._call("tail", job_id, "--stream", stream, "--lines", str(lines))
-        return str(doc.get("text", ""))
-
     def collect(
         self, out: str, want: dict[str, int], since: int | None = None, wait: float = 0
     ) -> dict[str, Any]:

@@ -1,35 +1,109 @@
-"""Brings finished jobs' outputs home: one archive per host per round, extracted safely."""
+"""Brings finished jobs' outputs home: one archive per host per round, streamed and unpacked
+member by member (memory stays bounded whatever the sizes; no copy of the archive is kept here).
+
+Each file is written under the state dir's tmp/ (locked while written) and moved into place
+whole; what a killed fetch left there is removed by the next one (clean_leftovers).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import io
 import os
 import shlex
+import shutil
 import tarfile
-import tempfile
 import uuid
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from cloudsend.errors import TransportError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.providers.base import Host
+from cloudsend.transport.base import CHUNK
+
+PART_PREFIX = "fetch-"  # files being written under tmp_dir
 
 
-def _safe_members(tar: tarfile.TarFile, job_ids: set[str]) -> list[tarfile.TarInfo]:
+def _safe(member: tarfile.TarInfo, job_ids: set[str]) -> bool:
     # The archive comes from a host we do not fully trust: regular files under a known job only.
-    members = []
-    for member in tar.getmembers():
-        path = PurePosixPath(member.name)
-        if path.is_absolute() or ".." in path.parts or not path.parts:
-            continue
-        if path.parts[0] not in job_ids or not (member.isfile() or member.isdir()):
-            continue
-        members.append(member)
-    return members
+    path = PurePosixPath(member.name)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        return False
+    return path.parts[0] in job_ids and (member.isfile() or member.isdir())
+
+
+class _ChunkStream(io.RawIOBase):
+    """A readable stream over an iterator of chunks (what tarfile reads from)."""
+
+    def __init__(self, chunks: Iterator[bytes], progress: Callable[[int], None] | None) -> None:
+        self._chunks = chunks
+        self._progress = progress
+        self._buf = memoryview(b"")
+        self._total = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._buf:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._buf = memoryview(chunk)
+            self._total += len(chunk)
+            if self._progress is not None:
+                self._progress(self._total)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def _write_whole(src: IO[bytes], dest: Path, tmp_dir: Path) -> None:
+    """Copy src to dest in chunks; dest appears only once complete."""
+    part = tmp_dir / f"{PART_PREFIX}{uuid.uuid4().hex}"
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode: the umask's
+    try:
+        with os.fdopen(fd, "wb") as out:
+            fcntl.flock(out, fcntl.LOCK_EX)  # held until closed: clean_leftovers skips it
+            shutil.copyfileobj(src, out, CHUNK)
+            out.flush()
+            try:
+                os.replace(part, dest)
+            except OSError:  # tmp_dir on another file system than the results
+                shutil.move(part, dest)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def clean_leftovers(tmp_dir: Path, results_root: Path) -> int:
+    """Remove what killed fetches left: part files under tmp_dir that no live fetch holds
+    locked, and the archives older versions downloaded into results/run-*/. Returns how many."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for path in tmp_dir.iterdir():
+            if not path.name.startswith(PART_PREFIX):
+                continue
+            try:
+                with open(path, "rb") as fh:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    path.unlink()
+                    removed += 1
+            except OSError:  # locked: a fetch is writing it; or gone already
+                continue
+    for old in results_root.glob("run-*/.fetch-*.tar.gz"):
+        with contextlib.suppress(OSError):
+            old.unlink()
+            removed += 1
+    return removed
 
 
 def fetch_jobs(
-    host: Host, job_ids: list[str], results_dir: Path
+    host: Host, job_ids: list[str], results_dir: Path, tmp_dir: Path
 ) -> dict[str, list[tuple[str, int]]]:
     """Pack the jobs' outputs on the host, fetch the archive, extract into results_dir/<job>/.
 
@@ -39,7 +113,7 @@ def fetch_jobs(
         return {}
     remote = f"{host.root}/outbox/{uuid.uuid4().hex}.tar.gz"
     AgentClient(host).pack(remote, job_ids)
-    got = download(host, remote, job_ids, results_dir)
+    got = download(host, remote, job_ids, results_dir, tmp_dir)
     host.transport.run(f"rm -f {shlex.quote(remote)}", check=False)
     return got
 
@@ -49,21 +123,28 @@ def download(
     remote: str,
     job_ids: list[str],
     results_dir: Path,
+    tmp_dir: Path,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, list[tuple[str, int]]]:
-    """Fetch an archive made by the agent and extract it safely into results_dir/<job>/.
-    `progress` is the transport's (called as bytes arrive)."""
+    """Stream an archive made by the agent and extract it safely into results_dir/<job>/.
+    `progress(bytes so far)` is called as chunks arrive."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".fetch-", suffix=".tar.gz", dir=results_dir)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    wanted = set(job_ids)
     got: dict[str, list[tuple[str, int]]] = {job: [] for job in job_ids}
+    opened = False
     try:
-        host.transport.get(remote, tmp, progress=progress)
-        try:
-            with tarfile.open(tmp, "r:gz") as tar:
-                for member in _safe_members(tar, set(job_ids)):
-                    dest = results_dir / member.name
+        with (
+            host.transport.reading(remote) as remote_file,
+            contextlib.closing(remote_file.chunks()) as chunks,
+            tarfile.open(fileobj=_ChunkStream(chunks, progress), mode="r|gz") as tar,
+        ):
+            opened = True
+            for member in tar:
+                if not _safe(member, wanted):
+                    continue
+                dest = results_dir / member.name
+                try:
                     if member.isdir():
                         dest.mkdir(parents=True, exist_ok=True)
                         continue
@@ -71,14 +152,18 @@ def download(
                     if src is None:
                         continue
                     dest.parent.mkdir(parents=True, exist_ok=True)
-                    part = dest.with_name(dest.name + ".part")
-                    with src, open(part, "wb") as out:
-                        out.write(src.read())
-                    os.replace(part, dest)
-                    job, _, rel = member.name.partition("/")
-                    got[job].append((rel, member.size))
-        except (tarfile.TarError, OSError) as exc:
+                    with src:
+                        _write_whole(src, dest, tmp_dir)
+                except OSError as exc:
+                    raise TransportError(
+                        f"cannot write {dest} (from host {host.name!r}): {exc}"
+                    ) from exc
+                job, _, rel = member.name.partition("/")
+                got[job].append((rel, member.size))
+    except FileNotFoundError as exc:
+        if opened:
             raise TransportError(f"bad results archive from host {host.name!r}: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
+        raise TransportError(f"results archive {remote} missing on host {host.name!r}") from exc
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise TransportError(f"bad results archive from host {host.name!r}: {exc}") from exc
     return got

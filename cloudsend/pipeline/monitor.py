@@ -65,6 +65,7 @@ class RunMonitor:
         watcher = HostWatcher(
             self.s.host_named(host_name),
             self.s.results_dir,
+            self.s.tmp_dir,
             self.events,
             self.stop,
             self.s.poll_wait,

@@ -1,4 +1,5 @@
-"""What a user does to a run from outside: fetch its results, cancel jobs, read their logs.
+"""What a user does to a run from outside: fetch its results, cancel jobs (their logs:
+pipeline.logs).
 
 Functions over a Session (pipeline.session), which owns the lifecycle itself.
 """
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 def fetch_results(session: Session, out_dir: Path | None = None) -> Path:
     """Fetch every finished job not yet home; copy the run's results to out_dir if given."""
     run_id = session.current_run()
+    session.clean_fetch_leftovers()
     if not all(v.state in FINAL and v.fetched for v in session.views()):
         session.reconcile()  # only ask the hosts when something may be left there
     todo: dict[str, list[str]] = {}
@@ -32,7 +34,7 @@ def fetch_results(session: Session, out_dir: Path | None = None) -> Path:
             attempts[v.job_id] = v.attempt
 
     def pull(host: Host) -> dict[str, list[tuple[str, int]]]:
-        return fetch_jobs(host, todo.get(host.name, []), session.results_dir)
+        return fetch_jobs(host, todo.get(host.name, []), session.results_dir, session.tmp_dir)
 
     for got in session.each_host(pull, [h for h in session.hosts if h.name in todo]):
         session.store.record_fetches(
@@ -62,17 +64,3 @@ def cancel(session: Session, job_ids: list[str] | None = None) -> list[str]:
         cancelled += AgentClient(session.host_named(name)).cancel(ids).get("cancelled", [])
     session.reconcile()
     return cancelled
-
-
-def logs(session: Session, job_id: str, stream: str = "stdout", lines: int = 50) -> str:
-    view = next((v for v in session.views() if v.job_id == job_id), None)
-    if view is None:
-        raise JobError(
-            f"no job named {job_id!r} in this run", hint="`cloudsend status` lists the job ids"
-        )
-    local = session.results_dir / job_id / f"{stream}.log"
-    if view.fetched and local.exists():
-        return "\n".join(local.read_text(errors="replace").splitlines()[-lines:])
-    if not view.host:
-        return ""
-    return AgentClient(session.host_named(view.host)).tail(job_id, stream, lines)

@@ -87,6 +87,17 @@ class Session:
     def results_dir(self) -> Path:
         return self.config.base_dir / "results" / f"run-{self.current_run()}"
 
+    @property
+    def tmp_dir(self) -> Path:
+        """Where fetches write files before moving them into results (cleaned: fetch.py)."""
+        return self.config.state_dir / "tmp"
+
+    def clean_fetch_leftovers(self) -> None:
+        """Remove what a killed fetch left behind (called as a fetch or a watch begins)."""
+        from cloudsend.pipeline.fetch import clean_leftovers
+
+        clean_leftovers(self.tmp_dir, self.config.base_dir / "results")
+
     def host_named(self, name: str) -> Host:
         for host in self.hosts:
             if host.name == name:
@@ -361,6 +372,7 @@ class Session:
         """Watch until every job is in `states` (final ones fetched too), or the timeout."""
         from cloudsend.pipeline.monitor import RunMonitor
 
+        self.clean_fetch_leftovers()
         return RunMonitor(self, states).run(timeout)
 
     def apply_status(self, host: str, status: dict[str, Any]) -> None:

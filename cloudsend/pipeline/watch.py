@@ -47,6 +47,7 @@ class HostWatcher(threading.Thread):
         self,
         host: Host,
         results_dir: Path,
+        tmp_dir: Path,
         events: queue.Queue[HostEvent],
         stop: threading.Event,
         poll_wait: float,
@@ -55,6 +56,7 @@ class HostWatcher(threading.Thread):
         super().__init__(name=f"watch-{host.name}", daemon=True)
         self.host = host
         self.results_dir = results_dir
+        self.tmp_dir = tmp_dir
         self.events = events
         self.stop_event = stop
         self.poll_wait = poll_wait
@@ -156,7 +158,12 @@ class HostWatcher(threading.Thread):
             ready = self._ready(status.get("jobs", {}))
             jobs = [j for j in packed.get("jobs", []) if j in ready]
             got = download(
-                self.host, packed["path"], jobs, self.results_dir, progress=self._heartbeat()
+                self.host,
+                packed["path"],
+                jobs,
+                self.results_dir,
+                self.tmp_dir,
+                progress=self._heartbeat(),
             )
             with self._lock:
                 self._fetched.update(jobs)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -38,6 +39,24 @@ class Result:
         return self
 
 
+CHUNK = 1 << 20  # what a RemoteFile hands over at a time: memory stays bounded by this
+
+
+class RemoteFile(Protocol):
+    """A file on a host opened for reading; any failure is a TransportError."""
+
+    def size(self) -> int: ...
+
+    def pread(self, offset: int, n: int) -> bytes:
+        """Up to n bytes at offset (fewer at the end of the file)."""
+        ...
+
+    def chunks(self, offset: int = 0, end: int | None = None) -> Generator[bytes, None, None]:
+        """The bytes from offset up to end (default: the size now), CHUNK at most at a time,
+        in order; downloads are pipelined but never buffer more than a few MB."""
+        ...
+
+
 class Transport(Protocol):
     name: str
 
@@ -56,6 +75,10 @@ class Transport(Protocol):
         self, remote: str, local: Path, progress: Callable[[int], None] | None = None
     ) -> None:
         """`progress(bytes so far)` is called as the download advances."""
+        ...
+
+    def reading(self, remote: str) -> AbstractContextManager[RemoteFile]:
+        """The file opened for reading; FileNotFoundError if it does not exist."""
         ...
 
     def close(self) -> None: ...

@@ -2,14 +2,61 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from cloudsend.errors import TransportError
-from cloudsend.transport.base import Result
+from cloudsend.transport.base import CHUNK, Result
+
+
+class LocalFile:
+    """A RemoteFile on this machine."""
+
+    def __init__(self, fh: BinaryIO, label: str) -> None:
+        self._fh = fh
+        self._label = label
+
+    def _failed(self, exc: OSError) -> TransportError:
+        return TransportError(f"cannot read {self._label}: {exc}")
+
+    def size(self) -> int:
+        try:
+            return os.fstat(self._fh.fileno()).st_size
+        except OSError as exc:
+            raise self._failed(exc) from exc
+
+    def pread(self, offset: int, n: int) -> bytes:
+        try:
+            return os.pread(self._fh.fileno(), n, offset)
+        except OSError as exc:
+            raise self._failed(exc) from exc
+
+    def chunks(self, offset: int = 0, end: int | None = None) -> Generator[bytes, None, None]:
+        end = self.size() if end is None else end
+        while offset < end:
+            data = self.pread(offset, min(CHUNK, end - offset))
+            if not data:  # truncated meanwhile
+                return
+            offset += len(data)
+            yield data
+
+
+@contextlib.contextmanager
+def open_local(path: str | Path, label: str) -> Iterator[LocalFile]:
+    """A local file as a RemoteFile (FileNotFoundError if missing, else TransportError)."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise TransportError(f"cannot read {label}: {exc}") from exc
+    with fh:
+        yield LocalFile(fh, label)
 
 
 class LocalTransport:
@@ -67,6 +114,10 @@ class LocalTransport:
             raise TransportError(f"cannot fetch {remote} from host {self.name!r}: {exc}") from exc
         if progress is not None:
             progress(local.stat().st_size)
+
+    def reading(self, remote: str) -> contextlib.AbstractContextManager[LocalFile]:
+        self.calls += 1
+        return open_local(remote, f"{remote} on host {self.name!r}")
 
     def close(self) -> None:
         pass

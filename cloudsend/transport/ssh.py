@@ -18,7 +18,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypedDict, TypeVar
 
@@ -28,6 +28,7 @@ from invoke.exceptions import CommandTimedOut
 from cloudsend.errors import TransportError
 from cloudsend.transport.base import Result
 from cloudsend.transport.known_hosts import KnownHosts
+from cloudsend.transport.ssh_file import SftpReader
 from cloudsend.transport.ssh_link import (
     Connection,
     NotStarted,
@@ -59,6 +60,9 @@ class HostFacts(TypedDict):
     cpus: int
     python: str | None  # real path of the login shell's python3; None if it has none
     python_version: str | None  # e.g. "3.11"
+
+
+_Opened = tuple[paramiko.SFTPClient, Connection, paramiko.SFTPFile]
 
 
 class _StdinText(io.StringIO):
@@ -252,6 +256,20 @@ class SshTransport:
             self._sftp = sftp
         return sftp
 
+    def _sftp_failed(
+        self, exc: Exception, sftp: paramiko.SFTPClient, conn: Connection, what: str
+    ) -> Retry | TransportError:
+        """What to raise for an SFTP failure: Retry when the link broke (the session and, if
+        dead, the connection are forgotten), else TransportError."""
+        if not link_failure(exc, sftp):
+            return TransportError(f"cannot {what} on {self.target.label}: {exc}")
+        if self._sftp is sftp:
+            self._sftp = None
+        with contextlib.suppress(Exception):
+            sftp.close()  # a live link would keep its channel (MaxSessions)
+        self._drop_if_dead(conn)
+        return Retry(describe(exc))
+
     def _transfer(self, what: str, body: Callable[[paramiko.SFTPClient], int]) -> int:
         """One SFTP transfer; a broken link is retried (transfers are all-or-nothing)."""
 
@@ -261,17 +279,48 @@ class SshTransport:
                 try:
                     return body(sftp)
                 except Exception as exc:
-                    if not link_failure(exc, sftp):
-                        raise TransportError(
-                            f"cannot {what} on {self.target.label}: {exc}"
-                        ) from exc
-                    self._sftp = None
-                    with contextlib.suppress(Exception):
-                        sftp.close()  # a live link would keep its channel (MaxSessions)
-                    self._drop_if_dead(conn)
-                    raise Retry(describe(exc)) from exc
+                    raise self._sftp_failed(exc, sftp, conn, what) from exc
 
         return self._retrying(what, attempt)
+
+    @contextlib.contextmanager
+    def reading(self, remote: str) -> Iterator[SftpReader]:
+        """The file opened for reading over SFTP (FileNotFoundError if missing). Opening is
+        retried like a transfer; a failure once reading has begun is a TransportError (the
+        caller has used part of the data). Holds the connection's SFTP session meanwhile."""
+        self._count()
+        what = f"read {remote}"
+        with self._sftp_lock:
+
+            def attempt(conn: Connection) -> _Opened:
+                sftp = self._sftp_client(conn)
+                try:
+                    return sftp, conn, sftp.open(remote, "rb")
+                except FileNotFoundError:
+                    raise
+                except Exception as exc:
+                    raise self._sftp_failed(exc, sftp, conn, what) from exc
+
+            sftp, conn, fh = self._retrying(what, attempt)
+
+            def failed(exc: Exception) -> TransportError:
+                why = self._sftp_failed(exc, sftp, conn, what)
+                if isinstance(why, TransportError):
+                    return why
+                return TransportError(
+                    f"connection to {self.target.label} lost while reading {remote}: "
+                    f"{conn.lost or why}",
+                    hint="run again to resume",
+                )
+
+            reader = SftpReader(fh, failed)
+            try:
+                yield reader
+            finally:
+                self._count("bytes_received", reader.received)
+                if not reader.broken:
+                    with contextlib.suppress(Exception):
+                        fh.close()
 
     def put(self, local: Path, remote: str) -> None:
         """Upload to an absolute path (parents created); a reader never sees a half file."""
