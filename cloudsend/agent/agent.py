@@ -136,19 +136,26 @@ def tail_text(path: str, lines: int, max_line: int = 0) -> str:
         f = open(path, "rb")  # noqa: SIM115 - closed by the with below
     except OSError:
         return ""
+    # With lines and max_line both set, no more than this many bytes can be shown: a job's
+    # 200 MB single-line stderr must not be read whole into the agent for a reason's tail.
+    cap = lines * (4 * max_line + 8) + (1 << 16) if lines > 0 and max_line > 0 else 0
     with f:
         size = f.seek(0, 2)
         chunk = 1 << 16
         while True:
+            if cap:
+                chunk = min(chunk, cap)
             start = max(0, size - chunk)
             f.seek(start)
-            data = f.read()
-            if start == 0 or (lines > 0 and data.count(b"\n") > lines):
+            data = f.read(chunk)
+            if start == 0 or (lines > 0 and data.count(b"\n") > lines) or chunk == cap:
                 break
             chunk *= 4
     out = data.decode("utf-8", "replace").splitlines()
-    if start > 0:
+    if start > 0 and len(out) > 1:
         out = out[1:]  # the first line read is probably cut
+    elif start > 0 and out:
+        out[0] = "..." + out[0]  # one line longer than all we read: show its end
     if lines > 0:
         out = out[-lines:]
     if max_line:
