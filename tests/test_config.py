@@ -223,11 +223,13 @@ def test_wrong_types_are_all_reported_with_path_line_and_values(project: Path) -
         "expected an integer from 1 to 1024, got 'many'" in message
     )
     assert (
-        f"types.yaml:{line_of(path, '-2')}: jobs[1].repeat: expected an integer from 1 to 100000, got -2"
+        f"types.yaml:{line_of(path, '-2')}: jobs[1].repeat: "
+        "expected an integer from 1 to 100000, got -2"
         in message
     )
     assert (
-        f"types.yaml:{line_of(path, ': 0')}: jobs[2].cpus_req: expected an integer from 1 to 1024, got 0"
+        f"types.yaml:{line_of(path, ': 0')}: jobs[2].cpus_req: "
+        "expected an integer from 1 to 1024, got 0"
         in message
     )
 
