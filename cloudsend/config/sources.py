@@ -116,11 +116,19 @@ def _read_text(path: Path, where: Locator) -> str:
 def _read_yaml(path: Path, where: Locator) -> tuple[Any, dict[KeyPath, int], list[Issue]]:
     text = _read_text(path, where)
     _check_yaml_shape(text, where)
-    loader = None
     collecting = gc.isenabled()
-    # The composer makes a few objects per node: the cyclic GC re-scanning them all, again and
-    # again, is most of the time of a big file (x8 measured); nothing it makes is garbage.
+    # Composing makes a few objects per node and no garbage: the cyclic GC re-scanning them
+    # again and again was most of the time of a big file (x8 measured with libyaml).
     gc.disable()
+    try:
+        return _compose(text, where)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _compose(text: str, where: Locator) -> tuple[Any, dict[KeyPath, int], list[Issue]]:
+    loader = None
     try:
         loader = _Loader(text)
         node = loader.get_single_node()
@@ -134,8 +142,6 @@ def _read_yaml(path: Path, where: Locator) -> tuple[Any, dict[KeyPath, int], lis
         # (e.g. `!!timestamp x`): still the file's fault, so still a ConfigError.
         raise config_error([Issue((), f"cannot be read as YAML: {describe(exc)}")], where) from None
     finally:
-        if collecting:
-            gc.enable()
         if loader is not None:
             loader.dispose()
     if node is None:
