@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cloudsend.errors import EXIT_CODES_HELP, CloudsendError, JobError
+from cloudsend.errors import EXIT_CODES_HELP, CloudsendError, ConfigError, JobError
 
 if TYPE_CHECKING:
     from cloudsend.api import SyncClient
@@ -376,7 +376,10 @@ def validate(config: Path) -> None:
             for i, job in enumerate(cfg.jobs)
         ]
         shapes = LocalProvider(cfg).shapes()
-        check_fits(units, [HostSlots(name, cpus) for name, cpus in shapes])
+        try:
+            check_fits(units, [HostSlots(name, cpus) for name, cpus in shapes])
+        except ConfigError as exc:  # name the file, as the loader's messages do
+            raise ConfigError(f"{config}: {exc.message}", hint=exc.hint) from None
     for notice in local_notices(cfg) if cfg.provider == "local" else []:
         click.echo(f"note: {notice}")
     jobs = sum(j.repeat for j in cfg.jobs)

@@ -171,10 +171,14 @@ def test_paths_longer_than_path_max_are_refused_briefly(job: dict[str, str], whe
         {"q" * 100_000: 1},
         {"jobs": [{"run_command": "echo", "q" * 100_000: 1}]},
         {"jobs": [{"run_command": "echo", "env_name": "q" * 100_000}]},
+        {
+            "environments": [{"name": "e" * 100_000}],
+            "jobs": [{"run_command": "ls", "env_name": "x"}],
+        },
         {"instances": [{"eco_life": "q" * 100_000}]},
         {"environments": [{"env_pypi": [list(range(50_000))]}]},
     ],
-    ids=["top-key", "job-key", "env_name", "eco_life", "env_pypi"],
+    ids=["top-key", "job-key", "env_name", "env-names", "eco_life", "env_pypi"],
 )
 def test_huge_keys_and_values_are_shortened_in_messages(data: dict[str, object]) -> None:
     message = error_of(data)
@@ -199,4 +203,6 @@ def test_validate_checks_fits_without_expanding_repeat(project: Project) -> None
     project.config("jobs:\n  - run_command: echo\n  - run_command: ls\n    cpus_req: 1024\n")
     proc = project.cli("validate", "cloudsend.yaml")
     assert proc.returncode == 2
-    assert "jobs[1] (cpus_req=1024) needs more CPUs than any host has" in proc.stderr
+    assert proc.stderr.startswith(
+        "config error: cloudsend.yaml: jobs[1] (cpus_req=1024) needs more CPUs than any host has"
+    )

@@ -265,9 +265,10 @@ def _check_job(
     if job.env_name is not None and job.env_name not in names:
         guess = did_you_mean(job.env_name, names)
         if guess:
-            tail = f"; did you mean {guess!r}?"
+            tail = f"; did you mean {show(guess)}?"
         elif names:
-            tail = " (environments: " + ", ".join(names) + ")"
+            shown = [n if len(n) <= 40 else show(n, 40) for n in names[:20]]
+            tail = " (environments: " + ", ".join(shown) + ")"
         else:
             tail = " (no environment has a name)"
         issues.append(Issue((*key, "env_name"), f"unknown environment {show(job.env_name)}{tail}"))

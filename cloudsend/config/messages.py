@@ -125,7 +125,9 @@ def describe(exc: BaseException) -> str:
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    pool = {c.lower(): c for c in candidates}
+    if len(word) > 100:  # no typo of a real name; and difflib is quadratic in the length
+        return None
+    pool = {c.lower(): c for c in candidates if len(c) <= 100}
     close = difflib.get_close_matches(word.lower(), list(pool), n=1, cutoff=0.6)
     return pool[close[0]] if close else None
 
