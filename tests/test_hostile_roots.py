@@ -122,3 +122,21 @@ def test_down_fails_naming_a_host_it_could_not_clean(
         assert processes_under(victim.root) == []
     else:
         stop_agents(victim.root)
+
+
+def test_a_root_left_by_an_older_cloudsend_is_adopted_and_removed(
+    sshd_factory: Any, project: Project, ledger_dir: Path
+) -> None:
+    """Roots made before markers hold only the agent's own layout: they are taken over (and
+    removed by down) rather than refused, so an upgrade needs no manual clean-up."""
+    hosts = sshd_factory(1)
+    root = hosts[0].root
+    for name in ("agent.py", "version", "status.json"):
+        (root / name).write_text("old\n")
+    for name in ("files", "jobs", "envs", "inbox"):
+        (root / name).mkdir()
+    project.config(ssh_config(hosts, ledger_dir / "l", jobs=1, sleep=0))
+    project.cli("run", check=True)
+    assert (root / MARKER).read_text().strip() == marker_text("sshtest")
+    assert project.cli("down").returncode == 0
+    assert not root.exists()

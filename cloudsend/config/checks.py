@@ -29,6 +29,11 @@ from cloudsend.config.models import (
 # overwrite them (or be overwritten).
 RESERVED_OUTPUTS = frozenset({"stdout.log", "stderr.log"})
 
+# Linux's PATH_MAX: no longer path can name a file. Checked before a path is used, so a
+# 100 kB "path" costs nothing (an output's folders are walked one by one) and is not
+# echoed whole in a message.
+MAX_PATH = 4096
+
 # Instance keys (and the global profile) that only mean something on a cloud.
 CLOUD_ONLY_KEYS = (
     "eco",
@@ -92,7 +97,9 @@ def _check_hosts(config: Config, issues: list[Issue]) -> None:
                 )
             )
         seen.add(ident)
-        if host.key is not None:
+        if host.key is not None and _too_long(("hosts", index, "key"), host.key, issues):
+            host.key = None
+        elif host.key is not None:
             key = _absolute(config.base_dir, host.key)
             if _kind(key) != "file":
                 issues.append(_missing(config, ("hosts", index, "key"), "key", host.key, key))
@@ -161,6 +168,10 @@ def _absolute(base: Path, value: str | PurePath) -> Path:
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
 
 
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _kind(path: Path) -> str:
     """'file', 'dir' or 'missing' (an unusable name counts as missing)."""
     try:
@@ -171,10 +182,21 @@ def _kind(path: Path) -> str:
         return "missing"
 
 
+def _too_long(key: KeyPath, value: object, issues: list[Issue]) -> bool:
+    """Report `value` if it is longer than any path can be."""
+    text = str(value)
+    if len(text) <= MAX_PATH:
+        return False
+    issues.append(
+        Issue(key, f"{show(text)} is {len(text)} characters long; a path is at most {MAX_PATH}")
+    )
+    return True
+
+
 def _missing(config: Config, key: KeyPath, what: str, value: object, path: Path) -> Issue:
     return Issue(
         key,
-        f"{what} {str(value)!r} not found (looked for {path})",
+        f"{what} {show(str(value), 200)} not found (looked for {_clip(str(path))})",
         hint=f"relative paths are resolved against the config file's folder, {config.base_dir}",
     )
 
@@ -216,7 +238,9 @@ def _resolve_environment(
 ) -> None:
     for field in ("env_conda", "env_pypi"):
         value = getattr(env, field)
-        if isinstance(value, PurePath):
+        if isinstance(value, PurePath) and _too_long((*key, field), value, issues):
+            setattr(env, field, None)
+        elif isinstance(value, PurePath):
             path = _absolute(config.base_dir, value)
             if _kind(path) == "missing":
                 issues.append(_missing(config, (*key, field), "path", value, path))
@@ -225,6 +249,8 @@ def _resolve_environment(
     if not command:
         env.command = None
         return
+    if len(command) > MAX_PATH:
+        return  # no file has such a name: an inline command
     path = _absolute(config.base_dir, command)
     if _kind(path) == "file":
         env.command = str(path)  # a script: the bootstrap embeds it
@@ -239,12 +265,13 @@ def _check_job(
     if job.env_name is not None and job.env_name not in names:
         guess = did_you_mean(job.env_name, names)
         if guess:
-            tail = f"; did you mean {guess!r}?"
+            tail = f"; did you mean {show(guess)}?"
         elif names:
-            tail = " (environments: " + ", ".join(names) + ")"
+            shown = [n if len(n) <= 40 else show(n, 40) for n in names[:20]]
+            tail = " (environments: " + ", ".join(shown) + ")"
         else:
             tail = " (no environment has a name)"
-        issues.append(Issue((*key, "env_name"), f"unknown environment {job.env_name!r}{tail}"))
+        issues.append(Issue((*key, "env_name"), f"unknown environment {show(job.env_name)}{tail}"))
     if job.run_script is not None and not job.run_script.strip():
         job.run_script = None
     if job.run_command is not None and not job.run_command.strip():
@@ -271,13 +298,16 @@ def _resolve_script(
     if not argv:
         issues.append(Issue(key, "names no script"))
         return None
+    if _too_long(key, argv[0], issues):
+        return None
     path = _absolute(config.base_dir, argv[0])
     job.run_script = shlex.join([str(path), *argv[1:]])
     kind = _kind(path)
     if kind == "missing":
         issues.append(_missing(config, key, "script", argv[0], path))
     elif kind == "dir":
-        issues.append(Issue(key, f"script {argv[0]!r} is a directory ({path})"))
+        text = f"script {show(argv[0], 200)} is a directory ({_clip(str(path))})"
+        issues.append(Issue(key, text))
     return path if kind == "file" else None
 
 
@@ -293,6 +323,8 @@ def _resolve_inputs(
         resolved = []
         for index, value in enumerate(getattr(job, field)):
             where: KeyPath = (*key, field, index)
+            if _too_long(where, value, issues):
+                continue
             path = _absolute(config.base_dir, value)
             resolved.append(path)
             kind = _kind(path)
@@ -301,7 +333,7 @@ def _resolve_inputs(
                 continue
             if kind == "dir":
                 issues.append(
-                    Issue(where, f"{str(value)!r} is a directory; list the files in it instead")
+                    Issue(where, f"{show(str(value))} is a directory; list the files in it instead")
                 )
                 continue
             first = by_name.setdefault(path.name, (where, path))
@@ -309,8 +341,8 @@ def _resolve_inputs(
                 issues.append(
                     Issue(
                         where,
-                        f"{str(value)!r} and {format_path(first[0])} ({first[1]}) would both be "
-                        f"{path.name!r} in the job's work dir; rename one",
+                        f"{show(str(value))} and {format_path(first[0])} ({first[1]}) would "
+                        f"both be {path.name!r} in the job's work dir; rename one",
                     )
                 )
         setattr(job, field, resolved)
@@ -359,6 +391,8 @@ def _output_problem(value: str) -> str | None:
     norm = posixpath.normpath(text) if text else ""
     if not text:
         return "is an empty path; name a file, or remove the entry"
+    if len(text) > MAX_PATH:
+        return f"{show(value)} is {len(text)} characters long; a path is at most {MAX_PATH}"
     if "\0" in text or any(ord(c) < 32 for c in text):
         return f"{show(value)} is not a file name (control characters)"
     if text.startswith("~"):

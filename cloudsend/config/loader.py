@@ -8,7 +8,7 @@ Whatever the input, the only exception that leaves is ConfigError.
 
 from __future__ import annotations
 
-from datetime import date, time, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -21,16 +21,17 @@ from cloudsend.config.messages import (
     KeyPath,
     Locator,
     config_error,
+    describe,
     issues_from_validation,
     show,
     unknown_key,
 )
 from cloudsend.config.models import Config
-from cloudsend.config.sources import read_source
+from cloudsend.config.sources import MAX_DEPTH, MAX_NODES, read_source
 
-MAX_DEPTH = 32  # real configs nest 4 deep
-MAX_NODES = 100_000  # YAML aliases can make a tiny file describe a huge structure
-_SCALARS = (str, int, float, bool, date, time, timedelta, type(None))
+# Exact types: a subclass (a Python config's own class) could run code when pydantic or the
+# checks use it, so str/int/float subclasses are copied into the base type and others refused.
+_SCALARS = frozenset({str, int, float, bool, date, datetime, time, timedelta, type(None)})
 
 
 def load_config(source: str | Path | dict[Any, Any], *, base_dir: Path | None = None) -> Config:
@@ -75,57 +76,104 @@ def load_config(source: str | Path | dict[Any, Any], *, base_dir: Path | None = 
 
 
 def plain_data(value: Any) -> tuple[Any, set[KeyPath], list[Issue]]:
-    """A copy of `value` made of dicts with string keys, lists and scalars (tuples become
-    lists, paths strings), the set of key paths it holds, and the problems found.
+    """A copy of `value` made of dicts with string keys, lists and scalars of exact built-in
+    types (tuples become lists, paths strings), the set of key paths it holds, and the
+    problems found.
 
-    Iterative and bounded (MAX_DEPTH, MAX_NODES), so self-referencing YAML anchors or
-    Python objects end in an Issue instead of a hang or a RecursionError.
+    Iterative and bounded (MAX_DEPTH, MAX_NODES, counted before a container's items are
+    taken), so self-referencing YAML anchors or Python objects, or a list of ten million
+    references to one dict, end in an Issue instead of a hang or a RecursionError.
     """
     present: set[KeyPath] = set()
     issues: list[Issue] = []
     root: list[Any] = [None]
     # (value, key path, container to write into, slot in it)
     stack: list[tuple[Any, KeyPath, Any, Any]] = [(value, (), root, 0)]
-    nodes = 0
+    nodes = 1  # values taken onto the stack so far
     while stack:
         item, path, parent, slot = stack.pop()
-        nodes += 1
-        if nodes > MAX_NODES:
-            text = f"is too large (more than {MAX_NODES} values; YAML aliases?)"
-            return None, present, [Issue((), text)]
         if len(path) > MAX_DEPTH:
             text = f"nests deeper than {MAX_DEPTH} levels (a YAML anchor inside itself?)"
             return None, present, [Issue(path[:4], text)]
         if path:
             present.add(path)
+        try:
+            children = _children(item, MAX_NODES - nodes)
+            if children is None:
+                parent[slot] = _scalar(item)
+                continue
+        except _TooLarge:
+            text = f"is too large (more than {MAX_NODES} values; YAML aliases?)"
+            return None, present, [Issue((), text)]
+        except _Unsupported as exc:
+            issues.append(Issue(path, str(exc)))
+            continue
+        except Exception as exc:  # a Python config's own object, whose methods raise
+            issues.append(Issue(path, f"cannot be read: {describe(exc)}"))
+            continue
+        nodes += len(children)
         if isinstance(item, dict):
             copy: dict[str, Any] = {}
-            for key, child in item.items():
-                if not isinstance(key, str):
-                    text = f"keys must be strings, got {show(key)} (put it in quotes)"
-                    issues.append(Issue(path, text))
-                    continue
+            for key, child in children:
+                if type(key) is not str:
+                    if not isinstance(key, str):
+                        text = f"keys must be strings, got {show(key)} (put it in quotes)"
+                        issues.append(Issue(path, text))
+                        continue
+                    key = str.__str__(key)
                 copy[key] = None
                 stack.append((child, (*path, key), copy, key))
             parent[slot] = copy
-        elif isinstance(item, (list, tuple)):
-            items: list[Any] = [None] * len(item)
-            for index, child in enumerate(item):
+        else:
+            items: list[Any] = [None] * len(children)
+            for index, child in enumerate(children):
                 stack.append((child, (*path, index), items, index))
             parent[slot] = items
-        elif isinstance(item, PurePath):
-            parent[slot] = str(item)
-        elif isinstance(item, _SCALARS):
-            parent[slot] = item
-        else:
-            issues.append(
-                Issue(
-                    path,
-                    f"unsupported value of type {type(item).__name__} "
-                    "(use strings, numbers, true/false, lists and mappings)",
-                )
-            )
     return root[0], present, issues
+
+
+def _children(item: Any, room: int) -> list[Any] | None:
+    """A container's items ((key, value) pairs for a dict), taken through the built-in
+    methods, which a subclass cannot change; None for anything else. _TooLarge when there
+    are more than `room`, before any is copied."""
+    items: Any
+    if isinstance(item, dict):
+        size, items = dict.__len__(item), dict.items(item)
+    elif isinstance(item, list):
+        size, items = list.__len__(item), list.__iter__(item)
+    elif isinstance(item, tuple):
+        size, items = tuple.__len__(item), tuple.__iter__(item)
+    else:
+        return None
+    if size > room:
+        raise _TooLarge
+    return list(items)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _scalar(item: Any) -> Any:
+    if type(item) in _SCALARS:
+        return item
+    # The base types' own methods copy a subclass's value without running its code.
+    if isinstance(item, str):
+        return str.__str__(item)
+    if isinstance(item, int):
+        return int.__int__(item)
+    if isinstance(item, float):
+        return float.__float__(item)
+    if isinstance(item, PurePath):
+        return str.__str__(str(item))
+    raise _Unsupported(
+        f"unsupported value of type {type(item).__name__} "
+        "(use strings, numbers, true/false, lists and mappings)"
+    )
 
 
 def _kind(value: Any) -> str:

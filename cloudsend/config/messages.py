@@ -96,6 +96,8 @@ def format_path(path: Sequence[str | int]) -> str:
     for part in path:
         if isinstance(part, int):
             text += f"[{part}]"
+        elif len(part) > 60:  # a key no config has: shortened, not echoed whole
+            text += f"[{show(part)}]"
         elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", part):
             text += f".{part}" if text else part
         else:
@@ -123,7 +125,9 @@ def describe(exc: BaseException) -> str:
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    pool = {c.lower(): c for c in candidates}
+    if len(word) > 100:  # no typo of a real name; and difflib is quadratic in the length
+        return None
+    pool = {c.lower(): c for c in candidates if len(c) <= 100}
     close = difflib.get_close_matches(word.lower(), list(pool), n=1, cutoff=0.6)
     return pool[close[0]] if close else None
 

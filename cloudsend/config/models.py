@@ -69,7 +69,7 @@ def _packages_or_path(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         for item in value:
             if not isinstance(item, str):
-                raise ValueError(f"package names must be strings, got {item!r}")
+                raise ValueError(f"package names must be strings, got {_short(item)}")
         return list(value)
     raise ValueError(
         "expected a list of package names or a path to a file (a string), "
@@ -93,13 +93,13 @@ def _duration(value: Any) -> Any:
     elif isinstance(value, bool):
         raise ValueError(f"expected {_DURATION_HELP}, got {value}")
     elif isinstance(value, (int, float)):
-        hours = float(value)
+        hours = float(value) if abs(value) < 1e300 else math.inf  # a huge int overflows float
     elif isinstance(value, str):
         hours = _parse_hours(value)
     else:
         raise ValueError(f"expected {_DURATION_HELP}, got {type(value).__name__}")
     if not math.isfinite(hours) or hours <= 0 or hours > 24 * 366:
-        raise ValueError(f"expected a positive duration of at most a year, got {value!r}")
+        raise ValueError(f"expected a positive duration of at most a year, got {_short(value)}")
     return timedelta(hours=hours)
 
 
@@ -109,7 +109,7 @@ def _parse_hours(value: str) -> float:
         return float(text)
     match = _DURATION.match(text)
     if not text or match is None:
-        raise ValueError(f"expected {_DURATION_HELP}, got {value!r}")
+        raise ValueError(f"expected {_DURATION_HELP}, got {_short(value)}")
     parts = {k: float(v) for k, v in match.groupdict().items() if v}
     return (
         parts.get("d", 0) * 24
@@ -175,9 +175,14 @@ def check_root(value: str) -> str:
     return "/".join([head, *rest]) if head else "/" + "/".join(rest)
 
 
-def _short(value: str, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"
+def _short(value: Any, limit: int = 40) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than 4300 digits
+        text = f"<{type(value).__name__}>"
+    if len(text) <= limit:
+        return text
+    return text[: limit - 4] + ("...'" if isinstance(value, str) else "...")
 
 
 Int = Annotated[int, BeforeValidator(_no_bool)]

@@ -9,6 +9,7 @@ from the `ast` of the dict literal assigned to `config`, following simple names
 from __future__ import annotations
 
 import ast
+import gc
 import os
 import runpy
 import traceback
@@ -22,6 +23,15 @@ from cloudsend.config.messages import Issue, KeyPath, Locator, config_error, des
 
 YAML_SUFFIXES = (".yaml", ".yml")
 PYTHON_SUFFIXES = (".py",)
+
+# Bounds on what a config file may hold (real configs are a few kB and nest 4 deep), so a
+# hostile file ends in a ConfigError within a second instead of minutes or gigabytes.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = 32  # levels of keys and list items
+MAX_NODES = 100_000  # values, after YAML aliases are expanded (the loader checks those)
+
+# libyaml's parser (shipped in PyYAML's wheels) is ~15x faster than the pure-Python one.
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass
@@ -65,24 +75,62 @@ def read_source(source: str | Path | dict[Any, Any], base_dir: Path | None) -> S
     return Source(data, name, path, folder, lines, issues)
 
 
-def _read_text(path: Path, where: Locator) -> str:
+def _read_bytes(path: Path, where: Locator) -> bytes:
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise config_error(
-            [Issue((), f"is not UTF-8 text ({exc.reason} at byte {exc.start})")], where
-        ) from None
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)  # never more: the file may be huge
     except OSError as exc:
         raise config_error([Issue((), f"cannot be read: {exc.strerror or exc}")], where) from None
+    if len(raw) > MAX_FILE_BYTES:
+        try:
+            size = f"{path.stat().st_size / 2**20:.1f} MB"
+        except OSError:
+            size = "too large"
+        raise config_error(
+            [
+                Issue(
+                    (),
+                    f"is {size}; a config file may be at most {MAX_FILE_BYTES // 2**20} MB",
+                    hint="use repeat: rather than listing jobs one by one, or split the config",
+                )
+            ],
+            where,
+        )
+    return raw
+
+
+def _read_text(path: Path, where: Locator) -> str:
+    raw = _read_bytes(path, where)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        hint = "save the file as UTF-8"
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            hint = "the file is UTF-16 text: save it as UTF-8"
+        raise config_error(
+            [Issue((), f"is not UTF-8 text ({exc.reason} at byte {exc.start})", hint=hint)],
+            where,
+        ) from None
 
 
 def _read_yaml(path: Path, where: Locator) -> tuple[Any, dict[KeyPath, int], list[Issue]]:
     text = _read_text(path, where)
+    _check_yaml_shape(text, where)
+    collecting = gc.isenabled()
+    # Composing makes a few objects per node and no garbage: the cyclic GC re-scanning them
+    # again and again was most of the time of a big file (x8 measured with libyaml).
+    gc.disable()
     try:
-        loader = yaml.SafeLoader(text)
-    except yaml.YAMLError as exc:
-        raise config_error([_yaml_issue(exc)], where) from None
+        return _compose(text, where)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _compose(text: str, where: Locator) -> tuple[Any, dict[KeyPath, int], list[Issue]]:
+    loader = None
     try:
+        loader = _Loader(text)
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
@@ -94,11 +142,41 @@ def _read_yaml(path: Path, where: Locator) -> tuple[Any, dict[KeyPath, int], lis
         # (e.g. `!!timestamp x`): still the file's fault, so still a ConfigError.
         raise config_error([Issue((), f"cannot be read as YAML: {describe(exc)}")], where) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if node is None:
         raise config_error([Issue((), "is empty", hint=_TOP_HINT)], where) from None
     lines, issues = _yaml_lines(node)
     return data, lines, issues
+
+
+def _check_yaml_shape(text: str, where: Locator) -> None:
+    """Refuse a file nested deeper than MAX_DEPTH or with far more than MAX_NODES nodes from
+    the parser's events (a flat loop) before a tree is composed: PyYAML's composers recurse
+    (100 000 `[` overflow libyaml's C stack: a segfault) and a huge tree takes minutes."""
+    parser = _Loader(text)
+    depth = nodes = 0
+    try:
+        while parser.check_event():
+            event = parser.get_event()
+            if isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent)):
+                nodes += 1
+            elif isinstance(event, yaml.CollectionStartEvent):
+                nodes += 1
+                depth += 1
+                if depth > MAX_DEPTH + 1:  # the top mapping is depth 1, its keys' values 2
+                    line = event.start_mark.line + 1 if event.start_mark else None
+                    deep = f"nests deeper than {MAX_DEPTH} levels"
+                    raise config_error([Issue((), deep, line=line)], where)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+            if nodes > 2 * MAX_NODES:  # keys count here too: the loader counts values
+                big = f"is too large (more than {MAX_NODES} values)"
+                raise config_error([Issue((), big)], where)
+    except yaml.YAMLError as exc:
+        raise config_error([_yaml_issue(exc)], where) from None
+    finally:
+        parser.dispose()
 
 
 _TOP_HINT = "a config is a mapping of keys: project:, instances:, environments:, jobs:"
@@ -152,6 +230,7 @@ def _yaml_lines(root: yaml.Node) -> tuple[dict[KeyPath, int], list[Issue]]:
 
 
 def _read_python(path: Path, where: Locator) -> tuple[Any, dict[KeyPath, int]]:
+    _read_bytes(path, where)  # only its size: Python decodes it (a `coding:` line may say how)
     try:
         namespace = runpy.run_path(str(path), run_name="__cloudsend_config__")
     except SyntaxError as exc:
@@ -159,8 +238,11 @@ def _read_python(path: Path, where: Locator) -> tuple[Any, dict[KeyPath, int]]:
         raise config_error(
             [Issue((), f"Python syntax error: {exc.msg}", line=line)], where
         ) from None
-    except (Exception, SystemExit) as exc:
-        # Running the user's file is running their code: any failure is a config error.
+    except KeyboardInterrupt:
+        raise  # Ctrl-C while the file runs: an interruption, not the file's fault
+    except BaseException as exc:
+        # Running the user's file is running their code: any failure is a config error
+        # (SystemExit, GeneratorExit and other BaseExceptions included).
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
         line = frames[-1].lineno if frames else None
         text = f"running the file raised {describe(exc)}"

@@ -457,6 +457,8 @@ class Session:
                     failed[host.name] = f"unreachable: {exc.message.splitlines()[0][:200]}"
 
         self.each_host(stop)  # the hosts in parallel, as the provider's down does
+        if self.provider.owns_machines:
+            failed.clear()  # destroying the machines leaves nothing on them (else it raises)
         reachable = [h for h in self.hosts if h.name not in failed]
         try:
             self.provider.down(reachable, keep=keep)

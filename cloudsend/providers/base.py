@@ -43,6 +43,9 @@ class HostsNotCleaned(ProvisionError):
 class Provider(Protocol):
     name: str
     unreachable: dict[str, str]  # host name → why, for hosts up() had to leave out
+    # True: down destroys the machines themselves (aws), so a host whose agent could not be
+    # stopped leaves nothing behind; False (local, ssh): such a host is reported not cleaned.
+    owns_machines: bool
 
     def up(self) -> list[Host]:
         """Create or find the hosts (idempotent)."""

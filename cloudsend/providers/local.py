@@ -19,6 +19,7 @@ from cloudsend.transport.local import LocalTransport
 
 class LocalProvider:
     name = "local"
+    owns_machines = False
 
     def __init__(self, config: Config) -> None:
         self.config = config

@@ -24,6 +24,14 @@ REMOVED = "__cloudsend_root_removed__"
 ABSENT = "__cloudsend_root_absent__"
 
 
+# What a root made by a cloudsend from before markers holds (the agent's own layout): such a
+# folder, with agent.py in it and nothing else, is adopted. A user's folder has other names.
+LEGACY_NAMES = (
+    *("agent.py", "agent.json", "agent.pid", "agent.lock", "agent.log", "version"),
+    *("status.json", "wake", "inbox", "files", "envs", "jobs", "outbox", "__pycache__"),
+)
+
+
 def marker_text(project: str) -> str:
     return f"cloudsend root of project {project}"
 
@@ -32,30 +40,41 @@ def _quoted(root: str, project: str) -> tuple[str, str, str]:
     return shlex.quote(root), shlex.quote(f"{root}/{MARKER}"), shlex.quote(marker_text(project))
 
 
+def _legacy_test(r: str) -> str:
+    """Shell test: `r` is a marker-less root of an older cloudsend (LEGACY_NAMES only)."""
+    names = "|".join(n.replace(".", "\\.") for n in LEGACY_NAMES)
+    return f"[ -f {r}/agent.py ] && [ -z \"$(ls -A {r} | grep -vxE '{names}')\" ]"
+
+
 def claim_command(root: str, project: str) -> str:
     """Shell: make `root` cloudsend's (mkdir + marker) unless it is a non-empty folder with no
-    marker, or the marker names another project. Prints one of CLAIMED / NOT_OURS /
-    OTHER_PROJECT (then the marker's line); exits 0 in every case."""
+    marker (a root of an older cloudsend, holding only the agent's layout, is adopted), or the
+    marker names another project. Prints one of CLAIMED / NOT_OURS / OTHER_PROJECT (then the
+    marker's line); exits 0 in every case."""
     r, m, want = _quoted(root, project)
+    mark = f"printf '%s\\n' {want} > {m} && echo {CLAIMED}"
     return (
         "umask 077; "  # the root and its marker are the login user's alone
         f"if [ -f {m} ]; then IFS= read -r cs_mark < {m} || true; "
         f'if [ "$cs_mark" = {want} ]; then echo {CLAIMED}; '
         f'else echo {OTHER_PROJECT}; printf "%s\\n" "$cs_mark"; fi; '
+        f"elif [ -d {r} ] && {_legacy_test(r)}; then {mark}; "
         f'elif [ -e {r} ] && [ -n "$(ls -A {r} 2>/dev/null)" ]; then echo {NOT_OURS}; '
         f"elif [ -e {r} ] && [ ! -d {r} ]; then echo {NOT_OURS}; "
-        f"else mkdir -p {r} && chmod 700 {r} && printf '%s\\n' {want} > {m} && echo {CLAIMED}; fi"
+        f"else mkdir -p {r} && chmod 700 {r} && {mark}; fi"
     )
 
 
 def remove_command(root: str, project: str) -> str:
-    """Shell: `rm -rf root` only when its marker names `project`. Prints REMOVED, ABSENT,
-    NOT_OURS or OTHER_PROJECT; exits 0 in every case."""
+    """Shell: `rm -rf root` only when its marker names `project` (or it is an older
+    cloudsend's marker-less root). Prints REMOVED, ABSENT, NOT_OURS or OTHER_PROJECT; exits 0
+    in every case."""
     r, m, want = _quoted(root, project)
     return (
         f"if [ -f {m} ]; then IFS= read -r cs_mark < {m} || true; "
         f'if [ "$cs_mark" = {want} ]; then rm -rf {r} && echo {REMOVED}; '
         f"else echo {OTHER_PROJECT}; fi; "
+        f"elif [ -d {r} ] && [ ! -L {r} ] && {_legacy_test(r)}; then rm -rf {r} && echo {REMOVED}; "
         f"elif [ -e {r} ] || [ -L {r} ]; then echo {NOT_OURS}; "
         f"else echo {ABSENT}; fi"
     )

@@ -18,6 +18,7 @@ from cloudsend.providers.roots import host_root, removal_refused, remove_command
 
 class SshProvider:
     name = "ssh"
+    owns_machines = False
 
     def __init__(self, config: Config) -> None:
         self.config = config

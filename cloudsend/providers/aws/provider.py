@@ -31,6 +31,7 @@ class Preview:
 
 class AwsProvider:
     name = "aws"
+    owns_machines = True
 
     def __init__(self, config: Config) -> None:
         from cloudsend.providers.aws.spec import project_slug, stack_name
