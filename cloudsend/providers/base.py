@@ -40,12 +40,58 @@ class HostsNotCleaned(ProvisionError):
         )
 
 
+@dataclass
+class Reaction:
+    """What the run should do about a batch of machine events (Machines.poll)."""
+
+    start: list[str] = field(default_factory=list)  # host names whose machines stopped
+    replace: list[str] = field(default_factory=list)  # host names to provision again
+    lost_hosts: list[str] = field(default_factory=list)  # host names whose jobs go elsewhere
+    # host names the cloud interrupted (spot): never what auto_stop did, whatever else is known
+    interrupted: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.start or self.replace or self.lost_hosts)
+
+
+@dataclass
+class PowerOff:
+    """What Machines.stop did: machines stopped (disks kept) or terminated (one-time spot)."""
+
+    stopped: list[str] = field(default_factory=list)  # host names
+    terminated: list[str] = field(default_factory=list)  # host names
+
+
+class Machines(Protocol):
+    """The machine operations of a provider whose hosts are machines it manages (aws).
+    Every name is a host name; errors are ProvisionError."""
+
+    def poll(self) -> Reaction:
+        """Look at the machines once: what stopped, ended or was interrupted since last time."""
+        ...
+
+    def start(self, names: list[str]) -> list[str]:
+        """Start these hosts' stopped machines; returns the names started."""
+        ...
+
+    def stop(self, names: list[str]) -> PowerOff:
+        """auto_stop: power these hosts' machines off."""
+        ...
+
+    def replace(self, names: list[str]) -> list[Host]:
+        """Provision these hosts' machines again (same names); returns the new hosts."""
+        ...
+
+
 class Provider(Protocol):
     name: str
     unreachable: dict[str, str]  # host name → why, for hosts up() had to leave out
     # True: down destroys the machines themselves (aws), so a host whose agent could not be
     # stopped leaves nothing behind; False (local, ssh): such a host is reported not cleaned.
     owns_machines: bool
+    # The machine operations, or None when the provider has no machines of its own (local,
+    # ssh): the watch loop then neither polls, starts, stops nor replaces anything.
+    machines: Machines | None
 
     def up(self) -> list[Host]:
         """Create or find the hosts (idempotent)."""

@@ -12,7 +12,7 @@ import shutil
 import sys
 
 from cloudsend.config.models import Config, InstanceConfig
-from cloudsend.providers.base import Host
+from cloudsend.providers.base import Host, Machines
 from cloudsend.scheduling import explode_instances
 from cloudsend.transport.local import LocalTransport
 
@@ -20,6 +20,7 @@ from cloudsend.transport.local import LocalTransport
 class LocalProvider:
     name = "local"
     owns_machines = False
+    machines: Machines | None = None  # no machines of its own
 
     def __init__(self, config: Config) -> None:
         self.config = config

@@ -12,13 +12,14 @@ from pathlib import Path
 
 from cloudsend.config.models import Config, SshHostConfig
 from cloudsend.errors import CloudsendError, ProvisionError
-from cloudsend.providers.base import Host, HostsNotCleaned
+from cloudsend.providers.base import Host, HostsNotCleaned, Machines
 from cloudsend.providers.roots import host_root, removal_refused, remove_command
 
 
 class SshProvider:
     name = "ssh"
     owns_machines = False
+    machines: Machines | None = None  # no machines of its own
 
     def __init__(self, config: Config) -> None:
         self.config = config

@@ -15,7 +15,7 @@ from typing import Any
 
 from cloudsend.config.models import Config
 from cloudsend.errors import CloudsendError, ConfigError, ProvisionError
-from cloudsend.providers.base import Host
+from cloudsend.providers.base import Host, Machines
 
 # Stands for the caller's public IP in an offline preview (a documentation-only address).
 OFFLINE_CIDR = "203.0.113.10/32"
@@ -32,6 +32,7 @@ class Preview:
 class AwsProvider:
     name = "aws"
     owns_machines = True
+    machines: Machines | None = None  # TODO(i9-aws): the AwsMachines implementation
 
     def __init__(self, config: Config) -> None:
         from cloudsend.providers.aws.spec import project_slug, stack_name
