@@ -1,9 +1,11 @@
-"""The watch loop: applies host events to the store, notices lost hosts, re-queues their jobs.
+"""The watch loop: host events and machine events in, actions out, carried out in one place.
 
-A host that has not answered for `host_lost_after` seconds is declared lost: its unfinished
-jobs (and DONE ones whose outputs are still there) get a new attempt on the remaining hosts.
-If it comes back, a job it finished first is taken from it (and the newer attempt cancelled);
-otherwise its stale attempts are cancelled. Either way each job ends with one result.
+Watcher threads (pipeline.watch) long-poll every host and fetch what finishes; this loop, on
+the main thread, applies their events to the store and asks scheduling.reactions what to do
+about lost hosts, casualties, missing jobs, returning hosts, idle machines and the provider's
+machine events. It carries out the actions those pure functions return; the run's bookkeeping
+it reads and writes is the owner's (RunState), and the owner is reached only through the
+RunOwner contract below, so this module imports no Session.
 """
 
 from __future__ import annotations
@@ -12,24 +14,51 @@ import contextlib
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
 
+from cloudsend.config.models import Config
 from cloudsend.core import CloudSendProcessState
 from cloudsend.errors import CloudsendError
 from cloudsend.pipeline.agent_client import AgentClient
-from cloudsend.pipeline.reporting import JobView
+from cloudsend.pipeline.plan import Plan
+from cloudsend.pipeline.reporting import JobView, Reporter
+from cloudsend.pipeline.run_state import RunState
 from cloudsend.pipeline.watch import FINAL, HostEvent, HostWatcher
-from cloudsend.scheduling.transitions import killed_with_host
+from cloudsend.providers.base import Host, Provider
+from cloudsend.scheduling import reactions as r
+from cloudsend.state import Store
 
-if TYPE_CHECKING:
-    from cloudsend.pipeline.session import Session
-    from cloudsend.providers.base import Host
 
-MAX_CASUALTY_RETRIES = 3
+class RunOwner(Protocol):
+    """What the watch loop needs of the run's owner (pipeline.session.Session)."""
+
+    config: Config
+    store: Store
+    provider: Provider
+    reporter: Reporter
+    hosts: list[Host]
+    state: RunState
+    poll_wait: float
+    instance_poll: float
+
+    @property
+    def plan(self) -> Plan: ...
+    @property
+    def results_dir(self) -> Path: ...
+    @property
+    def tmp_dir(self) -> Path: ...
+    def current_run(self) -> int: ...
+    def host_named(self, name: str) -> Host: ...
+    def views(self) -> list[JobView]: ...
+    def apply_status(self, host: str, status: dict[str, object]) -> None: ...
+    def submit_jobs(self, attempts: dict[str, int], hosts: list[Host]) -> dict[str, list[str]]: ...
+    def add_hosts(self, hosts: list[Host]) -> list[Host]: ...
 
 
 class RunMonitor:
-    def __init__(self, session: Session, states: CloudSendProcessState) -> None:
+    def __init__(self, session: RunOwner, states: CloudSendProcessState) -> None:
         self.s = session
         self.run_id = session.current_run()
         self.states = states
@@ -38,16 +67,18 @@ class RunMonitor:
         self.watchers: dict[str, HostWatcher] = {}
         self.last_ok: dict[str, float] = {}
         self.health: dict[str, str] = {}
-        # lost host → {job_id: the attempt it had there}, to settle if the host comes back
-        self.requeued: dict[str, dict[str, int]] = {}
         self.started = time.monotonic()
-        self.submitted_at: dict[str, float] = {}  # job → when this monitor (re)submitted it
-        # Providers with machines of their own (aws) report instance events and can stop
-        # idle machines; local and ssh have neither hook.
-        self.poll_instances = getattr(session.provider, "poll_instances", None)
         self.next_instance_poll = time.monotonic()
-        self.stopped: set[str] = set()
-        self.casualties: dict[str, int] = {}  # job → times re-queued after its host restarted
+
+    @property
+    def stopped(self) -> set[str]:
+        """Hosts auto_stop powered off (the owner's RunState)."""
+        return self.s.state.stopped
+
+    @stopped.setter
+    def stopped(self, names: set[str]) -> None:
+        self.s.state.stopped.clear()
+        self.s.state.stopped.update(names)
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -57,6 +88,10 @@ class RunMonitor:
             and (v.state not in FINAL or v.fetched)
             for v in views
         )
+
+    def _wanted_records(self) -> list[r.JobFacts]:
+        wanted = {p.job_id for p in self.s.plan.jobs}
+        return [rec for rec in self.s.store.jobs(self.run_id) if rec.job_id in wanted]
 
     def _watch(self, host_name: str, jobs: dict[str, int], fetched: set[str] | None = None) -> None:
         watcher = self.watchers.get(host_name)
@@ -72,7 +107,7 @@ class RunMonitor:
             stream_logs=self.s.config.print_deploy,
         )
         watcher.expect(jobs, fetched)
-        watcher.keep_watching = bool(self.requeued.get(host_name))
+        watcher.keep_watching = bool(self.s.state.requeued.get(host_name))
         self.watchers[host_name] = watcher
         self.last_ok.setdefault(host_name, time.monotonic())
         watcher.start()
@@ -109,7 +144,7 @@ class RunMonitor:
                     while True:  # drain: one look at the store for a burst of events
                         self._apply(self.events.get_nowait())
                 now = time.monotonic()
-                if self.poll_instances is not None and now >= self.next_instance_poll:
+                if self.s.provider.machines is not None and now >= self.next_instance_poll:
                     self.next_instance_poll = now + self.s.instance_poll
                     self._instances()
                 if self.s.config.auto_stop:
@@ -117,7 +152,7 @@ class RunMonitor:
                 for name, watcher in list(self.watchers.items()):
                     if (
                         watcher.is_alive()
-                        and name not in self.s.lost_hosts
+                        and name not in self.s.state.lost
                         and now - self.last_ok.get(name, now) > lost_after
                     ):
                         self._declare_lost(name)
@@ -138,21 +173,26 @@ class RunMonitor:
         if event.unreachable is not None:
             self._set_health(
                 host,
-                "lost" if host in self.s.lost_hosts else "unreachable",
+                "lost" if host in self.s.state.lost else "unreachable",
                 event.unreachable.splitlines()[0][:200],
             )
         if event.alive:  # a download advancing or done: the host answers between statuses
             self.last_ok[host] = time.monotonic()
         if event.status is not None:
             self.last_ok[host] = time.monotonic()
-            if host in self.s.lost_hosts:
-                self._settle_return(host, event.status)
+            listed = event.status.get("jobs", {})
+            if host in self.s.state.lost:
+                self._settle_return(host, listed)
             self._set_health(
                 host, "ok", "back" if self.health.get(host) not in (None, "ok") else ""
             )
             self.s.apply_status(host, event.status)
-            self._resubmit_missing(host, event)
-            self._requeue_casualties(host, event.status)
+            records = self._wanted_records()
+            submitted = self.s.state.submitted_at
+            since = self.started
+            self._do(r.on_missing(host, listed, records, submitted, asked_at=event.at, since=since))
+            by_id = {rec.job_id: rec for rec in self.s.store.jobs(self.run_id)}
+            self._do(r.on_casualties(host, listed, by_id, self.s.state.casualties))
         if event.fetched:
             self.s.store.record_fetches(
                 self.run_id,
@@ -161,57 +201,57 @@ class RunMonitor:
         if event.log:
             self.s.reporter.log(host, event.log.rstrip("\n"))
 
-    def _resubmit_missing(self, host: str, event: HostEvent) -> None:
-        """Jobs recorded on this host that its agent does not have (a submit cut short, a
-        host wiped and back): submitted again. Only a status asked after the submission
-        counts, so a job is never submitted twice for a stale answer."""
-        assert event.status is not None
-        listed = event.status.get("jobs", {})
-        wanted = {p.job_id for p in self.s.plan.jobs}
-        missing: dict[str, int] = {}
-        for rec in self.s.store.jobs(self.run_id):
-            if rec.job_id not in wanted or rec.host != host or not rec.attempt:
-                continue
-            if rec.state in FINAL or event.at <= self.submitted_at.get(rec.job_id, self.started):
-                continue
-            there = listed.get(rec.job_id)
-            if there is None or int(there.get("attempt", 0)) < rec.attempt:
-                missing[rec.job_id] = rec.attempt
-        if missing:
-            self.s.reporter.notice(f"host {host} lacks {len(missing)} job(s): submitting again")
-            if host in self.watchers:
-                self.watchers[host].forget(set(missing))
-            self._submit({job: attempt + 1 for job, attempt in missing.items()})
+    # ---- carrying out ----------------------------------------------------------------------
 
-    def _requeue_casualties(self, host: str, status: dict[str, Any]) -> None:
-        """Jobs a host's restart killed (the agent finds their processes gone) run again, at
-        most MAX_CASUALTY_RETRIES times each: a job that keeps taking its host down is
-        reported ABORTED rather than retried forever."""
-        hit = [
-            job_id
-            for job_id, job in status.get("jobs", {}).items()
-            if job.get("state") == "ABORTED"
-            and killed_with_host(job.get("reason"), host_gone=False)
-            and self.casualties.get(job_id, 0) < MAX_CASUALTY_RETRIES
-        ]
-        if not hit:
-            return
-        again: dict[str, int] = {}
-        for job_id in hit:
-            rec = self.s.store.job(self.run_id, job_id)
-            listed = status["jobs"][job_id]
-            if rec is None or rec.host != host or listed.get("attempt") != rec.attempt:
-                continue  # an older attempt, or the job has moved on
-            if rec.state == "ABORTED":
-                self.casualties[job_id] = self.casualties.get(job_id, 0) + 1
-                again[job_id] = rec.attempt + 1
-        if again:
-            self.s.reporter.notice(
-                f"host {host}: {len(again)} job(s) died with a restart of the host; re-queuing"
-            )
-            if host in self.watchers:
-                self.watchers[host].forget(set(again))
-            self._submit(again)
+    def _do(self, actions: Iterable[r.Action]) -> None:
+        """Carry out the decision functions' actions, in order."""
+        state = self.s.state
+        for action in actions:
+            match action:
+                case r.Notice(text):
+                    self.s.reporter.notice(text)
+                case r.MarkLost(host, detail):
+                    state.lost.add(host)
+                    self._set_health(host, "lost", detail)
+                case r.KeepWaiting(host):
+                    state.lost.discard(host)  # keep waiting on it
+                    self.last_ok[host] = time.monotonic()
+                case r.CloseUnfetchable(job_id, attempt):
+                    self.s.store.record_fetch(self.run_id, job_id, attempt, [])
+                case r.Requeued(host, attempts):
+                    state.requeued.setdefault(host, {}).update(attempts)
+                case r.Forget(host, jobs):
+                    if host in self.watchers:
+                        self.watchers[host].forget(set(jobs))
+                case r.KeepWatching(host, on):
+                    if host in self.watchers:
+                        self.watchers[host].keep_watching = on
+                case r.Submit(attempts, targets):
+                    hosts = None if targets is None else [self.s.host_named(t) for t in targets]
+                    self._submit(dict(attempts), hosts)
+                case r.CountCasualty(job_id):
+                    state.casualties[job_id] = state.casualties.get(job_id, 0) + 1
+                case r.Cancel(host, jobs):
+                    with contextlib.suppress(CloudsendError):
+                        AgentClient(self.s.host_named(host)).cancel(list(jobs))
+                case r.Adopt(job_id, host, attempt, exit_code):
+                    self.s.store.adopt_attempt(self.run_id, job_id, host, attempt, exit_code)
+                    adopted = self.s.store.job(self.run_id, job_id)
+                    home = {job_id} if adopted is not None and adopted.fetched else set()
+                    self._watch(host, {job_id: attempt}, home)
+                case r.Returned(host):
+                    state.lost.discard(host)
+                    state.requeued.pop(host, None)
+                case r.StartMachines(names):
+                    self._start_machines(list(names))
+                case r.StopMachines(names):
+                    self._stop_machines(list(names))
+                case r.Unstopped(names):
+                    state.stopped.difference_update(names)
+                case r.Replace(names):
+                    self._replace(list(names))
+                case r.HostGone(host):
+                    self._declare_lost(host, gone=True)
 
     def _submit(self, attempts: dict[str, int], targets: list[Host] | None = None) -> bool:
         targets = self._targets() if targets is None else targets
@@ -219,36 +259,33 @@ class RunMonitor:
             return False
         now = time.monotonic()
         for job in attempts:
-            self.submitted_at[job] = now
+            self.s.state.submitted_at[job] = now
         assignment = self.s.submit_jobs(attempts, targets)
         for name, ids in assignment.items():
             if ids:
                 self._watch(name, {job: attempts[job] for job in ids})
         return True
 
-    # ---- machines (aws) ------------------------------------------------------------------
+    # ---- machines (providers that have them) -------------------------------------------------
 
     def _targets(self) -> list[Host]:
         """Hosts that may take work: not lost, and not stopped by auto_stop (their machines
         are off; work sent there would wait for nobody). When only stopped ones are left,
         they are started again through the provider and rejoin."""
-        targets = [h for h in self.s.hosts if h.name not in self.s.lost_hosts | self.stopped]
-        start = getattr(self.s.provider, "start_instances", None)
-        if targets or start is None:
+        state = self.s.state
+        targets = [h for h in self.s.hosts if h.name not in state.unavailable()]
+        machines = self.s.provider.machines
+        if targets or machines is None:
             return targets
-        asleep = {
-            str(h.info["instance_id"]): h
-            for h in self.s.hosts
-            if h.name in self.stopped - self.s.lost_hosts and h.info.get("instance_id")
-        }
+        asleep = [h.name for h in self.s.hosts if h.name in state.stopped - state.lost]
         try:
-            started = set(start(list(asleep)))
+            started = set(machines.start(asleep)) if asleep else set()
         except CloudsendError as exc:
             self.s.reporter.notice(f"could not start stopped hosts for new work: {exc.message}")
             return []
-        woken = [h for iid, h in asleep.items() if iid in started]
+        woken = [h for h in self.s.hosts if h.name in started]
         for host in woken:
-            self.stopped.discard(host.name)
+            state.stopped.discard(host.name)
             self.last_ok[host.name] = time.monotonic()  # booting: give it host_lost_after
         if woken:
             names = ", ".join(h.name for h in woken)
@@ -256,165 +293,89 @@ class RunMonitor:
         return woken
 
     def _instances(self) -> None:
-        """Stopped instances are started; terminated or spot-interrupted ones are lost hosts
-        (their jobs re-queued, the same path as an SSH host gone) and get replaced."""
-        provider: Any = self.s.provider
+        machines = self.s.provider.machines
+        assert machines is not None
         try:
-            reaction = self.poll_instances()  # type: ignore[misc]
+            reaction = machines.poll()
         except CloudsendError as exc:
             self.s.reporter.notice(f"instance check failed: {exc.message}")
             return
-        if reaction.start:
-            # not the ones auto_stop stopped on purpose
-            with contextlib.suppress(CloudsendError):
-                started = provider.start_instances(reaction.start, skip_names=self.stopped)
-                if started:
-                    self.s.reporter.notice(f"starting {len(started)} stopped instance(s)")
-        # auto_stop ended these on purpose (a spot one is terminated): no loss, no replacement.
-        # A spot interruption is AWS's doing even on a host auto_stop stopped meanwhile: its
-        # jobs that the machine's end killed must still run again elsewhere.
-        interrupted = set(getattr(reaction, "interrupted", ()))
-        self.stopped -= interrupted
-        reaction.lost_hosts = [n for n in reaction.lost_hosts if n not in self.stopped]
-        reaction.replace = [n for n in reaction.replace if n not in self.stopped]
-        known = {h.name for h in self.s.hosts}
-        for name in reaction.lost_hosts:
-            if name in known and name not in self.s.lost_hosts:
-                self.s.reporter.notice(f"instance of host {name} is gone (terminated)")
-                self._declare_lost(name, gone=True)
-        if reaction.replace:
-            self.s.reporter.notice(f"replacing {len(reaction.replace)} instance(s)")
-            try:
-                for host in self.s.add_hosts(provider.replace(reaction.replace)):
-                    self.s.lost_hosts.discard(host.name)
-                    self.last_ok[host.name] = time.monotonic()
-            except CloudsendError as exc:
-                self.s.reporter.notice(f"could not replace instances: {exc.message}")
+        events = r.MachineEvents(
+            start=tuple(reaction.start),
+            replace=tuple(reaction.replace),
+            lost_hosts=tuple(reaction.lost_hosts),
+            interrupted=tuple(reaction.interrupted),
+            known=frozenset(h.name for h in self.s.hosts),
+        )
+        self._do(r.on_machine_events(events, self.s.state.stopped, self.s.state.lost))
+
+    def _start_machines(self, names: list[str]) -> None:
+        machines = self.s.provider.machines
+        with contextlib.suppress(CloudsendError):
+            started = machines.start(names) if machines is not None else []
+            if started:
+                self.s.reporter.notice(f"starting {len(started)} stopped instance(s)")
+
+    def _replace(self, names: list[str]) -> None:
+        machines = self.s.provider.machines
+        if machines is None:
+            return
+        try:
+            for host in self.s.add_hosts(machines.replace(names)):
+                self.s.state.lost.discard(host.name)
+                self.last_ok[host.name] = time.monotonic()
+        except CloudsendError as exc:
+            self.s.reporter.notice(f"could not replace instances: {exc.message}")
 
     def _auto_stop(self) -> None:
         """auto_stop: a machine with no work left and its outputs home is stopped at once."""
-        stop = getattr(self.s.provider, "stop_hosts", None)
-        if stop is None:
+        if self.s.provider.machines is None:
             return
         busy = {v.host for v in self.s.views() if not (v.state in FINAL and v.fetched)}
-        idle = [
-            h.name
-            for h in self.s.hosts
-            if h.name not in busy and h.name not in self.stopped and h.name not in self.s.lost_hosts
-        ]
-        if idle:
-            self.stopped.update(idle)  # also on failure: one notice, not one per loop
-            self.s.reporter.notice(f"auto_stop: stopping {', '.join(idle)} (no work left)")
-            try:
-                done = stop(idle)
-            except CloudsendError as exc:
-                # the run goes on; the user must know these machines may still bill
-                self.s.reporter.notice(f"auto_stop failed: {exc}")
-                return
-            ended = getattr(done, "terminated", None)
-            if ended:
-                self.s.reporter.notice(
-                    f"auto_stop: terminated spot instance(s) of {', '.join(ended)} "
-                    "(one-time spot instances cannot be stopped)"
-                )
+        names = [h.name for h in self.s.hosts]
+        self._do(r.idle_hosts({b for b in busy if b}, names, self.stopped, self.s.state.lost))
+
+    def _stop_machines(self, idle: list[str]) -> None:
+        machines = self.s.provider.machines
+        if machines is None:
+            return
+        self.stopped.update(idle)  # also on failure: one notice, not one per loop
+        try:
+            done = machines.stop(idle)
+        except CloudsendError as exc:
+            # the run goes on; the user must know these machines may still bill
+            self.s.reporter.notice(f"auto_stop failed: {exc}")
+            return
+        if done.terminated:
+            self.s.reporter.notice(
+                f"auto_stop: terminated spot instance(s) of {', '.join(done.terminated)} "
+                "(one-time spot instances cannot be stopped)"
+            )
 
     # ---- lost hosts ----------------------------------------------------------------------
 
     def _declare_lost(self, host: str, gone: bool = False) -> None:
         """`gone`: its machine is known to have ended (terminated), not just silent."""
-        self.s.lost_hosts.add(host)
+        self.s.state.lost.add(host)  # first: the targets left exclude it
+        records = self._wanted_records()
+        _, stranded = r.stranded_on(host, records, gone=gone)
+        # only with work to move: _targets may start stopped machines
+        targets = [h.name for h in self._targets()] if stranded else []
         lost_after = self.s.config.host_lost_after
-        detail = "machine terminated" if gone else f"no answer for more than {lost_after:g} s"
-        self._set_health(host, "lost", detail)
-        wanted = {p.job_id for p in self.s.plan.jobs}
-        stranded: dict[str, int] = {}
-        for r in self.s.store.jobs(self.run_id):
-            if r.job_id not in wanted or r.host != host:
-                continue
-            casualty = r.state == "ABORTED" and killed_with_host(r.reason, host_gone=gone)
-            if r.fetched and not casualty:
-                continue
-            if r.state == "ABORTED" and not casualty:
-                # it failed there; its logs are out of reach, which must not hold the run up
-                self.s.store.record_fetch(self.run_id, r.job_id, r.attempt, [])
-            else:
-                # unfinished, or killed with the machine (its shutdown signalled the job
-                # before the host's end was known): it runs again elsewhere
-                stranded[r.job_id] = r.attempt
-        if not stranded:
-            return
-        targets = self._targets()
-        if not targets:
-            self.s.reporter.notice(
-                f"no host left to re-queue {len(stranded)} job(s) on; "
-                f"waiting for {host} to come back"
-            )
-            self.s.lost_hosts.discard(host)  # keep waiting on it
-            self.last_ok[host] = time.monotonic()
-            return
-        self.requeued.setdefault(host, {}).update(stranded)
-        watcher = self.watchers[host]
-        watcher.forget(set(stranded))
-        watcher.keep_watching = True  # to settle these if the host comes back
-        self.s.reporter.notice(f"re-queuing {len(stranded)} job(s) from lost host {host}")
-        self._submit({job: attempt + 1 for job, attempt in stranded.items()}, targets)
+        self._do(r.on_host_lost(host, records, targets, gone=gone, lost_after=lost_after))
 
-    def _done_there(
-        self, host: str | None, job_id: str, attempt: int, cache: dict[str, dict[str, Any]]
-    ) -> bool:
-        """Whether the newer attempt already finished on its host, as its agent says now:
-        its DONE may still be queued behind this event, and adopting the older attempt then
-        would fetch a second copy of the same job's outputs."""
-        if not host or host in self.s.lost_hosts:
-            return False
-        if host not in cache:
-            try:
-                cache[host] = AgentClient(self.s.host_named(host)).status().get("jobs", {})
-            except CloudsendError:
-                cache[host] = {}
-        there = cache[host].get(job_id) or {}
-        return bool(there.get("state") == "DONE" and there.get("attempt") == attempt)
-
-    def _settle_return(self, host: str, status: dict[str, Any]) -> None:
+    def _settle_return(self, host: str, listed: r.AgentJobs) -> None:
         """A lost host answers again: take results it finished first, cancel stale attempts."""
-        pending = self.requeued.get(host, {})
-        on_host = status.get("jobs", {})
-        stale: list[str] = []
-        elsewhere: dict[str, dict[str, Any]] = {}  # host → its agent's jobs, asked once
-        for job_id, old_attempt in list(pending.items()):
-            job = on_host.get(job_id)
-            if not job or job.get("attempt") != old_attempt:
-                del pending[job_id]
+        pending = dict(self.s.state.requeued.get(host, {}))
+        by_id = {rec.job_id: rec for rec in self.s.store.jobs(self.run_id)}
+        done_elsewhere: set[str] = set()
+        for other, jobs in r.return_candidates(pending, listed, by_id, self.s.state.lost).items():
+            try:
+                there = AgentClient(self.s.host_named(other)).status().get("jobs", {})
+            except CloudsendError:
                 continue
-            if job.get("state") not in FINAL:
-                stale.append(job_id)
-                del pending[job_id]
-                continue
-            rec = self.s.store.job(self.run_id, job_id)
-            if (
-                job.get("state") == "DONE"
-                and rec is not None
-                and rec.state != "DONE"
-                and not self._done_there(rec.host, job_id, rec.attempt, elsewhere)
-            ):
-                if rec.host and rec.host != host:
-                    # forgotten before the cancel: a collect woken by the cancel must not
-                    # fetch the cancelled attempt's logs over the adopted result's
-                    if rec.host in self.watchers:
-                        self.watchers[rec.host].forget({job_id})
-                    with contextlib.suppress(CloudsendError):
-                        AgentClient(self.s.host_named(rec.host)).cancel([job_id])
-                self.s.store.adopt_attempt(
-                    self.run_id, job_id, host, old_attempt, job.get("exit_code")
-                )
-                adopted = self.s.store.job(self.run_id, job_id)
-                home = {job_id} if adopted is not None and adopted.fetched else set()
-                self._watch(host, {job_id: old_attempt}, home)
-            del pending[job_id]
-        if stale:
-            with contextlib.suppress(CloudsendError):
-                AgentClient(self.s.host_named(host)).cancel(stale)
-        if not pending:
-            self.s.lost_hosts.discard(host)
-            if host in self.watchers:
-                self.watchers[host].keep_watching = False
+            for job_id in jobs:
+                doc = there.get(job_id) or {}
+                if doc.get("state") == "DONE" and doc.get("attempt") == by_id[job_id].attempt:
+                    done_elsewhere.add(job_id)
+        self._do(r.on_return(host, pending, listed, by_id, done_elsewhere))

@@ -23,6 +23,7 @@ from cloudsend.pipeline.deploy import DeployReport, deploy_host, ensure_agent
 from cloudsend.pipeline.files import FileIndex
 from cloudsend.pipeline.plan import Plan, build_plan
 from cloudsend.pipeline.reporting import JobView, NullReporter, Reporter, RunSummary
+from cloudsend.pipeline.run_state import RunState
 from cloudsend.pipeline.watch import FINAL
 from cloudsend.providers import Host, HostsNotCleaned, get_provider
 from cloudsend.providers.roots import removal_refused, remove_command
@@ -55,7 +56,7 @@ class Session:
         self.bytes_sent = 0
         self.envs_submitted = 0
         self.env_failures: dict[str, str] = {}
-        self.lost_hosts: set[str] = set()
+        self.state = RunState()  # what this run learns while watched (lost, stopped, ...)
         self.instance_poll = 15.0  # seconds between instance checks (providers with machines)
         self._present: dict[str, set[str]] = {}
         self.started_at = time.monotonic()
