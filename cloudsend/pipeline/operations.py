@@ -36,10 +36,13 @@ def fetch_results(session: Session, out_dir: Path | None = None) -> Path:
     def pull(host: Host) -> dict[str, list[tuple[str, int]]]:
         return fetch_jobs(host, todo.get(host.name, []), session.results_dir, session.tmp_dir)
 
-    for got in session.each_host(pull, [h for h in session.hosts if h.name in todo]):
+    group = session.each_host(pull, [h for h in session.hosts if h.name in todo])
+    for got in group:
         session.store.record_fetches(
             run_id, [(job, attempts[job], files) for job, files in got.items()]
         )
+    for exc in group.failed.values():
+        raise exc  # what came home is recorded; the user is told what did not
     if out_dir is not None and out_dir.resolve() != session.results_dir.resolve():
         shutil.copytree(session.results_dir, out_dir, dirs_exist_ok=True)
         return out_dir

@@ -11,7 +11,6 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +19,7 @@ from cloudsend.core import CloudSendProcessState
 from cloudsend.errors import CloudsendError, ProvisionError, StateError, TransportError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.deploy import DeployReport, deploy_host, ensure_agent
+from cloudsend.pipeline.fanout import GroupResult, each_host
 from cloudsend.pipeline.files import FileIndex
 from cloudsend.pipeline.plan import Plan, build_plan
 from cloudsend.pipeline.reporting import JobView, NullReporter, Reporter, RunSummary
@@ -105,12 +105,20 @@ class Session:
                 return host
         raise CloudsendError(f"no host named {name!r} in this run")
 
-    def each_host(self, fn: Callable[[Host], T], hosts: list[Host] | None = None) -> list[T]:
-        hosts = self.hosts if hosts is None else hosts
-        if len(hosts) <= 1:
-            return [fn(h) for h in hosts]
-        with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
-            return list(pool.map(fn, hosts))
+    def each_host(
+        self, fn: Callable[[Host], T], hosts: list[Host] | None = None
+    ) -> GroupResult[T]:
+        """`fn` on every host (default: the run's) in parallel: answers and failures."""
+        return each_host(fn, self.hosts if hosts is None else hosts)
+
+    def record_reachability(self, group: GroupResult[Any]) -> None:
+        """One place for host health after a fan-out: failed hosts are unreachable (with
+        why), the others ok."""
+        run_id = self.current_run()
+        for name in group.ok:
+            self.store.set_host_health(run_id, name, "ok")
+        for name, exc in group.failed.items():
+            self.store.set_host_health(run_id, name, "unreachable", exc.message[:200])
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -131,11 +139,8 @@ class Session:
         self.fresh_run = not reset and not self.config.recover
         if self.fresh_run:
             # nothing of an earlier run goes on: its unfinished jobs are cancelled
-            def cancel_all(host: Host) -> None:
-                with contextlib.suppress(TransportError):  # no agent there yet
-                    AgentClient(host).cancel()
-
-            self.each_host(cancel_all)
+            # a failure is a host with no agent yet: nothing of it to cancel
+            self.each_host(lambda host: AgentClient(host).cancel())
         for host in self.hosts:
             self.store.upsert_host(run.id, host.name, self.provider.name, host.cpus, host.info)
         self._record_unreachable()
@@ -183,7 +188,8 @@ class Session:
                 raise ProvisionError(f"--reset: {refused}")
             self.store.forget_host(host.name)
 
-        self.each_host(wipe)
+        for exc in self.each_host(wipe).failed.values():
+            raise exc  # a host --reset could not wipe: nothing may start over on it
 
     def deploy(self) -> None:
         """Render environments, record the jobs, and start every host's agent."""
@@ -206,30 +212,19 @@ class Session:
         )
         # the listing of files each host has, used once by the submit that follows
 
-        def ensure(host: Host) -> tuple[str, set[str] | None]:
-            try:
-                return host.name, ensure_agent(host, self.config.project_name)
-            except TransportError as exc:
-                # not fatal: the host is left out of scheduling until it answers again
-                self.store.set_host_health(run_id, host.name, "unreachable", exc.message[:200])
-                self.reporter.notice(f"host {host.name}: unreachable ({exc.message[:120]})")
-                return host.name, None
-
-        self._present = {name: files for name, files in self.each_host(ensure) if files is not None}
+        group = self.each_host(lambda host: ensure_agent(host, self.config.project_name))
+        # an unreachable host is not fatal: it is left out of scheduling until it answers
+        for name, exc in group.failed.items():
+            self.store.set_host_health(run_id, name, "unreachable", exc.message[:200])
+            self.reporter.notice(f"host {name}: unreachable ({exc.message[:120]})")
+        self._present = dict(group.ok)
 
     def _statuses(self) -> dict[str, dict[str, Any]]:
         """One status call per host; unreachable hosts are reported, not fatal here."""
 
-        def ask(host: Host) -> tuple[str, dict[str, Any] | None]:
-            try:
-                doc = AgentClient(host).status()
-                self.store.set_host_health(self.current_run(), host.name, "ok")
-                return host.name, doc
-            except TransportError as exc:
-                self.store.set_host_health(self.current_run(), host.name, "unreachable", str(exc))
-                return host.name, None
-
-        return {name: doc for name, doc in self.each_host(ask) if doc is not None}
+        group = self.each_host(lambda host: AgentClient(host).status())
+        self.record_reachability(group)
+        return dict(group.ok)
 
     def reconcile(self) -> dict[str, dict[str, Any]]:
         """Bring the store up to date with what the agents report."""
@@ -414,11 +409,8 @@ class Session:
             return
         if all(v.state in FINAL and v.fetched for v in self.views()):
 
-            def stop(host: Host) -> None:
-                with contextlib.suppress(TransportError):
-                    AgentClient(host).stop()
-
-            self.each_host(stop)
+            # a host that does not answer keeps its idle agent (`down` stops it)
+            self.each_host(lambda host: AgentClient(host).stop())
 
     def unfetched(self) -> list[JobView]:
         """Finished jobs whose results have not come home (down would lose them)."""
