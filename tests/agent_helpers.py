@@ -136,6 +136,16 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def shut_down(a: Agent, timeout: float = 3) -> None:
+    """Stop the agent and its jobs; nothing of this host may outlive the test."""
+    if a.root.exists():
+        a.call("stop", "--kill-jobs")
+    deadline = time.monotonic() + timeout
+    while processes_under(a.root):
+        assert time.monotonic() < deadline, f"left running: {processes_under(a.root)}"
+        time.sleep(0.05)
+
+
 def processes_under(root: Path) -> list[int]:
     """Live processes whose cwd is inside root: the daemon (cwd ROOT) and every job."""
     found = []

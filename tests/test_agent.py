@@ -26,7 +26,7 @@ from tests.agent_helpers import (
     job,
     max_load,
     process_alive,
-    processes_under,
+    shut_down,
     timed_script,
 )
 
@@ -37,12 +37,7 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
     try:
         yield a
     finally:
-        if a.root.exists():
-            a.call("stop", "--kill-jobs")
-        deadline = time.monotonic() + 3
-        while processes_under(a.root):  # nothing of this host may outlive the test
-            assert time.monotonic() < deadline, f"left running: {processes_under(a.root)}"
-            time.sleep(0.05)
+        shut_down(a)
 
 
 def test_package_exposes_the_agent_file() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_helpers import Agent, group_alive, job, process_alive, processes_under
+from tests.agent_helpers import Agent, group_alive, job, process_alive, shut_down
 
 # Each form records the pid of the process it leaves behind in ../leftover (the job's dir).
 FORMS = {
@@ -43,12 +43,7 @@ def agent(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Agent]:
             assert not (a.root / "cgroup").exists()
         yield a
     finally:
-        if a.root.exists():
-            a.call("stop", "--kill-jobs")
-        deadline = time.monotonic() + 3
-        while processes_under(a.root):  # nothing of this host may outlive the test
-            assert time.monotonic() < deadline, f"left running: {processes_under(a.root)}"
-            time.sleep(0.05)
+        shut_down(a)
 
 
 def leftovers(agent: Agent, ids: Iterable[str], timeout: float = 10) -> dict[str, int]:
