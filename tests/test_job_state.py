@@ -58,7 +58,7 @@ def test_parse(given: JobState | CloudSendProcessState | str, expected: JobState
 
 
 def test_final_is_done_and_aborted_as_members_and_as_plain_strings() -> None:
-    assert FINAL == {JobState.DONE, JobState.ABORTED}
+    assert sorted(FINAL) == [JobState.ABORTED, JobState.DONE]
     assert "DONE" in FINAL and "ABORTED" in FINAL  # what agents report is matched as is
     assert "RUNNING" not in FINAL and None not in FINAL and "done" not in FINAL
     assert [s for s in JobState if s.is_final] == [JobState.DONE, JobState.ABORTED]
