@@ -58,6 +58,8 @@ class JobState(str, Enum):
             return state
         if isinstance(state, CloudSendProcessState):
             return _FROM_FLAG.get(state, cls.UNKNOWN)
+        if not isinstance(state, str):  # a broken status document: say so, do not crash
+            return cls.UNKNOWN
         key = state.strip().upper()
         if key == "BUILDING":
             return cls.WAIT
