@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from cloudsend.config import load_config
 from cloudsend.config.models import Config
-from cloudsend.core import FINAL_STATES, CloudSendProcessState
+from cloudsend.core import FINAL_STATES, CloudSendProcessState, JobState
 from cloudsend.pipeline import operations
 from cloudsend.pipeline.logs import write_log
 from cloudsend.pipeline.reporting import JobView, Reporter, RunSummary
@@ -86,7 +86,7 @@ class SyncClient:
 
     def get_jobs_states(self) -> dict[str, CloudSendProcessState]:
         self.session.reconcile()
-        return {v.job_id: CloudSendProcessState.from_name(v.state) for v in self.session.views()}
+        return {v.job_id: v.state.process_state for v in self.session.views()}
 
     def summary(self) -> RunSummary:
         return self.session.summary()
@@ -101,7 +101,7 @@ class SyncClient:
     def print_aborted_logs(self, file: TextIO | None = None) -> None:
         out = file or sys.stdout
         for v in self.session.views():
-            if v.state == "ABORTED":
+            if v.state == JobState.ABORTED:
                 print(f"--- {v.job_id} (exit {v.exit_code}): {v.reason or ''}", file=out)
                 _print_log(self.session, v.job_id, "stderr", out)
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from cloudsend.core import JobState
 from cloudsend.errors import EXIT_CODES_HELP, CloudsendError, ConfigError, JobError
 from cloudsend.textsafe import clean
 
@@ -128,7 +129,7 @@ def run(config: Path, reset: bool, yes: bool, as_json: bool) -> None:
         )
     if not summary.ok:
         raise JobError(
-            f"{summary.counts().get('ABORTED', 0)} job(s) ABORTED",
+            f"{summary.counts().get(JobState.ABORTED, 0)} job(s) ABORTED",
             hint="`cloudsend logs JOB --stderr` shows why; `cloudsend run` retries them",
         )
 
@@ -298,7 +299,7 @@ def logs(job: str, config: Path, stream: str, lines: int, follow: bool) -> None:
         out.flush()
         while follow:
             view = next(v for v in session.views() if v.job_id == job)
-            if view.state in ("DONE", "ABORTED"):
+            if view.state.is_final:
                 break
             time.sleep(1)
             session.reconcile()

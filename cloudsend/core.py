@@ -1,4 +1,9 @@
-"""Process and instance states, with the names of the original CloudSend tool."""
+"""Job and instance states, with the names of the original CloudSend tool.
+
+`JobState` is the one job-state vocabulary: the store keeps its values as text, the pipeline,
+CLI and API compare against its members. `CloudSendProcessState` is the seed API's view of the
+same states as flags, so callers can wait on ``DONE | ABORTED``.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,58 @@ class CloudSendProcessState(IntFlag):
             return cls.UNKNOWN
 
 
+class JobState(str, Enum):
+    """A job's state. Each member's value is its name, so a member compares (and hashes)
+    equal to the plain string: ``JobState.DONE == "DONE"``, ``"DONE" in FINAL``, and JSON
+    writes ``"DONE"``."""
+
+    UNKNOWN = "UNKNOWN"  # no host has reported on it yet
+    WAIT = "WAIT"  # its environment is being set up
+    QUEUE = "QUEUE"  # waiting for a free CPU slot
+    IDLE = "IDLE"  # about to start (the seed's state; agents never report it)
+    RUNNING = "RUNNING"
+    DONE = "DONE"  # exited 0
+    ABORTED = "ABORTED"  # failed, killed or cancelled
+
+    def __str__(self) -> str:  # "DONE", not "JobState.DONE", in f-strings and rich Text
+        return self.value
+
+    @classmethod
+    def parse(cls, state: JobState | CloudSendProcessState | str) -> JobState:
+        """A state from an agent, the store or the API: a name in any case or a single flag.
+
+        BUILDING (an environment being built) is WAIT for the jobs waiting on it; anything
+        else that is not one state (ANY, a combination of flags, a name we do not know) is
+        UNKNOWN, never an error: an agent of another version may say more than we know.
+        """
+        if isinstance(state, JobState):
+            return state
+        if isinstance(state, CloudSendProcessState):
+            return _FROM_FLAG.get(state, cls.UNKNOWN)
+        if not isinstance(state, str):  # a broken status document: say so, do not crash
+            return cls.UNKNOWN
+        key = state.strip().upper()
+        if key == "BUILDING":
+            return cls.WAIT
+        try:
+            return cls(key)
+        except ValueError:
+            return cls.UNKNOWN
+
+    @property
+    def process_state(self) -> CloudSendProcessState:
+        return CloudSendProcessState[self.name]
+
+    @property
+    def is_final(self) -> bool:
+        """DONE or ABORTED: the agent will not change it again (unless resubmitted)."""
+        return self in FINAL
+
+
+_FROM_FLAG = {CloudSendProcessState[s.name]: s for s in JobState}
+
+# The states an agent never leaves by itself. Holds plain strings too ("DONE" in FINAL).
+FINAL: frozenset[JobState] = frozenset({JobState.DONE, JobState.ABORTED})
 FINAL_STATES = CloudSendProcessState.DONE | CloudSendProcessState.ABORTED
 
 

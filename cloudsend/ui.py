@@ -11,27 +11,37 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from cloudsend.core import JobState
 from cloudsend.pipeline.reporting import JobView, RunSummary
 from cloudsend.textsafe import clean
 
 STATE_STYLE = {
-    "DONE": "green",
-    "ABORTED": "red",
-    "RUNNING": "cyan",
-    "QUEUE": "yellow",
-    "WAIT": "magenta",
-    "IDLE": "yellow",
-    "UNKNOWN": "dim",
+    JobState.DONE: "green",
+    JobState.ABORTED: "red",
+    JobState.RUNNING: "cyan",
+    JobState.QUEUE: "yellow",
+    JobState.WAIT: "magenta",
+    JobState.IDLE: "yellow",
+    JobState.UNKNOWN: "dim",
 }
+# the progress line's order: how far a job has got
+_PROGRESS = (
+    JobState.WAIT,
+    JobState.QUEUE,
+    JobState.RUNNING,
+    JobState.DONE,
+    JobState.ABORTED,
+    JobState.UNKNOWN,
+)
 
 
 def _counts_line(jobs: list[JobView]) -> Text:
-    counts: dict[str, int] = {}
+    counts: dict[JobState, int] = {}
     for j in jobs:
         counts[j.state] = counts.get(j.state, 0) + 1
     fetched = sum(1 for j in jobs if j.fetched)
     text = Text()
-    for state in ("WAIT", "QUEUE", "RUNNING", "DONE", "ABORTED", "UNKNOWN"):
+    for state in _PROGRESS:
         if counts.get(state):
             text.append(f"{state} {counts[state]}  ", style=STATE_STYLE[state])
     text.append(f"fetched {fetched}/{len(jobs)}", style="bold")
@@ -91,7 +101,7 @@ def jobs_table(jobs: list[JobView], title: str | None = None) -> Table:
         reason = clean(j.reason, 400).splitlines()[0] if j.reason else ""
         table.add_row(
             Text(j.job_id),
-            Text(j.state, style=STATE_STYLE.get(j.state, "")),
+            Text(j.state.value, style=STATE_STYLE.get(j.state, "")),
             Text(clean(j.host or "-", 200)),
             str(j.attempt),
             "" if j.exit_code is None else str(j.exit_code),

@@ -37,7 +37,7 @@ from cloudsend.bootstrap import (
 )
 from cloudsend.config.models import Config, EnvironmentConfig, JobConfig
 
-CONFIG = Config()
+CONFIG = Config(base_dir=Path("/project"))  # where relative paths would resolve
 # Any HTTP(S) request through these fails at once: proof that a step stayed offline.
 OFFLINE = {
     "HTTP_PROXY": "http://127.0.0.1:9",

@@ -36,7 +36,7 @@ from cloudsend.errors import BootstrapError, ConfigError
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
-CONFIG = Config()
+CONFIG = Config(base_dir=Path("/project"))  # where relative paths would resolve
 
 
 def check_golden(name: str, text: str, tmp_path: Path | None = None) -> None:

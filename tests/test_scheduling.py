@@ -36,7 +36,8 @@ ID_RE = re.compile(r"^j(\d{3})-([a-z0-9_-]{1,20})-([0-9a-f]{8})-(\d+)$")
 
 
 def cfg(jobs: list[Any], envs: list[Any] | None = None, **kw: Any) -> Config:
-    return Config.model_validate({"jobs": jobs, "environments": envs or [], **kw})
+    data = {"base_dir": Path("/project"), "jobs": jobs, "environments": envs or [], **kw}
+    return Config.model_validate(data)
 
 
 def inst(**kw: Any) -> InstanceConfig:

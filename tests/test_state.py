@@ -7,12 +7,14 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cloudsend.core import CloudSendProcessState as S
+from cloudsend.core import JobState
 from cloudsend.errors import StateError
 from cloudsend.state import SCHEMA_VERSION, NewJob, Store
 
@@ -30,6 +32,23 @@ def store(db_path: Path) -> Iterator[Store]:
 
 def new_jobs(n: int, prefix: str = "j") -> list[NewJob]:
     return [NewJob(f"{prefix}{i:03d}", i, 0, "env-abc", 1, f"h{i}") for i in range(n)]
+
+
+def counts(store: Store, run_id: int) -> dict[str, int]:
+    """Jobs per state name, as a reporter counts them."""
+    return dict(Counter(j.state.value for j in store.jobs(run_id)))
+
+
+def set_state(
+    store: Store,
+    run_id: int,
+    job_id: str,
+    state: object,
+    code: int | None = None,
+    reason: str | None = None,
+) -> bool:
+    """One job's state, through the pipeline's `update_states`; True if it changed."""
+    return store.update_states(run_id, [(job_id, state, code, reason)]) == [job_id]  # type: ignore[list-item]
 
 
 # --- opening ---------------------------------------------------------------------------
@@ -103,11 +122,8 @@ def test_runs(store: Store) -> None:
     assert store.open_run("bbb") == first  # resumes the latest, whatever the hash
     second = store.open_run("bbb", new=True)
     assert second.id > first.id
-    store.set_run_status(second.id, "done")
     latest = store.latest_run()
-    assert latest is not None and (latest.id, latest.status) == (second.id, "done")
-    with pytest.raises(StateError, match="no run 999"):
-        store.set_run_status(999, "done")
+    assert latest is not None and (latest.id, latest.status) == (second.id, "open")
 
 
 def test_hosts_round_trip(store: Store) -> None:
@@ -128,32 +144,22 @@ def test_hosts_round_trip(store: Store) -> None:
 # --- per-host caches -------------------------------------------------------------------
 
 
-def test_file_and_env_caches(store: Store) -> None:
-    assert not store.has_file("h0", "sha1")
-    store.add_file("h0", "sha1", 10)
-    store.add_files("h0", [("sha2", 20), ("sha3", 30)])
-    assert store.has_file("h0", "sha1") and not store.has_file("h1", "sha1")
-    assert store.files("h0") == {"sha1", "sha2", "sha3"}
-    assert store.env_state("h0", "py-123") is None
-    store.set_env_state("h0", "py-123", "BUILDING")
-    store.set_env_state("h0", "py-123", "READY")
-    assert store.env_state("h0", "py-123") == "READY"
-    store.forget_host("h0")
-    assert store.files("h0") == set() and store.env_state("h0", "py-123") is None
+def _envs(db_path: Path) -> list[tuple[str, str, str, str]]:
+    with sqlite3.connect(db_path) as raw:
+        sql = "SELECT host, identity, env_id, state FROM host_envs ORDER BY host, env_id"
+        return [tuple(r) for r in raw.execute(sql)]
 
 
-def test_caches_are_keyed_by_identity(store: Store) -> None:
-    store.add_file("h0", "sha1", 1, identity="/root/a")
+def test_env_cache_is_keyed_by_identity_and_forgotten(db_path: Path, store: Store) -> None:
+    store.set_env_state("h0", "e1", "BUILDING", identity="/root/a")
     store.set_env_state("h0", "e1", "READY", identity="/root/a")
-    store.add_file("h1", "sha1", 1, identity="i-1")
-    assert store.has_file("h0", "sha1", identity="/root/a")
-    assert not store.has_file("h0", "sha1", identity="/root/b")
+    store.set_env_state("h1", "e1", "READY", identity="i-1")
+    assert _envs(db_path) == [("h0", "/root/a", "e1", "READY"), ("h1", "i-1", "e1", "READY")]
     # Recreated host: writing under a new identity forgets the old machine's cache.
-    store.add_file("h0", "sha9", 1, identity="/root/b")
-    assert store.files("h0", identity="/root/a") == set()
-    assert store.env_state("h0", "e1", identity="/root/a") is None
-    assert store.files("h0", identity="/root/b") == {"sha9"}
-    assert store.files("h1", identity="i-1") == {"sha1"}  # other hosts untouched
+    store.set_env_state("h0", "e2", "BUILDING", identity="/root/b")
+    assert _envs(db_path) == [("h0", "/root/b", "e2", "BUILDING"), ("h1", "i-1", "e1", "READY")]
+    store.forget_host("h0")
+    assert _envs(db_path) == [("h1", "i-1", "e1", "READY")]  # other hosts untouched
 
 
 # --- jobs ------------------------------------------------------------------------------
@@ -162,7 +168,7 @@ def test_caches_are_keyed_by_identity(store: Store) -> None:
 def test_add_jobs_is_insert_or_ignore(store: Store) -> None:
     run = store.open_run("x")
     assert store.add_jobs(run.id, new_jobs(3)) == 3
-    store.set_job_state(run.id, "j001", S.RUNNING)
+    assert set_state(store, run.id, "j001", S.RUNNING)
     changed = [NewJob("j001", 1, 0, "other", 8, "zzz"), NewJob("j003", 3, 0, None, 2, "h3")]
     assert store.add_jobs(run.id, changed) == 1
     j1 = store.job(run.id, "j001")
@@ -176,6 +182,7 @@ def test_add_jobs_is_insert_or_ignore(store: Store) -> None:
     fresh = store.job(run.id, "j003")
     assert fresh is not None
     assert (fresh.state, fresh.host, fresh.attempt, fresh.fetched) == ("UNKNOWN", None, 0, False)
+    assert fresh.state is JobState.UNKNOWN  # read back as a member, not a bare string
     assert (fresh.index, fresh.rep, fresh.env_id, fresh.exit_code, fresh.reason) == (
         3,
         0,
@@ -192,9 +199,9 @@ def test_job_lifecycle_with_attempts_and_fetch(store: Store) -> None:
     run = store.open_run("x")
     store.add_jobs(run.id, new_jobs(1))
     store.record_submission(run.id, "j000", "h0", 1)
-    assert store.set_job_state(run.id, "j000", "running")
-    assert not store.set_job_state(run.id, "j000", S.RUNNING)  # no change
-    store.set_job_state(run.id, "j000", S.ABORTED, exit_code=3, reason="exit code 3: boom")
+    assert set_state(store, run.id, "j000", "running")
+    assert not set_state(store, run.id, "j000", S.RUNNING)  # no change
+    assert set_state(store, run.id, "j000", JobState.ABORTED, 3, "exit code 3: boom")
     (a1,) = store.attempts(run.id, "j000")
     assert (a1.attempt, a1.host, a1.state, a1.exit_code, a1.reason) == (
         1,
@@ -215,14 +222,18 @@ def test_job_lifecycle_with_attempts_and_fetch(store: Store) -> None:
         None,
         None,
     )
-    store.set_job_state(run.id, "j000", "DONE", exit_code=0)
+    set_state(store, run.id, "j000", "DONE", 0)
     store.record_fetch(run.id, "j000", 1, [("stdout.log", 5)])  # a late fetch of attempt 1
     assert not store.job(run.id, "j000").fetched  # type: ignore[union-attr]
     store.record_fetch(run.id, "j000", 2, [("out/b.csv", 7), ("a.txt", 3)])
     store.record_fetch(run.id, "j000", 2, [("out/b.csv", 8), ("a.txt", 3)])  # refetch replaces
     assert store.job(run.id, "j000").fetched  # type: ignore[union-attr]
-    assert store.fetched_files(run.id, "j000") == [("a.txt", 3), ("out/b.csv", 8)]
-    assert store.fetched_files(run.id, "j000", attempt=1) == [("stdout.log", 5)]
+    with sqlite3.connect(store.path) as raw:
+        fetched = raw.execute(
+            "SELECT attempt, path, size FROM fetched_files WHERE job_id = 'j000' "
+            "ORDER BY attempt, path"
+        ).fetchall()
+    assert fetched == [(1, "stdout.log", 5), (2, "a.txt", 3), (2, "out/b.csv", 8)]
     assert [(a.attempt, a.state) for a in store.attempts(run.id, "j000")] == [
         (1, "ABORTED"),
         (2, "DONE"),
@@ -233,7 +244,7 @@ def test_lost_attempt_is_closed_as_superseded(store: Store) -> None:
     run = store.open_run("x")
     store.add_jobs(run.id, new_jobs(1))
     store.record_submission(run.id, "j000", "h0", 1)
-    store.set_job_state(run.id, "j000", "RUNNING")
+    set_state(store, run.id, "j000", "RUNNING")
     store.record_submission(run.id, "j000", "h1", 2)  # h0 was terminated
     a1, a2 = store.attempts(run.id, "j000")
     assert a1.ended is not None and a1.state == "RUNNING" and a1.reason == "superseded by attempt 2"
@@ -243,7 +254,7 @@ def test_lost_attempt_is_closed_as_superseded(store: Store) -> None:
 def test_unknown_job_is_a_state_error(store: Store) -> None:
     run = store.open_run("x")
     with pytest.raises(StateError, match="no job 'ghost'"):
-        store.set_job_state(run.id, "ghost", "DONE")
+        store.adopt_attempt(run.id, "ghost", "h0", 1, 0)
     with pytest.raises(StateError, match="no job 'ghost'"):
         store.record_submission(run.id, "ghost", "h0", 1)
     with pytest.raises(StateError, match="no job 'ghost'"):
@@ -266,7 +277,7 @@ def test_update_states_batch_and_counts(store: Store) -> None:
     assert store.update_states(
         run.id, [("j000", "DONE", 0, None), ("j003", "WAIT", None, None)]
     ) == ["j003"]
-    assert store.counts(run.id) == {"DONE": 1, "RUNNING": 1, "ABORTED": 1, "WAIT": 1}
+    assert counts(store, run.id) == {"DONE": 1, "RUNNING": 1, "ABORTED": 1, "WAIT": 1}
 
 
 def test_update_states_is_one_transaction(store: Store) -> None:
@@ -275,7 +286,7 @@ def test_update_states_is_one_transaction(store: Store) -> None:
     bad = object()  # sqlite cannot bind it: fails on the second row
     with pytest.raises(StateError):
         store.update_states(run.id, [("j000", "DONE", 0, None), ("j001", "DONE", bad, None)])  # type: ignore[list-item]
-    assert store.counts(run.id) == {"UNKNOWN": 2}  # the first row was rolled back too
+    assert counts(store, run.id) == {"UNKNOWN": 2}  # the first row was rolled back too
 
 
 # --- concurrency -----------------------------------------------------------------------
@@ -291,7 +302,7 @@ def test_concurrent_writes_from_threads(store: Store) -> None:
             store.add_jobs(run.id, jobs)
             for j in jobs:
                 store.record_submission(run.id, j.job_id, f"h{t}", 1)
-                store.add_file(f"h{t}", j.spec_hash, 1)
+                store.set_env_state(f"h{t}", j.spec_hash, "READY")
             store.update_states(run.id, [(j.job_id, "DONE", 0, None) for j in jobs])
         except BaseException as exc:  # surfaced below: a thread's failure must fail the test
             errors.append(exc)
@@ -302,8 +313,8 @@ def test_concurrent_writes_from_threads(store: Store) -> None:
     for th in threads:
         th.join()
     assert not errors
-    assert store.counts(run.id) == {"DONE": 200}
-    assert all(len(store.files(f"h{t}")) == 25 for t in range(8))
+    assert counts(store, run.id) == {"DONE": 200}
+    assert Counter(host for host, *_ in _envs(store.path)) == {f"h{t}": 25 for t in range(8)}
     assert all(len(store.attempts(run.id, j.job_id)) == 1 for j in store.jobs(run.id))
 
 
@@ -316,7 +327,7 @@ def test_two_connections_writing_at_once_wait_for_each_other(db_path: Path) -> N
 
         def writer(store: Store, state: str, ids: range) -> None:
             for i in ids:
-                store.set_job_state(run.id, f"j{i:03d}", state)
+                set_state(store, run.id, f"j{i:03d}", state)
 
         threads = [
             threading.Thread(target=writer, args=(a, "DONE", range(0, 50))),
@@ -326,7 +337,7 @@ def test_two_connections_writing_at_once_wait_for_each_other(db_path: Path) -> N
             th.start()
         for th in threads:
             th.join()
-        assert a.counts(run.id) == b.counts(run.id) == {"DONE": 50, "ABORTED": 50}
+        assert counts(a, run.id) == counts(b, run.id) == {"DONE": 50, "ABORTED": 50}
 
 
 READER = """
@@ -334,16 +345,16 @@ import json, sys
 from cloudsend.state import Store
 with Store(sys.argv[1]) as s:
     run = s.latest_run()
-    print(json.dumps({"run": run.id, "counts": s.counts(run.id)}))
+    print(json.dumps({"run": run.id, "counts": {j.job_id: j.state for j in s.jobs(run.id)}}))
     if len(sys.argv) > 2:
-        s.set_job_state(run.id, "j001", "ABORTED", exit_code=9, reason="from the other process")
+        s.update_states(run.id, [("j001", "ABORTED", 9, "from the other process")])
 """
 
 
 def test_another_process_sees_committed_data(db_path: Path, store: Store) -> None:
     run = store.open_run("x")
     store.add_jobs(run.id, new_jobs(2))
-    store.set_job_state(run.id, "j000", "DONE", exit_code=0)
+    set_state(store, run.id, "j000", "DONE", 0)
     # This store stays open (WAL, mid-session) while the other process reads and writes.
     out = subprocess.run(
         [sys.executable, "-c", READER, str(db_path), "write"],
@@ -352,7 +363,7 @@ def test_another_process_sees_committed_data(db_path: Path, store: Store) -> Non
         timeout=60,
         check=True,
     )
-    assert json.loads(out.stdout) == {"run": run.id, "counts": {"DONE": 1, "UNKNOWN": 1}}
+    assert json.loads(out.stdout) == {"run": run.id, "counts": {"j000": "DONE", "j001": "UNKNOWN"}}
     j1 = store.job(run.id, "j001")
     assert j1 is not None and (j1.state, j1.exit_code) == ("ABORTED", 9)
 

@@ -64,11 +64,10 @@ def load_config(source: str | Path | dict[Any, Any], *, base_dir: Path | None = 
     if issues:
         raise config_error(issues, locator)
     try:
-        config = Config.model_validate(data)
+        config = Config.model_validate({**data, "base_dir": raw.base_dir})
     except ValidationError as exc:
         raise config_error(issues_from_validation(exc), locator) from None
     config.source = raw.path
-    config.base_dir = raw.base_dir
     issues = check_and_resolve(config)
     if issues:
         raise config_error(issues, locator)

@@ -476,7 +476,9 @@ class Config(_Model):
     # Where the config came from: relative paths were resolved against base_dir.
     # Set by the loader, never read from the file (the loader rejects them as keys).
     source: Path | None = Field(default=None, exclude=True)
-    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+    # Required, with no cwd default: building a Config must not depend on (or fail with) the
+    # working directory; the loader says which folder, code building one in place does too.
+    base_dir: Path = Field(exclude=True)
 
     @property
     def project_name(self) -> str:

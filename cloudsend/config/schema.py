@@ -26,6 +26,9 @@ def _schema() -> dict[str, Any]:
     schema = Config.model_json_schema(mode="validation")
     for key in INTERNAL_KEYS:  # set by the loader, not written in files
         schema["properties"].pop(key, None)
+    required = [k for k in schema.pop("required", []) if k not in INTERNAL_KEYS]
+    if required:
+        schema["required"] = required
     schema["$schema"] = SCHEMA_DIALECT
     schema["title"] = "cloudsend config"
     schema["description"] = (

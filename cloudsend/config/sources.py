@@ -44,9 +44,31 @@ class Source:
     issues: list[Issue] = field(default_factory=list)  # found while reading (duplicate keys)
 
 
+def _absolute(path: str | os.PathLike[str], what: str, where: Locator) -> Path:
+    """`path` made absolute; a relative one needs the working directory, which may be gone."""
+    if os.path.isabs(path):
+        return Path(os.path.normpath(path))
+    try:
+        return Path(os.path.abspath(path))
+    except FileNotFoundError:  # os.getcwd() of a removed directory
+        raise config_error(
+            [
+                Issue(
+                    (),
+                    f"the current directory no longer exists, so {what} cannot be found",
+                    hint="cd to an existing directory, or give an absolute path",
+                )
+            ],
+            where,
+        ) from None
+
+
 def read_source(source: str | Path | dict[Any, Any], base_dir: Path | None) -> Source:
     if isinstance(source, dict):
-        folder = Path(os.path.abspath(base_dir if base_dir is not None else Path.cwd()))
+        # A dict has no folder of its own: relative paths in it are resolved against base_dir,
+        # or the current directory when none is given (the caller's explicit choice).
+        given = base_dir if base_dir is not None else "."
+        folder = _absolute(given, "the folder for relative paths (base_dir)", Locator())
         return Source(source, None, None, folder)
     if not isinstance(source, (str, os.PathLike)):
         raise config_error(
@@ -54,8 +76,8 @@ def read_source(source: str | Path | dict[Any, Any], base_dir: Path | None) -> S
             Locator(),
         )
     name = os.fspath(source)
-    path = Path(os.path.abspath(Path(name).expanduser()))
     where = Locator(name)
+    path = _absolute(Path(name).expanduser(), "a relative config path", where)
     suffix = path.suffix.lower()
     if path.is_dir():
         raise config_error([Issue((), "is a directory, not a config file")], where)
@@ -66,7 +88,7 @@ def read_source(source: str | Path | dict[Any, Any], base_dir: Path | None) -> S
         )
     if not path.is_file():
         raise config_error([Issue((), "not found", hint=f"looked for {path}")], where)
-    folder = Path(os.path.abspath(base_dir)) if base_dir is not None else path.parent
+    folder = _absolute(base_dir, "base_dir", where) if base_dir is not None else path.parent
     if suffix in YAML_SUFFIXES:
         data, lines, issues = _read_yaml(path, where)
     else:

@@ -10,10 +10,10 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cloudsend.core import FINAL
 from cloudsend.errors import JobError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.fetch import fetch_jobs
-from cloudsend.pipeline.watch import FINAL
 from cloudsend.providers.base import Host
 
 if TYPE_CHECKING:

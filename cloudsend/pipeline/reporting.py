@@ -6,13 +6,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from cloudsend.core import JobState
+
 
 @dataclass
 class JobView:
     job_id: str
     index: int
     rep: int
-    state: str
+    state: JobState  # a str Enum: compares equal to "DONE" and writes "DONE" in JSON
     host: str | None
     attempt: int
     exit_code: int | None
@@ -31,15 +33,15 @@ class RunSummary:
     elapsed: float = 0.0
     env_failures: dict[str, str] = field(default_factory=dict)
 
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
+    def counts(self) -> dict[JobState, int]:
+        out: dict[JobState, int] = {}
         for job in self.jobs:
             out[job.state] = out.get(job.state, 0) + 1
         return out
 
     @property
     def ok(self) -> bool:
-        return all(j.state == "DONE" for j in self.jobs)
+        return all(j.state == JobState.DONE for j in self.jobs)
 
 
 class Reporter(Protocol):

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloudsend.core import FINAL  # also imported from here by monitor and session
 from cloudsend.errors import CloudsendError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.fetch import download
 from cloudsend.providers.base import Host
-
-FINAL = ("DONE", "ABORTED")
 
 
 @dataclass

@@ -13,16 +13,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
-from cloudsend.core import FINAL_STATES, CloudSendProcessState
+from cloudsend.core import CloudSendProcessState, JobState
 
 State = CloudSendProcessState
-
-# Agent job states that are not process states: an environment still being built means the job
-# waits for it (the agent reports such jobs as WAIT; BUILDING can show up in env-level views).
-_AGENT_ALIASES = {"BUILDING": State.WAIT}
-_REAL_STATES = frozenset(
-    {State.UNKNOWN, State.WAIT, State.QUEUE, State.IDLE, State.RUNNING, State.DONE, State.ABORTED}
-)
+StateLike = JobState | CloudSendProcessState | str
 
 
 def agent_state_to_process_state(name: str) -> CloudSendProcessState:
@@ -31,24 +25,19 @@ def agent_state_to_process_state(name: str) -> CloudSendProcessState:
     WAIT, QUEUE, IDLE, RUNNING, DONE, ABORTED map to themselves (any case); BUILDING → WAIT;
     anything else, ANY included (it is a mask, not a state), → UNKNOWN.
     """
-    key = name.strip().upper()
-    if key in _AGENT_ALIASES:
-        return _AGENT_ALIASES[key]
-    state = CloudSendProcessState.from_name(key)
-    return state if state in _REAL_STATES else State.UNKNOWN
+    return JobState.parse(name).process_state
 
 
-def as_state(state: CloudSendProcessState | str) -> CloudSendProcessState:
-    """Accept either a process state or its name (as the store and the agents write it)."""
+def as_state(state: StateLike) -> CloudSendProcessState:
+    """Accept a job state, a process state or a name (as the store and the agents write it)."""
     if isinstance(state, CloudSendProcessState):
         return state
-    return agent_state_to_process_state(state)
+    return JobState.parse(state).process_state
 
 
-def is_final(state: CloudSendProcessState | str) -> bool:
+def is_final(state: StateLike) -> bool:
     """DONE or ABORTED: the agent will not change it again (unless resubmitted)."""
-    s = as_state(state)
-    return s in _REAL_STATES and bool(s & FINAL_STATES)
+    return JobState.parse(state).is_final
 
 
 # Reasons an agent gives for a job ended from outside, by the machine rather than by the job.
@@ -94,7 +83,7 @@ class JobSnapshot:
     """
 
     job_id: str
-    state: CloudSendProcessState
+    state: JobState | CloudSendProcessState
     attempt: int = 0
     fetched: bool = False
     host: HostView = HostView.MISSING
@@ -131,8 +120,8 @@ class ResumePlan:
 
 def decide(job: JobSnapshot, *, retry_aborted: bool = False) -> Decision:
     """The bucket of :class:`ResumePlan` one job goes to (see :func:`plan_resume`)."""
-    state = as_state(job.state)
-    if state == State.DONE:
+    state = JobState.parse(job.state)
+    if state == JobState.DONE:
         if job.fetched:
             return "finished"
         if job.host == HostView.LISTED:
@@ -141,7 +130,7 @@ def decide(job: JobSnapshot, *, retry_aborted: bool = False) -> Decision:
             return "wait"
         # DONE but its host no longer has it: the unfetched outputs went with the host.
         return "to_submit"
-    if state == State.ABORTED:
+    if state == JobState.ABORTED:
         # A failure is final unless asked: re-running a script that crashed usually crashes
         # again, and a silent retry would hide the error from the user.
         return "to_submit" if retry_aborted else "failed"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cloudsend.core import JobState
 from cloudsend.errors import StateError
 
 SCHEMA_VERSION = 1
@@ -161,7 +162,7 @@ class JobRecord:
     env_id: str | None
     cpus: int
     spec_hash: str
-    state: str  # a CloudSendProcessState name; 'UNKNOWN' until a host reports on it
+    state: JobState  # kept as its name; UNKNOWN until a host reports on it
     host: str | None
     attempt: int  # 0 = never submitted
     exit_code: int | None
@@ -179,7 +180,7 @@ class JobRecord:
             env_id,
             cpus,
             spec,
-            state,
+            JobState.parse(state),
             host,
             attempt,
             code,
@@ -195,7 +196,7 @@ class AttemptRecord:
     host: str
     started: float
     ended: float | None  # None while the attempt has not reached a final state
-    state: str | None
+    state: JobState | None
     exit_code: int | None
     reason: str | None
 

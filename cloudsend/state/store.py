@@ -1,8 +1,9 @@
 """The local state store: SQLite (WAL) under ``<config dir>/.cloudsend/state.db``.
 
-It records intent and caches (which job went where, which attempt, which outputs were fetched,
-which files and environments each host has) so that a later ``cloudsend run`` resumes instead
-of starting over. The hosts' agents stay the source of truth for job progress.
+It records intent (which job went where, which attempt, which outputs were fetched) so that a
+later ``cloudsend run`` resumes instead of starting over. The hosts' agents stay the source of
+truth for job progress. Job states are stored as :class:`~cloudsend.core.JobState` names and
+read back as members.
 
 One connection shared by the pipeline's threads, serialised by a lock: SQLite allows a single
 writer anyway, and this keeps transactions simple. Other processes (a ``cloudsend status`` next
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cloudsend.core import CloudSendProcessState
+from cloudsend.core import FINAL, CloudSendProcessState, JobState
 from cloudsend.errors import StateError
 from cloudsend.state.schema import (
     JOB_COLUMNS,
@@ -35,16 +36,9 @@ from cloudsend.state.schema import (
     sqlite_error,
 )
 
-FINAL = ("DONE", "ABORTED")
 _LATEST_RUN = "SELECT id, created, config_hash, status FROM runs ORDER BY id DESC LIMIT 1"
-StateLike = CloudSendProcessState | str
+StateLike = JobState | CloudSendProcessState | str
 StateUpdate = tuple[str, StateLike, int | None, str | None]
-
-
-def _state_name(state: StateLike) -> str:
-    if isinstance(state, CloudSendProcessState):
-        return state.name or "UNKNOWN"
-    return state.upper()
 
 
 class Store:
@@ -123,12 +117,6 @@ class Store:
         row = self._one(_LATEST_RUN)
         return Run(*row) if row else None
 
-    def set_run_status(self, run_id: int, status: str) -> None:
-        with self._write() as db:
-            cur = db.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
-            if cur.rowcount == 0:
-                raise StateError(f"no run {run_id} in {self.path}")
-
     # -- hosts ---------------------------------------------------------------------------
 
     def upsert_host(
@@ -164,39 +152,13 @@ class Store:
 
     # -- per-host caches -----------------------------------------------------------------
     # Keyed by (host name, identity). Writing under a new identity drops what was cached
-    # under the old one: the host was recreated and has none of it any more.
+    # under the old one: the host was recreated and has none of it any more. Nothing reads
+    # them back today (the agents know what they have); see docs/internals.md.
 
     @staticmethod
     def _drop_other_identities(db: sqlite3.Connection, host: str, identity: str) -> None:
         for table in ("host_files", "host_envs"):  # fixed names, not user input
             db.execute(f"DELETE FROM {table} WHERE host = ? AND identity != ?", (host, identity))
-
-    def has_file(self, host: str, sha256: str, *, identity: str = "") -> bool:
-        sql = "SELECT 1 FROM host_files WHERE host = ? AND identity = ? AND sha256 = ?"
-        return self._one(sql, (host, identity, sha256)) is not None
-
-    def add_file(self, host: str, sha256: str, size: int, *, identity: str = "") -> None:
-        self.add_files(host, [(sha256, size)], identity=identity)
-
-    def add_files(self, host: str, files: Iterable[tuple[str, int]], *, identity: str = "") -> None:
-        """Record many ``(sha256, size)`` uploads to a host in one transaction."""
-        now = time.time()
-        with self._write() as db:
-            self._drop_other_identities(db, host, identity)
-            db.executemany(
-                "INSERT OR REPLACE INTO host_files (host, identity, sha256, size, added) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(host, identity, sha, size, now) for sha, size in files],
-            )
-
-    def files(self, host: str, *, identity: str = "") -> set[str]:
-        sql = "SELECT sha256 FROM host_files WHERE host = ? AND identity = ?"
-        return {r[0] for r in self._all(sql, (host, identity))}
-
-    def env_state(self, host: str, env_id: str, *, identity: str = "") -> str | None:
-        sql = "SELECT state FROM host_envs WHERE host = ? AND identity = ? AND env_id = ?"
-        row = self._one(sql, (host, identity, env_id))
-        return row[0] if row else None
 
     def set_env_state(self, host: str, env_id: str, state: str, *, identity: str = "") -> None:
         with self._write() as db:
@@ -312,7 +274,7 @@ class Store:
         db: sqlite3.Connection,
         run_id: int,
         job_id: str,
-        state: str,
+        state: JobState,
         exit_code: int | None,
         reason: str | None,
         now: float,
@@ -323,30 +285,15 @@ class Store:
         db.execute(
             "UPDATE jobs SET state = ?, exit_code = ?, reason = ?, updated = ? "
             "WHERE run_id = ? AND job_id = ?",
-            (state, exit_code, reason, now, run_id, job_id),
+            (state.value, exit_code, reason, now, run_id, job_id),
         )
         if state in FINAL:
             db.execute(
                 "UPDATE attempts SET ended = ?, state = ?, exit_code = ?, reason = ? "
                 "WHERE run_id = ? AND job_id = ? AND attempt = ? AND ended IS NULL",
-                (now, state, exit_code, reason, run_id, job_id, attempt),
+                (now, state.value, exit_code, reason, run_id, job_id, attempt),
             )
         return True
-
-    def set_job_state(
-        self,
-        run_id: int,
-        job_id: str,
-        state: StateLike,
-        *,
-        exit_code: int | None = None,
-        reason: str | None = None,
-    ) -> bool:
-        """Set a job's state (closing its current attempt when final). True if it changed."""
-        with self._write() as db:
-            return self._set_state(
-                db, run_id, job_id, _state_name(state), exit_code, reason, time.time()
-            )
 
     def update_states(self, run_id: int, updates: Iterable[StateUpdate]) -> list[str]:
         """Apply ``(job_id, state, exit_code, reason)`` rows in one transaction.
@@ -362,7 +309,7 @@ class Store:
             known = {r[0] for r in rows}
             for job_id, state, exit_code, reason in updates:
                 if job_id in known and self._set_state(
-                    db, run_id, job_id, _state_name(state), exit_code, reason, now
+                    db, run_id, job_id, JobState.parse(state), exit_code, reason, now
                 ):
                     changed.append(job_id)
         return changed
@@ -398,27 +345,13 @@ class Store:
                         (now, run_id, job_id),
                     )
 
-    def fetched_files(
-        self, run_id: int, job_id: str, attempt: int | None = None
-    ) -> list[tuple[str, int]]:
-        """``(path, size)`` fetched for ``attempt`` (default: the job's current attempt)."""
-        rows = self._all(
-            "SELECT path, size FROM fetched_files WHERE run_id = ? AND job_id = ? AND "
-            "attempt = coalesce(?, (SELECT attempt FROM jobs WHERE run_id = ? AND job_id = ?)) "
-            "ORDER BY path",
-            (run_id, job_id, attempt, run_id, job_id),
-        )
-        return [(p, s) for p, s in rows]
-
     def attempts(self, run_id: int, job_id: str) -> list[AttemptRecord]:
         rows = self._all(
             "SELECT attempt, host, started, ended, state, exit_code, reason FROM attempts "
             "WHERE run_id = ? AND job_id = ? ORDER BY attempt",
             (run_id, job_id),
         )
-        return [AttemptRecord(*r) for r in rows]
-
-    def counts(self, run_id: int) -> dict[str, int]:
-        """Number of jobs per state name (states with no job are absent)."""
-        sql = "SELECT state, count(*) FROM jobs WHERE run_id = ? GROUP BY state ORDER BY state"
-        return {state: n for state, n in self._all(sql, (run_id,))}
+        return [
+            AttemptRecord(a, host, start, end, None if st is None else JobState.parse(st), c, why)
+            for a, host, start, end, st, c, why in rows
+        ]
