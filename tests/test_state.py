@@ -144,24 +144,6 @@ def test_hosts_round_trip(store: Store) -> None:
 # --- per-host caches -------------------------------------------------------------------
 
 
-def _envs(db_path: Path) -> list[tuple[str, str, str, str]]:
-    with sqlite3.connect(db_path) as raw:
-        sql = "SELECT host, identity, env_id, state FROM host_envs ORDER BY host, env_id"
-        return [tuple(r) for r in raw.execute(sql)]
-
-
-def test_env_cache_is_keyed_by_identity_and_forgotten(db_path: Path, store: Store) -> None:
-    store.set_env_state("h0", "e1", "BUILDING", identity="/root/a")
-    store.set_env_state("h0", "e1", "READY", identity="/root/a")
-    store.set_env_state("h1", "e1", "READY", identity="i-1")
-    assert _envs(db_path) == [("h0", "/root/a", "e1", "READY"), ("h1", "i-1", "e1", "READY")]
-    # Recreated host: writing under a new identity forgets the old machine's cache.
-    store.set_env_state("h0", "e2", "BUILDING", identity="/root/b")
-    assert _envs(db_path) == [("h0", "/root/b", "e2", "BUILDING"), ("h1", "i-1", "e1", "READY")]
-    store.forget_host("h0")
-    assert _envs(db_path) == [("h1", "i-1", "e1", "READY")]  # other hosts untouched
-
-
 # --- jobs ------------------------------------------------------------------------------
 
 
@@ -302,7 +284,6 @@ def test_concurrent_writes_from_threads(store: Store) -> None:
             store.add_jobs(run.id, jobs)
             for j in jobs:
                 store.record_submission(run.id, j.job_id, f"h{t}", 1)
-                store.set_env_state(f"h{t}", j.spec_hash, "READY")
             store.update_states(run.id, [(j.job_id, "DONE", 0, None) for j in jobs])
         except BaseException as exc:  # surfaced below: a thread's failure must fail the test
             errors.append(exc)
@@ -314,7 +295,7 @@ def test_concurrent_writes_from_threads(store: Store) -> None:
         th.join()
     assert not errors
     assert counts(store, run.id) == {"DONE": 200}
-    assert Counter(host for host, *_ in _envs(store.path)) == {f"h{t}": 25 for t in range(8)}
+    assert Counter(j.host for j in store.jobs(run.id)) == {f"h{t}": 25 for t in range(8)}
     assert all(len(store.attempts(run.id, j.job_id)) == 1 for j in store.jobs(run.id))
 
 

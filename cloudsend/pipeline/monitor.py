@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Protocol
 
 from cloudsend.config.models import Config
-from cloudsend.core import CloudSendProcessState
+from cloudsend.core import FINAL, CloudSendProcessState, JobState
 from cloudsend.errors import CloudsendError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.plan import Plan
 from cloudsend.pipeline.reporting import JobView, Reporter
 from cloudsend.pipeline.run_state import RunState
-from cloudsend.pipeline.watch import FINAL, HostEvent, HostWatcher
+from cloudsend.pipeline.watch import HostEvent, HostWatcher
 from cloudsend.providers.base import Host, Provider
 from cloudsend.scheduling import reactions as r
 from cloudsend.state import Store
@@ -376,6 +376,7 @@ class RunMonitor:
                 continue
             for job_id in jobs:
                 doc = there.get(job_id) or {}
-                if doc.get("state") == "DONE" and doc.get("attempt") == by_id[job_id].attempt:
+                attempt = by_id[job_id].attempt
+                if doc.get("state") == JobState.DONE and doc.get("attempt") == attempt:
                     done_elsewhere.add(job_id)
         self._do(r.on_return(host, pending, listed, by_id, done_elsewhere))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cloudsend.config.models import Config
-from cloudsend.core import CloudSendProcessState
+from cloudsend.core import FINAL, CloudSendProcessState
 from cloudsend.errors import CloudsendError, ProvisionError, StateError, TransportError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.deploy import DeployReport, deploy_host, ensure_agent
@@ -24,7 +24,6 @@ from cloudsend.pipeline.files import FileIndex
 from cloudsend.pipeline.plan import Plan, build_plan
 from cloudsend.pipeline.reporting import JobView, NullReporter, Reporter, RunSummary
 from cloudsend.pipeline.run_state import RunState
-from cloudsend.pipeline.watch import FINAL
 from cloudsend.providers import Host, HostsNotCleaned, get_provider
 from cloudsend.providers.roots import removal_refused, remove_command
 from cloudsend.scheduling import HostSlots, assign, check_fits
@@ -186,7 +185,6 @@ class Session:
             refused = removal_refused(host.name, host.root, out)
             if refused is not None:
                 raise ProvisionError(f"--reset: {refused}")
-            self.store.forget_host(host.name)
 
         for exc in self.each_host(wipe).failed.values():
             raise exc  # a host --reset could not wipe: nothing may start over on it
@@ -385,7 +383,6 @@ class Session:
         if updates:
             self.store.update_states(run_id, updates)
         for env_id, env in status.get("envs", {}).items():
-            self.store.set_env_state(host, env_id, env.get("state", "UNKNOWN"))
             if env.get("state") == "FAILED":
                 self.env_failures[env_id] = env.get("log_tail", "")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudsend.core import FINAL  # also imported from here by monitor and session
+from cloudsend.core import FINAL
 from cloudsend.errors import CloudsendError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.fetch import download

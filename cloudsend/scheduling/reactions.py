@@ -14,9 +14,10 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cloudsend.core import FINAL, JobState
 from cloudsend.scheduling.transitions import killed_with_host
 
-FINAL = ("DONE", "ABORTED")
+DONE, ABORTED = JobState.DONE, JobState.ABORTED
 MAX_CASUALTY_RETRIES = 3
 
 
@@ -38,6 +39,12 @@ class JobFacts(Protocol):
 
 
 AgentJobs = Mapping[str, Mapping[str, Any]]  # an agent's status "jobs": job_id → its document
+
+
+def _state(doc: Mapping[str, Any]) -> str:
+    """An agent document's state, "" when it is not a name (a malformed answer)."""
+    value = doc.get("state")
+    return value if isinstance(value, str) else ""
 
 
 # ---- actions ----------------------------------------------------------------------------------
@@ -238,10 +245,10 @@ def stranded_on(
     for job in jobs:
         if job.host != host:
             continue
-        casualty = job.state == "ABORTED" and killed_with_host(job.reason, host_gone=gone)
+        casualty = job.state == ABORTED and killed_with_host(job.reason, host_gone=gone)
         if job.fetched and not casualty:
             continue
-        if job.state == "ABORTED" and not casualty:
+        if job.state == ABORTED and not casualty:
             unfetchable[job.job_id] = job.attempt
         else:
             # unfinished, or killed with the machine (its shutdown signalled the job before
@@ -263,7 +270,7 @@ def on_casualties(
     rather than retried forever. Only the job's current attempt on this host counts."""
     again: dict[str, int] = {}
     for job_id, doc in listed.items():
-        if doc.get("state") != "ABORTED":
+        if _state(doc) != ABORTED:
             continue
         if not killed_with_host(doc.get("reason"), host_gone=False):
             continue
@@ -272,7 +279,7 @@ def on_casualties(
         rec = records.get(job_id)
         if rec is None or rec.host != host or doc.get("attempt") != rec.attempt:
             continue  # an older attempt, or the job has moved on
-        if rec.state == "ABORTED":
+        if rec.state == ABORTED:
             again[job_id] = rec.attempt + 1
     if not again:
         return []
@@ -329,8 +336,8 @@ def return_candidates(
     for job_id, attempt in pending.items():
         doc = listed.get(job_id)
         rec = records.get(job_id)
-        finished_here = doc and doc.get("attempt") == attempt and doc.get("state") == "DONE"
-        elsewhere = rec.host if rec is not None and rec.state != "DONE" else None
+        finished_here = doc and doc.get("attempt") == attempt and _state(doc) == DONE
+        elsewhere = rec.host if rec is not None and rec.state != DONE else None
         if finished_here and elsewhere and elsewhere not in lost:
             ask.setdefault(elsewhere, set()).add(job_id)
     return ask
@@ -360,11 +367,11 @@ def on_return(
         doc = listed.get(job_id)
         if not doc or doc.get("attempt") != old:
             continue
-        if doc.get("state") not in FINAL:
+        if _state(doc) not in FINAL:
             stale.append(job_id)
             continue
         rec = records.get(job_id)
-        if rec is None or doc.get("state") != "DONE" or rec.state == "DONE":
+        if rec is None or _state(doc) != DONE or rec.state == DONE:
             continue
         if job_id in done_elsewhere:
             continue  # the newer attempt finished too: it stays the result

@@ -150,31 +150,6 @@ class Store:
         )
         return [HostRecord.from_row(r) for r in rows]
 
-    # -- per-host caches -----------------------------------------------------------------
-    # Keyed by (host name, identity). Writing under a new identity drops what was cached
-    # under the old one: the host was recreated and has none of it any more. Nothing reads
-    # them back today (the agents know what they have); see docs/internals.md.
-
-    @staticmethod
-    def _drop_other_identities(db: sqlite3.Connection, host: str, identity: str) -> None:
-        for table in ("host_files", "host_envs"):  # fixed names, not user input
-            db.execute(f"DELETE FROM {table} WHERE host = ? AND identity != ?", (host, identity))
-
-    def set_env_state(self, host: str, env_id: str, state: str, *, identity: str = "") -> None:
-        with self._write() as db:
-            self._drop_other_identities(db, host, identity)
-            db.execute(
-                "INSERT OR REPLACE INTO host_envs (host, identity, env_id, state, updated) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (host, identity, env_id, state, time.time()),
-            )
-
-    def forget_host(self, host: str) -> None:
-        """Drop everything cached about a host (files and environments, every identity)."""
-        with self._write() as db:
-            db.execute("DELETE FROM host_files WHERE host = ?", (host,))
-            db.execute("DELETE FROM host_envs WHERE host = ?", (host,))
-
     # -- jobs ----------------------------------------------------------------------------
 
     def add_jobs(self, run_id: int, rows: Sequence[NewJob]) -> int:
