@@ -85,6 +85,40 @@ class LocalProvider:
         return Preview("local", sum(i.number for i in self.config.instances) or 1)
 
     def notices(self) -> list[str]:
-        from cloudsend.config import local_notices
-
         return local_notices(self.config)
+
+
+# Instance keys (and the global profile) that only mean something on a cloud.
+CLOUD_ONLY_KEYS = (
+    "eco",
+    "eco_life",
+    "max_bid",
+    "img_id",
+    "img_username",
+    "region",
+    "cloud_id",
+    "type",
+    "gpu",
+    "disk_size",
+    "disk_type",
+)
+
+
+def local_notices(config: Config) -> list[str]:
+    """One notice per cloud-only key the user set (to a non-default value) that the local
+    provider ignores; none when the config is not for the local provider."""
+    if config.provider != "local":
+        return []
+    notices = []
+    if config.profile is not None:
+        notices.append(_ignored("profile"))
+    for index, instance in enumerate(config.instances):
+        for key in CLOUD_ONLY_KEYS:
+            default = InstanceConfig.model_fields[key].get_default(call_default_factory=True)
+            if key in instance.model_fields_set and getattr(instance, key) != default:
+                notices.append(_ignored(f"instances[{index}].{key}"))
+    return notices
+
+
+def _ignored(key: str) -> str:
+    return f"{key} is ignored by the local provider (it only means something on a cloud)"
