@@ -101,9 +101,7 @@ def run(config: Path, reset: bool, yes: bool, as_json: bool) -> None:
     from cloudsend.ui import print_json, print_summary, summary_doc
 
     cfg = _load(config)
-    if cfg.provider == "aws":
-        _require_aws_extra()
-        _confirm_aws_plan(cfg, yes)  # `run` creates machines too: same review as `up`
+    _confirm_plan(cfg, yes)  # `run` creates machines too: same review as `up`
     client, reporter = _client(cfg, quiet=as_json)
     try:
         client.start(reset=reset)
@@ -150,64 +148,14 @@ def preview(config: Path, offline: bool, as_json: bool) -> None:
     properties that change) and the hourly cost of the instances (live spot and on-demand
     prices, else a bundled dated table), total per hour and for eco_life.
     """
-    from cloudsend.ui import print_json
+    from cloudsend.providers import get_provider
+    from cloudsend.ui import preview_doc, print_json, print_preview
 
-    cfg = _load(config)
-    console = _console()
-    if cfg.provider != "aws":
-        if cfg.provider == "ssh":
-            count = len(cfg.hosts)
-        else:
-            count = sum(i.number for i in cfg.instances) or 1
-        doc: dict[str, Any] = {
-            "provider": cfg.provider,
-            "resources": [],
-            "hosts": count,
-            "cost": {"total_per_hour": 0.0},
-        }
-        if as_json:
-            print_json(doc)
-        else:
-            console.print(
-                f"provider {cfg.provider}: no cloud resources, {count} host(s), "
-                "nothing billed by cloudsend"
-            )
-        return
-    _require_aws_extra()
-    from cloudsend.providers.aws.provider import AwsProvider
-
-    provider = AwsProvider(cfg)
-    if offline:
-        resources, cost = provider.offline()
-        if as_json:
-            print_json({"resources": resources, "cost": cost.to_dict()})
-            return
-        from cloudsend.ui import cost_table, resources_table
-
-        console.print(resources_table(resources))
-        console.print(cost_table(cost))
-        return
-    plan = provider.preview()
+    plan = get_provider(_load(config)).preview(offline=offline)
     if as_json:
-        from cloudsend.providers.aws.diff import changes_to_json
-
-        print_json(
-            {
-                "changes": changes_to_json(plan.changes),
-                "cost": plan.cost.to_dict(),
-                "warnings": plan.warnings,
-            }
-        )
-        return
-    from rich.markup import escape
-
-    from cloudsend.providers.aws.diff import changes_table
-    from cloudsend.ui import cost_table
-
-    console.print(changes_table(plan.changes))
-    console.print(cost_table(plan.cost))
-    for warning in plan.warnings:
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+        print_json(preview_doc(plan))
+    else:
+        print_preview(_console(), plan)
 
 
 @cli.command()
@@ -223,9 +171,7 @@ def up(config: Path, reset: bool, yes: bool) -> None:
     """
 
     cfg = _load(config)
-    if cfg.provider == "aws":
-        _require_aws_extra()
-        _confirm_aws_plan(cfg, yes)
+    _confirm_plan(cfg, yes)
     client, reporter = _client(cfg)
     try:
         client.start(reset=reset)
@@ -382,26 +328,14 @@ def down(config: Path, keep: bool, force: bool) -> None:
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 def validate(config: Path) -> None:
     """Check CONFIG and report every problem at once."""
-    from cloudsend.config import local_notices
+    from cloudsend.providers import check_config
 
     cfg = _load(config)
-    if cfg.provider == "local":
-        from cloudsend.providers.local import LocalProvider
-        from cloudsend.scheduling import HostSlots, JobUnit, check_fits
-
-        # this machine's hosts are known now: a job too big for all of them is caught here.
-        # One unit per jobs[] entry, not per repeat: the fit does not depend on repeat, and
-        # expanding (hashing every entry, one object per run) took 0.8 s for 100 000 runs.
-        units = [
-            JobUnit(f"jobs[{i}]", i, 0, job, job.env_name, job.cpus_req)
-            for i, job in enumerate(cfg.jobs)
-        ]
-        shapes = LocalProvider(cfg).shapes()
-        try:
-            check_fits(units, [HostSlots(name, cpus) for name, cpus in shapes])
-        except ConfigError as exc:  # name the file, as the loader's messages do
-            raise ConfigError(f"{config}: {exc.message}", hint=exc.hint) from None
-    for notice in local_notices(cfg) if cfg.provider == "local" else []:
+    try:
+        notices = check_config(cfg)
+    except ConfigError as exc:  # name the file, as the loader's messages do
+        raise ConfigError(f"{config}: {exc.message}", hint=exc.hint) from None
+    for notice in notices:
         click.echo(f"note: {notice}")
     jobs = sum(j.repeat for j in cfg.jobs)
     click.echo(f"{config}: ok ({len(cfg.environments)} environment(s), {jobs} job run(s))")
@@ -417,28 +351,16 @@ def schema() -> None:
     click.echo(json.dumps(config_json_schema(), indent=2))
 
 
-def _require_aws_extra() -> None:
-    from cloudsend.providers import require_aws_extra
+def _confirm_plan(cfg: Config, yes: bool) -> None:
+    """Show what `up` creates and what it costs, and ask (a provider with nothing to create,
+    local or ssh, or an up-to-date stack: nothing to ask)."""
+    from cloudsend.providers import get_provider
+    from cloudsend.ui import print_preview
 
-    require_aws_extra()
-
-
-def _confirm_aws_plan(cfg: Any, yes: bool) -> None:
-    from rich.markup import escape
-
-    from cloudsend.providers.aws.diff import changes_table
-    from cloudsend.providers.aws.provider import AwsProvider
-    from cloudsend.ui import cost_table
-
-    provider = AwsProvider(cfg)
-    plan = provider.preview(enforce_budget=True)
-    if all(c.op in ("same", "read") for c in plan.changes):
-        return  # the stack is up to date: nothing to create, nothing to ask
-    console = _console()
-    console.print(changes_table(plan.changes))
-    console.print(cost_table(plan.cost))
-    for warning in plan.warnings:  # e.g. a max_bid below the spot price: decide knowing it
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    plan = get_provider(cfg).preview(enforce_budget=True)
+    if plan.up_to_date:
+        return  # nothing to create, nothing to ask
+    print_preview(_console(), plan)
     if yes:
         return
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -13,6 +14,14 @@ from rich.text import Text
 
 from cloudsend.core import JobState
 from cloudsend.pipeline.reporting import JobView, RunSummary
+from cloudsend.providers.base import (
+    Cost,
+    Preview,
+    ResourceChange,
+    changes_to_json,
+    ordered_changes,
+    summary_counts,
+)
 from cloudsend.textsafe import clean
 
 STATE_STYLE = {
@@ -169,8 +178,8 @@ def resources_table(resources: list[dict[str, Any]]) -> Table:
     return table
 
 
-def cost_table(cost: Any) -> Table:
-    """The hourly cost estimate of the instances (costs.CostEstimate)."""
+def cost_table(cost: Cost) -> Table:
+    """The hourly cost estimate of the instances (aws: costs.CostEstimate)."""
     doc = cost.to_dict()
     table = Table(title=f"cost estimate (prices as of {doc.get('as_of')})")
     for col in ("instance", "type", "region", "market", "$/hour", "source"):
@@ -192,3 +201,94 @@ def cost_table(cost: Any) -> Table:
             caption += f" ({doc['total_for_eco_life_covers']})"
     table.caption = caption
     return table
+
+
+_STYLE = {"create": "green", "update": "yellow", "replace": "magenta", "delete": "red"}
+_SYMBOL = {"create": "+", "update": "~", "replace": "+-", "delete": "-", "same": " "}
+
+
+def _describe_properties(change: ResourceChange) -> str:
+    parts = []
+    for prop in change.changed_properties:
+        kind = change.detailed_diff.get(prop, "")
+        forces = prop in change.replace_keys or kind.endswith("-replace")
+        parts.append(f"{prop} (forces replacement)" if forces else prop)
+    # Replacement keys the engine named but that are not among the diffs still matter.
+    parts += [
+        f"{key} (forces replacement)"
+        for key in change.replace_keys
+        if key not in change.changed_properties
+    ]
+    return ", ".join(parts)
+
+
+def changes_table(
+    changes: Iterable[ResourceChange], *, show_same: bool = False, title: str | None = None
+) -> Table:
+    """One row per resource, grouped by op, with the properties that change.
+
+    Unchanged resources are hidden unless show_same; the caption always counts them, so a
+    no-op preview still says what it looked at.
+    """
+    changes = list(changes)
+    table = Table(title=title, show_lines=False, header_style="bold")
+    table.add_column("op")
+    table.add_column("type")
+    table.add_column("name")
+    table.add_column("changed properties", overflow="fold")
+    previous_op: str | None = None
+    for change in ordered_changes(changes):
+        if change.op == "same" and not show_same:
+            continue
+        if previous_op is not None and change.op != previous_op:
+            table.add_section()
+        previous_op = change.op
+        style = _STYLE.get(change.op, "")
+        symbol = _SYMBOL.get(change.op, "?")
+        table.add_row(
+            f"{symbol} {change.op}",
+            change.type,
+            change.name,
+            _describe_properties(change),
+            style=style or None,
+        )
+    counts = summary_counts(changes)
+    table.caption = ", ".join(f"{n} {op}" for op, n in counts.items()) if counts else "no resources"
+    return table
+
+
+def preview_doc(preview: Preview) -> dict[str, Any]:
+    """`cloudsend preview --json`: the fields depend on what there is (no cloud, offline,
+    the engine's plan)."""
+    if preview.cost is None:
+        return {
+            "provider": preview.provider,
+            "resources": [],
+            "hosts": preview.hosts,
+            "cost": {"total_per_hour": 0.0},
+        }
+    if preview.resources is not None:
+        return {"resources": preview.resources, "cost": preview.cost.to_dict()}
+    return {
+        "changes": changes_to_json(preview.changes),
+        "cost": preview.cost.to_dict(),
+        "warnings": preview.warnings,
+    }
+
+
+def print_preview(console: Console, preview: Preview) -> None:
+    from rich.markup import escape
+
+    if preview.cost is None:
+        console.print(
+            f"provider {preview.provider}: no cloud resources, {preview.hosts} host(s), "
+            "nothing billed by cloudsend"
+        )
+        return
+    if preview.resources is not None:
+        console.print(resources_table(preview.resources))
+    else:
+        console.print(changes_table(preview.changes))
+    console.print(cost_table(preview.cost))
+    for warning in preview.warnings:  # e.g. a max_bid below the spot price: decide knowing it
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")

@@ -41,7 +41,6 @@ from pulumi.automation import errors as auto_errors
 from cloudsend.errors import ProvisionError
 from cloudsend.providers.aws.diff import (
     change_from_event,
-    changes_table,
     changes_to_json,
     name_from_urn,
     summary_counts,
@@ -53,6 +52,7 @@ from cloudsend.providers.aws.engine import (
     ensure_passphrase_file,
     provision_error,
 )
+from cloudsend.ui import changes_table
 
 NO_CLI = shutil.which("pulumi") is None
 NO_CLI_REASON = "the pulumi CLI is not installed (it cannot be downloaded here)"

@@ -15,7 +15,6 @@ from cloudsend.config import (
     JobConfig,
     config_json_schema,
     load_config,
-    local_notices,
 )
 from cloudsend.errors import ConfigError
 
@@ -529,6 +528,8 @@ def test_non_string_keys_and_odd_values() -> None:
 
 
 def test_local_notices_name_each_ignored_cloud_key() -> None:
+    from cloudsend.providers.local import local_notices  # the local provider's knowledge
+
     config = load_config(CONFIGS / "seed_config.py")
     notices = local_notices(config)
     assert notices == [

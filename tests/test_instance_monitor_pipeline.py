@@ -39,6 +39,12 @@ class MotoPairedLocal(LocalProvider):
                 host.info["instance_id"] = infos[host.name].id
         return hosts
 
+    @property
+    def machines(self) -> Any:  # what AwsProvider.machines is, over this moto monitor
+        from cloudsend.providers.aws.machines import AwsMachines
+
+        return AwsMachines(lambda: self.monitor, lambda: self.session, self.replace)
+
     def poll_instances(self) -> Any:
         from cloudsend.providers.aws.monitor import plan_reaction
 

@@ -2,14 +2,12 @@
 
     load_config(source, *, base_dir=None) -> Config   raises only ConfigError
     config_json_schema() -> dict                       JSON Schema for editors
-    local_notices(config) -> list[str]                 cloud-only keys the local provider ignores
 
 `Config.script_argv(job)` gives a job's run_script as an argv with the script absolute.
 """
 
 from __future__ import annotations
 
-from cloudsend.config.checks import local_notices
 from cloudsend.config.loader import load_config
 from cloudsend.config.models import Config, EnvironmentConfig, InstanceConfig, JobConfig
 from cloudsend.config.schema import config_json_schema
@@ -21,5 +19,4 @@ __all__ = [
     "JobConfig",
     "config_json_schema",
     "load_config",
-    "local_notices",
 ]

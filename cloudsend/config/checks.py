@@ -34,22 +34,6 @@ RESERVED_OUTPUTS = frozenset({"stdout.log", "stderr.log"})
 # echoed whole in a message.
 MAX_PATH = 4096
 
-# Instance keys (and the global profile) that only mean something on a cloud.
-CLOUD_ONLY_KEYS = (
-    "eco",
-    "eco_life",
-    "max_bid",
-    "img_id",
-    "img_username",
-    "region",
-    "cloud_id",
-    "type",
-    "gpu",
-    "disk_size",
-    "disk_type",
-)
-
-
 def check_and_resolve(config: Config) -> list[Issue]:
     """Validate `config` in place (resolving paths); return the problems found."""
     issues: list[Issue] = []
@@ -138,26 +122,6 @@ def _check_totals(config: Config, issues: list[Issue]) -> None:
                 hint="lower number or cpus, or leave explode off",
             )
         )
-
-
-def local_notices(config: Config) -> list[str]:
-    """One notice per cloud-only key the user set (to a non-default value) that the local
-    provider ignores; none when the config is not for the local provider."""
-    if config.provider != "local":
-        return []
-    notices = []
-    if config.profile is not None:
-        notices.append(_ignored("profile"))
-    for index, instance in enumerate(config.instances):
-        for key in CLOUD_ONLY_KEYS:
-            default = InstanceConfig.model_fields[key].get_default(call_default_factory=True)
-            if key in instance.model_fields_set and getattr(instance, key) != default:
-                notices.append(_ignored(f"instances[{index}].{key}"))
-    return notices
-
-
-def _ignored(key: str) -> str:
-    return f"{key} is ignored by the local provider (it only means something on a cloud)"
 
 
 def _absolute(base: Path, value: str | PurePath) -> Path:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from cloudsend.errors import ProvisionError
@@ -62,6 +63,83 @@ class PowerOff:
     terminated: list[str] = field(default_factory=list)  # host names
 
 
+# ---- what `preview` shows ----------------------------------------------------------------
+
+# Display order, most consequential first; also decides which op a resource keeps when several
+# engine steps touch it (the earlier in this tuple wins).
+OP_ORDER = ("replace", "delete", "create", "update", "import", "read", "refresh", "same")
+
+
+@dataclass
+class ResourceChange:
+    """One resource in a preview or an update: what happens to it and which properties differ.
+
+    status: "planned" (preview), or "started" / "done" / "failed" while an up/destroy runs.
+    """
+
+    op: str  # one of OP_ORDER
+    type: str
+    name: str
+    urn: str
+    changed_properties: list[str] = field(default_factory=list)
+    detailed_diff: dict[str, str] = field(default_factory=dict)  # property path -> diff kind
+    replace_keys: list[str] = field(default_factory=list)  # properties forcing a replacement
+    status: str = "planned"
+
+
+def op_rank(op: str) -> int:
+    return OP_ORDER.index(op) if op in OP_ORDER else len(OP_ORDER)
+
+
+def ordered_changes(changes: Iterable[ResourceChange]) -> list[ResourceChange]:
+    """Display order. Stable: within one op, resources keep the engine's (dependency) order."""
+    return sorted(changes, key=lambda change: op_rank(change.op))
+
+
+def summary_counts(changes: Iterable[ResourceChange]) -> dict[str, int]:
+    """{op: number of resources}, most consequential op first; "same" included."""
+    counts: dict[str, int] = {}
+    for change in changes:
+        counts[change.op] = counts.get(change.op, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (op_rank(item[0]), item[0])))
+
+
+def changes_to_json(changes: Iterable[ResourceChange]) -> list[dict[str, Any]]:
+    """Plain dicts (json.dumps-able) in display order, for `cloudsend preview --json`."""
+    return [asdict(change) for change in ordered_changes(changes)]
+
+
+class Cost(Protocol):
+    """An hourly cost estimate (aws: costs.CostEstimate). `to_dict()` is what is shown:
+    {"as_of", "instances": [{"name", "type", "region", "market", "hourly", "source"}],
+    "total_per_hour", "total_for_eco_life"?, "total_for_eco_life_covers"?, "warnings"}."""
+
+    total_per_hour: float
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class Preview:
+    """What `up` would do, for `cloudsend preview` and the confirmation of `up` / `run`.
+    The CLI only renders it (cloudsend.ui): which fields are set says what there is to show."""
+
+    provider: str
+    hosts: int  # how many hosts `up` makes
+    changes: list[ResourceChange] = field(default_factory=list)  # the engine's plan (online)
+    resources: list[dict[str, Any]] | None = None  # offline: what the program declares
+    cost: Cost | None = None  # None: nothing billed by cloudsend (local, ssh)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def up_to_date(self) -> bool:
+        """Nothing to create or change (no confirmation to ask)."""
+        return all(c.op in ("same", "read") for c in self.changes)
+
+
+# ---- machines ----------------------------------------------------------------------------
+
+
 class Machines(Protocol):
     """The machine operations of a provider whose hosts are machines it manages (aws).
     Every name is a host name; errors are ProvisionError."""
@@ -89,9 +167,26 @@ class Provider(Protocol):
     # True: down destroys the machines themselves (aws), so a host whose agent could not be
     # stopped leaves nothing behind; False (local, ssh): such a host is reported not cleaned.
     owns_machines: bool
-    # The machine operations, or None when the provider has no machines of its own (local,
-    # ssh): the watch loop then neither polls, starts, stops nor replaces anything.
-    machines: Machines | None
+    # modules the provider's extra installs (`pip install 'cloudsend[<name>]'`); get_provider
+    # names the missing ones instead of failing with an ImportError
+    needs_modules: tuple[str, ...]
+
+    @property
+    def machines(self) -> Machines | None:
+        """The machine operations, or None when the provider has no machines of its own
+        (local, ssh): the watch loop then neither polls, starts, stops nor replaces anything."""
+        ...
+
+    def check(self) -> list[str]:
+        """`cloudsend validate`: what can be told from the config alone, touching no machine
+        and needing no extra. Raises ConfigError (e.g. a job no host fits); returns notices."""
+        ...
+
+    def preview(self, *, offline: bool = False, enforce_budget: bool = False) -> Preview:
+        """What `up` would create and cost. offline: no network, no credentials (the
+        resources declared, bundled prices). enforce_budget (`up`, `run`): a plan over the
+        budget raises ConfigError before anything is created."""
+        ...
 
     def up(self) -> list[Host]:
         """Create or find the hosts (idempotent)."""

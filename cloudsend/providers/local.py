@@ -12,7 +12,7 @@ import shutil
 import sys
 
 from cloudsend.config.models import Config, InstanceConfig
-from cloudsend.providers.base import Host, Machines
+from cloudsend.providers.base import Host, Machines, Preview
 from cloudsend.scheduling import explode_instances
 from cloudsend.transport.local import LocalTransport
 
@@ -21,6 +21,7 @@ class LocalProvider:
     name = "local"
     owns_machines = False
     machines: Machines | None = None  # no machines of its own
+    needs_modules: tuple[str, ...] = ()
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -67,7 +68,57 @@ class LocalProvider:
         """The hosts, creating nothing (here the same as up)."""
         return self.up()
 
-    def notices(self) -> list[str]:
-        from cloudsend.config import local_notices
+    def check(self) -> list[str]:
+        """This machine's hosts are known now: a job too big for all of them is caught."""
+        from cloudsend.scheduling import HostSlots, JobUnit, check_fits
 
+        # One unit per jobs[] entry, not per repeat: the fit does not depend on repeat, and
+        # expanding (hashing every entry, one object per run) took 0.8 s for 100 000 runs.
+        units = [
+            JobUnit(f"jobs[{i}]", i, 0, job, job.env_name, job.cpus_req)
+            for i, job in enumerate(self.config.jobs)
+        ]
+        check_fits(units, [HostSlots(name, cpus) for name, cpus in self.shapes()])
+        return self.notices()
+
+    def preview(self, *, offline: bool = False, enforce_budget: bool = False) -> Preview:
+        return Preview("local", sum(i.number for i in self.config.instances) or 1)
+
+    def notices(self) -> list[str]:
         return local_notices(self.config)
+
+
+# Instance keys (and the global profile) that only mean something on a cloud.
+CLOUD_ONLY_KEYS = (
+    "eco",
+    "eco_life",
+    "max_bid",
+    "img_id",
+    "img_username",
+    "region",
+    "cloud_id",
+    "type",
+    "gpu",
+    "disk_size",
+    "disk_type",
+)
+
+
+def local_notices(config: Config) -> list[str]:
+    """One notice per cloud-only key the user set (to a non-default value) that the local
+    provider ignores; none when the config is not for the local provider."""
+    if config.provider != "local":
+        return []
+    notices = []
+    if config.profile is not None:
+        notices.append(_ignored("profile"))
+    for index, instance in enumerate(config.instances):
+        for key in CLOUD_ONLY_KEYS:
+            default = InstanceConfig.model_fields[key].get_default(call_default_factory=True)
+            if key in instance.model_fields_set and getattr(instance, key) != default:
+                notices.append(_ignored(f"instances[{index}].{key}"))
+    return notices
+
+
+def _ignored(key: str) -> str:
+    return f"{key} is ignored by the local provider (it only means something on a cloud)"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cloudsend.config.models import Config, SshHostConfig
 from cloudsend.errors import CloudsendError, ProvisionError
-from cloudsend.providers.base import Host, HostsNotCleaned, Machines
+from cloudsend.providers.base import Host, HostsNotCleaned, Machines, Preview
 from cloudsend.providers.roots import host_root, removal_refused, remove_command
 
 
@@ -20,6 +20,7 @@ class SshProvider:
     name = "ssh"
     owns_machines = False
     machines: Machines | None = None  # no machines of its own
+    needs_modules: tuple[str, ...] = ()
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -134,6 +135,12 @@ class SshProvider:
     def attach(self) -> list[Host]:
         """The hosts, creating nothing (here the same as up)."""
         return self.up()
+
+    def check(self) -> list[str]:
+        return []  # the hosts' CPUs are only known once reached
+
+    def preview(self, *, offline: bool = False, enforce_budget: bool = False) -> Preview:
+        return Preview("ssh", len(self.config.hosts))
 
     def notices(self) -> list[str]:
         notes = [

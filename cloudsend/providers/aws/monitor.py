@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from cloudsend.errors import ProvisionError
 from cloudsend.providers.aws.session import client
+from cloudsend.providers.base import Reaction
 
 if TYPE_CHECKING:
     from boto3.session import Session
@@ -70,17 +71,27 @@ class InstanceEvent:
 
 
 @dataclass
-class Reaction:
-    """What the pipeline should do about a batch of events."""
+class InstanceReaction:
+    """What to do about a batch of events, in EC2's terms: `start` holds instance ids (the
+    rest host names). `hosts()` is the provider-neutral Reaction (host names only)."""
 
     start: list[str] = field(default_factory=list)  # instance ids to start (were stopped)
     replace: list[str] = field(default_factory=list)  # host names to provision again
     lost_hosts: list[str] = field(default_factory=list)  # host names whose jobs go elsewhere
     # host names AWS interrupted (spot): never what auto_stop did, whatever else is known
     interrupted: list[str] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # instance id → host name (start)
 
     def __bool__(self) -> bool:
         return bool(self.start or self.replace or self.lost_hosts)
+
+    def hosts(self) -> Reaction:
+        return Reaction(
+            start=[self.names.get(i, i) for i in self.start],
+            replace=list(self.replace),
+            lost_hosts=list(self.lost_hosts),
+            interrupted=list(self.interrupted),
+        )
 
 
 def _append_once(items: list[str], value: str) -> None:
@@ -88,7 +99,7 @@ def _append_once(items: list[str], value: str) -> None:
         items.append(value)
 
 
-def plan_reaction(events: Iterable[InstanceEvent]) -> Reaction:
+def plan_reaction(events: Iterable[InstanceEvent]) -> InstanceReaction:
     """Decide what to do; later events about an instance supersede earlier ones.
 
     - stopped → start it (disk intact; the agent reports jobs killed by the stop as vanished and
@@ -102,11 +113,12 @@ def plan_reaction(events: Iterable[InstanceEvent]) -> Reaction:
     for event in events:
         latest.pop(event.instance_id, None)  # re-insert: keep the order of the latest news
         latest[event.instance_id] = event
-    reaction = Reaction()
+    reaction = InstanceReaction()
     running_names: set[str] = set()
     for event in latest.values():
         if event.kind == "stopped":
             _append_once(reaction.start, event.instance_id)
+            reaction.names[event.instance_id] = event.name
         elif event.kind in ("terminated", "spot_interrupted", "missing"):
             _append_once(reaction.replace, event.name)
             _append_once(reaction.lost_hosts, event.name)

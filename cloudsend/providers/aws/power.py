@@ -16,24 +16,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cloudsend.errors import ProvisionError
 from cloudsend.providers.aws.monitor import InstanceInfo
 from cloudsend.providers.aws.session import client
+from cloudsend.providers.base import PowerOff
+
+__all__ = ["PowerOff", "power_off", "power_on"]
 
 if TYPE_CHECKING:
     from boto3.session import Session
 
 WAIT_DELAY = 5  # seconds between describe calls while waiting (the waiters' own default: 15)
 START_TIMEOUT = 300.0  # an instance is usually running ~30 s after start_instances
-
-
-@dataclass
-class PowerOff:
-    stopped: list[str] = field(default_factory=list)  # host names
-    terminated: list[str] = field(default_factory=list)  # host names (spot)
 
 
 @contextmanager

@@ -10,29 +10,26 @@ down()     pulumi destroy, then a boto3 check that nothing tagged with the stack
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudsend.config.models import Config
 from cloudsend.errors import CloudsendError, ConfigError, ProvisionError
-from cloudsend.providers.base import Host, Machines
+from cloudsend.providers.base import Host, PowerOff, Preview
+
+if TYPE_CHECKING:
+    from cloudsend.providers.aws.machines import AwsMachines
+    from cloudsend.providers.aws.monitor import InstanceMonitor, InstanceReaction
 
 # Stands for the caller's public IP in an offline preview (a documentation-only address).
 OFFLINE_CIDR = "203.0.113.10/32"
 SSH_READY_TIMEOUT = 300.0  # a new instance takes a minute or two before sshd answers
 
 
-@dataclass
-class Preview:
-    changes: list[Any]  # diff.ResourceChange
-    cost: Any  # costs.CostEstimate
-    warnings: list[str]
-
-
 class AwsProvider:
     name = "aws"
     owns_machines = True
-    machines: Machines | None = None  # TODO(i9-aws): the AwsMachines implementation
+    # what provider aws needs installed (the `aws` extra); get_provider checks it
+    needs_modules = ("pulumi", "pulumi_aws", "boto3")
 
     def __init__(self, config: Config) -> None:
         from cloudsend.providers.aws.spec import project_slug, stack_name
@@ -45,6 +42,20 @@ class AwsProvider:
         self.unreachable: dict[str, str] = {}
         self._session: Any = None
         self.plan_notices: list[str] = []  # what the last online plan adjusted (cpus)
+        self._machines: AwsMachines | None = None
+        self._instance_monitor: InstanceMonitor | None = None
+
+    @property
+    def machines(self) -> AwsMachines:
+        """The stack's instances while a run goes on (created on first use: boto3 then)."""
+        if self._machines is None:
+            from cloudsend.providers.aws.machines import AwsMachines
+
+            self._machines = AwsMachines(self._monitor, self.session, self._replace)
+        return self._machines
+
+    def check(self) -> list[str]:
+        return []  # the stack's hosts are only known from AWS (`cloudsend preview`)
 
     # ---- the plan ------------------------------------------------------------------------
 
@@ -131,21 +142,34 @@ class AwsProvider:
         )
 
     def offline(self) -> tuple[list[dict[str, Any]], Any]:
-        from cloudsend.providers.aws.offline import declared_resources
+        preview = self.preview(offline=True)
+        return preview.resources or [], preview.cost
 
-        spec = self.plan(offline=True)
-        cost, _ = self.cost(spec, live=False)
-        return declared_resources(spec), cost
-
-    def preview(self, *, enforce_budget: bool = False) -> Preview:
+    def preview(self, *, offline: bool = False, enforce_budget: bool = False) -> Preview:
         """Changes and cost. With enforce_budget (for `up`), a plan over max_cost_per_hour is
-        refused before the engine even runs."""
+        refused before the engine even runs. Offline: the declared resources instead of the
+        changes (no Pulumi CLI, no account) and the bundled prices."""
+        if offline:
+            from cloudsend.providers.aws.offline import declared_resources
+
+            spec = self.plan(offline=True)
+            cost, _ = self.cost(spec, live=False)
+            if enforce_budget:
+                self.check_budget(cost)
+            resources = declared_resources(spec)
+            return Preview("aws", len(spec.instances), resources=resources, cost=cost)
         spec = self.plan()
         cost, warnings = self.cost(spec)
         if enforce_budget:
             self.check_budget(cost)
         changes = self.engine(spec).preview()
-        return Preview(changes, cost, self.plan_notices + warnings + list(cost.warnings))
+        return Preview(
+            "aws",
+            len(spec.instances),
+            changes=changes,
+            cost=cost,
+            warnings=self.plan_notices + warnings + list(cost.warnings),
+        )
 
     def check_budget(self, cost: Any) -> None:
         message = cost.over_budget(self.config.max_cost_per_hour)
@@ -292,40 +316,37 @@ class AwsProvider:
                 hint="delete them in the AWS console or run `cloudsend down` again",
             )
 
-    # ---- machines while a run goes on (pipeline.monitor calls these) -------------------
+    # ---- machines while a run goes on (AwsMachines; pipeline.monitor calls these) ----------
 
-    def _monitor(self) -> Any:
-        if getattr(self, "_instance_monitor", None) is None:
+    def _monitor(self) -> InstanceMonitor:
+        if self._instance_monitor is None:
             from cloudsend.providers.aws.monitor import InstanceMonitor
 
             spec = self.plan(offline=True)
             self._instance_monitor = InstanceMonitor(self.session(), dict(spec.tags), spec.regions)
         return self._instance_monitor
 
-    def poll_instances(self) -> Any:
-        from cloudsend.providers.aws.monitor import plan_reaction
+    def _replace(self, names: list[str]) -> list[Host]:
+        """refresh + pulumi up: terminated instances are re-created under the same names."""
+        wanted = set(names)
+        return [h for h in self.up(refresh=True) if h.name in wanted]
 
-        return plan_reaction(self._monitor().poll())
+    # Kept for pipeline.monitor until it uses .machines: thin delegations, instance ids where
+    # the old contract had them.
+    def poll_instances(self) -> InstanceReaction:
+        return self.machines.poll_instances()
 
     def start_instances(
         self, instance_ids: list[str], skip_names: set[str] | None = None
     ) -> list[str]:
         """Start stopped instances, except those of hosts named in skip_names."""
-        skip = {i.id for n, i in self._monitor().instances().items() if n in (skip_names or ())}
-        return list(self._monitor().start([i for i in instance_ids if i not in skip]))
+        return self.machines.start_instances(instance_ids, skip_names)
 
     def replace(self, names: list[str]) -> list[Host]:
-        """refresh + pulumi up: terminated instances are re-created under the same names."""
-        wanted = set(names)
-        return [h for h in self.up(refresh=True) if h.name in wanted]
+        return self.machines.replace(names)
 
-    def stop_hosts(self, names: list[str]) -> Any:
-        """auto_stop: on-demand instances are stopped (disks stay; `down` destroys), one-time
-        spot ones terminated (EC2 cannot stop them). Returns a power.PowerOff."""
-        from cloudsend.providers.aws.power import power_off
-
-        infos = self._monitor().instances()
-        return power_off(self.session(), [infos[n] for n in names if n in infos])
+    def stop_hosts(self, names: list[str]) -> PowerOff:
+        return self.machines.stop(names)
 
     def notices(self) -> list[str]:
         return self.plan_notices + [

@@ -1,0 +1,71 @@
+"""The aws provider's machine operations (providers.base.Machines) while a run goes on.
+
+The watch loop speaks host names; EC2 speaks instance ids. The translation happens here,
+through the InstanceMonitor's {host name: instance} view, so nothing outside the aws package
+sees an instance id. Built lazily by AwsProvider.machines: the monitor (boto3) and the session
+are asked for only when an operation runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from cloudsend.providers.aws.monitor import InstanceReaction, plan_reaction
+from cloudsend.providers.base import Host, PowerOff, Reaction
+
+if TYPE_CHECKING:
+    from boto3.session import Session
+
+    from cloudsend.providers.aws.monitor import InstanceMonitor
+
+
+class AwsMachines:
+    """`monitor` and `session` are called on each use (the provider creates them once);
+    `replace` re-provisions machines by host name (AwsProvider: refresh + pulumi up)."""
+
+    def __init__(
+        self,
+        monitor: Callable[[], InstanceMonitor],
+        session: Callable[[], Session],
+        replace: Callable[[list[str]], list[Host]],
+    ) -> None:
+        self._monitor = monitor
+        self._session = session
+        self._replace = replace
+
+    def poll(self) -> Reaction:
+        return self.poll_instances().hosts()
+
+    def poll_instances(self) -> InstanceReaction:
+        """poll() in EC2's terms (instance ids to start): the pre-`machines` contract."""
+        return plan_reaction(self._monitor().poll())
+
+    def start(self, names: list[str]) -> list[str]:
+        """Start the stopped machines of these hosts (all of them: the caller decides which);
+        returns the host names started. Machines still stopping are not started: the next
+        poll reports them stopped."""
+        infos = self._monitor().instances()
+        by_id = {infos[n].id: n for n in names if n in infos}
+        started = self._monitor().start(list(by_id))
+        return [by_id[i] for i in started]
+
+    def start_instances(
+        self, instance_ids: list[str], skip_names: set[str] | None = None
+    ) -> list[str]:
+        """start() in EC2's terms, skipping the hosts in skip_names: the pre-`machines`
+        contract. Returns the instance ids started."""
+        monitor = self._monitor()
+        skip = {i.id for n, i in monitor.instances().items() if n in (skip_names or ())}
+        return list(monitor.start([i for i in instance_ids if i not in skip]))
+
+    def stop(self, names: list[str]) -> PowerOff:
+        """auto_stop: on-demand instances are stopped (disks stay; `down` destroys), one-time
+        spot ones terminated (EC2 cannot stop them)."""
+        from cloudsend.providers.aws.power import power_off
+
+        infos = self._monitor().instances()
+        return power_off(self._session(), [infos[n] for n in names if n in infos])
+
+    def replace(self, names: list[str]) -> list[Host]:
+        return self._replace(names)
