@@ -113,17 +113,3 @@ def test_machines_are_created_once_and_lazily(project: Project, home: Path) -> N
     machines = provider.machines
     assert provider.machines is machines
     assert provider._session is None and provider._instance_monitor is None
-
-
-def test_the_old_hooks_still_speak_instance_ids(
-    project: Project, moto_aws: Any, home: Path
-) -> None:
-    """Kept for pipeline.monitor until it uses .machines."""
-    ids = moto_aws.run_instances(2, TAGS, names=NAMES)
-    provider = _provider(project)
-    provider.poll_instances()
-    moto_aws.stop(ids[0])
-    moto_aws.stop(ids[1])
-    assert provider.poll_instances().start == ids
-    assert provider.start_instances(ids, skip_names={"life-0-1"}) == [ids[0]]
-    assert moto_aws.state(ids[1]) == "stopped"

@@ -101,7 +101,7 @@ def test_stack_outputs_become_hosts_and_a_run_goes_through(
         client.run()
         views = client.wait(timeout=120)
         # a terminated instance is replaced by a new `up`: the host of that name comes back
-        replaced = client.session.provider.replace(["awsrun-0-1"])  # type: ignore[attr-defined]
+        replaced = client.session.provider.machines.replace(["awsrun-0-1"])  # type: ignore[union-attr]
         assert [h.name for h in replaced] == ["awsrun-0-1"]
         added = client.session.add_hosts(replaced)
         assert [h.name for h in client.session.hosts].count("awsrun-0-1") == 1

@@ -72,7 +72,7 @@ def test_the_region_of_the_credential_chain_is_used_by_plan_monitor_and_leak_che
     assert provider.plan().region == "eu-west-1"
     assert sorted(provider._monitor().instances()) == NAMES
     moto_aws.stop(ids[0], region="eu-west-1")
-    assert provider.poll_instances().start == [ids[0]]
+    assert provider.machines.poll_instances().start == [ids[0]]
     with pytest.raises(ProvisionError) as err:
         provider.down([])
     assert all(f"instance {i} (eu-west-1)" in err.value.message for i in ids)
@@ -136,7 +136,7 @@ def test_replace_refreshes_the_stack_before_up(
     assert "refresh" not in stub.calls  # every instance alive: a plain up, no refresh
     moto_aws.terminate(ids[1])
     stub.calls.clear()
-    hosts = provider.replace(["life-0-1"])
+    hosts = provider.machines.replace(["life-0-1"])
     assert "refresh" in stub.calls and stub.calls.index("refresh") < stub.calls.index("up")
     assert [h.name for h in hosts] == ["life-0-1"] and hosts[0].info["instance_id"] != ids[1]
     # a plain `up` (the next `cloudsend run`) also refreshes once an instance is gone
@@ -156,10 +156,10 @@ def test_auto_stop_stops_on_demand_and_terminates_spot(
     (od,) = moto_aws.run_instances(1, TAGS, names=["life-0-1"])
     infos = _provider(project)._monitor().instances()
     assert infos["life-0-0"].spot and not infos["life-0-1"].spot  # InstanceLifecycle: spot
-    done = _provider(project).stop_hosts(NAMES)
+    done = _provider(project).machines.stop(NAMES)
     assert moto_aws.state(spot) == "terminated" and moto_aws.state(od) == "stopped"
     assert done.terminated == ["life-0-0"] and done.stopped == ["life-0-1"]
-    assert _provider(project).stop_hosts(NAMES).stopped == []  # already off: nothing to do
+    assert _provider(project).machines.stop(NAMES).stopped == []  # already off: nothing to do
 
 
 def test_auto_stop_errors_are_provision_errors(
@@ -175,7 +175,7 @@ def test_auto_stop_errors_are_provision_errors(
     moto_aws.vanish(gone)
     monkeypatch.setattr(monitor, "instances", lambda: stale)
     with pytest.raises(ProvisionError) as err:
-        provider.stop_hosts(["life-0-0"])
+        provider.machines.stop(["life-0-0"])
     assert gone in err.value.message and "billing" in (err.value.hint or "")
 
 
@@ -185,18 +185,20 @@ def test_watch_loop_reports_a_failed_auto_stop_and_goes_on(moto_aws: Any) -> Non
     from cloudsend.core import CloudSendProcessState
     from cloudsend.pipeline.monitor import RunMonitor
     from cloudsend.pipeline.reporting import NullReporter
+    from cloudsend.pipeline.run_state import RunState
     from cloudsend.providers.aws.monitor import InstanceInfo
     from cloudsend.providers.aws.power import power_off
 
     notices: list[str] = []
     stale = InstanceInfo("i-0123456789abcdef0", "a", "running", None, None, "us-east-1")
-    provider = SimpleNamespace(stop_hosts=lambda names: power_off(moto_aws.session(), [stale]))
+    stop = SimpleNamespace(stop=lambda names: power_off(moto_aws.session(), [stale]))
+    provider = SimpleNamespace(machines=stop)
     reporter = NullReporter()
     reporter.notice = notices.append  # type: ignore[method-assign]
     session: Any = SimpleNamespace(
         provider=provider,
         hosts=[SimpleNamespace(name="a")],
-        lost_hosts=set(),
+        state=RunState(),
         reporter=reporter,
         current_run=lambda: 1,
         views=lambda: [],

@@ -45,23 +45,8 @@ class MotoPairedLocal(LocalProvider):
 
         return AwsMachines(lambda: self.monitor, lambda: self.session, self.replace)
 
-    def poll_instances(self) -> Any:
-        from cloudsend.providers.aws.monitor import plan_reaction
-
-        return plan_reaction(self.monitor.poll())
-
-    def start_instances(self, ids: list[str], skip_names: set[str] | None = None) -> list[str]:
-        skip = {i.id for n, i in self.monitor.instances().items() if n in (skip_names or ())}
-        return list(self.monitor.start([i for i in ids if i not in skip]))
-
     def replace(self, names: list[str]) -> list[Any]:
         return []  # re-creating needs `pulumi up`, which cannot run here
-
-    def stop_hosts(self, names: list[str]) -> Any:
-        from cloudsend.providers.aws.power import power_off  # what AwsProvider.stop_hosts runs
-
-        infos = self.monitor.instances()
-        return power_off(self.session, [infos[n] for n in names if n in infos])
 
 
 def _client(project: Project, moto_aws: Any, jobs: int, sleep: float) -> Any:
@@ -190,7 +175,7 @@ def test_handed_back_jobs_skip_stopped_hosts_and_wake_them_when_alone(
         job = session.views()[0]
         moto_aws.stop(ids["local-0-0"])
         monitor.stopped = {"local-0-0"}  # as auto_stop leaves it
-        session.lost_hosts.add("local-0-1")
+        session.state.lost.add("local-0-1")
         assert monitor._submit({job.job_id: job.attempt + 1})
         assert sent[-1] == ["local-0-2"]
         moto_aws.stop(ids["local-0-2"])

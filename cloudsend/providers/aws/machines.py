@@ -38,7 +38,7 @@ class AwsMachines:
         return self.poll_instances().hosts()
 
     def poll_instances(self) -> InstanceReaction:
-        """poll() in EC2's terms (instance ids to start): the pre-`machines` contract."""
+        """poll() in EC2's terms (instance ids to start)."""
         return plan_reaction(self._monitor().poll())
 
     def start(self, names: list[str]) -> list[str]:
@@ -49,15 +49,6 @@ class AwsMachines:
         by_id = {infos[n].id: n for n in names if n in infos}
         started = self._monitor().start(list(by_id))
         return [by_id[i] for i in started]
-
-    def start_instances(
-        self, instance_ids: list[str], skip_names: set[str] | None = None
-    ) -> list[str]:
-        """start() in EC2's terms, skipping the hosts in skip_names: the pre-`machines`
-        contract. Returns the instance ids started."""
-        monitor = self._monitor()
-        skip = {i.id for n, i in monitor.instances().items() if n in (skip_names or ())}
-        return list(monitor.start([i for i in instance_ids if i not in skip]))
 
     def stop(self, names: list[str]) -> PowerOff:
         """auto_stop: on-demand instances are stopped (disks stay; `down` destroys), one-time

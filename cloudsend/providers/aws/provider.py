@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from cloudsend.config.models import Config
 from cloudsend.errors import CloudsendError, ConfigError, ProvisionError
-from cloudsend.providers.base import Host, PowerOff, Preview
+from cloudsend.providers.base import Host, Preview
 
 if TYPE_CHECKING:
     from cloudsend.providers.aws.machines import AwsMachines
-    from cloudsend.providers.aws.monitor import InstanceMonitor, InstanceReaction
+    from cloudsend.providers.aws.monitor import InstanceMonitor
 
 # Stands for the caller's public IP in an offline preview (a documentation-only address).
 OFFLINE_CIDR = "203.0.113.10/32"
@@ -330,23 +330,6 @@ class AwsProvider:
         """refresh + pulumi up: terminated instances are re-created under the same names."""
         wanted = set(names)
         return [h for h in self.up(refresh=True) if h.name in wanted]
-
-    # Kept for pipeline.monitor until it uses .machines: thin delegations, instance ids where
-    # the old contract had them.
-    def poll_instances(self) -> InstanceReaction:
-        return self.machines.poll_instances()
-
-    def start_instances(
-        self, instance_ids: list[str], skip_names: set[str] | None = None
-    ) -> list[str]:
-        """Start stopped instances, except those of hosts named in skip_names."""
-        return self.machines.start_instances(instance_ids, skip_names)
-
-    def replace(self, names: list[str]) -> list[Host]:
-        return self.machines.replace(names)
-
-    def stop_hosts(self, names: list[str]) -> PowerOff:
-        return self.machines.stop(names)
 
     def notices(self) -> list[str]:
         return self.plan_notices + [
