@@ -141,6 +141,9 @@ class RunMonitor:
                 "lost" if host in self.s.lost_hosts else "unreachable",
                 event.unreachable.splitlines()[0][:200],
             )
+        if event.agent_error is not None:  # it answers, with an error: reachable, not lost
+            self.last_ok[host] = time.monotonic()
+            self._set_health(host, "agent error", event.agent_error.splitlines()[0][:200])
         if event.alive:  # a download advancing or done: the host answers between statuses
             self.last_ok[host] = time.monotonic()
         if event.status is not None:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from cloudsend.config.models import Config
 from cloudsend.core import CloudSendProcessState
-from cloudsend.errors import CloudsendError, ProvisionError, StateError, TransportError
+from cloudsend.errors import AgentError, CloudsendError, ProvisionError, StateError, TransportError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.deploy import DeployReport, deploy_host, ensure_agent
 from cloudsend.pipeline.files import FileIndex
@@ -131,7 +131,7 @@ class Session:
         if self.fresh_run:
             # nothing of an earlier run goes on: its unfinished jobs are cancelled
             def cancel_all(host: Host) -> None:
-                with contextlib.suppress(TransportError):  # no agent there yet
+                with contextlib.suppress(TransportError, AgentError):  # no agent there yet
                     AgentClient(host).cancel()
 
             self.each_host(cancel_all)
@@ -174,7 +174,7 @@ class Session:
     def _reset_hosts(self) -> None:
         # The original's reset: kill the project's processes and redeploy from scratch.
         def wipe(host: Host) -> None:
-            with contextlib.suppress(TransportError):  # no agent there yet
+            with contextlib.suppress(TransportError, AgentError):  # no agent there yet
                 AgentClient(host).stop(kill_jobs=True)
             out = host.transport.run(remove_command(host.root, self.config.project_name)).stdout
             refused = removal_refused(host.name, host.root, out)
@@ -208,7 +208,7 @@ class Session:
         def ensure(host: Host) -> tuple[str, set[str] | None]:
             try:
                 return host.name, ensure_agent(host, self.config.project_name)
-            except TransportError as exc:
+            except (TransportError, AgentError) as exc:
                 # not fatal: the host is left out of scheduling until it answers again
                 self.store.set_host_health(run_id, host.name, "unreachable", exc.message[:200])
                 self.reporter.notice(f"host {host.name}: unreachable ({exc.message[:120]})")
@@ -221,10 +221,10 @@ class Session:
 
         def ask(host: Host) -> tuple[str, dict[str, Any] | None]:
             try:
-                doc = AgentClient(host).status()
+                doc = dict(AgentClient(host).status())  # a protocol.StatusDoc
                 self.store.set_host_health(self.current_run(), host.name, "ok")
                 return host.name, doc
-            except TransportError as exc:
+            except (TransportError, AgentError) as exc:
                 self.store.set_host_health(self.current_run(), host.name, "unreachable", str(exc))
                 return host.name, None
 
@@ -323,11 +323,11 @@ class Session:
                 answer = AgentClient(host).submit(
                     [{"env_id": e.env_id, "script": e.script} for e in envs.values()], specs
                 )
-            except TransportError as exc:
+            except (TransportError, AgentError) as exc:
                 # The host may or may not have them: recorded there all the same, the
                 # monitor re-submits what the host turns out not to have, or re-queues
                 # everything elsewhere if the host stays away (host_lost_after).
-                answer = {}
+                answer = {"accepted": [], "skipped": []}
                 self.store.set_host_health(run_id, host.name, "unreachable", exc.message[:200])
                 self.reporter.notice(f"host {host.name}: submit interrupted ({exc.message[:120]})")
             accepted = set(answer.get("accepted", []))
@@ -414,7 +414,7 @@ class Session:
         if all(v.state in FINAL and v.fetched for v in self.views()):
 
             def stop(host: Host) -> None:
-                with contextlib.suppress(TransportError):
+                with contextlib.suppress(TransportError, AgentError):
                     AgentClient(host).stop()
 
             self.each_host(stop)
@@ -449,7 +449,7 @@ class Session:
         def stop(host: Host) -> None:
             try:
                 AgentClient(host).stop(kill_jobs=True)
-            except TransportError as exc:
+            except (TransportError, AgentError) as exc:
                 # no agent there (never deployed) is fine; a host that does not answer is not
                 try:
                     host.transport.run("true", timeout=30)
