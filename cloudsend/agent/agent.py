@@ -40,13 +40,33 @@ if TYPE_CHECKING:  # typing costs import time on every call; annotations are str
     # type checkers see the package; on a host protocol.py sits beside agent.py (uploaded with
     # it), which is on sys.path whether agent.py runs as a script or is imported from ROOT
     from cloudsend.agent.protocol import (
-        ABORTED, BUILDING, DONE, ENV_STATUS_KEYS, FAILED, FINAL_STATES, JOB_DEFAULTS,
-        JOB_STATUS_KEYS, QUEUE, READY, RUNNING, WAIT,
+        ABORTED,
+        BUILDING,
+        DONE,
+        ENV_STATUS_KEYS,
+        FAILED,
+        FINAL_STATES,
+        JOB_DEFAULTS,
+        JOB_STATUS_KEYS,
+        QUEUE,
+        READY,
+        RUNNING,
+        WAIT,
     )  # fmt: skip
 else:
     from protocol import (
-        ABORTED, BUILDING, DONE, ENV_STATUS_KEYS, FAILED, FINAL_STATES, JOB_DEFAULTS,
-        JOB_STATUS_KEYS, QUEUE, READY, RUNNING, WAIT,
+        ABORTED,
+        BUILDING,
+        DONE,
+        ENV_STATUS_KEYS,
+        FAILED,
+        FINAL_STATES,
+        JOB_DEFAULTS,
+        JOB_STATUS_KEYS,
+        QUEUE,
+        READY,
+        RUNNING,
+        WAIT,
     )  # fmt: skip
 
 VANISHED = "process vanished (host restarted?)"

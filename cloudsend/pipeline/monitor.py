@@ -118,6 +118,7 @@ class RunMonitor:
                     if (
                         watcher.is_alive()
                         and name not in self.s.lost_hosts
+                        and self.health.get(name) != "agent error"  # it answers: not lost
                         and now - self.last_ok.get(name, now) > lost_after
                     ):
                         self._declare_lost(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+
 from cloudsend.agent.protocol import EnvSpec, JobSpec
 from cloudsend.bootstrap import RenderedEnv, render_environment, render_job_script
 from cloudsend.config.models import Config, JobConfig
