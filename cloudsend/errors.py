@@ -44,6 +44,14 @@ class TransportError(CloudsendError):
     kind = "transport error"
 
 
+class AgentError(CloudsendError):
+    """A host's agent ran and answered with an error (or an answer that is not its protocol):
+    the host is reachable, so this never counts toward host_lost_after (TransportError does)."""
+
+    exit_code = 8
+    kind = "agent error"
+
+
 class BootstrapError(CloudsendError):
     """An environment could not be set up on a host."""
 
@@ -74,4 +82,5 @@ EXIT_CODES_HELP = """Exit codes:
   5  bootstrap error (environment setup failed)
   6  job error (some jobs ABORTED)
   7  state error (.cloudsend/state.db)
+  8  agent error (a host's agent answered with an error)
   130 interrupted (Ctrl-C); run again to resume"""

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from cloudsend.agent import AGENT_PATH, AGENT_SHA256, agent_sha256
+from cloudsend.agent import AGENT_FILES, AGENT_PATH, AGENT_SHA256, agent_sha256
 from tests.agent_helpers import (
     Agent,
     group_alive,
@@ -472,7 +472,8 @@ def test_fork_fallback_without_posix_spawn(agent: Agent) -> None:
 def test_import_form_caches_bytecode(agent: Agent) -> None:
     """The documented faster invocation: import agent from ROOT (bytecode cached there)."""
     agent.root.mkdir(parents=True)
-    shutil.copy(AGENT_PATH, agent.root / "agent.py")
+    for path in AGENT_FILES:  # as deploy uploads it: agent.py and the protocol it imports
+        shutil.copy(path, agent.root / path.name)
     code = "import sys; sys.path.insert(0, sys.argv[2]); import agent; sys.exit(agent.main())"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 

@@ -29,6 +29,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_contents(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "cloudsend/agent/agent.py" in names
+    assert "cloudsend/agent/protocol.py" in names  # uploaded beside agent.py
     assert any(n.startswith("cloudsend/templates/") and n.endswith(".j2") for n in names)
     assert any(n.endswith("entry_points.txt") for n in names)
 

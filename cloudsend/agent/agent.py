@@ -37,8 +37,38 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs import time on every call; annotations are strings anyway
     from typing import Any
 
-WAIT, QUEUE, RUNNING, DONE, ABORTED = "WAIT", "QUEUE", "RUNNING", "DONE", "ABORTED"
-BUILDING, READY, FAILED = "BUILDING", "READY", "FAILED"
+    # type checkers see the package; on a host protocol.py sits beside agent.py (uploaded with
+    # it), which is on sys.path whether agent.py runs as a script or is imported from ROOT
+    from cloudsend.agent.protocol import (
+        ABORTED,
+        BUILDING,
+        DONE,
+        ENV_STATUS_KEYS,
+        FAILED,
+        FINAL_STATES,
+        JOB_DEFAULTS,
+        JOB_STATUS_KEYS,
+        QUEUE,
+        READY,
+        RUNNING,
+        WAIT,
+    )  # fmt: skip
+else:
+    from protocol import (
+        ABORTED,
+        BUILDING,
+        DONE,
+        ENV_STATUS_KEYS,
+        FAILED,
+        FINAL_STATES,
+        JOB_DEFAULTS,
+        JOB_STATUS_KEYS,
+        QUEUE,
+        READY,
+        RUNNING,
+        WAIT,
+    )  # fmt: skip
+
 VANISHED = "process vanished (host restarted?)"
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when cancelling
 ADOPTED_POLL = 0.05  # adopted processes are not our children: no SIGCHLD, so poll them
@@ -501,8 +531,8 @@ def status_fields(rec: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: rec.get(k) for k in keys}
 
 
-JOB_KEYS = ("state", "attempt", "exit_code", "reason", "started", "ended", "pid")
-ENV_KEYS = ("state", "exit_code", "log_tail", "reason", "started", "ended", "pid")
+JOB_KEYS = JOB_STATUS_KEYS  # protocol.JobStatus
+ENV_KEYS = ENV_STATUS_KEYS  # protocol.EnvStatus
 
 
 class Store:
@@ -1534,12 +1564,9 @@ def validate_submit(doc: object) -> dict[str, Any]:
         if not isinstance(job, dict) or not isinstance(job.get("script"), str):
             raise AgentError((f"a job needs job_id and script: {job!r}")[:300])
         check_id(job.get("job_id"), "job_id")
-        job.setdefault("attempt", 1)
-        job.setdefault("cpus", 1)
-        job.setdefault("env_id", None)
-        job.setdefault("links", {})
-        job.setdefault("copy", False)
-        job.setdefault("outputs", [])
+        for key, default in JOB_DEFAULTS.items():  # protocol.JobSpec's optional keys
+            if key not in job:
+                job[key] = default.copy() if isinstance(default, (dict, list)) else default
         for key in ("attempt", "cpus"):
             if not isinstance(job[key], int) or isinstance(job[key], bool) or job[key] < 1:
                 raise AgentError(f"job {job['job_id']}: {key} must be an integer >= 1")
@@ -1656,7 +1683,7 @@ def cmd_collect(
         for job_id, attempt in want.items()
         if job_id in jobs
         and jobs[job_id].get("attempt") == attempt
-        and jobs[job_id].get("state") in ("DONE", "ABORTED")
+        and jobs[job_id].get("state") in FINAL_STATES
     )
     packed = cmd_pack(paths, out, ready) if ready else None
     return {"status": status, "pack": packed}

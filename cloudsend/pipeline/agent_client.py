@@ -6,9 +6,21 @@ import json
 import logging
 import shlex
 import time
-from typing import Any
+from typing import Any, cast
 
-from cloudsend.errors import TransportError
+from cloudsend.agent.protocol import (
+    CancelAnswer,
+    CollectAnswer,
+    EnvSpec,
+    JobSpec,
+    PackAnswer,
+    StartAnswer,
+    StatusDoc,
+    StopAnswer,
+    SubmitAnswer,
+    SubmitRequest,
+)
+from cloudsend.errors import AgentError, TransportError
 from cloudsend.providers.base import Host
 
 log = logging.getLogger(__name__)
@@ -30,6 +42,12 @@ class AgentClient:
     def _call(
         self, *args: str, stdin: str | None = None, timeout: float | None = 120
     ) -> dict[str, Any]:
+        """Run the agent once and return its JSON document.
+
+        TransportError: the agent could not be run (no connection, ssh's exit 255, no python
+        or no agent there: a non-zero exit without a document). AgentError: it ran and
+        answered an error document (any exit code), or exited 0 with something that is not
+        one JSON object."""
         h = self.host
         command = self.command(*args)
         began = time.monotonic()
@@ -38,45 +56,53 @@ class AgentClient:
             "agent %s on %s: exit %d in %.0f ms",
             args[0], h.name, result.exit_code, (time.monotonic() - began) * 1000,
         )
-        try:
-            doc = json.loads(result.stdout) if result.stdout.strip() else {}
-        except json.JSONDecodeError:
-            doc = {}
-        if not result.ok or not isinstance(doc, dict) or "error" in doc:
-            error = doc.get("error") if isinstance(doc, dict) else None
-            detail = error or result.tail()
-            raise TransportError(
-                f"agent on host {h.name!r} failed running {args[0]!r}: {detail}",
-                hint="run with --debug; the agent log is agent.log in the host's root dir",
+        doc: object = None
+        if result.stdout.strip():
+            try:
+                doc = json.loads(result.stdout)
+            except json.JSONDecodeError:
+                doc = None
+        failed = f"agent on host {h.name!r} failed running {args[0]!r}"
+        hint = "run with --debug; the agent log is agent.log in the host's root dir"
+        if isinstance(doc, dict) and "error" in doc:
+            raise AgentError(f"{failed}: {str(doc['error'])[:2000]}", hint=hint)
+        if not result.ok:
+            if isinstance(doc, dict):  # a document but a failure exit: not the protocol
+                raise AgentError(f"{failed}: exit {result.exit_code}: {result.tail()}", hint=hint)
+            raise TransportError(f"{failed}: {result.tail()}", hint=hint)
+        if not isinstance(doc, dict):
+            raise AgentError(
+                f"{failed}: its answer is not a JSON object: {result.stdout[:200]!r}", hint=hint
             )
         return doc
 
-    def start(self, slots: int) -> dict[str, Any]:
-        return self._call("start", "--slots", str(slots))
+    def start(self, slots: int) -> StartAnswer:
+        return cast(StartAnswer, self._call("start", "--slots", str(slots)))
 
-    def submit(self, envs: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict[str, Any]:
-        return self._call("submit", stdin=json.dumps({"envs": envs, "jobs": jobs}))
+    def submit(self, envs: list[EnvSpec], jobs: list[JobSpec]) -> SubmitAnswer:
+        request: SubmitRequest = {"envs": envs, "jobs": jobs}
+        return cast(SubmitAnswer, self._call("submit", stdin=json.dumps(request)))
 
-    def status(self, since: int | None = None, wait: float = 0) -> dict[str, Any]:
+    def status(self, since: int | None = None, wait: float = 0) -> StatusDoc:
         args = ["status"]
         if since is not None and wait > 0:
             args += ["--since", str(since), "--wait", str(wait)]
-        return self._call(*args, timeout=wait + 60)
+        return cast(StatusDoc, self._call(*args, timeout=wait + 60))
 
-    def cancel(self, job_ids: list[str] | None = None) -> dict[str, Any]:
-        return self._call("cancel", *(job_ids if job_ids else ["--all"]))
+    def cancel(self, job_ids: list[str] | None = None) -> CancelAnswer:
+        return cast(CancelAnswer, self._call("cancel", *(job_ids if job_ids else ["--all"])))
 
     def collect(
         self, out: str, want: dict[str, int], since: int | None = None, wait: float = 0
-    ) -> dict[str, Any]:
+    ) -> CollectAnswer:
         """One round: long-poll status, then pack the wanted jobs that are final."""
         args = ["collect", "--out", out]
         if since is not None and wait > 0:
             args += ["--since", str(since), "--wait", str(wait)]
-        return self._call(*args, stdin=json.dumps(want), timeout=wait + 60)
+        return cast(CollectAnswer, self._call(*args, stdin=json.dumps(want), timeout=wait + 60))
 
-    def pack(self, out: str, job_ids: list[str]) -> dict[str, Any]:
-        return self._call("pack", "--out", out, *job_ids)
+    def pack(self, out: str, job_ids: list[str]) -> PackAnswer:
+        return cast(PackAnswer, self._call("pack", "--out", out, *job_ids))
 
-    def stop(self, kill_jobs: bool = False) -> dict[str, Any]:
-        return self._call("stop", *(["--kill-jobs"] if kill_jobs else []))
+    def stop(self, kill_jobs: bool = False) -> StopAnswer:
+        return cast(StopAnswer, self._call("stop", *(["--kill-jobs"] if kill_jobs else [])))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from cloudsend.agent import AGENT_PATH, agent_sha256
+from cloudsend.agent import AGENT_FILES, agent_sha256
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.files import FileIndex, sync_files
 from cloudsend.providers.base import Host
@@ -27,7 +27,8 @@ def ensure_agent(host: Host, project: str) -> set[str]:
     The same command claims the host root for `project` (providers.roots: a folder that is
     not cloudsend's is refused with a ProvisionError, never written into), lists the
     content-addressed files the host already has (the submit step then needs not ask again)
-    and, when the host's agent.py is the current one, starts it. Returns that listing.
+    and, when the host's agent (agent.py and protocol.py) is the current one, starts it.
+    Returns that listing.
     """
     root = shlex.quote(host.root)
     start = AgentClient(host).command("start", "--slots", str(host.cpus))
@@ -37,7 +38,7 @@ def ensure_agent(host: Host, project: str) -> set[str]:
         'printf "%s\\n" "$cs_claim"; '
         f'case "$cs_claim" in {CLAIMED}*) '
         f"mkdir -p {root}/files && cd {root} && ls -1 files && "
-        f'{{ [ "$(sha256sum agent.py 2>/dev/null | cut -c1-64)" != {want} ] || '
+        f'{{ [ "$(cat agent.py protocol.py 2>/dev/null | sha256sum | cut -c1-64)" != {want} ] || '
         f"{{ echo {_STARTED}; {start} >/dev/null; }}; }};; esac"
     )
     refused = claim_outcome(host.name, host.root, probe.stdout)
@@ -45,7 +46,8 @@ def ensure_agent(host: Host, project: str) -> set[str]:
         raise refusal_error(refused)
     lines = {line.strip() for line in probe.stdout.splitlines()[1:] if line.strip()}
     if _STARTED not in lines:
-        host.transport.put(AGENT_PATH, host.agent)
+        for path in AGENT_FILES:  # agent.py and the protocol.py it imports, side by side
+            host.transport.put(path, f"{host.root}/{path.name}")
         AgentClient(host).start(host.cpus)
     return lines - {_STARTED}
 

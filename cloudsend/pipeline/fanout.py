@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from cloudsend.errors import CloudsendError, TransportError
+from cloudsend.errors import AgentError, CloudsendError, TransportError
 from cloudsend.providers.base import Host
 
 T = TypeVar("T")
@@ -38,7 +38,7 @@ def each_host(
     fn: Callable[[Host], T],
     hosts: Sequence[Host],
     *,
-    failures: tuple[type[CloudsendError], ...] = (TransportError,),
+    failures: tuple[type[CloudsendError], ...] = (TransportError, AgentError),
 ) -> GroupResult[T]:
     """`fn(host)` for every host, in parallel (one thread per host, at most MAX_PARALLEL).
     An exception of a `failures` kind is that host's outcome; any other is raised after all

@@ -14,9 +14,9 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cloudsend.config.models import Config
 from cloudsend.core import FINAL, CloudSendProcessState, JobState
@@ -153,6 +153,7 @@ class RunMonitor:
                     if (
                         watcher.is_alive()
                         and name not in self.s.state.lost
+                        and self.health.get(name) != "agent error"  # it answers: not lost
                         and now - self.last_ok.get(name, now) > lost_after
                     ):
                         self._declare_lost(name)
@@ -176,6 +177,9 @@ class RunMonitor:
                 "lost" if host in self.s.state.lost else "unreachable",
                 event.unreachable.splitlines()[0][:200],
             )
+        if event.agent_error is not None:  # it answers, with an error: reachable, not lost
+            self.last_ok[host] = time.monotonic()
+            self._set_health(host, "agent error", event.agent_error.splitlines()[0][:200])
         if event.alive:  # a download advancing or done: the host answers between statuses
             self.last_ok[host] = time.monotonic()
         if event.status is not None:
@@ -375,7 +379,7 @@ class RunMonitor:
             except CloudsendError:
                 continue
             for job_id in jobs:
-                doc = there.get(job_id) or {}
+                doc: Mapping[str, Any] = there.get(job_id) or {}
                 attempt = by_id[job_id].attempt
                 if doc.get("state") == JobState.DONE and doc.get("attempt") == attempt:
                     done_elsewhere.add(job_id)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from cloudsend.agent.protocol import EnvSpec, JobSpec
 from cloudsend.bootstrap import RenderedEnv, render_environment, render_job_script
 from cloudsend.config.models import Config, JobConfig
 from cloudsend.pipeline.files import FileIndex
@@ -26,10 +26,10 @@ class PlannedJob:
 
     def spec(
         self, attempt: int, root: str, index: FileIndex, copy: bool, rerun: bool = False
-    ) -> dict[str, Any]:
+    ) -> JobSpec:
         """The JobSpec the agent receives (docs/internals.md); `rerun` lets a DONE job on
         the host run again (a new run under recover: false)."""
-        spec = {
+        spec: JobSpec = {
             "job_id": self.job_id,
             "attempt": attempt,
             "env_id": self.env.env_id if self.env else None,
@@ -42,6 +42,11 @@ class PlannedJob:
         if rerun:
             spec["rerun"] = True
         return spec
+
+
+def env_spec(env: RenderedEnv) -> EnvSpec:
+    """The EnvSpec the agent receives for a rendered environment."""
+    return {"env_id": env.env_id, "script": env.script}
 
 
 @dataclass

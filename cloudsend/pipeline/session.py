@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from cloudsend.config.models import Config
 from cloudsend.core import FINAL, CloudSendProcessState
-from cloudsend.errors import CloudsendError, ProvisionError, StateError, TransportError
+from cloudsend.errors import AgentError, CloudsendError, ProvisionError, StateError, TransportError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.deploy import DeployReport, deploy_host, ensure_agent
 from cloudsend.pipeline.fanout import GroupResult, each_host
@@ -110,14 +110,17 @@ class Session:
         """`fn` on every host (default: the run's) in parallel: answers and failures."""
         return each_host(fn, self.hosts if hosts is None else hosts)
 
-    def record_reachability(self, group: GroupResult[Any]) -> None:
-        """One place for host health after a fan-out: failed hosts are unreachable (with
-        why), the others ok."""
+    def record_reachability(self, group: GroupResult[Any], *, notice: bool = False) -> None:
+        """One place for host health after a fan-out: "unreachable" (could not reach it) or
+        "agent error" (its agent answered with an error), with why; the others "ok"."""
         run_id = self.current_run()
         for name in group.ok:
             self.store.set_host_health(run_id, name, "ok")
         for name, exc in group.failed.items():
-            self.store.set_host_health(run_id, name, "unreachable", exc.message[:200])
+            health = "agent error" if isinstance(exc, AgentError) else "unreachable"
+            self.store.set_host_health(run_id, name, health, exc.message[:200])
+            if notice:  # not fatal: the host is left out of scheduling until it answers
+                self.reporter.notice(f"host {name}: {health} ({exc.message[:120]})")
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -179,7 +182,7 @@ class Session:
     def _reset_hosts(self) -> None:
         # The original's reset: kill the project's processes and redeploy from scratch.
         def wipe(host: Host) -> None:
-            with contextlib.suppress(TransportError):  # no agent there yet
+            with contextlib.suppress(TransportError, AgentError):  # no agent there yet
                 AgentClient(host).stop(kill_jobs=True)
             out = host.transport.run(remove_command(host.root, self.config.project_name)).stdout
             refused = removal_refused(host.name, host.root, out)
@@ -212,17 +215,14 @@ class Session:
 
         group = self.each_host(lambda host: ensure_agent(host, self.config.project_name))
         # an unreachable host is not fatal: it is left out of scheduling until it answers
-        for name, exc in group.failed.items():
-            self.store.set_host_health(run_id, name, "unreachable", exc.message[:200])
-            self.reporter.notice(f"host {name}: unreachable ({exc.message[:120]})")
+        self.record_reachability(group, notice=True)
         self._present = dict(group.ok)
 
     def _statuses(self) -> dict[str, dict[str, Any]]:
         """One status call per host; unreachable hosts are reported, not fatal here."""
-
         group = self.each_host(lambda host: AgentClient(host).status())
         self.record_reachability(group)
-        return dict(group.ok)
+        return {name: dict(doc) for name, doc in group.ok.items()}  # protocol.StatusDoc
 
     def reconcile(self) -> dict[str, dict[str, Any]]:
         """Bring the store up to date with what the agents report."""
@@ -317,11 +317,11 @@ class Session:
                 answer = AgentClient(host).submit(
                     [{"env_id": e.env_id, "script": e.script} for e in envs.values()], specs
                 )
-            except TransportError as exc:
+            except (TransportError, AgentError) as exc:
                 # The host may or may not have them: recorded there all the same, the
                 # monitor re-submits what the host turns out not to have, or re-queues
                 # everything elsewhere if the host stays away (host_lost_after).
-                answer = {}
+                answer = {"accepted": [], "skipped": []}
                 self.store.set_host_health(run_id, host.name, "unreachable", exc.message[:200])
                 self.reporter.notice(f"host {host.name}: submit interrupted ({exc.message[:120]})")
             accepted = set(answer.get("accepted", []))
@@ -439,7 +439,7 @@ class Session:
         def stop(host: Host) -> None:
             try:
                 AgentClient(host).stop(kill_jobs=True)
-            except TransportError as exc:
+            except (TransportError, AgentError) as exc:
                 # no agent there (never deployed) is fine; a host that does not answer is not
                 try:
                     host.transport.run("true", timeout=30)

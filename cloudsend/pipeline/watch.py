@@ -1,9 +1,11 @@
 """Watching hosts: one thread per host long-polls its agent and fetches what finishes.
 
 The main thread (pipeline.monitor) applies the events to the store, so SQLite sees one writer
-at a time and the report stays consistent. A watcher never gives up on its host: transport
-errors are reported as health events and retried with backoff; deciding that a host is *lost*
-is the monitor's job (it knows when the host last answered).
+at a time and the report stays consistent. A watcher never gives up on an unreachable host:
+transport errors are reported as health events and retried with backoff; deciding that a host
+is *lost* is the monitor's job (it knows when the host last answered). An agent that answers
+with an error (AgentError) is reachable: reported as such, retried, and after
+AGENT_ERROR_LIMIT failures in a row raised to the monitor, which ends the wait with it.
 """
 
 from __future__ import annotations
@@ -16,23 +18,26 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cloudsend.core import FINAL
-from cloudsend.errors import CloudsendError
+from cloudsend.errors import AgentError, CloudsendError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.fetch import download
 from cloudsend.providers.base import Host
+
+AGENT_ERROR_LIMIT = 4  # the same call answered with an error this many times in a row: give up
 
 
 @dataclass
 class HostEvent:
     host: str
-    status: dict[str, Any] | None = None
+    status: dict[str, Any] | None = None  # a protocol.StatusDoc
     fetched: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
     error: BaseException | None = None  # not a transport problem: a bug to surface
     unreachable: str | None = None  # a transport error, with its message
+    agent_error: str | None = None  # the agent answered with an error: reachable, not lost
     finished: bool = False
     log: str = ""
     at: float = 0.0  # time.monotonic() when the status call was issued
@@ -100,7 +105,7 @@ class HostWatcher(threading.Thread):
                 if job not in self._fetched
                 and job in jobs
                 and jobs[job].get("attempt") == attempt
-                and jobs[job].get("state") in FINAL
+                and str(jobs[job].get("state")) in FINAL
             }
 
     def _stream_env_logs(self, envs: dict[str, Any]) -> bool:
@@ -147,7 +152,7 @@ class HostWatcher(threading.Thread):
         doc = client.collect(
             out, self._wanted(), since=version, wait=wait if version is not None else 0
         )
-        status = doc.get("status", {})
+        status = cast(dict[str, Any], doc["status"])
         self.events.put(HostEvent(self.host.name, status=status, at=issued))
         if self.stream_logs:
             # log growth does not bump the agent's version: poll faster while building
@@ -177,19 +182,28 @@ class HostWatcher(threading.Thread):
         client = AgentClient(self.host)
         version: int | None = None
         wait = self.poll_wait
-        failures = 0
+        failures = agent_failures = 0
         try:
             while not self._done():
                 try:
                     version, wait = self._round(client, version, wait)
-                    failures = 0
+                    failures = agent_failures = 0
+                except AgentError as exc:
+                    # it answers, with an error: a bug or a broken root, which retrying
+                    # forever would hide; a few tries ride out a passing one
+                    agent_failures += 1
+                    if agent_failures >= AGENT_ERROR_LIMIT:
+                        raise
+                    version = None
+                    self.events.put(HostEvent(self.host.name, agent_error=exc.message))
+                    self.stop_event.wait(min(0.25 * 2**agent_failures, 5.0))
                 except CloudsendError as exc:
-                    # unreachable or a failing agent call: report, back off, try again
+                    # unreachable (or a download failing): report, back off, try again
                     failures += 1
                     version = None
                     self.events.put(HostEvent(self.host.name, unreachable=str(exc)))
                     self.stop_event.wait(min(0.25 * 2**failures, 5.0))
-        except BaseException as exc:  # a bug, not a host problem: the monitor re-raises it
+        except BaseException as exc:  # a bug or a failing agent: the monitor re-raises it
             self.events.put(HostEvent(self.host.name, error=exc))
         finally:
             self.events.put(HostEvent(self.host.name, finished=True))
