@@ -46,7 +46,8 @@ def _config_path(value: str) -> Path:
 def main() -> None:
     settings = pulumi.Config("cloudsend")
     config = load_config(_config_path(settings.require("config")))
-    config = config.model_copy(update={"stack": pulumi.get_stack()})
+    aws = config.aws.model_copy(update={"stack": pulumi.get_stack()})
+    config = config.model_copy(update={"aws": aws})
     project = project_slug(config)
     if pulumi.get_project() != project:
         raise pulumi.RunError(
@@ -55,7 +56,7 @@ def main() -> None:
             "in Pulumi.yaml, or `project:` in the cloudsend config"
         )
     public_key = settings.get("publicKey") or stack_key(project, pulumi.get_stack()).public_openssh
-    ssh_cidrs = settings.get_object("sshCidrs") or list(config.ssh_cidrs)
+    ssh_cidrs = settings.get_object("sshCidrs") or list(config.aws.ssh_cidrs)
     spec = stack_spec(
         config,
         public_key=public_key,

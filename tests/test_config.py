@@ -536,7 +536,9 @@ def test_local_notices_name_each_ignored_cloud_key() -> None:
         f"instances[0].{key} is ignored by the local provider (it only means something on a cloud)"
         for key in ("eco", "eco_life", "max_bid", "type")
     ]  # region/gpu/... are None in the file: not set, no notice
-    with_profile = config.model_copy(update={"profile": "work"})
+    with_profile = config.model_copy(
+        update={"aws": config.aws.model_copy(update={"profile": "work"})}
+    )
     assert local_notices(with_profile)[0].startswith("profile is ignored by the local provider")
     assert local_notices(config.model_copy(update={"provider": "aws"})) == []
     assert local_notices(load_config(CONFIGS / "quickstart.yaml")) == []

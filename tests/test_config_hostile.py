@@ -73,7 +73,7 @@ def test_unsafe_host_roots_are_refused(tmp_path: Path, root: str, why: str) -> N
 
 def test_host_roots_are_normalised(tmp_path: Path) -> None:
     data = {"provider": "ssh", "hosts": [{"address": "h", "root": "~//cs/./p/"}], "jobs": [JOB]}
-    assert load_config(data, base_dir=tmp_path).hosts[0].root == "~/cs/p"
+    assert load_config(data, base_dir=tmp_path).ssh.hosts[0].root == "~/cs/p"
 
 
 def test_an_unknown_key_without_a_close_match_in_hosts_is_reported(tmp_path: Path) -> None:

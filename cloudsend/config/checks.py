@@ -53,7 +53,7 @@ def check_and_resolve(config: Config) -> list[Issue]:
 
 
 def _check_hosts(config: Config, issues: list[Issue]) -> None:
-    if config.provider == "ssh" and not config.hosts:
+    if config.provider == "ssh" and not config.ssh.hosts:
         issues.append(
             Issue(
                 ("provider",),
@@ -61,7 +61,7 @@ def _check_hosts(config: Config, issues: list[Issue]) -> None:
                 hint="add hosts: [{address: my-box, user: me, key: ~/.ssh/id_ed25519}]",
             )
         )
-    if config.hosts and config.provider != "ssh":
+    if config.ssh.hosts and config.provider != "ssh":
         issues.append(
             Issue(
                 ("hosts",),
@@ -70,7 +70,7 @@ def _check_hosts(config: Config, issues: list[Issue]) -> None:
             )
         )
     seen: set[tuple[str, int, str | None]] = set()
-    for index, host in enumerate(config.hosts):
+    for index, host in enumerate(config.ssh.hosts):
         ident = (host.address, host.port, host.root)
         if ident in seen:
             issues.append(

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from cloudsend.config.checks import check_and_resolve
 from cloudsend.config.messages import (
+    GROUP_FIELDS,
     INTERNAL_KEYS,
     Issue,
     KeyPath,
@@ -58,7 +59,7 @@ def load_config(source: str | Path | dict[Any, Any], *, base_dir: Path | None = 
             )
         )
         raise config_error(issues, locator)
-    for key in INTERNAL_KEYS & data.keys():
+    for key in (INTERNAL_KEYS | GROUP_FIELDS) & data.keys():
         issues.append(unknown_key((key,), key, Config))
         del data[key]
     if issues:

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from cloudsend.config.models import (
+    GROUPS,
     Config,
     EnvironmentConfig,
     InstanceConfig,
@@ -29,6 +30,8 @@ KeyPath = tuple[str | int, ...]
 
 # Set by the loader, never read from a file.
 INTERNAL_KEYS = frozenset({"source", "base_dir"})
+# Config's per-provider groups: never written in a file (their keys are written flat).
+GROUP_FIELDS = frozenset(GROUPS)
 # Keys a model accepts beyond its fields (folded in by a validator).
 _ALIASES: dict[type[BaseModel], tuple[str, ...]] = {JobConfig: ("input_file", "output_file")}
 _SECTIONS: dict[type[BaseModel], str] = {
@@ -133,7 +136,13 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
 
 
 def keys_of(model: type[BaseModel]) -> list[str]:
-    keys = [k for k in model.model_fields if k not in INTERNAL_KEYS]
+    """The keys a file may write in this section (a group's keys flat, at the top level)."""
+    keys: list[str] = []
+    for key in model.model_fields:
+        if model is Config and key in GROUP_FIELDS:
+            keys += list(GROUPS[key].model_fields)
+        elif key not in INTERNAL_KEYS:
+            keys.append(key)
     return keys + list(_ALIASES.get(model, ()))
 
 
@@ -170,6 +179,8 @@ def config_error(issues: Sequence[Issue], locator: Locator) -> ConfigError:
 
 def _sub_model(annotation: Any) -> type[BaseModel] | None:
     """The model inside `list[Model]`, if that is what a field holds."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation  # a group (Config.aws): its keys follow, not an index
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) is list and args:
         inner = args[0]
@@ -191,10 +202,12 @@ def _resolve(loc: Sequence[Any]) -> tuple[KeyPath, type[BaseModel] | None, str |
             path.append(part)
             expect_index = False
         elif model is not None and not expect_index:
-            path.append(part)
             owner, name = model, part
             info = model.model_fields.get(part)
             model = _sub_model(info.annotation) if info is not None else None
+            if owner is Config and part in GROUP_FIELDS:
+                continue  # the user wrote the group's keys flat: name them so
+            path.append(part)
             expect_index = model is not None
         # else: a union tag below a leaf field, not a key
     return tuple(path), owner, name

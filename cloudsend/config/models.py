@@ -374,6 +374,65 @@ class JobConfig(_Model):
         return data
 
 
+# Keys only one provider reads, grouped per provider. Users write them flat, at the top level
+# of the file (as the original tool's configs do); Config's validator below moves them into
+# their group, and messages name them as written. A new provider adds its group here.
+class AwsSettings(_Model):
+    """provider: aws: the Pulumi stack, the AWS account and the safety settings."""
+
+    profile: str | None = Field(None, description="AWS profile from ~/.aws; none: default chain.")
+    region: str | None = Field(
+        None, description="aws: default region (else the profile's / AWS_REGION)."
+    )
+    stack: str | None = Field(None, description="aws: Pulumi stack name; default: the project.")
+    state_backend: str | None = Field(
+        None,
+        description="aws: Pulumi state backend URL (s3://bucket/prefix, file://...); "
+        "default file://~/.cloudsend/pulumi.",
+    )
+    secrets_provider: str | None = Field(
+        None, description="aws: Pulumi secrets provider (e.g. awskms://...); default passphrase."
+    )
+    ssh_cidrs: StrList = Field(
+        default_factory=list,
+        description="aws: CIDRs allowed to SSH in; default: your public IP as /32.",
+    )
+    iam_policy_arns: StrList = Field(
+        default_factory=list,
+        description="aws: managed policies attached to the instances' role (none by default).",
+    )
+    max_cost_per_hour: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="aws: `up` refuses a plan whose estimate exceeds this ($/hour), or "
+        "whose estimate lacks a price.",
+    )
+
+
+class SshSettings(_Model):
+    """provider: ssh: the hosts and how their keys are trusted."""
+
+    hosts: list[SshHostConfig] = Field(
+        default_factory=list, description="provider: ssh: the machines to run on."
+    )
+    host_key_policy: Literal["tofu", "strict"] = Field(
+        "tofu",
+        description="ssh: a host whose key is in none of your known_hosts files (~/.ssh/"
+        "known_hosts, or the UserKnownHostsFile/GlobalKnownHostsFile of your ssh config) nor "
+        "pinned in .cloudsend/known_hosts: tofu pins it on first contact and shows its "
+        "fingerprint; strict refuses it. A key that differs from a known one is always refused.",
+    )
+
+
+# flat key → the group holding it (Config.aws, Config.ssh)
+GROUPED_KEYS: dict[str, str] = {
+    **dict.fromkeys(AwsSettings.model_fields, "aws"),
+    **dict.fromkeys(SshSettings.model_fields, "ssh"),
+}
+GROUPS: dict[str, type[_Model]] = {"aws": AwsSettings, "ssh": SshSettings}
+
+
 class Config(_Model):
     """A whole config file: globals, then instances, environments and jobs."""
 
@@ -382,7 +441,6 @@ class Config(_Model):
         description="Name used in instance/stack names and host folders; default: the config "
         f"file name. {NAME_HELP[0].upper()}{NAME_HELP[1:]}.",
     )
-    profile: str | None = Field(None, description="AWS profile from ~/.aws; none: default chain.")
     dev: bool = Field(
         False,
         description="Keep the same environments across edits (named without a content hash: "
@@ -427,51 +485,32 @@ class Config(_Model):
         "unfinished jobs are re-queued on the other hosts.",
     )
 
-    host_key_policy: Literal["tofu", "strict"] = Field(
-        "tofu",
-        description="ssh: a host whose key is in none of your known_hosts files (~/.ssh/"
-        "known_hosts, or the UserKnownHostsFile/GlobalKnownHostsFile of your ssh config) nor "
-        "pinned in .cloudsend/known_hosts: tofu pins it on first contact and shows its "
-        "fingerprint; strict refuses it. A key that differs from a known one is always refused.",
-    )
-
-    # provider: aws (Pulumi stack and safety settings)
-    region: str | None = Field(
-        None, description="aws: default region (else the profile's / AWS_REGION)."
-    )
-    stack: str | None = Field(None, description="aws: Pulumi stack name; default: the project.")
-    state_backend: str | None = Field(
-        None,
-        description="aws: Pulumi state backend URL (s3://bucket/prefix, file://...); "
-        "default file://~/.cloudsend/pulumi.",
-    )
-    secrets_provider: str | None = Field(
-        None, description="aws: Pulumi secrets provider (e.g. awskms://...); default passphrase."
-    )
-    ssh_cidrs: StrList = Field(
-        default_factory=list,
-        description="aws: CIDRs allowed to SSH in; default: your public IP as /32.",
-    )
-    iam_policy_arns: StrList = Field(
-        default_factory=list,
-        description="aws: managed policies attached to the instances' role (none by default).",
-    )
-    max_cost_per_hour: float | None = Field(
-        None,
-        gt=0,
-        allow_inf_nan=False,
-        description="aws: `up` refuses a plan whose estimate exceeds this ($/hour), or "
-        "whose estimate lacks a price.",
-    )
-
     instances: list[InstanceConfig] = Field(default_factory=list, description="Machines to run on.")
-    hosts: list[SshHostConfig] = Field(
-        default_factory=list, description="provider: ssh: the machines to run on."
-    )
     environments: list[EnvironmentConfig] = Field(
         default_factory=list, description="Software environments."
     )
     jobs: list[JobConfig] = Field(default_factory=list, description="What to run.")
+
+    # provider-only keys (written flat in the file; see GROUPED_KEYS)
+    aws: AwsSettings = Field(default_factory=AwsSettings, description="provider: aws settings.")
+    ssh: SshSettings = Field(default_factory=SshSettings, description="provider: ssh settings.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _group_provider_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out: dict[Any, Any] = {}
+        grouped: dict[str, dict[str, Any]] = {}
+        for key, value in data.items():
+            group = GROUPED_KEYS.get(key) if isinstance(key, str) else None
+            if group is None:
+                out[key] = value
+            else:
+                grouped.setdefault(group, {})[key] = value
+        for group, values in grouped.items():
+            out[group] = values
+        return out
 
     # Where the config came from: relative paths were resolved against base_dir.
     # Set by the loader, never read from the file (the loader rejects them as keys).

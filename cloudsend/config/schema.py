@@ -10,8 +10,8 @@ import copy
 from functools import lru_cache
 from typing import Any
 
-from cloudsend.config.messages import INTERNAL_KEYS
-from cloudsend.config.models import Config
+from cloudsend.config.messages import GROUP_FIELDS, INTERNAL_KEYS
+from cloudsend.config.models import GROUPS, Config
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -26,6 +26,15 @@ def _schema() -> dict[str, Any]:
     schema = Config.model_json_schema(mode="validation")
     for key in INTERNAL_KEYS:  # set by the loader, not written in files
         schema["properties"].pop(key, None)
+    # a provider's group is written flat in files: its keys are top-level keys there
+    flat: dict[str, Any] = {}
+    for key, prop in schema["properties"].items():
+        if key in GROUP_FIELDS:
+            group = schema["$defs"].pop(GROUPS[key].__name__)
+            flat.update(group["properties"])
+        else:
+            flat[key] = prop
+    schema["properties"] = flat
     required = [k for k in schema.pop("required", []) if k not in INTERNAL_KEYS]
     if required:
         schema["required"] = required

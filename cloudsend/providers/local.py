@@ -110,7 +110,7 @@ def local_notices(config: Config) -> list[str]:
     if config.provider != "local":
         return []
     notices = []
-    if config.profile is not None:
+    if config.aws.profile is not None:
         notices.append(_ignored("profile"))
     for index, instance in enumerate(config.instances):
         for key in CLOUD_ONLY_KEYS:

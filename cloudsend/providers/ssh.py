@@ -29,7 +29,7 @@ class SshProvider:
         self.first_contacts: dict[str, str] = {}  # host name -> the key pinned on first contact
 
     def _names(self) -> list[str]:
-        entries = self.config.hosts
+        entries = self.config.ssh.hosts
         names = []
         for i, h in enumerate(entries):
             same_addr = sum(1 for e in entries if e.address == h.address)
@@ -52,7 +52,7 @@ class SshProvider:
             user=entry.user,
             key=entry.key,
             known_hosts=self.known_hosts,
-            host_key_policy=self.config.host_key_policy,
+            host_key_policy=self.config.ssh.host_key_policy,
             user_known_hosts=True,  # machines the user may have reached with ssh already
         )
         transport = SshTransport(target)
@@ -86,7 +86,7 @@ class SshProvider:
 
     def up(self) -> list[Host]:
         """Connect to every host in parallel; unreachable ones are left out with a notice."""
-        pairs = list(zip(self._names(), self.config.hosts, strict=True))
+        pairs = list(zip(self._names(), self.config.ssh.hosts, strict=True))
         hosts: list[Host] = []
         errors: dict[str, CloudsendError] = {}
         self.first_contacts = {}
@@ -140,7 +140,7 @@ class SshProvider:
         return []  # the hosts' CPUs are only known once reached
 
     def preview(self, *, offline: bool = False, enforce_budget: bool = False) -> Preview:
-        return Preview("ssh", len(self.config.hosts))
+        return Preview("ssh", len(self.config.ssh.hosts))
 
     def notices(self) -> list[str]:
         notes = [

@@ -63,7 +63,7 @@ class AwsProvider:
         if self._session is None:
             from cloudsend.providers.aws.session import aws_session
 
-            self._session = aws_session(self.config.profile, self.config.region)
+            self._session = aws_session(self.config.aws.profile, self.config.aws.region)
         return self._session
 
     def plan(self, *, offline: bool = False) -> Any:
@@ -74,14 +74,14 @@ class AwsProvider:
         key = stack_key(self.project, self.stack)
         region = self.default_region(offline=offline)
         if offline:
-            cidrs = list(self.config.ssh_cidrs) or [OFFLINE_CIDR]
+            cidrs = list(self.config.aws.ssh_cidrs) or [OFFLINE_CIDR]
             return stack_spec(
                 self.config, public_key=key.public_openssh, ssh_cidrs=cidrs, default_region=region
             )
         from cloudsend.providers.aws import ami
         from cloudsend.providers.aws.session import caller_cidr
 
-        cidrs = list(self.config.ssh_cidrs) or [caller_cidr()]
+        cidrs = list(self.config.aws.ssh_cidrs) or [caller_cidr()]
         draft = stack_spec(
             self.config, public_key=key.public_openssh, ssh_cidrs=cidrs, default_region=region
         )
@@ -108,12 +108,12 @@ class AwsProvider:
         from cloudsend.providers.aws.session import resolve_region
 
         try:
-            return resolve_region(self.config.region, self.config.profile)
+            return resolve_region(self.config.aws.region, self.config.aws.profile)
         except ProvisionError:
             if not offline:
                 raise
             # a reviewer without the team's profile still gets an offline preview
-            return resolve_region(self.config.region, None)
+            return resolve_region(self.config.aws.region, None)
 
     def cost(self, spec: Any, *, live: bool = True) -> tuple[Any, list[str]]:
         from cloudsend.providers.aws.costs import estimate
@@ -136,8 +136,8 @@ class AwsProvider:
             self.project,
             self.stack,
             make_program(spec),
-            backend_url=self.config.state_backend,
-            secrets_provider=self.config.secrets_provider,
+            backend_url=self.config.aws.state_backend,
+            secrets_provider=self.config.aws.secrets_provider,
             region=spec.region,
         )
 
@@ -172,7 +172,7 @@ class AwsProvider:
         )
 
     def check_budget(self, cost: Any) -> None:
-        message = cost.over_budget(self.config.max_cost_per_hour)
+        message = cost.over_budget(self.config.aws.max_cost_per_hour)
         if message:
             raise ConfigError(
                 message,

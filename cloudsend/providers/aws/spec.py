@@ -128,7 +128,7 @@ def stack_spec(
 ) -> StackSpec:
     """Build the StackSpec of `config` (raises ConfigError naming the key on bad values).
 
-    `ssh_cidrs`: who may SSH in (the caller passes config.ssh_cidrs, or the detected public
+    `ssh_cidrs`: who may SSH in (the caller passes config.aws.ssh_cidrs, or the detected public
     IP as /32); empty is refused — we never fall back to an open port 22.
     `amis`: AMI ids already resolved by the caller, keyed by region or by (region, type) as
     `ami.ubuntu_amis` returns them; instances with img_id keep theirs, the rest without an
@@ -144,7 +144,7 @@ def stack_spec(
             hint="use letters, digits, '-', '_' and '.' only",
         )
     entries = config.instances or [InstanceConfig()]
-    region = config.region or default_region
+    region = config.aws.region or default_region
     if region is None and any(e.region is None for e in entries):
         raise ConfigError(
             "no AWS region: set `region:` in the config (or on each instance) or AWS_REGION",
@@ -177,7 +177,7 @@ def stack_spec(
         instances=tuple(instances),
         ssh_cidrs=tuple(check_cidrs(ssh_cidrs)),
         public_key=_check_public_key(public_key),
-        iam_policy_arns=tuple(_check_arns(config.iam_policy_arns)),
+        iam_policy_arns=tuple(_check_arns(config.aws.iam_policy_arns)),
         vpc_ids=vpc_ids,
         tags={"cloudsend:project": project, "cloudsend:stack": stack},
     )
@@ -277,7 +277,7 @@ def project_slug(config: Config) -> str:
 
 def stack_name(config: Config) -> str:
     """The Pulumi stack: the config's `stack:`, else the project slug."""
-    return config.stack or project_slug(config)
+    return config.aws.stack or project_slug(config)
 
 
 def check_cidrs(cidrs: list[str] | tuple[str, ...]) -> list[str]:
