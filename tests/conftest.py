@@ -88,6 +88,21 @@ class Project:
         return runs[-1]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_working_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every test runs in a folder of the session's own, never in the directory the suite was
+    started from: that one may be removed while the suite runs (and what a test leaves in the
+    working directory must not land in the user's)."""
+    try:
+        started_in: str | None = os.getcwd()
+    except FileNotFoundError:
+        started_in = None
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    if started_in is not None and os.path.isdir(started_in):
+        os.chdir(started_in)
+
+
 @pytest.fixture(autouse=True)
 def _no_stray_agents(tmp_path: Path) -> Iterator[None]:
     """Whatever a test started under its tmp dir is stopped when it ends."""

@@ -67,14 +67,15 @@ def claim_command(root: str, project: str) -> str:
 
 def remove_command(root: str, project: str) -> str:
     """Shell: `rm -rf root` only when its marker names `project` (or it is an older
-    cloudsend's marker-less root). Prints REMOVED, ABSENT, NOT_OURS or OTHER_PROJECT; exits 0
-    in every case."""
+    cloudsend's marker-less root). Prints REMOVED, ABSENT (also for an empty folder cloudsend
+    never used: left as it is), NOT_OURS or OTHER_PROJECT; exits 0 in every case."""
     r, m, want = _quoted(root, project)
     return (
         f"if [ -f {m} ]; then IFS= read -r cs_mark < {m} || true; "
         f'if [ "$cs_mark" = {want} ]; then rm -rf {r} && echo {REMOVED}; '
         f"else echo {OTHER_PROJECT}; fi; "
         f"elif [ -d {r} ] && [ ! -L {r} ] && {_legacy_test(r)}; then rm -rf {r} && echo {REMOVED}; "
+        f'elif [ -d {r} ] && [ ! -L {r} ] && [ -z "$(ls -A {r})" ]; then echo {ABSENT}; '
         f"elif [ -e {r} ] || [ -L {r} ]; then echo {NOT_OURS}; "
         f"else echo {ABSENT}; fi"
     )
