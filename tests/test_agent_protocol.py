@@ -191,6 +191,13 @@ def test_an_agent_answering_errors_is_reported_and_its_host_not_declared_lost(
         victim = hosts_dir / str(running[0].host)
         (victim / "agent.py").write_text(BOOM_AGENT)  # its daemon and job keep running
         began.append(time.monotonic())
+        # a collect already under way runs the old code: it could still bring the job home.
+        # Let the jobs end only once the watcher has met the broken agent.
+        while time.monotonic() < deadline + 30:
+            health = {h.name: h.health for h in store.hosts(run_id)}
+            if health.get(victim.name) == "agent error":
+                break
+            time.sleep(0.05)
         flag.touch()  # both jobs finish; only the healthy host's can come home
 
     fault = threading.Thread(target=break_one_agent)

@@ -69,6 +69,7 @@ class RunMonitor:
         self.health: dict[str, str] = {}
         self.started = time.monotonic()
         self.next_instance_poll = time.monotonic()
+        self.wanted = frozenset(p.job_id for p in session.plan.jobs)  # the plan is fixed
 
     @property
     def stopped(self) -> set[str]:
@@ -90,8 +91,7 @@ class RunMonitor:
         )
 
     def _wanted_records(self) -> list[r.JobFacts]:
-        wanted = {p.job_id for p in self.s.plan.jobs}
-        return [rec for rec in self.s.store.jobs(self.run_id) if rec.job_id in wanted]
+        return [rec for rec in self.s.store.jobs(self.run_id) if rec.job_id in self.wanted]
 
     def _watch(self, host_name: str, jobs: dict[str, int], fetched: set[str] | None = None) -> None:
         watcher = self.watchers.get(host_name)
@@ -191,12 +191,14 @@ class RunMonitor:
                 host, "ok", "back" if self.health.get(host) not in (None, "ok") else ""
             )
             self.s.apply_status(host, event.status)
-            records = self._wanted_records()
+            every = self.s.store.jobs(self.run_id)  # one read serves both rules
+            records = [rec for rec in every if rec.job_id in self.wanted]
             submitted = self.s.state.submitted_at
             since = self.started
             self._do(r.on_missing(host, listed, records, submitted, asked_at=event.at, since=since))
-            by_id = {rec.job_id: rec for rec in self.s.store.jobs(self.run_id)}
-            self._do(r.on_casualties(host, listed, by_id, self.s.state.casualties))
+            if any(doc.get("state") == JobState.ABORTED for doc in listed.values()):
+                by_id = {rec.job_id: rec for rec in every}
+                self._do(r.on_casualties(host, listed, by_id, self.s.state.casualties))
         if event.fetched:
             self.s.store.record_fetches(
                 self.run_id,
