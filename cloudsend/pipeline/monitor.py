@@ -69,7 +69,7 @@ class RunMonitor:
         self.health: dict[str, str] = {}
         self.started = time.monotonic()
         self.next_instance_poll = time.monotonic()
-        self.wanted = frozenset(p.job_id for p in session.plan.jobs)  # the plan is fixed
+        self._wanted: frozenset[str] | None = None
 
     @property
     def stopped(self) -> set[str]:
@@ -89,6 +89,13 @@ class RunMonitor:
             and (v.state not in FINAL or v.fetched)
             for v in views
         )
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        """The plan's job ids (fixed for the run: computed once)."""
+        if self._wanted is None:
+            self._wanted = frozenset(p.job_id for p in self.s.plan.jobs)
+        return self._wanted
 
     def _wanted_records(self) -> list[r.JobFacts]:
         return [rec for rec in self.s.store.jobs(self.run_id) if rec.job_id in self.wanted]
