@@ -159,12 +159,11 @@ def test_a_restarted_daemon_kills_leftovers_of_jobs_that_ended_without_it(agent:
     wait_gone(pids)
 
 
+@pytest.mark.parametrize("agent", ["cgroup"], indirect=True)  # tracking cannot find it
 def test_a_job_that_cleared_its_environment_and_double_forked_is_killed_with_cgroups(
     agent: Agent,
 ) -> None:
     """The one leftover only a cgroup can find (documented in docs/internals.md)."""
-    if not (agent.root / "cgroup").exists():
-        pytest.skip("needs job cgroups: tracking alone cannot attribute this process")
     script = f"env -i setsid sh -c 'echo $$ > ../leftover; exec sleep 1000' & {GATE}"
     agent.submit([job("escapee", script)])
     pids = leftovers(agent, ["escapee"])

@@ -30,8 +30,11 @@ class GroupResult(Generic[T]):
     def __iter__(self) -> Iterator[T]:
         return iter(self.ok.values())
 
-    def values(self) -> list[T]:
-        return list(self.ok.values())
+    def raise_failure(self) -> None:
+        """Raise the first host's failure, if any (for callers that cannot go on without
+        every host)."""
+        for exc in self.failed.values():
+            raise exc
 
 
 def each_host(

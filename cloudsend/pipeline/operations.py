@@ -41,8 +41,7 @@ def fetch_results(session: Session, out_dir: Path | None = None) -> Path:
         session.store.record_fetches(
             run_id, [(job, attempts[job], files) for job, files in got.items()]
         )
-    for exc in group.failed.values():
-        raise exc  # what came home is recorded; the user is told what did not
+    group.raise_failure()  # what came home is recorded; the user is told what did not
     if out_dir is not None and out_dir.resolve() != session.results_dir.resolve():
         shutil.copytree(session.results_dir, out_dir, dirs_exist_ok=True)
         return out_dir

@@ -25,7 +25,7 @@ from cloudsend.pipeline.plan import Plan, build_plan
 from cloudsend.pipeline.reporting import JobView, NullReporter, Reporter, RunSummary
 from cloudsend.pipeline.run_state import RunState
 from cloudsend.providers import Host, HostsNotCleaned, get_provider
-from cloudsend.providers.roots import removal_refused, remove_command
+from cloudsend.providers.roots import remove_root
 from cloudsend.scheduling import HostSlots, assign, check_fits
 from cloudsend.scheduling.transitions import HostView, JobSnapshot, as_state, plan_resume
 from cloudsend.state import NewJob, Store
@@ -184,13 +184,11 @@ class Session:
         def wipe(host: Host) -> None:
             with contextlib.suppress(TransportError, AgentError):  # no agent there yet
                 AgentClient(host).stop(kill_jobs=True)
-            out = host.transport.run(remove_command(host.root, self.config.project_name)).stdout
-            refused = removal_refused(host.name, host.root, out)
+            refused = remove_root(host, self.config.project_name)
             if refused is not None:
                 raise ProvisionError(f"--reset: {refused}")
 
-        for exc in self.each_host(wipe).failed.values():
-            raise exc  # a host --reset could not wipe: nothing may start over on it
+        self.each_host(wipe).raise_failure()  # a host --reset could not wipe: nothing restarts
 
     def deploy(self) -> None:
         """Render environments, record the jobs, and start every host's agent."""

@@ -13,6 +13,7 @@ import shlex
 from dataclasses import dataclass
 
 from cloudsend.errors import ProvisionError
+from cloudsend.providers.base import Host
 
 MARKER = ".cloudsend-root"
 
@@ -134,6 +135,13 @@ def removal_refused(host: str, root: str, output: str) -> str | None:
         refused = RootRefused(host, root, other=first == OTHER_PROJECT)
         return f"{refused.what}; left in place (remove it yourself if you are sure)"
     return f"could not remove {root}: {output.strip()[-200:] or 'no answer'}"
+
+
+def remove_root(host: Host, project: str) -> str | None:
+    """Remove `host`'s root if it is marked for `project` (remove_command, one round trip);
+    None when it is gone, else why it was kept. Transport errors are the caller's."""
+    out = host.transport.run(remove_command(host.root, project), timeout=120).stdout
+    return removal_refused(host.name, host.root, out)
 
 
 def host_root(configured: str | None, home: str, project: str) -> str:

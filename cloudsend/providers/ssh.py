@@ -13,7 +13,7 @@ from pathlib import Path
 from cloudsend.config.models import Config, SshHostConfig
 from cloudsend.errors import CloudsendError, ProvisionError
 from cloudsend.providers.base import Host, HostsNotCleaned, Machines, Preview
-from cloudsend.providers.roots import host_root, removal_refused, remove_command
+from cloudsend.providers.roots import host_root, remove_root
 
 
 class SshProvider:
@@ -119,11 +119,10 @@ class SshProvider:
 
         def remove(host: Host) -> None:
             try:
-                out = host.transport.run(remove_command(host.root, project), timeout=120).stdout
+                outcome = remove_root(host, project)
             except CloudsendError as exc:
                 failed[host.name] = f"could not remove {host.root}: {exc.message[:200]}"
                 return
-            outcome = removal_refused(host.name, host.root, out)
             if outcome is not None:
                 failed[host.name] = outcome
 
