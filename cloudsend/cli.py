@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cloudsend.core import JobState
-from cloudsend.errors import EXIT_CODES_HELP, CloudsendError, ConfigError, JobError
+from cloudsend.errors import EXIT_CODES_HELP, BudgetError, CloudsendError, ConfigError, JobError
 from cloudsend.textsafe import clean
 
 if TYPE_CHECKING:
     from cloudsend.api import SyncClient
     from cloudsend.config.models import Config
+    from cloudsend.pipeline.reporting import RunSummary
 
 CONFIG_ARG = click.argument(
     "config",
@@ -118,12 +119,25 @@ def run(config: Path, reset: bool, yes: bool, as_json: bool) -> None:
         print_json(summary_doc(summary))
     else:
         print_summary(_console(), summary)
+    raise_for(summary)
+
+
+def raise_for(summary: RunSummary) -> None:
+    """The run's outcome as an exit code (EXIT_CODES_HELP): failed environments (5), jobs out
+    of time (9), other ABORTED jobs (6); returns when every job is DONE."""
     if summary.env_failures:
         from cloudsend.errors import BootstrapError
 
         raise BootstrapError(
             f"{len(summary.env_failures)} environment(s) failed to build",
             hint="see the log tails above; fix the environment and run again",
+        )
+    if summary.out_of_time:
+        raise BudgetError(
+            f"{len(summary.out_of_time)} job(s) not finished: the time budget ran out (every "
+            "host that could take them reached its eco_life)",
+            hint="raise eco_life or add on-demand instances; `cloudsend run` again starts new "
+            "machines for them (with a new eco_life)",
         )
     if not summary.ok:
         raise JobError(

@@ -73,6 +73,13 @@ class StateError(CloudsendError):
     kind = "state error"
 
 
+class BudgetError(CloudsendError):
+    """The run's time budget ran out: hosts reached their eco_life with jobs unfinished."""
+
+    exit_code = 9
+    kind = "time budget"
+
+
 EXIT_CODES_HELP = """Exit codes:
   0  success (every job DONE)
   1  unexpected error
@@ -83,4 +90,5 @@ EXIT_CODES_HELP = """Exit codes:
   6  job error (some jobs ABORTED)
   7  state error (.cloudsend/state.db)
   8  agent error (a host's agent answered with an error)
+  9  time budget ran out (eco_life ended with jobs unfinished)
   130 interrupted (Ctrl-C); run again to resume"""

@@ -131,6 +131,7 @@ def summary_doc(summary: RunSummary) -> dict[str, Any]:
         "envs_submitted": summary.envs_submitted,
         "env_failures": summary.env_failures,
         "elapsed_s": round(summary.elapsed, 3),
+        "out_of_time": summary.out_of_time,  # ABORTED: the time budget (eco_life) ran out
         "jobs": [asdict(j) for j in summary.jobs],
     }
 

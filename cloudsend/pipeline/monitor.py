@@ -265,6 +265,10 @@ class RunMonitor:
                     self._replace(list(names))
                 case r.HostGone(host):
                     self._declare_lost(host, gone=True)
+                case r.HostExpired(host):
+                    self._declare_expired(host)
+                case r.OutOfTime(attempts, reason):
+                    self._out_of_time(dict(attempts), reason)
 
     def _submit(self, attempts: dict[str, int], targets: list[Host] | None = None) -> bool:
         targets = self._targets() if targets is None else targets
@@ -319,6 +323,7 @@ class RunMonitor:
             lost_hosts=tuple(reaction.lost_hosts),
             interrupted=tuple(reaction.interrupted),
             known=frozenset(h.name for h in self.s.hosts),
+            expired=tuple(reaction.expired),
         )
         self._do(r.on_machine_events(events, self.s.state.stopped, self.s.state.lost))
 
@@ -376,6 +381,24 @@ class RunMonitor:
         targets = [h.name for h in self._targets()] if stranded else []
         lost_after = self.s.config.host_lost_after
         self._do(r.on_host_lost(host, records, targets, gone=gone, lost_after=lost_after))
+
+    def _declare_expired(self, host: str) -> None:
+        """The host's machine ran out its eco_life: its jobs go to hosts with time left, or
+        end ABORTED as out of time; it is never replaced."""
+        self.s.state.lost.add(host)  # first: the targets left exclude it
+        records = self._wanted_records()
+        _, stranded = r.stranded_on(host, records, gone=True)
+        targets = [h.name for h in self._targets()] if stranded else []
+        self._do(r.on_host_expired(host, records, targets))
+
+    def _out_of_time(self, attempts: dict[str, int], reason: str) -> None:
+        """Jobs no host with time left can take: ABORTED with `reason`, nothing to fetch."""
+        self.s.store.update_states(
+            self.run_id, [(job, JobState.ABORTED, None, reason) for job in attempts]
+        )
+        self.s.store.record_fetches(
+            self.run_id, [(job, attempt, []) for job, attempt in attempts.items()]
+        )
 
     def _settle_return(self, host: str, listed: r.AgentJobs) -> None:
         """A lost host answers again: take results it finished first, cancel stale attempts."""

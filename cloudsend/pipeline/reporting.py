@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cloudsend.core import JobState
+from cloudsend.scheduling.reactions import out_of_time
 
 
 @dataclass
@@ -42,6 +43,12 @@ class RunSummary:
     @property
     def ok(self) -> bool:
         return all(j.state == JobState.DONE for j in self.jobs)
+
+    @property
+    def out_of_time(self) -> list[str]:
+        """Jobs ABORTED because the time budget ran out (every host's eco_life ended)."""
+        aborted = (j for j in self.jobs if j.state == JobState.ABORTED)
+        return [j.job_id for j in aborted if out_of_time(j.reason)]
 
 
 class Reporter(Protocol):

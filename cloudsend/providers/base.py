@@ -50,9 +50,11 @@ class Reaction:
     lost_hosts: list[str] = field(default_factory=list)  # host names whose jobs go elsewhere
     # host names the cloud interrupted (spot): never what auto_stop did, whatever else is known
     interrupted: list[str] = field(default_factory=list)
+    # host names whose machines ran out their time budget (aws: eco_life): never replaced
+    expired: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.start or self.replace or self.lost_hosts)
+        return bool(self.start or self.replace or self.lost_hosts or self.expired)
 
 
 @dataclass

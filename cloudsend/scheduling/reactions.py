@@ -19,6 +19,14 @@ from cloudsend.scheduling.transitions import killed_with_host
 
 DONE, ABORTED = JobState.DONE, JobState.ABORTED
 MAX_CASUALTY_RETRIES = 3
+# The reason of a job that could not finish because the run's time budget ran out (every host
+# that could take it reached its eco_life); RunSummary.out_of_time counts these.
+OUT_OF_TIME = "time budget ran out"
+
+
+def out_of_time(reason: str | None) -> bool:
+    """Whether a job's reason says the time budget ran out (see OUT_OF_TIME)."""
+    return bool(reason) and str(reason).startswith(OUT_OF_TIME)
 
 
 class JobFacts(Protocol):
@@ -169,6 +177,23 @@ class HostGone:
     host: str
 
 
+@dataclass(frozen=True)
+class HostExpired:
+    """The host's machine ran out its time budget (eco_life): the owner runs on_host_expired
+    for it; it is never replaced."""
+
+    host: str
+
+
+@dataclass(frozen=True)
+class OutOfTime:
+    """No host with time left can take these jobs (job_id → attempt): they end ABORTED with
+    `reason` (OUT_OF_TIME...) and nothing to fetch."""
+
+    attempts: Mapping[str, int]
+    reason: str
+
+
 Action = (
     Notice
     | MarkLost
@@ -187,6 +212,8 @@ Action = (
     | Unstopped
     | Replace
     | HostGone
+    | HostExpired
+    | OutOfTime
 )
 
 
@@ -231,6 +258,42 @@ def on_host_lost(
         Forget(host, frozenset(stranded)),
         KeepWatching(host, True),  # to settle these if the host comes back
         Notice(f"re-queuing {len(stranded)} job(s) from lost host {host}"),
+        Submit({job: attempt + 1 for job, attempt in stranded.items()}, tuple(targets)),
+    ]
+
+
+def on_host_expired(
+    host: str, jobs: Iterable[JobFacts], targets: Collection[str]
+) -> list[Action]:
+    """A host's machine ended at the end of its eco_life. Unlike a lost host it is neither
+    waited for nor replaced (a new machine would start a new eco_life: eco_life caps what a
+    host costs). `targets`: the other hosts that may take work.
+
+    ==============================================  ===================================
+    job recorded on the host                        action
+    ==============================================  ===================================
+    fetched, not a casualty                         none
+    ABORTED, not a casualty, not fetched            CloseUnfetchable (logs out of reach)
+    unfinished, or killed with the machine          re-queued on a target (attempt + 1)
+    the same, and no target left                    OutOfTime: ABORTED, "time budget ran
+                                                    out", nothing to fetch
+    ==============================================  ===================================
+    """
+    unfetchable, stranded = stranded_on(host, jobs, gone=True)
+    actions: list[Action] = [MarkLost(host, "eco_life ended (not replaced)")]
+    actions += [CloseUnfetchable(job_id, attempt) for job_id, attempt in unfetchable.items()]
+    if stranded:
+        actions.append(Forget(host, frozenset(stranded)))
+    actions.append(KeepWatching(host, False))  # it will not come back
+    if not stranded:
+        return actions
+    if not targets:
+        reason = f"{OUT_OF_TIME}: eco_life of {host} ended and no host with time left remains"
+        note = f"{len(stranded)} job(s) of {host} not finished: {reason}"
+        return [*actions, Notice(note), OutOfTime(dict(stranded), reason)]
+    return [
+        *actions,
+        Notice(f"re-queuing {len(stranded)} job(s) from {host} (its eco_life ended)"),
         Submit({job: attempt + 1 for job, attempt in stranded.items()}, tuple(targets)),
     ]
 
@@ -406,6 +469,7 @@ class MachineEvents:
     lost_hosts: tuple[str, ...] = ()
     interrupted: tuple[str, ...] = ()
     known: frozenset[str] = field(default_factory=frozenset)  # the run's hosts
+    expired: tuple[str, ...] = ()  # ended at the end of their eco_life
 
 
 def on_machine_events(
@@ -414,7 +478,9 @@ def on_machine_events(
     """Stopped machines are started (not the ones auto_stop stopped on purpose); terminated
     or interrupted ones are lost hosts whose jobs are re-queued, and are replaced. What
     auto_stop ended on purpose (a spot one is terminated) is neither lost nor replaced; a
-    spot interruption is the cloud's doing even on a host auto_stop had stopped meanwhile."""
+    spot interruption is the cloud's doing even on a host auto_stop had stopped meanwhile.
+    A machine that ran out its eco_life is never replaced: HostExpired (its jobs go to other
+    hosts, or run out of time)."""
     actions: list[Action] = []
     start = tuple(n for n in events.start if n not in stopped)
     if start:
@@ -426,7 +492,13 @@ def on_machine_events(
         if name in still_stopped or name not in events.known or name in lost:
             continue
         actions += [Notice(f"instance of host {name} is gone (terminated)"), HostGone(name)]
-    replace = tuple(n for n in events.replace if n not in still_stopped)
+    for name in events.expired:
+        if name in still_stopped or name not in events.known or name in lost:
+            continue
+        note = f"host {name} reached the end of its eco_life: not replaced"
+        actions += [Notice(note), HostExpired(name)]
+    expired = set(events.expired)
+    replace = tuple(n for n in events.replace if n not in still_stopped and n not in expired)
     if replace:
         actions += [Notice(f"replacing {len(replace)} instance(s)"), Replace(replace)]
     return actions

@@ -2,7 +2,9 @@
 
 SSH tells the pipeline that a host stopped answering; only the EC2 API tells why: stopped (start
 it again, its disk is intact), terminated or reclaimed by a spot interruption (its disk is gone:
-provision a replacement and hand its jobs to other hosts). `InstanceMonitor.poll()` turns
+provision a replacement and hand its jobs to other hosts), or ended by its own eco_life (the
+instance shut itself down at launch + eco_life: "expired", never replaced, so eco_life caps
+what it costs). `InstanceMonitor.poll()` turns
 successive describe_instances answers into events; `plan_reaction()` is the pure decision the
 pipeline applies (design.md, "Failure handling"). Nothing here waits or sleeps: the pipeline's
 watch loop owns the rhythm.
@@ -12,20 +14,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
 from cloudsend.errors import ProvisionError
 from cloudsend.providers.aws.session import client
+from cloudsend.providers.aws.spec import ECO_LIFE_TAG  # the program's tag: minutes from launch
 from cloudsend.providers.base import Reaction
 
 if TYPE_CHECKING:
     from boto3.session import Session
 
-EventKind = Literal["stopped", "terminated", "spot_interrupted", "running", "missing"]
+EventKind = Literal["stopped", "terminated", "spot_interrupted", "expired", "running", "missing"]
 
 SPOT_TERMINATION = "Server.SpotInstanceTermination"
-GONE = ("terminated", "spot_interrupted")  # kinds whose machine and disk are gone
+SELF_SHUTDOWN = "Client.InstanceInitiatedShutdown"  # `shutdown` on the instance (eco_life's)
+GONE = ("terminated", "spot_interrupted", "expired")  # kinds whose machine and disk are gone
+# The instance's clock and ours may differ: a self-shutdown this close to the deadline is
+# eco_life's (a job's own `shutdown` hours earlier is not).
+CLOCK_SLACK = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -40,11 +47,31 @@ class InstanceInfo:
     state_message: str = ""
     spot: bool = False
     launch_time: datetime | None = None
+    eco_life_minutes: int | None = None  # the ECO_LIFE_TAG: it ends itself that long after launch
+    observed: datetime | None = None  # when describe_instances said this (UTC)
+
+    @property
+    def eco_life_end(self) -> datetime | None:
+        """When the instance's eco_life ends (launch + eco_life), None without one."""
+        if self.eco_life_minutes is None or self.launch_time is None:
+            return None
+        return self.launch_time + timedelta(minutes=self.eco_life_minutes)
+
+    def eco_life_ended(self) -> bool:
+        """Seen at or after its eco_life's end (within CLOCK_SLACK when it shut itself down)."""
+        end = self.eco_life_end
+        if end is None or self.observed is None:
+            return False
+        slack = CLOCK_SLACK if self.state_reason == SELF_SHUTDOWN else timedelta(0)
+        return self.observed + slack >= end
 
     @property
     def kind(self) -> EventKind | None:
         """What this state means to cloudsend; None while in transit (pending, stopping)."""
         if self.state in ("shutting-down", "terminated"):
+            if self.eco_life_ended():
+                # it ran out its eco_life: the time budget the user gave it, not a loss
+                return "expired"
             if self.state_reason == SPOT_TERMINATION:
                 return "spot_interrupted"
             # A spot instance that AWS ended (any Server.* reason) rather than the user or the
@@ -80,10 +107,11 @@ class InstanceReaction:
     lost_hosts: list[str] = field(default_factory=list)  # host names whose jobs go elsewhere
     # host names AWS interrupted (spot): never what auto_stop did, whatever else is known
     interrupted: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)  # host names whose eco_life ended
     names: dict[str, str] = field(default_factory=dict)  # instance id → host name (start)
 
     def __bool__(self) -> bool:
-        return bool(self.start or self.replace or self.lost_hosts)
+        return bool(self.start or self.replace or self.lost_hosts or self.expired)
 
     def hosts(self) -> Reaction:
         return Reaction(
@@ -91,6 +119,7 @@ class InstanceReaction:
             replace=list(self.replace),
             lost_hosts=list(self.lost_hosts),
             interrupted=list(self.interrupted),
+            expired=list(self.expired),
         )
 
 
@@ -106,6 +135,8 @@ def plan_reaction(events: Iterable[InstanceEvent]) -> InstanceReaction:
       the pipeline re-queues them itself).
     - terminated, spot_interrupted, missing → replace the host and declare it lost: its disk and
       every job on it are gone.
+    - expired (it ran out its eco_life) → not replaced (a new instance would start a new
+      eco_life): the pipeline hands its jobs to other hosts or reports the budget ran out.
     - running → nothing, and a host already running again under a new instance id (replaced
       meanwhile) needs no further replacement; its old jobs stay lost.
     """
@@ -126,6 +157,8 @@ def plan_reaction(events: Iterable[InstanceEvent]) -> InstanceReaction:
                 # AWS says it reclaimed it: not something cloudsend's own terminate did
                 _append_once(reaction.interrupted, event.name)
             running_names.discard(event.name)
+        elif event.kind == "expired":
+            _append_once(reaction.expired, event.name)
         elif event.kind == "running":
             running_names.add(event.name)
     reaction.replace = [name for name in reaction.replace if name not in running_names]
@@ -139,7 +172,14 @@ def _tag(tags: Sequence[dict[str, str]] | None, key: str) -> str | None:
     return None
 
 
-def _info(raw: dict[str, Any], region: str) -> InstanceInfo:
+def _minutes(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None  # not ours to trust: treated as no eco_life
+
+
+def _info(raw: dict[str, Any], region: str, observed: datetime | None = None) -> InstanceInfo:
     reason = raw.get("StateReason") or {}
     return InstanceInfo(
         id=raw["InstanceId"],
@@ -152,6 +192,8 @@ def _info(raw: dict[str, Any], region: str) -> InstanceInfo:
         state_message=reason.get("Message") or "",
         spot=raw.get("InstanceLifecycle") == "spot",
         launch_time=raw.get("LaunchTime"),
+        eco_life_minutes=_minutes(_tag(raw.get("Tags"), ECO_LIFE_TAG)),
+        observed=observed,
     )
 
 
@@ -203,8 +245,9 @@ class InstanceMonitor:
         filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in sorted(self.tags.items())]
         try:
             pages = ec2.get_paginator("describe_instances").paginate(Filters=filters)
+            now = datetime.now(timezone.utc)
             return [
-                _info(raw, region)
+                _info(raw, region, now)
                 for page in pages
                 for reservation in page.get("Reservations", [])
                 for raw in reservation.get("Instances", [])

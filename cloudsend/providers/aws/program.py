@@ -34,7 +34,7 @@ import pulumi
 import pulumi_aws as aws
 
 from cloudsend.errors import ConfigError
-from cloudsend.providers.aws.spec import InstanceSpec, StackSpec, eco_life_minutes
+from cloudsend.providers.aws.spec import ECO_LIFE_TAG, InstanceSpec, StackSpec, eco_life_minutes
 
 _EC2_TRUST_POLICY = (
     '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", '
@@ -228,6 +228,9 @@ class Compute(pulumi.ComponentResource):
         for spec in args.instances:
             ami = spec.ami if spec.ami is not None else args.amis[spec.arch]
             tags = {**_tags(args.tags, spec.name), "cloudsend:instance": spec.name}
+            if spec.eco and spec.eco_life_hours is not None:
+                # the monitor tells an eco_life end (never replaced) from a loss by this
+                tags[ECO_LIFE_TAG] = str(eco_life_minutes(spec.eco_life_hours))
             self.instances[spec.name] = aws.ec2.Instance(
                 spec.name,
                 instance_type=spec.type,

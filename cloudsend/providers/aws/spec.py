@@ -42,6 +42,8 @@ DEFAULT_DISK_GB = 20
 DEFAULT_DISK_TYPE = "gp3"
 ROOT_DISK_TYPES = ("gp3", "gp2", "io2", "io1", "standard")
 _HDD_TYPES = ("st1", "sc1")
+# On a spot instance with eco_life: its lifetime in minutes from launch (the monitor reads it).
+ECO_LIFE_TAG = "cloudsend:eco_life_minutes"
 
 # gpu: kind → the smallest common instance type that has one (used only when `type` is unset).
 GPU_DEFAULT_TYPES = {"t4": "g4dn.xlarge", "a10g": "g5.xlarge", "v100": "p3.2xlarge"}
