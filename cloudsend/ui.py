@@ -195,11 +195,20 @@ def cost_table(cost: Cost) -> Table:
             "?" if hourly is None else f"{hourly:.4f}",
             line["source"],
         )
+    for charge in doc.get("charges", []):  # public IPv4, EBS: billed beside the instances
+        table.add_row(
+            charge["name"], charge["detail"], charge["region"], "-",
+            f"{charge['hourly']:.4f}", charge["source"],
+        )
     caption = f"total ${doc['total_per_hour']:.4f}/hour"
     if doc.get("total_for_eco_life") is not None:
         caption += f", ${doc['total_for_eco_life']:.2f} over eco_life"
         if doc.get("total_for_eco_life_covers"):
             caption += f" ({doc['total_for_eco_life_covers']})"
+    unpriced = [line for line in doc.get("instances", []) if line.get("hourly") is None]
+    if unpriced:  # the total is a lower bound: say so where the total is read
+        caption += f"; incomplete: {len(unpriced)} instance(s) without a price (?) not counted"
+        table.caption_style = "yellow"
     table.caption = caption
     return table
 
@@ -269,7 +278,11 @@ def preview_doc(preview: Preview) -> dict[str, Any]:
             "cost": {"total_per_hour": 0.0},
         }
     if preview.resources is not None:
-        return {"resources": preview.resources, "cost": preview.cost.to_dict()}
+        return {
+            "resources": preview.resources,
+            "cost": preview.cost.to_dict(),
+            "warnings": preview.warnings,
+        }
     return {
         "changes": changes_to_json(preview.changes),
         "cost": preview.cost.to_dict(),

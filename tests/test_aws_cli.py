@@ -64,7 +64,9 @@ def test_offline_preview_json_needs_no_cli_and_no_credentials(
     ingress = json.dumps([g["inputs"].get("ingress") for g in groups])
     assert "0.0.0.0/0" not in ingress
     cost = doc["cost"]
-    assert cost["total_per_hour"] == pytest.approx(sum(i["hourly"] for i in cost["instances"]))
+    assert cost["total_per_hour"] == pytest.approx(
+        sum(i["hourly"] for i in cost["instances"]) + sum(c["hourly"] for c in cost["charges"])
+    )
     spot = [i for i in cost["instances"] if i["market"] == "spot"]
     assert len(spot) == 1 and spot[0]["hourly"] <= 0.1
     # the per-stack key was generated 0600 outside the project

@@ -27,6 +27,11 @@ def make_spec(instances: list[dict[str, Any]], region: str = "us-east-1") -> Sta
     )
 
 
+def charged(result: Any) -> float:
+    """The public IPv4 and EBS charges in a total (tests/test_hardening_money.py checks them)."""
+    return float(sum(c.hourly for c in result.charges))
+
+
 def table_price(region: str, itype: str, kind: str) -> float:
     value: float = price_table()["regions"][region][itype][kind]
     return value
@@ -49,7 +54,7 @@ def test_on_demand_from_the_table() -> None:
     assert [line.source for line in result.lines] == ["table"] * 3
     assert [line.market for line in result.lines] == ["on-demand"] * 3
     assert result.total_per_hour == pytest.approx(
-        3 * table_price("us-east-1", "m5.large", "on_demand")
+        3 * table_price("us-east-1", "m5.large", "on_demand") + charged(result)
     )
     assert result.complete and not result.warnings
     assert result.eco_life_hours is None and result.total_for_eco_life is None
@@ -98,7 +103,10 @@ def test_eco_life_total() -> None:
     assert result.eco_life_hours == 6
     # the whole plan over the 6 h window: spot ones until their own eco_life, the unbounded
     # spot one and the on-demand one for all 6 h (they are not only the spot instances)
-    assert result.total_for_eco_life == pytest.approx(spot * (6 + 6 + 1.5 + 6) + on_demand * 6)
+    extra = sum(c.total_for_eco_life or 0.0 for c in result.charges)
+    assert result.total_for_eco_life == pytest.approx(
+        spot * (6 + 6 + 1.5 + 6) + on_demand * 6 + extra
+    )
     assert [line.total_for_eco_life for line in result.lines] == pytest.approx(
         [spot * 6, spot * 6, spot * 1.5, spot * 6, on_demand * 6]
     )
@@ -128,7 +136,9 @@ def test_unknown_type_and_region_warn() -> None:
     result = estimate(make_spec([{"type": "x9z.huge", "number": 2}, {"type": "t3.micro"}]))
     assert [line.source for line in result.lines] == ["unknown", "unknown", "table"]
     assert result.lines[0].hourly is None
-    assert result.total_per_hour == table_price("us-east-1", "t3.micro", "on_demand")
+    assert result.total_per_hour == pytest.approx(
+        table_price("us-east-1", "t3.micro", "on_demand") + charged(result)
+    )
     assert not result.complete
     assert len(result.warnings) == 1  # one warning per (region, type), not per instance
     assert "x9z.huge" in result.warnings[0] and "not counted" in result.warnings[0]
@@ -155,7 +165,8 @@ def test_max_bid_caps_and_warns() -> None:
     # Unknown spot price: the bid is the upper bound that gets counted.
     unknown = estimate(make_spec([{"type": "x9z.huge", "eco": True, "max_bid": 0.5}]))
     assert (unknown.lines[0].hourly, unknown.lines[0].source) == (0.5, "max_bid")
-    assert unknown.total_per_hour == 0.5 and "max_bid" in unknown.warnings[0]
+    assert unknown.total_per_hour == pytest.approx(0.5 + charged(unknown))
+    assert "max_bid" in unknown.warnings[0]
 
 
 def test_most_expensive_order_and_budget_message() -> None:
@@ -187,6 +198,7 @@ def test_to_dict_is_json_ready() -> None:
     doc = json.loads(json.dumps(result.to_dict()))
     assert set(doc) == {
         "instances",
+        "charges",
         "total_per_hour",
         "complete",
         "eco_life_hours",

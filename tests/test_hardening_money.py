@@ -9,6 +9,7 @@ local hosts paired with moto instances, as tests/test_instance_monitor_pipeline.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -365,3 +366,223 @@ def test_when_every_host_expired_the_run_says_its_time_budget_ran_out(
         raise_for(summary)
     assert caught.value.exit_code == 9
     assert "  9  time budget ran out" in EXIT_CODES_HELP
+
+
+# ---- item 9: public IPv4 and EBS in the estimate and the guard -------------------------------
+
+
+def _spec(instances: list[dict[str, Any]], region: str = "us-east-1") -> Any:
+    from tests.test_aws_costs import make_spec
+
+    return make_spec(instances, region)
+
+
+def test_the_estimate_counts_public_ipv4_and_ebs_as_lines_of_their_own() -> None:
+    from cloudsend.providers.aws.costs import estimate
+    from tests.test_aws_costs import table_price
+
+    spec = _spec(
+        [
+            {"type": "m5.large", "number": 2, "disk_size": 50},  # gp3 by default
+            {"type": "m5.large", "disk_type": "gp2"},  # 20 GB by default
+            {"type": "m5.large", "disk_type": "io2", "disk_size": 100},
+        ]
+    )
+    result = estimate(spec)
+    lines = {(c.name, c.detail): c for c in result.charges}
+    assert set(lines) == {
+        ("public IPv4", "4 address(es)"),
+        ("EBS gp3", "100 GB"),
+        ("EBS gp2", "20 GB"),
+        ("EBS io2", "100 GB"),
+    }
+    assert lines["public IPv4", "4 address(es)"].hourly == pytest.approx(4 * 0.005)
+    assert lines["EBS gp3", "100 GB"].hourly == pytest.approx(100 * 0.08 / 730)
+    assert lines["EBS gp2", "20 GB"].hourly == pytest.approx(20 * 0.10 / 730)
+    assert lines["EBS io2", "100 GB"].hourly == pytest.approx(100 * 0.125 / 730)
+    instances = 4 * table_price("us-east-1", "m5.large", "on_demand")
+    extra = 4 * 0.005 + (100 * 0.08 + 20 * 0.10 + 100 * 0.125) / 730
+    assert result.total_per_hour == pytest.approx(instances + extra)
+    assert {c.source for c in result.charges} == {"rate"}
+    doc = result.to_dict()
+    assert {c["name"] for c in doc["charges"]} == {"public IPv4", "EBS gp3", "EBS gp2", "EBS io2"}
+
+
+@pytest.mark.parametrize(
+    ("volume", "per_gb_month"),
+    [("gp3", 0.08), ("gp2", 0.10), ("io1", 0.125), ("io2", 0.125), ("standard", 0.05)],
+)
+def test_ebs_rates_by_volume_type(volume: str, per_gb_month: float) -> None:
+    from cloudsend.providers.aws.costs import EBS_GB_MONTH, HOURS_PER_MONTH, estimate
+
+    assert EBS_GB_MONTH["st1"] == 0.045 and EBS_GB_MONTH["sc1"] == 0.015  # not boot volumes
+    result = estimate(_spec([{"type": "t3.micro", "disk_type": volume, "disk_size": 730}]))
+    (ebs,) = [c for c in result.charges if c.name.startswith("EBS")]
+    assert HOURS_PER_MONTH == 730
+    assert ebs.hourly == pytest.approx(per_gb_month)  # 730 GB for 730 h: the monthly rate
+
+
+def test_other_regions_are_approximated_by_the_us_east_1_ebs_rate() -> None:
+    from cloudsend.providers.aws.costs import estimate
+
+    result = estimate(_spec([{"type": "t3.micro"}], region="eu-west-1"))
+    sources = {c.name: c.source for c in result.charges}
+    assert sources == {"public IPv4": "rate", "EBS gp3": "us-east-1 rate"}
+
+
+def test_the_eco_life_total_counts_each_instance_charges_for_its_hours() -> None:
+    from cloudsend.providers.aws.costs import estimate
+
+    spec = _spec(
+        [
+            {"type": "m5.large", "eco": True, "eco_life": "2h"},  # 20 GB gp3, ends at 2 h
+            {"type": "m5.large", "eco": True, "eco_life": "6h"},
+        ]
+    )
+    result = estimate(spec)
+    per_instance = 0.005 + 20 * 0.08 / 730
+    totals = {c.name: c.total_for_eco_life for c in result.charges}
+    assert sum(v or 0.0 for v in totals.values()) == pytest.approx(per_instance * (2 + 6))
+    assert result.total_for_eco_life == pytest.approx(
+        sum(line.total_for_eco_life or 0.0 for line in result.lines) + per_instance * 8
+    )
+
+
+def test_the_budget_guard_counts_ipv4_and_ebs() -> None:
+    from cloudsend.providers.aws.costs import estimate
+    from tests.test_aws_costs import table_price
+
+    result = estimate(_spec([{"type": "t3.micro"}]))
+    instance = table_price("us-east-1", "t3.micro", "on_demand")  # 0.0104
+    limit = instance + 0.001  # the instance alone fits; with its address and disk it does not
+    message = result.over_budget(limit)
+    assert message is not None and "exceeds max_cost_per_hour" in message
+    assert "public IPv4 and EBS" in message
+
+
+def test_up_refuses_a_plan_only_ipv4_and_ebs_push_over_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard `up` and `run` apply (offline: the same estimate, no account needed)."""
+    monkeypatch.setenv("HOME", str(tmp_path))  # the stack key is made under ~/.cloudsend
+    from cloudsend.config import load_config
+    from cloudsend.errors import ConfigError
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    config = load_config(
+        {
+            "project": "budget",
+            "provider": "aws",
+            "region": "us-east-1",
+            "max_cost_per_hour": 0.012,  # t3.micro is 0.0104/h on its own
+            "instances": [{"type": "t3.micro", "img_id": "ami-12345678"}],
+            "jobs": [{"run_command": "true"}],
+        }
+    )
+    provider = AwsProvider(config)
+    with pytest.raises(ConfigError, match="public IPv4 and EBS"):
+        provider.preview(offline=True, enforce_budget=True)
+
+
+def test_the_online_estimate_counts_them_too(
+    moto_aws: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`preview` online: live prices (moto's spot prices; its Pricing API fails: the table
+    fills in), and the same IPv4 and EBS lines in the total and the guard."""
+    from cloudsend.config import load_config
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = load_config(
+        {
+            "project": "online",
+            "provider": "aws",
+            "region": "us-east-1",
+            "instances": [{"type": "t3.micro", "img_id": "ami-12345678", "eco": True}],
+            "jobs": [{"run_command": "true"}],
+        }
+    )
+    provider = AwsProvider(config)
+    cost, _warnings = provider.cost(provider.plan(offline=True), live=True)
+    assert {c.name for c in cost.charges} == {"public IPv4", "EBS gp3"}
+    spot = cost.lines[0].hourly
+    assert spot is not None
+    assert cost.total_per_hour == pytest.approx(spot + 0.005 + 20 * 0.08 / 730)
+    # the instance alone would fit such a budget; with its address and disk it does not
+    assert "public IPv4 and EBS" in (cost.over_budget(spot + 0.001) or "")
+
+
+# ---- items 9 and 10: what `preview --offline` prints --------------------------------------------
+
+PREVIEW_CONFIG = """
+project: moneyprev
+provider: aws
+region: us-east-1
+max_cost_per_hour: 0.05
+instances:
+  - type: x9z.huge
+    img_id: ami-12345678
+  - type: m5.large
+    img_id: ami-12345678
+    disk_size: 50
+jobs:
+  - run_command: echo hi
+"""
+
+
+def _offline_env(tmp_path: Path) -> dict[str, str]:
+    import os
+
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    python_dir = str(Path(os.__file__).parents[2] / "bin")
+    return {
+        "HOME": str(home),
+        "PATH": f"{python_dir}:/usr/bin:/bin",
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_CONFIG_FILE": "/nonexistent",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+    }
+
+
+def test_offline_preview_says_what_it_cannot_price_and_that_the_budget_is_exceeded(
+    project: Project, tmp_path: Path
+) -> None:
+    project.config(PREVIEW_CONFIG)
+    proc = project.cli("preview", "--offline", env=_offline_env(tmp_path), check=True)
+    text = " ".join(proc.stdout.split())  # rich wraps at the terminal width
+    assert "warning: no on-demand price known for x9z.huge in us-east-1" in text
+    assert "incomplete: 1 instance(s) without a price (?) not counted" in text
+    assert "warning: estimated $" in text and "exceeds max_cost_per_hour $0.0500" in text
+    assert "`up` refuses this plan" in text
+    assert "public IPv4" in text and "EBS gp3" in text  # item 9: lines of the table
+    doc = json.loads(
+        project.cli("preview", "--offline", "--json", env=_offline_env(tmp_path), check=True).stdout
+    )
+    assert doc["cost"]["complete"] is False
+    assert any("exceeds max_cost_per_hour" in w for w in doc["warnings"])
+    assert {c["name"] for c in doc["cost"]["charges"]} == {"public IPv4", "EBS gp3"}
+
+
+def test_offline_preview_warnings_are_in_a_warning_colour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # the stack key is made under ~/.cloudsend
+    import yaml
+    from rich.console import Console
+
+    from cloudsend.config import load_config
+    from cloudsend.providers.aws.provider import AwsProvider
+    from cloudsend.ui import print_preview
+
+    config = load_config(yaml.safe_load(PREVIEW_CONFIG))
+    preview = AwsProvider(config).preview(offline=True)
+    console = Console(width=300, record=True, force_terminal=True, color_system="standard")
+    print_preview(console, preview)
+    ansi = console.export_text(styles=True)
+    yellow = "\x1b[33m"
+    warned = [line for line in ansi.splitlines() if "warning:" in line]
+    assert len(warned) >= 2 and all(yellow in line for line in warned), warned
+    caption = next(line for line in ansi.splitlines() if "incomplete:" in line)
+    assert yellow in caption

@@ -114,6 +114,7 @@ def changes_to_json(changes: Iterable[ResourceChange]) -> list[dict[str, Any]]:
 class Cost(Protocol):
     """An hourly cost estimate (aws: costs.CostEstimate). `to_dict()` is what is shown:
     {"as_of", "instances": [{"name", "type", "region", "market", "hourly", "source"}],
+    "charges"?: [{"name", "detail", "region", "hourly", "source"}] (public IPv4, EBS),
     "total_per_hour", "total_for_eco_life"?, "total_for_eco_life_covers"?, "warnings"}."""
 
     total_per_hour: float

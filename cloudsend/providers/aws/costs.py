@@ -9,7 +9,14 @@ live price wins over the table key by key.
 A spot instance is estimated at the spot price, capped at its max_bid (it never pays more).
 A max_bid below the estimated spot price is warned about: such a request may never start.
 Unknown (region, type) pairs are left out of the total with a warning rather than guessed.
-EBS volumes and data transfer are not counted (a few cents a day for the default 20 GB).
+
+Beside the instance-hours, two charges every instance brings are counted, as `charges` lines of
+their own (in the total, the eco_life total and the max_cost_per_hour guard): its public IPv4
+address ($0.005 per address-hour since 2024-02, the same in every region) and its root EBS
+volume (USD per GB-month by volume type, us-east-1 list prices, at 730 hours a month; other
+regions are approximated by the us-east-1 rate, which is within ~20% of theirs). Provisioned
+IOPS/throughput above the baseline, snapshots and data transfer are not counted. A stopped
+instance (auto_stop) still pays for its volume, not for an auto-assigned public IP.
 
 The eco_life total is what the whole plan costs over the longest eco_life: every instance, not
 only the spot ones. A spot instance ends at its own eco_life (the program shuts it down); an
@@ -29,6 +36,31 @@ from typing import Any
 from cloudsend.providers.aws.spec import StackSpec
 
 LivePrices = Mapping[tuple[str, str], Mapping[str, float | None]]
+
+HOURS_PER_MONTH = 730  # AWS's own conversion of monthly rates
+PUBLIC_IPV4_HOURLY = 0.005  # USD per public IPv4 address-hour (since 2024-02-01, all regions)
+EBS_REGION = "us-east-1"  # the region the EBS rates are from; others approximated by them
+EBS_GB_MONTH = {  # USD per GB-month of an EBS volume, us-east-1
+    "gp3": 0.08,
+    "gp2": 0.10,
+    "io1": 0.125,
+    "io2": 0.125,
+    "st1": 0.045,
+    "sc1": 0.015,
+    "standard": 0.05,
+}
+
+
+@dataclass(frozen=True)
+class ChargeLine:
+    """A charge beside the instance-hours, summed over the stack's instances in a region."""
+
+    name: str  # "public IPv4" | "EBS <volume type>"
+    detail: str  # what is counted: "3 address(es)", "60 GB"
+    region: str
+    hourly: float
+    source: str  # "rate", or "us-east-1 rate" where another region's is approximated
+    total_for_eco_life: float | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +85,7 @@ class CostEstimate:
     eco_life_hours: float | None = None  # the longest eco_life among spot instances
     total_for_eco_life: float | None = None  # every priced instance over that window
     warnings: list[str] = field(default_factory=list)
+    charges: list[ChargeLine] = field(default_factory=list)  # public IPv4, EBS (in the totals)
 
     @property
     def eco_life_note(self) -> str | None:
@@ -98,14 +131,17 @@ class CostEstimate:
             f"{line.name} ({line.type}, {line.market}) ${line.hourly:.4f}/h"
             for line in self.most_expensive(3)
         )
+        extra = sum(c.hourly for c in self.charges)
+        charged = f"; public IPv4 and EBS: ${extra:.4f}/h" if extra else ""
         return (
             f"estimated ${self.total_per_hour:.4f}/hour exceeds max_cost_per_hour "
-            f"${limit:.4f}; most expensive: {top}"
+            f"${limit:.4f}; most expensive: {top}{charged}"
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "instances": [asdict(line) for line in self.lines],
+            "charges": [asdict(line) for line in self.charges],
             "total_per_hour": round(self.total_per_hour, 6),
             "complete": self.complete,
             "eco_life_hours": self.eco_life_hours,
@@ -173,16 +209,55 @@ def estimate(spec: StackSpec, live: LivePrices | None = None) -> CostEstimate:
             else line
             for line in lines
         ]
+    charges = charge_lines(spec, window, warnings)
+    priced = [line.hourly for line in lines if line.hourly is not None]
     return CostEstimate(
         lines=lines,
-        total_per_hour=sum(line.hourly for line in lines if line.hourly is not None),
+        total_per_hour=sum(priced) + sum(c.hourly for c in charges),
         as_of=table["as_of"],
         eco_life_hours=window,
         total_for_eco_life=None
         if window is None
-        else sum(line.total_for_eco_life or 0.0 for line in lines),
+        else sum(line.total_for_eco_life or 0.0 for line in lines)
+        + sum(c.total_for_eco_life or 0.0 for c in charges),
         warnings=warnings,
+        charges=charges,
     )
+
+
+def charge_lines(spec: StackSpec, window: float | None, warnings: list[str]) -> list[ChargeLine]:
+    """The public IPv4 and root-volume charges of `spec`'s instances, one line per (charge,
+    region) in order of appearance; over the eco_life `window` each instance's share counts
+    for the hours it runs (its own eco_life when it is a spot one with one)."""
+    sums: dict[tuple[str, str], list[float]] = {}  # (name, region) → [amount, hourly, total]
+    for inst in spec.instances:
+        hours = (inst.eco_life_hours if inst.eco else None) or window or 0.0
+        items = [("public IPv4", 1.0, PUBLIC_IPV4_HOURLY)]
+        rate = EBS_GB_MONTH.get(inst.disk_type)
+        if rate is None:
+            warnings.append(f"{inst.name}: no EBS rate for {inst.disk_type}: its disk not counted")
+        else:
+            gb = float(inst.disk_size)
+            items.append((f"EBS {inst.disk_type}", gb, gb * rate / HOURS_PER_MONTH))
+        for name, amount, hourly in items:
+            acc = sums.setdefault((name, inst.region), [0.0, 0.0, 0.0])
+            acc[0] += amount
+            acc[1] += hourly
+            acc[2] += hourly * hours
+    out: list[ChargeLine] = []
+    for (name, region), (amount, hourly, total) in sums.items():
+        ebs = name.startswith("EBS")
+        out.append(
+            ChargeLine(
+                name=name,
+                detail=f"{amount:g} GB" if ebs else f"{amount:g} address(es)",
+                region=region,
+                hourly=hourly,
+                source=f"{EBS_REGION} rate" if ebs and region != EBS_REGION else "rate",
+                total_for_eco_life=None if window is None else total,
+            )
+        )
+    return out
 
 
 def _lookup(

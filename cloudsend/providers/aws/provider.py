@@ -157,7 +157,10 @@ class AwsProvider:
             if enforce_budget:
                 self.check_budget(cost)
             resources = declared_resources(spec)
-            return Preview("aws", len(spec.instances), resources=resources, cost=cost)
+            warnings = list(cost.warnings) + self.budget_warnings(cost)
+            return Preview(
+                "aws", len(spec.instances), resources=resources, cost=cost, warnings=warnings
+            )
         spec = self.plan()
         cost, warnings = self.cost(spec)
         if enforce_budget:
@@ -168,8 +171,13 @@ class AwsProvider:
             len(spec.instances),
             changes=changes,
             cost=cost,
-            warnings=self.plan_notices + warnings + list(cost.warnings),
+            warnings=[*self.plan_notices, *warnings, *cost.warnings, *self.budget_warnings(cost)],
         )
+
+    def budget_warnings(self, cost: Any) -> list[str]:
+        """What `preview` says about max_cost_per_hour (`up` refuses instead: check_budget)."""
+        message = cost.over_budget(self.config.aws.max_cost_per_hour)
+        return [f"{message} (`up` refuses this plan)"] if message else []
 
     def check_budget(self, cost: Any) -> None:
         message = cost.over_budget(self.config.aws.max_cost_per_hour)
