@@ -241,6 +241,49 @@ def test_the_program_tags_spot_instances_with_their_eco_life() -> None:
     assert ECO_LIFE_TAG not in found[on_demand]
 
 
+def test_a_replacement_up_leaves_expired_hosts_out(
+    moto_aws: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replacing an interrupted host runs `up` for the whole stack: a host that ran out its
+    eco_life must not come back with it (a new instance, a new eco_life, nobody using it)."""
+    from cloudsend.config import load_config
+    from cloudsend.providers.aws import offline
+    from cloudsend.providers.aws.provider import AwsProvider
+    from cloudsend.providers.aws.spec import ECO_LIFE_TAG
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = load_config(
+        {
+            "project": "retire",
+            "provider": "aws",
+            "region": "us-east-1",
+            "instances": [
+                {
+                    "type": "t3.micro",
+                    "img_id": "ami-12345678",
+                    "eco": True,
+                    "eco_life": "1h",
+                    "number": 3,
+                }
+            ],
+            "jobs": [{"run_command": "true"}],
+        }
+    )
+    provider = AwsProvider(config)
+    spec = provider.plan(offline=True)
+    names = [i.name for i in spec.instances]
+    ids = moto_aws.run_instances(3, {**spec.tags, ECO_LIFE_TAG: "60"}, spot=True, names=names)
+    _end_of_eco_life(moto_aws, ids[0])
+    moto_aws.spot_interrupt(ids[1])
+    assert provider.retire_expired({names[1]}) == {names[0]}
+    declared = [
+        res["name"]
+        for res in offline.declared_resources(provider.active(spec))
+        if res["type"] == "aws:ec2/instance:Instance"
+    ]
+    assert sorted(declared) == [names[1], names[2]]
+
+
 # ---- item 8: the pipeline, real local hosts paired with moto instances ---------------------------
 
 

@@ -9,6 +9,7 @@ down()     pulumi destroy, then a boto3 check that nothing tagged with the stack
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,9 @@ class AwsProvider:
         self.plan_notices: list[str] = []  # what the last online plan adjusted (cpus)
         self._machines: AwsMachines | None = None
         self._instance_monitor: InstanceMonitor | None = None
+        # hosts whose machines ran out their eco_life during this run: `up` (a replacement of
+        # other hosts) leaves them out instead of re-creating them with a new eco_life
+        self.retired: set[str] = set()
 
     @property
     def machines(self) -> AwsMachines:
@@ -192,7 +196,7 @@ class AwsProvider:
 
     def up(self, *, refresh: bool = False) -> list[Host]:
         """pulumi up, refreshing first when asked or when an instance of the stack is gone."""
-        spec = self.plan()
+        spec = self.active(self.plan())
         cost, _ = self.cost(spec)
         self.check_budget(cost)
         engine = self.engine(spec)
@@ -335,9 +339,25 @@ class AwsProvider:
         return self._instance_monitor
 
     def _replace(self, names: list[str]) -> list[Host]:
-        """refresh + pulumi up: terminated instances are re-created under the same names."""
+        """refresh + pulumi up: terminated instances are re-created under the same names,
+        except those that ran out their eco_life (retired: eco_life caps what they cost)."""
         wanted = set(names)
+        self.retire_expired(wanted)
         return [h for h in self.up(refresh=True) if h.name in wanted]
+
+    def active(self, spec: Any) -> Any:
+        """`spec` without the retired hosts' instances (what `up` declares)."""
+        if not self.retired:
+            return spec
+        kept = tuple(i for i in spec.instances if i.name not in self.retired)
+        return dataclasses.replace(spec, instances=kept)
+
+    def retire_expired(self, keep: set[str]) -> set[str]:
+        """Hosts (other than `keep`) whose latest instance ran out its eco_life join
+        `retired`, so `up` does not re-create them; returns the retired hosts."""
+        infos = self._monitor().instances()
+        self.retired |= {n for n, i in infos.items() if i.kind == "expired" and n not in keep}
+        return set(self.retired)
 
     def notices(self) -> list[str]:
         return self.plan_notices + [
