@@ -197,8 +197,12 @@ def cost_table(cost: Cost) -> Table:
         )
     for charge in doc.get("charges", []):  # public IPv4, EBS: billed beside the instances
         table.add_row(
-            charge["name"], charge["detail"], charge["region"], "-",
-            f"{charge['hourly']:.4f}", charge["source"],
+            charge["name"],
+            charge["detail"],
+            charge["region"],
+            "-",
+            f"{charge['hourly']:.4f}",
+            charge["source"],
         )
     caption = f"total ${doc['total_per_hour']:.4f}/hour"
     if doc.get("total_for_eco_life") is not None:

@@ -14,7 +14,8 @@ Beside the instance-hours, two charges every instance brings are counted, as `ch
 their own (in the total, the eco_life total and the max_cost_per_hour guard): its public IPv4
 address ($0.005 per address-hour since 2024-02, the same in every region) and its root EBS
 volume (USD per GB-month by volume type, us-east-1 list prices, at 730 hours a month; other
-regions are approximated by the us-east-1 rate, which is within ~20% of theirs). Provisioned
+regions are approximated by the us-east-1 rate, as their lines' source "us-east-1 rate" says:
+no per-region figures are bundled, and most regions charge somewhat more). Provisioned
 IOPS/throughput above the baseline, snapshots and data transfer are not counted. A stopped
 instance (auto_stop) still pays for its volume, not for an auto-assigned public IP.
 
