@@ -192,9 +192,11 @@ def cost_table(cost: Cost) -> Table:
             line["type"],
             line["region"],
             line["market"],
-            "?" if hourly is None else f"{hourly:.4f}",
-            line["source"],
+            Text("?", style="yellow") if hourly is None else f"{hourly:.4f}",
+            Text(line["source"], style="yellow" if hourly is None else ""),
         )
+    if doc.get("charges"):
+        table.add_section()
     for charge in doc.get("charges", []):  # public IPv4, EBS: billed beside the instances
         table.add_row(
             charge["name"],
