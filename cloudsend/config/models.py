@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shlex
 from datetime import timedelta
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
@@ -30,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from cloudsend.config import shellwords
 from cloudsend.errors import ConfigError
 
 _ONE_OR_MANY = {
@@ -555,7 +555,7 @@ class Config(_Model):
         if job.run_script is None or not job.run_script.strip():
             return None
         try:
-            argv = shlex.split(job.run_script)
+            argv = shellwords.split(job.run_script)
         except ValueError as exc:
             raise ConfigError(f"run_script {job.run_script!r} cannot be split: {exc}") from None
         if not argv:
