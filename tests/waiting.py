@@ -36,10 +36,16 @@ def wait_until(
 
 
 def sleeping(pid: int) -> bool:
-    """The process is in a timed sleep (time.sleep), e.g. a long poll waiting for a change."""
+    """The process is in a timed sleep (time.sleep), e.g. a long poll waiting for a change.
+    Where the kernel hides wchan ("0"), any interruptible sleep counts."""
     try:
         with open(f"/proc/{pid}/wchan") as fh:
-            return "nanosleep" in fh.read()
+            wchan = fh.read().strip()
+        if wchan not in ("", "0"):
+            return "nanosleep" in wchan
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+        return data[data.rindex(b")") + 2 :].split()[0] == b"S"
     except OSError:
         return False
 
