@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import pytest
 
@@ -167,15 +167,24 @@ def _shadow_password(name: str) -> str | None:
     return None
 
 
-def _read_record(name: str) -> dict[str, Any]:
+class _UserRecord(TypedDict):
+    """USERS_STATE/<name>.json: what the harness changed for a test user, and who holds it."""
+
+    created_user: bool  # the harness ran useradd (userdel -r undoes it)
+    sudoers: str | None  # the sudoers entry the harness wrote
+    password: str | None  # the locked password field it replaced with "*" on a user it found
+    holders: list[str]  # test processes using the user ("pid:start time")
+
+
+def _read_record(name: str) -> _UserRecord:
     path = USERS_STATE / f"{name}.json"
     if path.exists():
-        record: dict[str, Any] = json.loads(path.read_text())
+        record: _UserRecord = json.loads(path.read_text())
         return record
     return {"created_user": False, "sudoers": None, "password": None, "holders": []}
 
 
-def _write_record(name: str, record: dict[str, Any]) -> None:
+def _write_record(name: str, record: _UserRecord) -> None:
     path = USERS_STATE / f"{name}.json"
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
