@@ -96,7 +96,9 @@ class OfflineMocks(Mocks):
     def call(self, args: MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]]]:
         if args.token == "aws:ssm/getParameter:getParameter":
             name = args.args.get("name", "")
-            return {"name": name, "value": OFFLINE_AMI, "type": "String", "id": name}, []
+            value = OFFLINE_AMI
+            return {"name": name, "value": value, "insecureValue": value, "type": "String",
+                    "id": name}, []
         if args.token == "aws:ec2/getSubnets:getSubnets":
             vpcs = [
                 v

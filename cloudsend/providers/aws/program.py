@@ -240,6 +240,7 @@ class Compute(pulumi.ComponentResource):
                 root_block_device={
                     "volume_size": spec.disk_size,
                     "volume_type": spec.disk_type,
+                    **({"iops": spec.disk_iops} if spec.disk_iops is not None else {}),
                     "delete_on_termination": True,
                     "encrypted": True,
                     "tags": tags,  # volumes are tagged too, so leak checks find them
@@ -300,18 +301,24 @@ def _latest_ubuntu(
     """arch → the latest Ubuntu LTS image of the region (SSM public parameter), for the
     instances that have no AMI given; looked up through the region's provider (the parent's)."""
     wanted = {i.arch: i.ssm_parameter for i in members if i.ami is None}
+    # insecure_value: the provider marks `value` secret for every parameter, so the AMI id
+    # would show as [secret] in the outputs; Canonical's parameters are plain Strings (the
+    # provider fills insecure_value for any parameter that is not a SecureString).
     return {
         arch: aws.ssm.get_parameter_output(
-            name=name, opts=pulumi.InvokeOptions(parent=parent)
-        ).value
+            name=name, with_decryption=False, opts=pulumi.InvokeOptions(parent=parent)
+        ).insecure_value
         for arch, name in sorted(wanted.items())
     }
 
 
 def declare(spec: StackSpec) -> dict[str, aws.ec2.Instance]:
     """Declare every resource of `spec`; returns the instances by name."""
+    # profile: the same account as boto3's lookups, the monitor and the leak check (an
+    # ambient AWS_PROFILE or default credentials could name another one).
     providers = {
-        region: aws.Provider(f"{spec.project}-{region}", region=region) for region in spec.regions
+        region: aws.Provider(f"{spec.project}-{region}", region=region, profile=spec.profile)
+        for region in spec.regions
     }
     identity = Identity(
         f"{spec.project}-identity",

@@ -129,16 +129,20 @@ class AwsProvider:
         return estimate(spec, prices), warnings
 
     def engine(self, spec: Any) -> Any:
-        from cloudsend.providers.aws.engine import Engine
+        from cloudsend.providers.aws.engine import Engine, backend_for_profile
         from cloudsend.providers.aws.program import make_program
 
+        profile = self.config.aws.profile
+        backend = self.config.aws.state_backend
         return Engine(
             self.project,
             self.stack,
             make_program(spec),
-            backend_url=self.config.aws.state_backend,
+            backend_url=backend_for_profile(backend, profile) if backend else None,
             secrets_provider=self.config.aws.secrets_provider,
             region=spec.region,
+            # the engine and its plugins (an s3:// backend, awskms:// secrets) use the profile too
+            env={"AWS_PROFILE": profile} if profile else None,
         )
 
     def offline(self) -> tuple[list[dict[str, Any]], Any]:
@@ -162,7 +166,8 @@ class AwsProvider:
         cost, warnings = self.cost(spec)
         if enforce_budget:
             self.check_budget(cost)
-        changes = self.engine(spec).preview()
+        # refreshed, like `up`: an instance that ended outside Pulumi is shown as re-created
+        changes = self.engine(spec).preview(refresh=True)
         return Preview(
             "aws",
             len(spec.instances),

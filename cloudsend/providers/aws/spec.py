@@ -42,6 +42,10 @@ DEFAULT_DISK_GB = 20
 DEFAULT_DISK_TYPE = "gp3"
 ROOT_DISK_TYPES = ("gp3", "gp2", "io2", "io1", "standard")
 _HDD_TYPES = ("st1", "sc1")
+# Provisioned IOPS: EC2 requires Iops for io1/io2 and allows it on gp3 (3000 included);
+# type → (most IOPS per GB, most IOPS per volume). gp2/standard take none.
+IOPS_LIMITS = {"io1": (50, 64_000), "io2": (1_000, 256_000), "gp3": (500, 16_000)}
+DEFAULT_IOPS = 3_000
 
 # gpu: kind → the smallest common instance type that has one (used only when `type` is unset).
 GPU_DEFAULT_TYPES = {"t4": "g4dn.xlarge", "a10g": "g5.xlarge", "v100": "p3.2xlarge"}
@@ -68,6 +72,7 @@ class InstanceSpec:
     region: str
     disk_size: int
     disk_type: str
+    disk_iops: int | None = None  # io1/io2 always (EC2 requires it), gp3 when asked
     eco: bool = False
     max_price: str | None = None  # spot only, "$/hour" as EC2 wants it (a string)
     valid_until: str | None = None  # spot only: now + eco_life, UTC "YYYY-MM-DDTHH:MM:SSZ"
@@ -98,6 +103,8 @@ class StackSpec:
     iam_policy_arns: tuple[str, ...] = ()
     vpc_ids: dict[str, str] = field(default_factory=dict)  # region → cloud_id given for it
     tags: dict[str, str] = field(default_factory=dict)
+    # The config's `profile:`: the Pulumi providers deploy with the account boto3 looks at.
+    profile: str | None = None
 
     @property
     def vpc_id(self) -> str | None:
@@ -180,6 +187,7 @@ def stack_spec(
         iam_policy_arns=tuple(_check_arns(config.aws.iam_policy_arns)),
         vpc_ids=vpc_ids,
         tags={"cloudsend:project": project, "cloudsend:stack": stack},
+        profile=config.aws.profile or None,
     )
 
 
@@ -204,6 +212,8 @@ def _instance(
             f"{where}.disk_type: unknown EBS volume type {entry.disk_type!r}",
             hint=f"use one of {', '.join(ROOT_DISK_TYPES)}",
         )
+    disk_size = entry.disk_size or DEFAULT_DISK_GB
+    iops = _disk_iops(where, disk_type, disk_size, entry.disk_iops)
     life = entry.eco_life if entry.eco else None
     return InstanceSpec(
         name=name,
@@ -212,8 +222,9 @@ def _instance(
         ami=entry.img_id or _given_ami(amis, region, itype),
         username=entry.img_username or DEFAULT_USERNAME,
         region=region,
-        disk_size=entry.disk_size or DEFAULT_DISK_GB,
+        disk_size=disk_size,
         disk_type=disk_type,
+        disk_iops=iops,
         eco=entry.eco,
         max_price=price_text(entry.max_bid) if entry.eco and entry.max_bid else None,
         valid_until=_deadline(now, life) if life else None,
@@ -224,6 +235,31 @@ def _instance(
         arch="arm64" if _ARM_FAMILY.match(itype.split(".")[0]) else "amd64",
         ami_pinned=bool(entry.img_id),
     )
+
+
+def _disk_iops(where: str, disk_type: str, size: int, asked: int | None) -> int | None:
+    """The root volume's Iops: EC2 refuses io1/io2 volumes without one ("Iops is required")."""
+    limits = IOPS_LIMITS.get(disk_type)
+    if limits is None:
+        if asked is not None:
+            raise ConfigError(
+                f"{where}.disk_iops: a {disk_type} volume has no provisioned IOPS",
+                hint="remove disk_iops, or use disk_type io2, io1 or gp3",
+            )
+        return None
+    per_gb, most = limits
+    allowed = min(most, per_gb * size)
+    if asked is None:
+        if disk_type == "gp3":
+            return None  # gp3's 3000 baseline is included
+        asked = min(DEFAULT_IOPS, allowed)
+    if asked > allowed or asked < 100:
+        raise ConfigError(
+            f"{where}.disk_iops: {asked} IOPS on a {size} GB {disk_type} volume; EC2 allows "
+            f"100 to {allowed} ({per_gb} per GB, at most {most})",
+            hint="lower disk_iops or raise disk_size",
+        )
+    return asked
 
 
 def _given_ami(amis: Mapping[Any, str] | None, region: str, itype: str) -> str | None:

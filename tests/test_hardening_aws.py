@@ -1,0 +1,288 @@
+"""Issue 10, the aws items: the profile reaches Pulumi, io1/io2 IOPS, availability zones, the
+pulumi floor, max_bid, the AMI output in the clear, a refreshed preview, `down --keep`, and
+credentials errors.
+
+Real components only: the program under Pulumi's mock runtime (recorded inputs), boto3 against
+a real moto server (tests/moto_harness.py), and the real Automation API driving a stand-in
+`pulumi` executable that records what the SDK asked of it (the real CLI cannot be installed
+here; the stand-in never answers for Pulumi, it only fails the operation after recording).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("pulumi_aws")
+
+from cloudsend.config import load_config  # noqa: E402
+from cloudsend.errors import ConfigError, ProvisionError  # noqa: E402
+from cloudsend.providers.aws import offline  # noqa: E402
+from cloudsend.providers.aws.spec import StackSpec, stack_spec  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests test"
+INSTANCE = "aws:ec2/instance:Instance"
+PROVIDER = "pulumi:providers:aws"
+
+
+def make_spec(doc: dict[str, Any], **kwargs: Any) -> StackSpec:
+    config = load_config({"project": "demo", "provider": "aws", "region": "us-east-1", **doc})
+    options: dict[str, Any] = {"public_key": KEY, "ssh_cidrs": ["198.51.100.23/32"], "now": NOW}
+    options.update(kwargs)
+    return stack_spec(config, **options)
+
+
+def instances(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["name"]: r["inputs"] for r in resources if r["type"] == INSTANCE}
+
+
+def _stub_pulumi(bin_dir: Path, record: Path) -> None:
+    """A `pulumi` executable that records each call (AWS_PROFILE and argv, one JSON line),
+    reports a version, accepts the set-up commands and fails preview/up/destroy/refresh the
+    way the real CLI fails (exit 255, a message on stderr)."""
+    script = bin_dir / "pulumi"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"{shlex.quote(__import__('sys').executable)} -c 'import json, os, sys; "
+        "print(json.dumps({\"profile\": os.environ.get(\"AWS_PROFILE\"), \"argv\": sys.argv[1:]}))'"
+        f' "$@" >> {shlex.quote(str(record))}\n'
+        'for a in "$@"; do case "$a" in\n'
+        "  version) echo v3.272.0; exit 0;;\n"
+        '  preview|up|destroy|refresh) echo "error: stand-in pulumi: no engine" >&2; exit 255;;\n'
+        "esac; done\nexit 0\n"
+    )
+    script.chmod(0o755)
+
+
+def _calls(record: Path) -> list[dict[str, Any]]:
+    if not record.exists():
+        return []
+    return [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE", "PULUMI_BACKEND_URL"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture
+def stub_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The stand-in pulumi first on PATH; returns the file its calls are recorded in."""
+    bin_dir = tmp_path / "stub-bin"
+    bin_dir.mkdir()
+    record = tmp_path / "pulumi-calls.jsonl"
+    _stub_pulumi(bin_dir, record)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    return record
+
+
+def _write_profile(moto_aws: Any, name: str, region: str = "eu-west-1") -> None:
+    """A named profile in the (per-test) AWS config files the moto fixture points boto3 at."""
+    import os
+
+    Path(os.environ["AWS_CONFIG_FILE"]).write_text(f"[profile {name}]\nregion = {region}\n")
+    Path(os.environ["AWS_SHARED_CREDENTIALS_FILE"]).write_text(
+        f"[{name}]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+    )
+
+
+def _aws_provider(tmp_path: Path, doc: str) -> Any:
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    path = tmp_path / "proj" / "cloudsend.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(doc)
+    return AwsProvider(load_config(path))
+
+
+# -- 1. profile: reaches the Pulumi providers, the engine's environment and an s3 backend ------
+
+
+def test_profile_is_set_on_every_aws_provider_resource() -> None:
+    spec = make_spec(
+        {"profile": "team", "instances": [{}, {"region": "eu-west-1"}]}, default_region=None
+    )
+    providers = [r for r in offline.declared_resources(spec) if r["type"] == PROVIDER]
+    assert {r["inputs"].get("region") for r in providers} == {"us-east-1", "eu-west-1"}
+    assert all(r["inputs"].get("profile") == "team" for r in providers), providers
+    # without profile: none set (the default chain, as boto3 uses it)
+    plain = make_spec({"instances": [{}]})
+    assert all(
+        "profile" not in r["inputs"]
+        for r in offline.declared_resources(plain)
+        if r["type"] == PROVIDER
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "profile", "expected"),
+    [
+        ("s3://bucket/prefix", "team", "s3://bucket/prefix?profile=team"),
+        ("s3://b?region=eu-west-1", "team", "s3://b?region=eu-west-1&profile=team"),
+        ("s3://b?profile=other", "team", "s3://b?profile=other"),  # the URL's own wins
+        ("s3://b", None, "s3://b"),
+        ("file:///tmp/state", "team", "file:///tmp/state"),
+        ("s3://b", "my team", "s3://b?profile=my%20team"),
+    ],
+)
+def test_backend_for_profile(url: str, profile: str | None, expected: str) -> None:
+    from cloudsend.providers.aws.engine import backend_for_profile
+
+    assert backend_for_profile(url, profile) == expected
+
+
+def test_online_preview_runs_pulumi_with_the_profile_and_refreshes(
+    moto_aws: Any, home: Path, stub_cli: Path, tmp_path: Path
+) -> None:
+    """Items 1 and 7 through the provider: every pulumi call gets AWS_PROFILE, the s3 backend
+    names the profile, and the preview is a refreshed one (`pulumi preview --refresh`)."""
+    _write_profile(moto_aws, "team")
+    provider = _aws_provider(
+        tmp_path,
+        "project: prof\nprovider: aws\nprofile: team\nregion: us-east-1\n"
+        "ssh_cidrs: [198.51.100.7/32]\nstate_backend: s3://state-bucket/cs\n"
+        "instances:\n  - {type: t3.micro}\njobs:\n  - run_command: 'true'\n",
+    )
+    spec = provider.plan()
+    assert spec.profile == "team"
+    assert provider.engine(spec).backend_url == "s3://state-bucket/cs?profile=team"
+    with pytest.raises(ProvisionError, match="pulumi preview failed"):
+        provider.preview()
+    calls = [c for c in _calls(stub_cli) if c["argv"] != ["version"]]  # the SDK's own probe
+    assert calls and all(c["profile"] == "team" for c in calls), calls
+    previews = [c["argv"] for c in calls if "preview" in c["argv"]]
+    assert previews and "--refresh" in previews[0], calls
+
+
+def test_engine_preview_without_refresh_by_default(home: Path, stub_cli: Path) -> None:
+    from cloudsend.providers.aws.engine import Engine
+
+    def program() -> None:
+        pass
+
+    engine = Engine("demo", "dev", program, plugins={})
+    with pytest.raises(ProvisionError):
+        engine.preview()
+    with pytest.raises(ProvisionError):
+        engine.preview(refresh=True)
+    previews = [c["argv"] for c in _calls(stub_cli) if "preview" in c["argv"]]
+    assert len(previews) == 2
+    assert "--refresh" not in previews[0] and "--refresh" in previews[1]
+
+
+# -- 2. io1/io2 root disks get Iops ---------------------------------------------------------------
+
+
+def _root(spec: StackSpec) -> dict[str, Any]:
+    (inputs,) = instances(offline.declared_resources(spec)).values()
+    return dict(inputs["rootBlockDevice"])
+
+
+@pytest.mark.parametrize(
+    ("disk", "iops"),
+    [
+        ({"disk_type": "io2"}, 3000),  # default, within io2's 1000/GB on 20 GB
+        ({"disk_type": "io1"}, 1000),  # 50/GB on the default 20 GB
+        ({"disk_type": "io1", "disk_size": 100}, 3000),
+        ({"disk_type": "io2", "disk_iops": 8000, "disk_size": 50}, 8000),
+        ({"disk_type": "gp3", "disk_iops": 6000}, 6000),
+        ({"disk_type": "gp3"}, None),  # gp3's 3000 is included: nothing to provision
+        ({}, None),
+    ],
+)
+def test_root_volume_iops(disk: dict[str, Any], iops: int | None) -> None:
+    root = _root(make_spec({"instances": [disk]}))
+    assert root.get("iops") == iops
+
+
+@pytest.mark.parametrize(
+    ("disk", "words"),
+    [
+        ({"disk_type": "gp2", "disk_iops": 3000}, "has no provisioned IOPS"),
+        ({"disk_type": "io1", "disk_iops": 5000}, "EC2 allows 100 to 1000"),
+        ({"disk_type": "io1", "disk_size": 1}, "EC2 allows 100 to 50"),
+    ],
+)
+def test_impossible_iops_are_refused(disk: dict[str, Any], words: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)) as info:
+        make_spec({"instances": [disk]})
+    assert "instances[0].disk_iops" in info.value.message and info.value.hint
+
+
+def test_disk_iops_bounds_in_the_config() -> None:
+    with pytest.raises(ConfigError, match="disk_iops"):
+        load_config({"provider": "aws", "instances": [{"disk_type": "io2", "disk_iops": 10}]})
+
+
+# -- 4. the pulumi floor has LocalWorkspaceOptions(pulumi_command=...) ----------------------------
+
+
+def test_pulumi_floor_has_pulumi_command() -> None:
+    text = (REPO / "pyproject.toml").read_text()  # (tomllib is 3.11+; we support 3.10)
+    (spec,) = re.findall(r'^aws = \[.*?"(pulumi>=[0-9.]+)"', text, re.M)
+    floor = tuple(int(x) for x in spec.split(">=")[1].split("."))
+    # engine.py passes LocalWorkspaceOptions(pulumi_command=...), new in pulumi 3.104.0
+    assert floor >= (3, 104), spec
+    assert "pulumi_command=" in (REPO / "cloudsend/providers/aws/engine.py").read_text()
+
+
+# -- 5. max_bid below EC2's smallest price ------------------------------------------------------
+
+
+@pytest.mark.parametrize("bid", [0.0005, 0.00099, 1e-9])
+def test_max_bid_below_a_tenth_of_a_cent_is_refused(bid: float) -> None:
+    with pytest.raises(ConfigError, match="max_bid") as info:
+        load_config({"provider": "aws", "instances": [{"eco": True, "max_bid": bid}]})
+    assert "0.001" in str(info.value)
+
+
+def test_max_bid_of_a_tenth_of_a_cent_is_accepted() -> None:
+    config = load_config({"provider": "aws", "instances": [{"eco": True, "max_bid": 0.001}]})
+    assert config.instances[0].max_bid == pytest.approx(0.001)
+
+
+# -- 6. the AMI from SSM is not a secret --------------------------------------------------------
+
+
+class _SecretValueMocks(offline.OfflineMocks):
+    """Answers the SSM lookup as pulumi-aws does for a plain String parameter: `value` (which
+    the provider marks secret) and `insecureValue` (never secret); records the call args."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(names)
+        self.ssm_calls: list[dict[str, Any]] = []
+
+    def call(self, args: Any) -> tuple[dict[Any, Any], list[tuple[str, str]]]:
+        if args.token == "aws:ssm/getParameter:getParameter":
+            self.ssm_calls.append(dict(args.args))
+            name = args.args.get("name", "")
+            return {
+                "name": name,
+                "id": name,
+                "type": "String",
+                "value": "ami-through-the-secret-value",
+                "insecureValue": "ami-0123456789abcdef0",
+            }, []
+        return super().call(args)
+
+
+def test_latest_ubuntu_comes_from_the_insecure_value() -> None:
+    spec = make_spec({"instances": [{"type": "t3.micro"}]})
+    mocks = _SecretValueMocks([i.name for i in spec.instances])
+    plan = offline.offline_plan(spec, mocks)
+    (inputs,) = instances(plan.resources).values()
+    assert inputs["ami"] == "ami-0123456789abcdef0"
+    assert mocks.ssm_calls and all(c.get("withDecryption") is False for c in mocks.ssm_calls)
