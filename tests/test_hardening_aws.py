@@ -286,3 +286,126 @@ def test_latest_ubuntu_comes_from_the_insecure_value() -> None:
     (inputs,) = instances(plan.resources).values()
     assert inputs["ami"] == "ami-0123456789abcdef0"
     assert mocks.ssm_calls and all(c.get("withDecryption") is False for c in mocks.ssm_calls)
+
+
+# -- 20. credentials problems get their own message --------------------------------------------
+
+
+@pytest.fixture
+def no_credentials(moto_aws: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """moto's account, but a credentials chain that finds nothing (no env keys, empty ~/.aws
+    files, no instance metadata)."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    return moto_aws
+
+
+def _assert_credentials_message(error: ProvisionError, *, secrets: tuple[str, ...] = ()) -> None:
+    text = f"{error.message}\n{error.hint}"
+    assert "not offered" not in text and "type name" not in text, text
+    assert "aws configure" in (error.hint or "") and "AWS_ACCESS_KEY_ID" in (error.hint or "")
+    for secret in secrets:
+        assert secret not in text
+
+
+def test_missing_credentials_are_not_an_unknown_instance_type(no_credentials: Any) -> None:
+    from cloudsend.providers.aws import ami
+    from cloudsend.providers.aws.session import aws_session
+
+    with pytest.raises(ProvisionError) as info:
+        ami.instance_arch(aws_session(None, "eu-west-1"), "eu-west-1", "c5.xlarge")
+    assert info.value.message.startswith("no AWS credentials found")
+    _assert_credentials_message(info.value)
+
+
+def test_provider_plan_without_credentials(no_credentials: Any, tmp_path: Path) -> None:
+    provider = _aws_provider(
+        tmp_path,
+        "project: nocred\nprovider: aws\nregion: eu-west-1\nssh_cidrs: [198.51.100.7/32]\n"
+        "instances:\n  - {type: c5.xlarge}\njobs:\n  - run_command: 'true'\n",
+    )
+    with pytest.raises(ProvisionError) as info:
+        provider.plan()
+    assert "no AWS credentials found (the default credentials chain)" in info.value.message
+    _assert_credentials_message(info.value)
+    # the watch loop's machine operations say the same
+    with pytest.raises(ProvisionError, match="no AWS credentials found"):
+        provider.machines.poll()
+
+
+def test_partial_credentials_never_print_the_key(
+    no_credentials: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLESECRET1234")
+    provider = _aws_provider(
+        tmp_path,
+        "project: half\nprovider: aws\nregion: eu-west-1\nssh_cidrs: [198.51.100.7/32]\n"
+        "instances:\n  - {type: c5.xlarge}\njobs:\n  - run_command: 'true'\n",
+    )
+    with pytest.raises(ProvisionError) as info:
+        provider.plan()
+    assert "incomplete AWS credentials in env: AWS_SECRET_ACCESS_KEY is missing" in str(
+        info.value
+    )
+    _assert_credentials_message(info.value, secrets=("AKIAEXAMPLESECRET1234",))
+
+
+def test_unknown_profile(moto_aws: Any, tmp_path: Path) -> None:
+    provider = _aws_provider(
+        tmp_path,
+        "project: prof\nprovider: aws\nprofile: nosuch\nregion: eu-west-1\n"
+        "ssh_cidrs: [198.51.100.7/32]\ninstances:\n  - {type: c5.xlarge}\n"
+        "jobs:\n  - run_command: 'true'\n",
+    )
+    with pytest.raises(ProvisionError, match="AWS profile 'nosuch' not found") as info:
+        provider.plan()
+    assert "list-profiles" in (info.value.hint or "")
+
+
+def _client_error(code: str, message: str = "sensitive? no: AWS texts carry no key") -> Exception:
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": message}}, "DescribeInstances")
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [
+        ("ExpiredToken", "the AWS credentials have expired"),
+        ("RequestExpired", "the AWS credentials have expired"),
+        ("InvalidClientTokenId", "AWS refused the credentials"),
+        ("AuthFailure", "AWS refused the credentials"),
+        ("UnauthorizedOperation", None),  # a permission, not the credentials
+        ("InvalidInstanceType", None),
+    ],
+)
+def test_credentials_error_table(code: str, words: str | None) -> None:
+    from cloudsend.providers.aws.session import credentials_error
+
+    cause = _client_error(code)
+    # as the lookups raise it: a ProvisionError `from` the botocore error
+    try:
+        try:
+            raise cause
+        except Exception as exc:
+            raise ProvisionError(f"instance type 'c5.xlarge' is not offered: {exc}") from exc
+    except ProvisionError as wrapped:
+        error = credentials_error(wrapped, "team")
+    if words is None:
+        assert error is None
+    else:
+        assert error is not None and error.message.startswith(words)
+        assert "profile 'team'" in error.message and "DescribeInstances" in error.message
+        assert "aws configure --profile team" in (error.hint or "")
+
+
+def test_sso_and_process_credentials() -> None:
+    from botocore.exceptions import TokenRetrievalError, UnauthorizedSSOTokenError
+
+    from cloudsend.providers.aws.session import credentials_error
+
+    sso = credentials_error(UnauthorizedSSOTokenError(), "sso-dev")
+    assert sso is not None and "SSO login has expired" in sso.message
+    assert "aws sso login --profile sso-dev" in (sso.hint or "")
+    token = credentials_error(TokenRetrievalError(provider="sso", error_msg="x"), None)
+    assert token is not None and "could not be obtained from sso" in token.message

@@ -9,8 +9,10 @@ down()     pulumi destroy, then a boto3 check that nothing tagged with the stack
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from cloudsend.config.models import Config
 from cloudsend.errors import CloudsendError, ConfigError, ProvisionError
@@ -19,6 +21,26 @@ from cloudsend.providers.base import Host, Preview
 if TYPE_CHECKING:
     from cloudsend.providers.aws.machines import AwsMachines
     from cloudsend.providers.aws.monitor import InstanceMonitor
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _credentials(method: Callable[P, R]) -> Callable[P, R]:
+    """A failure caused by the AWS credentials (none, partial, expired, an unknown profile)
+    surfaces as the one credentials message, whichever lookup met it first."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from cloudsend.providers.aws.session import credentials_errors
+
+        provider = args[0]
+        assert isinstance(provider, AwsProvider)
+        with credentials_errors(provider.config.aws.profile):
+            return method(*args, **kwargs)
+
+    return wrapper
+
 
 # Stands for the caller's public IP in an offline preview (a documentation-only address).
 OFFLINE_CIDR = "203.0.113.10/32"
@@ -51,7 +73,9 @@ class AwsProvider:
         if self._machines is None:
             from cloudsend.providers.aws.machines import AwsMachines
 
-            self._machines = AwsMachines(self._monitor, self.session, self._replace)
+            self._machines = AwsMachines(
+                self._monitor, self.session, self._replace, profile=self.config.aws.profile
+            )
         return self._machines
 
     def check(self) -> list[str]:
@@ -61,11 +85,14 @@ class AwsProvider:
 
     def session(self) -> Any:
         if self._session is None:
-            from cloudsend.providers.aws.session import aws_session
+            from cloudsend.providers.aws.session import aws_session, check_credentials
 
-            self._session = aws_session(self.config.aws.profile, self.config.aws.region)
+            session = aws_session(self.config.aws.profile, self.config.aws.region)
+            check_credentials(session, self.config.aws.profile)
+            self._session = session
         return self._session
 
+    @_credentials
     def plan(self, *, offline: bool = False) -> Any:
         """The StackSpec. Offline: no network (placeholder CIDR, AMIs from the mock runtime)."""
         from cloudsend.providers.aws.keys import stack_key
@@ -149,6 +176,7 @@ class AwsProvider:
         preview = self.preview(offline=True)
         return preview.resources or [], preview.cost
 
+    @_credentials
     def preview(self, *, offline: bool = False, enforce_budget: bool = False) -> Preview:
         """Changes and cost. With enforce_budget (for `up`), a plan over max_cost_per_hour is
         refused before the engine even runs. Offline: the declared resources instead of the
@@ -187,6 +215,7 @@ class AwsProvider:
 
     # ---- hosts ---------------------------------------------------------------------------
 
+    @_credentials
     def up(self, *, refresh: bool = False) -> list[Host]:
         """pulumi up, refreshing first when asked or when an instance of the stack is gone."""
         spec = self.plan()
@@ -210,6 +239,7 @@ class AwsProvider:
         alive = {i.id for i in self._monitor().instances().values() if i.kind not in GONE}
         return not recorded <= alive
 
+    @_credentials
     def attach(self) -> list[Host]:
         """The stack's running instances as hosts, creating and starting nothing: `down`
         comes through here and needs no stopped machine started (nor waited for over SSH)."""
@@ -306,6 +336,7 @@ class AwsProvider:
                     raise
                 time.sleep(5)
 
+    @_credentials
     def down(self, hosts: list[Host], keep: bool = False) -> None:
         from cloudsend.providers.aws.leaks import leftovers
 
