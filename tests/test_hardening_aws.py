@@ -409,3 +409,145 @@ def test_sso_and_process_credentials() -> None:
     assert "aws sso login --profile sso-dev" in (sso.hint or "")
     token = credentials_error(TokenRetrievalError(provider="sso", error_msg="x"), None)
     assert token is not None and "could not be obtained from sso" in token.message
+
+
+# -- 3. availability zones that offer the type, instances spread over them ---------------------
+
+
+def _zoned(spec: StackSpec) -> list[tuple[str, str | None]]:
+    return [(i.name, i.zone) for i in spec.instances]
+
+
+def test_place_in_zones_round_robin_per_region_and_type() -> None:
+    from cloudsend.providers.aws.spec import place_in_zones
+
+    spec = make_spec(
+        {
+            "instances": [
+                {"type": "c5.xlarge", "number": 4},
+                {"type": "p4d.24xlarge"},
+                {"type": "c5.xlarge", "number": 2, "region": "eu-west-1"},
+                {"type": "t3.micro"},  # no zones known: EC2 picks (as offline)
+            ]
+        }
+    )
+    choices = {
+        ("us-east-1", "c5.xlarge"): ["us-east-1a", "us-east-1b", "us-east-1c"],
+        ("us-east-1", "p4d.24xlarge"): ["us-east-1c"],
+        ("eu-west-1", "c5.xlarge"): ["eu-west-1b", "eu-west-1c"],
+    }
+    placed = place_in_zones(spec, choices)
+    assert _zoned(placed) == [
+        ("demo-0-0", "us-east-1a"),
+        ("demo-0-1", "us-east-1b"),
+        ("demo-0-2", "us-east-1c"),
+        ("demo-0-3", "us-east-1a"),
+        ("demo-1-0", "us-east-1c"),
+        ("demo-2-0", "eu-west-1b"),
+        ("demo-2-1", "eu-west-1c"),
+        ("demo-3-0", None),
+    ]
+    assert placed.zones("us-east-1") == ["us-east-1a", "us-east-1b", "us-east-1c"]
+    assert place_in_zones(spec, choices) == placed  # the same spec lands the same way
+
+
+def test_own_vpc_gets_a_subnet_per_zone_and_instances_use_their_zones() -> None:
+    from cloudsend.providers.aws.spec import place_in_zones
+
+    spec = place_in_zones(
+        make_spec({"instances": [{"type": "c5.xlarge", "number": 3}]}),
+        {("us-east-1", "c5.xlarge"): ["us-east-1a", "us-east-1c"]},
+    )
+    resources = offline.declared_resources(spec)
+    subnets = {r["name"]: r["inputs"] for r in resources if r["type"] == "aws:ec2/subnet:Subnet"}
+    assert {n: (i["availabilityZone"], i["cidrBlock"]) for n, i in subnets.items()} == {
+        "demo-us-east-1-subnet-us-east-1a": ("us-east-1a", "10.0.0.0/20"),
+        "demo-us-east-1-subnet-us-east-1c": ("us-east-1c", "10.0.32.0/20"),
+    }
+    assert all(i["mapPublicIpOnLaunch"] for i in subnets.values())
+    associations = [r for r in resources if r["type"].endswith("RouteTableAssociation")]
+    assert len(associations) == 2
+    by_zone = {i.name: i.zone for i in spec.instances}
+    for name, inputs in instances(resources).items():
+        subnet_name = f"demo-us-east-1-subnet-{by_zone[name]}"
+        expected = _offline_id("aws:ec2/subnet:Subnet", subnet_name)
+        assert inputs["subnetId"] == expected, (name, inputs["subnetId"])
+
+
+def _offline_id(typ: str, name: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(f"{typ}|{name}".encode()).hexdigest()[:12]
+    return f"{typ.rsplit(':', 1)[-1].lower()}-offline-{digest}"
+
+
+def test_given_vpc_takes_a_public_subnet_in_each_zone() -> None:
+    from cloudsend.providers.aws.spec import place_in_zones
+
+    spec = place_in_zones(
+        make_spec({"instances": [{"cloud_id": "vpc-0abc", "number": 2}]}),
+        {("us-east-1", "t3.micro"): ["us-east-1a", "us-east-1b"]},
+    )
+    found = instances(offline.declared_resources(spec))
+    assert found["demo-0-0"]["subnetId"] == "subnet-offline-vpc-0abc-us-east-1a"
+    assert found["demo-0-1"]["subnetId"] == "subnet-offline-vpc-0abc-us-east-1b"
+
+
+def _zone_provider(tmp_path: Path, instances_yaml: str, region: str = "eu-west-1") -> Any:
+    return _aws_provider(
+        tmp_path,
+        f"project: zones\nprovider: aws\nregion: {region}\nssh_cidrs: [198.51.100.7/32]\n"
+        f"instances:\n{instances_yaml}jobs:\n  - run_command: 'true'\n",
+    )
+
+
+def test_plan_places_instances_in_zones_that_offer_their_type(
+    moto_aws: Any, home: Path, tmp_path: Path
+) -> None:
+    # moto's offerings are AWS's: in eu-west-1, c5.xlarge is in a, b and c, p4d.24xlarge in c
+    provider = _zone_provider(
+        tmp_path,
+        "  - {type: c5.xlarge, number: 4, img_id: ami-12345678}\n"
+        "  - {type: p4d.24xlarge, img_id: ami-12345678}\n",
+    )
+    spec = provider.plan()
+    assert _zoned(spec) == [
+        ("zones-0-0", "eu-west-1a"),
+        ("zones-0-1", "eu-west-1b"),
+        ("zones-0-2", "eu-west-1c"),
+        ("zones-0-3", "eu-west-1a"),
+        ("zones-1-0", "eu-west-1c"),
+    ]
+
+
+def test_plan_refuses_a_type_no_zone_offers(moto_aws: Any, home: Path, tmp_path: Path) -> None:
+    provider = _zone_provider(tmp_path, "  - {type: c5.superbig, img_id: ami-12345678}\n")
+    with pytest.raises(ProvisionError) as info:
+        provider.plan()
+    assert info.value.message == (
+        "instances[0]: instance type 'c5.superbig' is not offered in any availability "
+        "zone of eu-west-1"
+    )
+
+
+def test_plan_with_cloud_id_uses_the_zones_of_its_public_subnets(
+    moto_aws: Any, home: Path, tmp_path: Path
+) -> None:
+    ec2 = moto_aws.client("ec2", "eu-west-1")
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    public = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24", AvailabilityZone="eu-west-1b")
+    ec2.modify_subnet_attribute(
+        SubnetId=public["Subnet"]["SubnetId"], MapPublicIpOnLaunch={"Value": True}
+    )
+    ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.2.0/24", AvailabilityZone="eu-west-1c")  # private
+    provider = _zone_provider(
+        tmp_path, f"  - {{type: c5.xlarge, number: 2, cloud_id: {vpc}, img_id: ami-12345678}}\n"
+    )
+    assert _zoned(provider.plan()) == [("zones-0-0", "eu-west-1b"), ("zones-0-1", "eu-west-1b")]
+    # p4d.24xlarge is only in eu-west-1c, where this VPC has no public subnet
+    provider = _zone_provider(
+        tmp_path, f"  - {{type: p4d.24xlarge, cloud_id: {vpc}, img_id: ami-12345678}}\n"
+    )
+    with pytest.raises(ProvisionError, match="no subnet giving public IPs there") as info:
+        provider.plan()
+    assert "eu-west-1c" in info.value.message and "eu-west-1b" in info.value.message

@@ -106,7 +106,14 @@ class OfflineMocks(Mocks):
                 if f.get("name") == "vpc-id"
                 for v in f.get("values", [])
             ]
-            return {"ids": [f"subnet-offline-{v}" for v in vpcs], "id": "offline"}, []
+            zones = [
+                z
+                for f in args.args.get("filters") or []
+                if f.get("name") == "availability-zone"
+                for z in f.get("values", [])
+            ]
+            suffix = "".join(f"-{z}" for z in zones)
+            return {"ids": [f"subnet-offline-{v}{suffix}" for v in vpcs], "id": "offline"}, []
         return {}, []
 
 

@@ -122,12 +122,15 @@ class AwsProvider:
             default_region=region,
         )
         sized = {(i.region, i.type) for i in spec.instances if i.cpus is not None}
-        if not sized:
-            return spec
-        from cloudsend.providers.aws.cpus import fit_cpu_options, vcpu_info
+        if sized:
+            from cloudsend.providers.aws.cpus import fit_cpu_options, vcpu_info
 
-        spec, self.plan_notices = fit_cpu_options(spec, vcpu_info(self.session(), sized))
-        return spec
+            spec, self.plan_notices = fit_cpu_options(spec, vcpu_info(self.session(), sized))
+        # Zones that offer each type (and have a public subnet): EC2's own pick may not.
+        from cloudsend.providers.aws.spec import place_in_zones
+        from cloudsend.providers.aws.zones import zone_choices
+
+        return place_in_zones(spec, zone_choices(self.session(), spec))
 
     def default_region(self, *, offline: bool = False) -> str:
         """config `region:`, else boto3's chain (AWS_REGION, AWS_DEFAULT_REGION, profile), else

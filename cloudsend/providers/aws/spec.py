@@ -28,8 +28,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -84,6 +84,9 @@ class InstanceSpec:
     # True when img_id names the image (changing it replaces the instance); False for "the
     # latest Ubuntu", which moves every few weeks and must not replace running instances.
     ami_pinned: bool = False
+    # The availability zone (the program puts the instance in that zone's subnet); None: let
+    # EC2 pick (offline plans, which cannot ask which zones offer the type).
+    zone: str | None = None
 
     @property
     def ssm_parameter(self) -> str:
@@ -122,6 +125,30 @@ class StackSpec:
 
     def in_region(self, region: str) -> list[InstanceSpec]:
         return [i for i in self.instances if i.region == region]
+
+    def zones(self, region: str) -> list[str]:
+        """The availability zones the region's instances were placed in (sorted)."""
+        return sorted({i.zone for i in self.in_region(region) if i.zone is not None})
+
+
+def place_in_zones(
+    spec: StackSpec, choices: Mapping[tuple[str, str], Sequence[str]]
+) -> StackSpec:
+    """Each (region, type)'s instances spread over its zones, round robin in spec order (so
+    spot capacity comes from several pools, and the same spec always lands the same way).
+    A pair without zones keeps zone None (EC2 picks)."""
+    seen: dict[tuple[str, str], int] = {}
+    placed: list[InstanceSpec] = []
+    for inst in spec.instances:
+        key = (inst.region, inst.type)
+        zones = list(choices.get(key) or ())
+        if not zones:
+            placed.append(inst)
+            continue
+        n = seen.get(key, 0)
+        seen[key] = n + 1
+        placed.append(replace(inst, zone=zones[n % len(zones)]))
+    return replace(spec, instances=tuple(placed))
 
 
 def stack_spec(
