@@ -551,3 +551,100 @@ def test_plan_with_cloud_id_uses_the_zones_of_its_public_subnets(
     with pytest.raises(ProvisionError, match="no subnet giving public IPs there") as info:
         provider.plan()
     assert "eu-west-1c" in info.value.message and "eu-west-1b" in info.value.message
+
+
+# -- 14. down --keep on aws: stop the instances, keep the stack; refused for spot ------------
+
+LIFE_TAGS = {"cloudsend:project": "keep", "cloudsend:stack": "keep"}
+LIFE_NAMES = ["keep-0-0", "keep-0-1"]
+
+
+def _keep_provider(tmp_path: Path, *, eco: bool) -> Any:
+    return _aws_provider(
+        tmp_path,
+        "project: keep\nprovider: aws\nregion: us-east-1\nssh_cidrs: [198.51.100.7/32]\n"
+        f"instances:\n  - {{type: t3.micro, number: 2, img_id: ami-12345678, eco: {eco}}}\n"
+        "jobs:\n  - run_command: 'true'\n",
+    )
+
+
+def _engine_stub(monkeypatch: pytest.MonkeyPatch, moto_aws: Any, ids: list[str]) -> Any:
+    from cloudsend.providers.aws.provider import AwsProvider
+    from tests.test_aws_provider_hosts import EngineStub
+
+    outputs = {
+        "instances": {
+            n: {"id": i, "public_ip": "192.0.2.1", "region": "us-east-1", "user": "ubuntu"}
+            for n, i in zip(LIFE_NAMES, ids, strict=True)
+        }
+    }
+    stub = EngineStub(outputs, on_destroy=lambda: [moto_aws.terminate(i) for i in ids])
+    monkeypatch.setattr(AwsProvider, "engine", lambda self, spec: stub)
+    return stub
+
+
+def test_down_keep_stops_the_instances_and_keeps_the_stack(
+    moto_aws: Any, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = moto_aws.run_instances(2, LIFE_TAGS, names=LIFE_NAMES)
+    stub = _engine_stub(monkeypatch, moto_aws, ids)
+    provider = _keep_provider(tmp_path, eco=False)
+    provider.check_down(True)  # on-demand: allowed
+    provider.down([], keep=True)
+    assert [moto_aws.state(i) for i in ids] == ["stopped", "stopped"]  # disks (files) stay
+    assert not stub.destroyed and "destroy" not in stub.calls
+    # a plain down afterwards destroys the stack as before
+    _keep_provider(tmp_path, eco=False).down([])
+    assert stub.destroyed and [moto_aws.state(i) for i in ids] == ["terminated", "terminated"]
+
+
+def test_down_keep_with_spot_instances_is_refused_before_anything_stops(
+    moto_aws: Any, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloudsend.api import SyncClient
+    from cloudsend.errors import TransportError
+    from cloudsend.pipeline.reporting import NullReporter
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    def no_ssh(transport: Any) -> dict[str, Any]:
+        # moto's addresses look like internet hosts: never connect (were attach ever reached)
+        raise TransportError(f"not connecting to {transport.target.address} in tests")
+
+    monkeypatch.setattr(AwsProvider, "_wait_for_ssh", staticmethod(no_ssh))
+    ids = moto_aws.run_instances(2, LIFE_TAGS, spot=True, names=LIFE_NAMES)
+    stub = _engine_stub(monkeypatch, moto_aws, ids)
+    _keep_provider(tmp_path, eco=True)  # writes the config
+    client = SyncClient(tmp_path / "proj" / "cloudsend.yaml", NullReporter())
+    try:
+        with pytest.raises(ConfigError, match="down --keep: instances\\[0\\] are spot") as info:
+            client.down(keep=True)
+    finally:
+        client.close()
+    assert "nothing was stopped" in info.value.message and "without --keep" in (
+        info.value.hint or ""
+    )
+    assert stub.calls == []  # no attach (no agent stopped), no destroy
+    assert [moto_aws.state(i) for i in ids] == ["running", "running"]
+
+
+def test_down_keep_never_terminates_spot_instances_the_config_no_longer_has(
+    moto_aws: Any, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = moto_aws.run_instances(2, LIFE_TAGS, spot=True, names=LIFE_NAMES)
+    _engine_stub(monkeypatch, moto_aws, ids)
+    provider = _keep_provider(tmp_path, eco=False)  # the config was edited to on-demand
+    with pytest.raises(ProvisionError, match="keep-0-0, keep-0-1 are spot instances"):
+        provider.down([], keep=True)
+    assert [moto_aws.state(i) for i in ids] == ["running", "running"]
+
+
+@pytest.mark.parametrize("provider_name", ["local", "ssh"])
+def test_down_keep_is_possible_on_local_and_ssh(provider_name: str, tmp_path: Path) -> None:
+    from cloudsend.providers import get_provider
+
+    doc: dict[str, Any] = {"provider": provider_name}
+    if provider_name == "ssh":
+        doc["hosts"] = [{"address": "127.0.0.1"}]
+    provider = get_provider(load_config(doc, base_dir=tmp_path))
+    provider.check_down(True)
+    provider.check_down(False)

@@ -339,8 +339,30 @@ class AwsProvider:
                     raise
                 time.sleep(5)
 
+    def check_down(self, keep: bool) -> None:
+        """`down --keep` stops the instances and keeps the stack: the files stay on their
+        disks. One-time spot instances cannot be stopped, only terminated (their disks go
+        with them), so a config with eco entries is refused before anything is stopped."""
+        if not keep:
+            return
+        spot = [f"instances[{i}]" for i, e in enumerate(self.config.instances) if e.eco]
+        if spot:
+            raise ConfigError(
+                f"down --keep: {', '.join(spot)} are spot instances (eco: true), which cannot "
+                "be stopped, only terminated, and that deletes their disks and the files on "
+                "them; nothing was stopped",
+                hint="`cloudsend fetch` what you need, then `cloudsend down` without --keep; "
+                "on-demand instances (eco: false) can be kept stopped with --keep",
+            )
+
     @_credentials
     def down(self, hosts: list[Host], keep: bool = False) -> None:
+        """Destroy the stack, then check that nothing tagged with it is left. keep: stop the
+        instances instead (disks, files and the stack stay; `cloudsend run` starts them
+        again, `cloudsend down` destroys them)."""
+        if keep:
+            self._stop_for_keep()
+            return
         from cloudsend.providers.aws.leaks import leftovers
 
         spec = self.plan(offline=True)  # destroy needs the program, not fresh lookups
@@ -354,6 +376,20 @@ class AwsProvider:
                 f"{self.stack} remain:\n{listing}",
                 hint="delete them in the AWS console or run `cloudsend down` again",
             )
+
+    def _stop_for_keep(self) -> None:
+        from cloudsend.providers.aws.power import power_off
+
+        alive = ("pending", "running")
+        infos = [i for i in self._monitor().instances().values() if i.state in alive]
+        spot = sorted(i.name for i in infos if i.spot)
+        if spot:  # the config has none (check_down), the stack still does: never terminate them
+            raise ProvisionError(
+                f"down --keep: {', '.join(spot)} are spot instances, which cannot be stopped "
+                "without losing their disks; nothing was stopped",
+                hint="`cloudsend fetch` what you need, then `cloudsend down` without --keep",
+            )
+        power_off(self.session(), infos)
 
     # ---- machines while a run goes on (AwsMachines; pipeline.monitor calls these) ----------
 
