@@ -133,9 +133,15 @@ class Network(pulumi.ComponentResource):
 
 
 def _zone_cidr(zone: str | None) -> str:
-    """10.0.0.0/20 for zone a (and for no zone), 10.0.16.0/20 for b, ... p (16 /20s)."""
-    index = 0 if zone is None else ord(zone[-1]) - ord("a")
-    if not 0 <= index < 16:
+    """10.0.0.0/20 without a zone; 10.0.16.0/20 for zone a, 10.0.32.0/20 for b, ... o.
+
+    A zone's range never overlaps the zone-less one, so a stack made before zones were
+    chosen can create its new subnets before the old one is deleted (EC2 refuses two
+    subnets with one range)."""
+    if zone is None:
+        return "10.0.0.0/20"
+    index = ord(zone[-1]) - ord("a") + 1
+    if not 1 <= index < 16:
         raise ConfigError(f"availability zone {zone}: no subnet range for it in 10.0.0.0/16")
     return f"10.0.{16 * index}.0/20"
 
