@@ -618,7 +618,8 @@ def test_down_keep_with_spot_instances_is_refused_before_anything_stops(
     _keep_provider(tmp_path, eco=True)  # writes the config
     client = SyncClient(tmp_path / "proj" / "cloudsend.yaml", NullReporter())
     try:
-        with pytest.raises(ConfigError, match="down --keep: instances\\[0\\] are spot") as info:
+        refused = re.escape("down --keep: spot instances (eco: true in instances[0])")
+        with pytest.raises(ConfigError, match=refused) as info:
             client.down(keep=True)
     finally:
         client.close()
@@ -635,7 +636,8 @@ def test_down_keep_never_terminates_spot_instances_the_config_no_longer_has(
     ids = moto_aws.run_instances(2, LIFE_TAGS, spot=True, names=LIFE_NAMES)
     _engine_stub(monkeypatch, moto_aws, ids)
     provider = _keep_provider(tmp_path, eco=False)  # the config was edited to on-demand
-    with pytest.raises(ProvisionError, match="keep-0-0, keep-0-1 are spot instances"):
+    refused = re.escape("spot instances (keep-0-0, keep-0-1) cannot be stopped")
+    with pytest.raises(ProvisionError, match=refused):
         provider.down([], keep=True)
     assert [moto_aws.state(i) for i in ids] == ["running", "running"]
 

@@ -348,8 +348,8 @@ class AwsProvider:
         spot = [f"instances[{i}]" for i, e in enumerate(self.config.instances) if e.eco]
         if spot:
             raise ConfigError(
-                f"down --keep: {', '.join(spot)} are spot instances (eco: true), which cannot "
-                "be stopped, only terminated, and that deletes their disks and the files on "
+                f"down --keep: spot instances (eco: true in {', '.join(spot)}) cannot be "
+                "stopped, only terminated, and that deletes their disks and the files on "
                 "them; nothing was stopped",
                 hint="`cloudsend fetch` what you need, then `cloudsend down` without --keep; "
                 "on-demand instances (eco: false) can be kept stopped with --keep",
@@ -385,8 +385,8 @@ class AwsProvider:
         spot = sorted(i.name for i in infos if i.spot)
         if spot:  # the config has none (check_down), the stack still does: never terminate them
             raise ProvisionError(
-                f"down --keep: {', '.join(spot)} are spot instances, which cannot be stopped "
-                "without losing their disks; nothing was stopped",
+                f"down --keep: the stack's spot instances ({', '.join(spot)}) cannot be "
+                "stopped without losing their disks; nothing was stopped",
                 hint="`cloudsend fetch` what you need, then `cloudsend down` without --keep",
             )
         power_off(self.session(), infos)
