@@ -307,7 +307,12 @@ def cancel(jobs: tuple[str, ...], config: Path, all_jobs: bool) -> None:
 
 @cli.command()
 @CONFIG_ARG
-@click.option("--keep", is_flag=True, help="Keep the hosts' files (stop processes only).")
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Keep the hosts' files (stop processes only); aws: stop the instances, keep their "
+    "disks and the stack (not with eco: spot instances cannot be stopped).",
+)
 @click.option("--force", is_flag=True, help="Even if some finished jobs' results are not fetched.")
 def down(config: Path, keep: bool, force: bool) -> None:
     """Stop everything the project runs on its hosts and tear the hosts down.

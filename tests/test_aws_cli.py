@@ -141,7 +141,7 @@ marker = Path(sys.argv[1])
 
 
 class Stub:
-    def preview(self):
+    def preview(self, refresh=False):
         return [ResourceChange("create", "aws:ec2/instance:Instance", "awsdemo-0-0", "urn:x")]
 
     def _touch(self, what):

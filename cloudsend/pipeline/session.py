@@ -417,6 +417,7 @@ class Session:
         return [v for v in self.views() if v.state in FINAL and not v.fetched]
 
     def down(self, keep: bool = False, force: bool = False) -> None:
+        self.provider.check_down(keep)  # before any agent is stopped
         left = [] if force else self.unfetched()
         if left:
             raise StateError(

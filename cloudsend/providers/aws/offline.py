@@ -96,7 +96,9 @@ class OfflineMocks(Mocks):
     def call(self, args: MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]]]:
         if args.token == "aws:ssm/getParameter:getParameter":
             name = args.args.get("name", "")
-            return {"name": name, "value": OFFLINE_AMI, "type": "String", "id": name}, []
+            value = OFFLINE_AMI
+            return {"name": name, "value": value, "insecureValue": value, "type": "String",
+                    "id": name}, []
         if args.token == "aws:ec2/getSubnets:getSubnets":
             vpcs = [
                 v
@@ -104,7 +106,14 @@ class OfflineMocks(Mocks):
                 if f.get("name") == "vpc-id"
                 for v in f.get("values", [])
             ]
-            return {"ids": [f"subnet-offline-{v}" for v in vpcs], "id": "offline"}, []
+            zones = [
+                z
+                for f in args.args.get("filters") or []
+                if f.get("name") == "availability-zone"
+                for z in f.get("values", [])
+            ]
+            suffix = "".join(f"-{z}" for z in zones)
+            return {"ids": [f"subnet-offline-{v}{suffix}" for v in vpcs], "id": "offline"}, []
         return {}, []
 
 
