@@ -182,7 +182,7 @@ def up(config: Path, reset: bool, yes: bool) -> None:
     finally:
         reporter.close()
         client.close()
-    click.echo(f"hosts ready: {', '.join(h.name for h in client.session.hosts)}")
+    click.echo(f"hosts ready: {clean(', '.join(h.name for h in client.session.hosts))}")
 
 
 @cli.command()
@@ -371,7 +371,7 @@ def validate(config: Path) -> None:
     except ConfigError as exc:  # name the file, as the loader's messages do
         raise ConfigError(f"{config}: {exc.message}", hint=exc.hint) from None
     for notice in notices:
-        click.echo(f"note: {notice}")
+        click.echo(f"note: {clean(notice)}")
     jobs = sum(j.repeat for j in cfg.jobs)
     click.echo(f"{config}: ok ({len(cfg.environments)} environment(s), {jobs} job run(s))")
 

@@ -332,4 +332,4 @@ def print_preview(console: Console, preview: Preview) -> None:
         console.print(changes_table(preview.changes))
     console.print(cost_table(preview.cost))
     for warning in preview.warnings:  # e.g. a max_bid below the spot price: decide knowing it
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+        console.print(f"[yellow]warning:[/yellow] {escape(clean(warning))}")

@@ -100,6 +100,35 @@ def test_tables_and_notes_show_brackets_and_drop_controls(project: Project) -> N
     assert "PWNED" not in table and "\x1b]" not in table and "\x1b[2J" not in table
 
 
+def test_api_aborted_logs_on_a_terminal_are_filtered(project: Project) -> None:
+    from cloudsend.api import SyncClient
+
+    cfg = project.config(f"project: hostile3\njobs:\n  - run_command: {HOSTILE} >&2; exit 3\n")
+    client = SyncClient(cfg, poll_wait=0.3)
+    leader, follower = pty.openpty()
+    try:
+        client.start()
+        client.deploy()
+        client.run()
+        client.wait(timeout=60)
+        with open(follower, "w", closefd=True) as terminal:
+            client.print_aborted_logs(file=terminal)
+        shown = b""
+        while select.select([leader], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        client.close()
+        os.close(leader)
+    assert b"[config]" in shown and b"gnp.exe" in shown, shown
+    assert b"\x1b" not in shown and "\u202e".encode() not in shown, shown
+
+
 def test_terminal_filter_holds_a_sequence_split_between_chunks() -> None:
     from cloudsend.textsafe import TerminalFilter
 

@@ -41,10 +41,8 @@ def default_text(info: FieldInfo) -> str:
     list/dict), else the value."""
     if info.is_required():
         return REQUIRED
-    if info.default_factory is not None:
-        value = info.default_factory()  # type: ignore[call-arg]
-    else:
-        value = info.default
+    factory = info.default_factory
+    value = factory() if factory is not None else info.default  # type: ignore[call-arg]
     if value is None or value == [] or value == {} or value == ():
         return ""
     if isinstance(value, Enum):
