@@ -81,7 +81,8 @@ def _client(
 def cli(debug: bool) -> None:
     """Run your scripts on machines described in one config file.
 
-    CONFIG defaults to ./cloudsend.yaml (YAML, or a Python file defining `config = {...}`).
+    CONFIG defaults to ./cloudsend.yaml (YAML, or a Python file defining `config = {...}`);
+    a directory means the cloudsend.yaml in it.
     The default provider, `local`, runs everything on this machine.
     """
 
@@ -330,6 +331,7 @@ def cancel(jobs: tuple[str, ...], config_opt: Path | None, all_jobs: bool) -> No
 def _split_config(args: tuple[str, ...], given: Path | None) -> tuple[tuple[str, ...], Path]:
     """(job references, CONFIG) of `cancel JOB... [CONFIG]` (or the deprecated --config)."""
     if given is not None:
+        click.echo("note: cancel --config is deprecated: give CONFIG after the jobs", err=True)
         return args, given
     if args:
         last = Path(args[-1])

@@ -332,7 +332,7 @@ def test_cancel_takes_config_positionally_and_a_directory_means_its_cloudsend_ya
             run.communicate()
     # the old option still works, hidden from --help
     again = project.cli("cancel", "--config", "other.yaml", "--all", check=True)
-    assert "cancelled 0 job(s)" in again.stdout
+    assert "cancelled 0 job(s)" in again.stdout and "deprecated" in again.stderr
     assert "--config" not in project.cli("cancel", "--help", check=True).stdout
     # a directory as CONFIG: its cloudsend.yaml, from anywhere
     folder = Project(tmp_path / "folder")
