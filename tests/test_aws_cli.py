@@ -67,10 +67,8 @@ def test_offline_preview_json_needs_no_cli_and_no_credentials(
     assert cost["total_per_hour"] == pytest.approx(sum(i["hourly"] for i in cost["instances"]))
     spot = [i for i in cost["instances"] if i["market"] == "spot"]
     assert len(spot) == 1 and spot[0]["hourly"] <= 0.1
-    # the per-stack key was generated 0600 outside the project
-    keys = list((Path(no_pulumi_env["HOME"]) / ".cloudsend" / "keys").iterdir())
-    private = [k for k in keys if not k.name.endswith(".pub")]
-    assert private and all((k.stat().st_mode & 0o777) == 0o600 for k in private)
+    # nothing is deployed: no key is made (`up` makes the per-stack key)
+    assert not (Path(no_pulumi_env["HOME"]) / ".cloudsend" / "keys").exists()
 
 
 def test_up_refuses_a_plan_over_budget(

@@ -44,6 +44,12 @@ def _credentials(method: Callable[P, R]) -> Callable[P, R]:
 
 # Stands for the caller's public IP in an offline preview (a documentation-only address).
 OFFLINE_CIDR = "203.0.113.10/32"
+OFFLINE_CIDR_NOTE = (
+    f"ssh ingress {OFFLINE_CIDR} is a placeholder for your public IP: `up` allows your "
+    "address /32 (or ssh_cidrs)"
+)
+# Stands for the stack's key in an offline preview: the real one is made by `up`.
+OFFLINE_PUBLIC_KEY = "ssh-ed25519 PLACEHOLDER-made-by-cloudsend-up"
 SSH_READY_TIMEOUT = 300.0  # a new instance takes a minute or two before sshd answers
 
 
@@ -98,13 +104,13 @@ class AwsProvider:
         from cloudsend.providers.aws.keys import stack_key
         from cloudsend.providers.aws.spec import stack_spec
 
-        key = stack_key(self.project, self.stack)
         region = self.default_region(offline=offline)
-        if offline:
+        if offline:  # nothing is deployed: no key is made (`up` makes it)
             cidrs = list(self.config.aws.ssh_cidrs) or [OFFLINE_CIDR]
             return stack_spec(
-                self.config, public_key=key.public_openssh, ssh_cidrs=cidrs, default_region=region
+                self.config, public_key=OFFLINE_PUBLIC_KEY, ssh_cidrs=cidrs, default_region=region
             )
+        key = stack_key(self.project, self.stack)
         from cloudsend.providers.aws import ami
         from cloudsend.providers.aws.session import caller_cidr
 
@@ -192,7 +198,10 @@ class AwsProvider:
             if enforce_budget:
                 self.check_budget(cost)
             resources = declared_resources(spec)
-            return Preview("aws", len(spec.instances), resources=resources, cost=cost)
+            notes = [] if self.config.aws.ssh_cidrs else [OFFLINE_CIDR_NOTE]
+            return Preview(
+                "aws", len(spec.instances), resources=resources, cost=cost, warnings=notes
+            )
         spec = self.plan()
         cost, warnings = self.cost(spec)
         if enforce_budget:
