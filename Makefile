@@ -22,3 +22,5 @@ test: install
 
 bench:
 	$(PYTHON) benchmarks/startup.py
+	$(PYTHON) benchmarks/load.py
+	$(PYTHON) benchmarks/pack.py

@@ -27,15 +27,20 @@ from cloudsend.pipeline import operations
 from cloudsend.pipeline.logs import write_log
 from cloudsend.pipeline.reporting import JobView, Reporter, RunSummary
 from cloudsend.pipeline.session import Session
+from cloudsend.textsafe import TerminalFilter, clean
 
 
 def _print_log(session: Session, job_id: str, stream: str, out: TextIO) -> None:
     """The tail of a job's log as text (streamed), ending with a newline."""
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     last = "\n"
+    # to a terminal, what the job wrote must not drive it (titles, clear-screen, colours)
+    shown = TerminalFilter() if _is_terminal(out) else None
 
     def write(data: bytes, final: bool = False) -> None:
         nonlocal last
+        if shown is not None:
+            data = shown.feed(data, final)
         text = decoder.decode(data, final)
         if text:
             out.write(text)
@@ -45,6 +50,13 @@ def _print_log(session: Session, job_id: str, stream: str, out: TextIO) -> None:
     write(b"", final=True)
     if last != "\n":
         out.write("\n")
+
+
+def _is_terminal(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):  # a closed or file-like stream
+        return False
 
 
 def _load(config: Config | dict[str, Any] | str | Path) -> Config:
@@ -102,7 +114,8 @@ class SyncClient:
         out = file or sys.stdout
         for v in self.session.views():
             if v.state == JobState.ABORTED:
-                print(f"--- {v.job_id} (exit {v.exit_code}): {v.reason or ''}", file=out)
+                reason = clean(v.reason or "") if _is_terminal(out) else v.reason or ""
+                print(f"--- {v.job_id} (exit {v.exit_code}): {reason}", file=out)
                 _print_log(self.session, v.job_id, "stderr", out)
 
     def fetch_results(self, out_dir: str | Path | None = None) -> Path:

@@ -18,11 +18,12 @@ if TYPE_CHECKING:
     from cloudsend.config.models import Config
     from cloudsend.pipeline.reporting import RunSummary
 
+CONFIG_NAME = "cloudsend.yaml"  # what CONFIG means when it is left out or a directory
 CONFIG_ARG = click.argument(
     "config",
     required=False,
-    default="cloudsend.yaml",
-    type=click.Path(dir_okay=False, path_type=Path),
+    default=CONFIG_NAME,
+    type=click.Path(path_type=Path),
 )
 JSON_OPT = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
@@ -45,6 +46,8 @@ def _load(config: Path) -> Config:
 
     from cloudsend.config import load_config
 
+    if config.is_dir():  # a project folder: its cloudsend.yaml
+        config = config / CONFIG_NAME
     cfg = load_config(config)
     level = cfg.debug
     _VERBOSITY["debug"] = level
@@ -79,7 +82,8 @@ def _client(
 def cli(debug: bool) -> None:
     """Run your scripts on machines described in one config file.
 
-    CONFIG defaults to ./cloudsend.yaml (YAML, or a Python file defining `config = {...}`).
+    CONFIG defaults to ./cloudsend.yaml (YAML, or a Python file defining `config = {...}`);
+    a directory means the cloudsend.yaml in it.
     The default provider, `local`, runs everything on this machine.
     """
 
@@ -193,7 +197,7 @@ def up(config: Path, reset: bool, yes: bool) -> None:
     finally:
         reporter.close()
         client.close()
-    click.echo(f"hosts ready: {', '.join(h.name for h in client.session.hosts)}")
+    click.echo(f"hosts ready: {clean(', '.join(h.name for h in client.session.hosts))}")
 
 
 @cli.command()
@@ -238,23 +242,35 @@ def status(config: Path, as_json: bool) -> None:
 )
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends.")
 def logs(job: str, config: Path, stream: str, lines: int, follow: bool) -> None:
-    """Print the last lines of JOB's stdout (or --stderr), streamed as written."""
+    """Print the last lines of JOB's stdout (or --stderr), streamed as written.
+
+    JOB: a job id or a unique prefix of it, the job's index in jobs[] (3, or 3.1 for
+    repetition 1) or its name (the script's stem or the command's first word)."""
     import time
 
+    from cloudsend.pipeline import operations
     from cloudsend.pipeline.logs import write_log
+    from cloudsend.textsafe import TerminalFilter
 
     out = click.get_binary_stream("stdout")
     last = b"\n"
+    # to a terminal, what the job wrote must not retitle, clear or recolour it; to a pipe or
+    # a file the bytes go exactly as written
+    shown = TerminalFilter() if out.isatty() else None
 
     def write(data: bytes) -> None:
         nonlocal last
-        out.write(data)
-        last = data[-1:]
+        if shown is not None:
+            data = shown.feed(data)
+        if data:
+            out.write(data)
+            last = data[-1:]
 
     client, _ = _client(config, quiet=True)
     try:
         client.wakeup()
         session = client.session
+        job = operations.resolve(session, [job])[0]
         offset = write_log(session, job, write, stream, lines)
         out.flush()
         while follow:
@@ -265,6 +281,10 @@ def logs(job: str, config: Path, stream: str, lines: int, follow: bool) -> None:
             session.reconcile()
             offset = write_log(session, job, write, stream, offset=offset)
             out.flush()
+        tail = shown.feed(b"", final=True) if shown is not None else b""
+        if tail:
+            out.write(tail)
+            last = tail[-1:]
         if last != b"\n" and out.isatty():  # a terminal's prompt starts on a line of its own
             out.write(b"\n")
         out.flush()
@@ -298,14 +318,17 @@ def fetch(config: Path, out: Path | None) -> None:
 @click.argument("jobs", nargs=-1)
 @click.option(
     "--config",
-    "config",
-    default="cloudsend.yaml",
-    show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    "config_opt",
+    hidden=True,  # deprecated: CONFIG is positional, as for every other command
+    type=click.Path(path_type=Path),
 )
 @click.option("--all", "all_jobs", is_flag=True, help="Cancel every unfinished job.")
-def cancel(jobs: tuple[str, ...], config: Path, all_jobs: bool) -> None:
-    """Cancel JOBS (ids from `cloudsend status`), or --all."""
+def cancel(jobs: tuple[str, ...], config_opt: Path | None, all_jobs: bool) -> None:
+    """Cancel JOBS, or --all: `cloudsend cancel JOB... [CONFIG]`.
+
+    A JOB is named as for `logs` (id, unique prefix, index, name); a last argument that is a
+    file, a directory or ends in .yaml/.yml/.py is the CONFIG."""
+    jobs, config = _split_config(jobs, config_opt)
     if not jobs and not all_jobs:
         raise click.UsageError("name the jobs to cancel, or pass --all")
     client, _ = _client(config, quiet=True)
@@ -319,9 +342,26 @@ def cancel(jobs: tuple[str, ...], config: Path, all_jobs: bool) -> None:
     click.echo(f"cancelled {len(done)} job(s)")
 
 
+def _split_config(args: tuple[str, ...], given: Path | None) -> tuple[tuple[str, ...], Path]:
+    """(job references, CONFIG) of `cancel JOB... [CONFIG]` (or the deprecated --config)."""
+    if given is not None:
+        click.echo("note: cancel --config is deprecated: give CONFIG after the jobs", err=True)
+        return args, given
+    if args:
+        last = Path(args[-1])
+        if last.suffix in (".yaml", ".yml", ".py") or last.exists():
+            return args[:-1], last
+    return args, Path(CONFIG_NAME)
+
+
 @cli.command()
 @CONFIG_ARG
-@click.option("--keep", is_flag=True, help="Keep the hosts' files (stop processes only).")
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Keep the hosts' files (stop processes only); aws: stop the instances, keep their "
+    "disks and the stack (not with eco: spot instances cannot be stopped).",
+)
 @click.option("--force", is_flag=True, help="Even if some finished jobs' results are not fetched.")
 def down(config: Path, keep: bool, force: bool) -> None:
     """Stop everything the project runs on its hosts and tear the hosts down.
@@ -339,18 +379,20 @@ def down(config: Path, keep: bool, force: bool) -> None:
 
 
 @cli.command()
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config", type=click.Path(path_type=Path))
 def validate(config: Path) -> None:
     """Check CONFIG and report every problem at once."""
     from cloudsend.providers import check_config
 
+    if config.is_dir():
+        config = config / CONFIG_NAME
     cfg = _load(config)
     try:
         notices = check_config(cfg)
     except ConfigError as exc:  # name the file, as the loader's messages do
         raise ConfigError(f"{config}: {exc.message}", hint=exc.hint) from None
     for notice in notices:
-        click.echo(f"note: {notice}")
+        click.echo(f"note: {clean(notice)}")
     jobs = sum(j.repeat for j in cfg.jobs)
     click.echo(f"{config}: ok ({len(cfg.environments)} environment(s), {jobs} job run(s))")
 
@@ -411,8 +453,8 @@ def main(argv: list[str] | None = None) -> None:
         if flag or _VERBOSITY["debug"]:
             raise
         click.echo(
-            f"error: {type(exc).__name__}: {exc}\n  hint: run with --debug for the "
-            "traceback and report it",
+            f"error: {type(exc).__name__}: {clean(exc, 20_000)}\n  hint: run with --debug for "
+            "the traceback and report it",
             err=True,
         )
         sys.exit(1)

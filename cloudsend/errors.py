@@ -30,6 +30,13 @@ class ConfigError(CloudsendError):
     kind = "config error"
 
 
+class UsageError(CloudsendError):
+    """A command-line argument names nothing (an unknown or ambiguous job, ...)."""
+
+    exit_code = 2
+    kind = "usage error"
+
+
 class ProvisionError(CloudsendError):
     """Machines could not be created, found or destroyed."""
 
@@ -81,14 +88,14 @@ class BudgetError(CloudsendError):
 
 
 EXIT_CODES_HELP = """Exit codes:
-  0  success (every job DONE)
-  1  unexpected error
-  2  config error (bad key, type, path)
+  0  success (every job DONE; status, logs, fetch: what was asked is shown)
+  1  unexpected error, or not confirmed (nothing was created)
+  2  config or usage error (bad key, type, path; unknown job, bad option)
   3  provision error (machines)
   4  transport error (host unreachable)
   5  bootstrap error (environment setup failed)
   6  job error (some jobs ABORTED)
-  7  state error (.cloudsend/state.db)
+  7  state error (.cloudsend/state.db; no run recorded yet; results not fetched)
   8  agent error (a host's agent answered with an error)
   9  time budget ran out (eco_life ended with jobs unfinished)
   130 interrupted (Ctrl-C); run again to resume"""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 
 # Terminal control sequences (CSI, OSC, other escapes) and C0/C1 controls but tab/newline:
@@ -11,6 +12,8 @@ _ESCAPES = re.compile(
     r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC: window title, hyperlinks
     r"|\x1b[@-_]?"  # other escapes
     r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+    # bidirectional overrides and isolates: they reorder what the user reads
+    r"|[\u202a-\u202e\u2066-\u2069]"
 )
 MAX_SHOWN = 2_000  # characters of foreign text in one note or cell
 
@@ -23,3 +26,31 @@ def clean(text: object, limit: int = MAX_SHOWN) -> str:
         value = value[: limit * 4]  # bound the regex's work on a huge line
     value = _ESCAPES.sub("", value)
     return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+# the start of a control sequence cut off at the end of a chunk: held back for the next one
+_PARTIAL = re.compile(r"(?:\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*)?|\r)\Z")
+
+
+class TerminalFilter:
+    """A job's log on its way to a terminal (`cloudsend logs`), chunk by chunk: the same
+    controls as `clean` removed (newlines and tabs kept, a carriage return made a newline,
+    nothing cut), a sequence split between two chunks removed too. Bytes that are not
+    UTF-8 show as U+FFFD."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._held = ""
+
+    def feed(self, data: bytes, final: bool = False) -> bytes:
+        text = self._held + self._decoder.decode(data, final)
+        self._held = ""
+        if not final:
+            partial = _PARTIAL.search(text)
+            if partial is not None:
+                self._held, text = text[partial.start() :], text[: partial.start()]
+        if len(self._held) > 4096:  # an escape that never ends: drop what it swallowed
+            self._held = ""
+        # a carriage return (progress bars) starts a new line instead of overwriting one
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        return _ESCAPES.sub("", text).encode()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -13,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cloudsend.core import JobState
-from cloudsend.pipeline.reporting import JobView, RunSummary
+from cloudsend.pipeline.reporting import EnvActivity, JobView, RunSummary
 from cloudsend.providers.base import (
     Cost,
     Preview,
@@ -42,6 +43,35 @@ _PROGRESS = (
     JobState.ABORTED,
     JobState.UNKNOWN,
 )
+
+
+def duration(seconds: float | None) -> str:
+    """5s, 2m05s, 1h02m ("" when unknown)."""
+    if seconds is None:
+        return ""
+    total = int(seconds)
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m{total % 60:02d}s"
+    return f"{total // 3600}h{total % 3600 // 60:02d}m"
+
+
+def progress_line(
+    jobs: list[JobView], activity: Sequence[EnvActivity] = (), now: float | None = None
+) -> Text:
+    """The live line: job counts, then what is being built where and for how long."""
+    text = _counts_line(jobs)
+    now = time.time() if now is None else now
+    for build in activity:
+        if build.started is None:
+            doing = f"env {build.env} waits its turn on host {build.host}"
+        else:
+            took = duration(max(0.0, now - build.started))
+            doing = f"building env {build.env} on host {build.host} ({took})"
+        text.append("  · ", style="dim")
+        text.append(clean(doing, 200), style="magenta")
+    return text
 
 
 def _counts_line(jobs: list[JobView]) -> Text:
@@ -82,10 +112,10 @@ class RichReporter:
                 shown = Text.assemble((f"{clean(host, 80)}|", "dim"), " ", clean(line))
                 self.console.print(shown, highlight=False)
 
-    def progress(self, jobs: list[JobView]) -> None:
+    def progress(self, jobs: list[JobView], activity: Sequence[EnvActivity] = ()) -> None:
         if self.quiet:
             return
-        line = _counts_line(jobs)
+        line = progress_line(jobs, activity)
         if self._live is None:
             self._live = Live(line, console=self.console, transient=True, refresh_per_second=4)
             self._live.start()
@@ -103,8 +133,14 @@ class RichReporter:
 
 def jobs_table(jobs: list[JobView], title: str | None = None) -> Table:
     table = Table(title=title, show_lines=False)
-    for col in ("job", "state", "host", "attempt", "exit", "fetched", "reason"):
-        table.add_column(col, overflow="fold")
+    # a job id stays on one line (copied into `logs`/`cancel`); the other columns give way
+    longest = max((len(j.job_id) for j in jobs), default=3)
+    table.add_column("job", no_wrap=True, min_width=longest)
+    table.add_column("state", no_wrap=True, min_width=7)
+    table.add_column("host", overflow="fold", min_width=5)
+    for col in ("try", "exit", "time", "fetched"):  # try: the attempt; time: its elapsed
+        table.add_column(col, no_wrap=True, min_width=len(col))
+    table.add_column("reason", overflow="fold")
     for j in jobs:
         # the reason holds the tail of the job's stderr: plain Text, never markup
         reason = clean(j.reason, 400).splitlines()[0] if j.reason else ""
@@ -114,6 +150,7 @@ def jobs_table(jobs: list[JobView], title: str | None = None) -> Table:
             Text(clean(j.host or "-", 200)),
             str(j.attempt),
             "" if j.exit_code is None else str(j.exit_code),
+            duration(j.elapsed),
             "yes" if j.fetched else "no",
             Text(reason[:80]),
         )
@@ -311,4 +348,4 @@ def print_preview(console: Console, preview: Preview) -> None:
         console.print(changes_table(preview.changes))
     console.print(cost_table(preview.cost))
     for warning in preview.warnings:  # e.g. a max_bid below the spot price: decide knowing it
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+        console.print(f"[yellow]warning:[/yellow] {escape(clean(warning))}")

@@ -7,12 +7,18 @@ real signals: `kill()` (host down), `freeze()`/`thaw()` (SIGSTOP/SIGCONT), `wipe
 
 Fixtures: `sshd_client_key` (session), `sshd_factory` -> make(n, *, user="root",
 stock_limits=False) -> list[SshdHost], `sshd_host` (one root host).
+
+Two suites may run at once on one machine: ports are picked free (and a port another suite's
+sshd took first is detected from our sshd's own log), every folder is a fresh temp dir, and
+test users are shared with a holder count (ensure_user / release_users): the harness removes
+a user or sudoers entry it created when the last suite holding it ends, and nothing else.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pwd
 import shutil
@@ -24,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import pytest
 
@@ -33,7 +39,11 @@ if TYPE_CHECKING:
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
-SUDOERS_FILE = Path("/etc/sudoers.d/cloudsend-test")
+SUDOERS_DIR = Path("/etc/sudoers.d")
+# what the harness changed for its test users, and which test processes use them (kept across
+# reboots, like the users themselves)
+USERS_STATE = Path("/var/lib/cloudsend-test-users")
+_HELD: set[str] = set()  # users this process holds
 
 
 def _unavailable(reason: str) -> None:
@@ -105,25 +115,162 @@ def _signal_all(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
+def _require_user_tools() -> None:
+    """Making a login user with passwordless sudo needs root, useradd and sudo (with its
+    /etc/sudoers.d): without them the tests that need such a user are skipped, saying why."""
+    if os.geteuid() != 0:
+        _unavailable("a test login user with sudo needs root (run the tests as root)")
+    if shutil.which("useradd") is None or shutil.which("usermod") is None:
+        _unavailable("useradd/usermod not installed (apt-get install passwd)")
+    if shutil.which("sudo") is None or shutil.which("visudo") is None:
+        _unavailable("sudo not installed (apt-get install sudo)")
+    if not SUDOERS_DIR.is_dir():
+        _unavailable(f"{SUDOERS_DIR} is missing (sudo not installed: apt-get install sudo)")
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2 :].split()[19].decode()
+
+
+def _holder(pid: int) -> str | None:
+    """A process, named so that a later process reusing its pid is another holder."""
+    started = _start_time(pid)
+    return None if started is None else f"{pid}:{started}"
+
+
+def _holder_alive(holder: str) -> bool:
+    pid, _, _ = holder.partition(":")
+    return pid.isdigit() and _holder(int(pid)) == holder
+
+
+@contextlib.contextmanager
+def _users_lock() -> Iterator[None]:
+    """One lock for every test process on the machine (not under $TMPDIR: two suites may
+    run with different temp dirs)."""
+    USERS_STATE.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(USERS_STATE / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _shadow_password(name: str) -> str | None:
+    with contextlib.suppress(OSError), open("/etc/shadow") as fh:
+        for line in fh:
+            fields = line.rstrip("\n").split(":")
+            if fields[0] == name and len(fields) > 1:
+                return fields[1]
+    return None
+
+
+class _UserRecord(TypedDict):
+    """USERS_STATE/<name>.json: what the harness changed for a test user, and who holds it."""
+
+    created_user: bool  # the harness ran useradd (userdel -r undoes it)
+    sudoers: str | None  # the sudoers entry the harness wrote
+    password: str | None  # the locked password field it replaced with "*" on a user it found
+    holders: list[str]  # test processes using the user ("pid:start time")
+
+
+def _read_record(name: str) -> _UserRecord:
+    path = USERS_STATE / f"{name}.json"
+    if path.exists():
+        record: _UserRecord = json.loads(path.read_text())
+        return record
+    return {"created_user": False, "sudoers": None, "password": None, "holders": []}
+
+
+def _write_record(name: str, record: _UserRecord) -> None:
+    path = USERS_STATE / f"{name}.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def sudoers_file(name: str) -> Path:
+    """The sudoers entry the harness writes for a test user (sudo skips names with dots)."""
+    return SUDOERS_DIR / f"cloudsend-test-{name}"
+
+
 def ensure_user(name: str) -> pwd.struct_passwd:
-    """Create a login user with passwordless sudo, as cloud images have (idempotent)."""
-    lock_path = Path(tempfile.gettempdir()) / "cloudsend-test-users.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel pytest processes may race here
+    """A login user with passwordless sudo, as cloud images have (skips the test when this
+    machine cannot have one). What the harness changes for it (the user, its unlocked
+    password, its sudoers entry) is recorded in USERS_STATE with this process as a holder,
+    and undone by release_users() when the last holder is done: a user or entry that was
+    there before is left as it was, and two suites sharing a user do not pull it from under
+    each other (a holder that died without releasing is dropped by the next one)."""
+    _require_user_tools()
+    me = _holder(os.getpid())
+    assert me is not None
+    with _users_lock():
+        record = _read_record(name)
+        record["holders"] = [h for h in record["holders"] if _holder_alive(h)]
+        if me not in record["holders"]:
+            record["holders"].append(me)
+        _write_record(name, record)  # before changing anything: a crash leaves a trail
         try:
             pwd.getpwnam(name)
         except KeyError:
             subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True)
+            record["created_user"], record["password"] = True, None
+            _write_record(name, record)
         # a useradd user is "locked" ("!" password); under UsePAM no sshd refuses it
-        subprocess.run(["usermod", "-p", "*", name], check=True)
+        password = _shadow_password(name) or ""
+        if password.startswith("!"):
+            if not record["created_user"] and record["password"] is None:
+                record["password"] = password  # restored on release
+                _write_record(name, record)
+            subprocess.run(["usermod", "-p", "*", name], check=True)
+        entry = sudoers_file(name)
         line = f"{name} ALL=(ALL) NOPASSWD:ALL\n"
-        if not SUDOERS_FILE.exists() or line not in SUDOERS_FILE.read_text():
-            tmp = SUDOERS_FILE.with_name(".cloudsend-test.tmp")
+        if not entry.exists():
+            tmp = SUDOERS_DIR / f".cloudsend-test-{name}.tmp"
             tmp.write_text(line)
             tmp.chmod(0o440)
             subprocess.run(["visudo", "-cqf", str(tmp)], check=True)
-            os.replace(tmp, SUDOERS_FILE)
-        return pwd.getpwnam(name)
+            os.replace(tmp, entry)
+            record["sudoers"] = str(entry)
+            _write_record(name, record)
+    _HELD.add(name)
+    return pwd.getpwnam(name)
+
+
+def release_users() -> list[str]:
+    """This process is done with the users it asked for: the last holder of a user undoes
+    what the harness changed for it. Returns warnings (what could not be undone)."""
+    warnings: list[str] = []
+    me = _holder(os.getpid())
+    for name in sorted(_HELD):
+        with _users_lock():
+            record = _read_record(name)
+            record["holders"] = [h for h in record["holders"] if h != me and _holder_alive(h)]
+            if record["holders"]:
+                _write_record(name, record)
+                continue
+            if record["sudoers"]:
+                Path(record["sudoers"]).unlink(missing_ok=True)
+                record["sudoers"] = None
+            if record["created_user"]:
+                done = subprocess.run(["userdel", "-r", name], capture_output=True, text=True)
+                if done.returncode not in (0, 6):  # 6: no such user (removed already)
+                    # kept in the record: the next suite's release tries again
+                    warnings.append(f"test user {name!r} not removed: {done.stderr.strip()}")
+                    _write_record(name, record)
+                    continue
+            elif record["password"] is not None:
+                subprocess.run(["usermod", "-p", record["password"], name], check=False)
+            (USERS_STATE / f"{name}.json").unlink(missing_ok=True)
+    _HELD.clear()
+    return warnings
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for warning in release_users():
+        sys.stderr.write(f"\nsshd harness: {warning}\n")
 
 
 class SshdHost:
@@ -201,6 +348,7 @@ class SshdHost:
             else:
                 fresh_port = False
             self._write_config()
+            log_start = self.log.stat().st_size if self.log.exists() else 0
             # -D: stay in the foreground so we own the listener's pid; -E: log to a file
             self._proc = subprocess.Popen(
                 [SSHD, "-D", "-f", str(self.config_path), "-E", str(self.log)],
@@ -209,7 +357,7 @@ class SshdHost:
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
-            if self._wait_listening(timeout):
+            if self._wait_listening(timeout, log_start):
                 return
             self._reap()
             if not fresh_port:
@@ -218,14 +366,17 @@ class SshdHost:
         tail = self.log.read_text()[-2000:] if self.log.exists() else ""
         raise RuntimeError(f"sshd for {self.name} did not start on port {self.port}:\n{tail}")
 
-    def _wait_listening(self, timeout: float) -> bool:
+    def _wait_listening(self, timeout: float, log_start: int) -> bool:
+        """Our sshd listens: its log says so. (A port that accepts is not enough: another
+        test suite's sshd may have taken the free port first; ours then fails to bind.)"""
+        listening = f"Server listening on {self.address} port {self.port}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
                 return False
-            with socket.socket() as s:
-                s.settimeout(0.5)
-                if s.connect_ex((self.address, self.port)) == 0:
+            with contextlib.suppress(OSError), open(self.log, "rb") as fh:
+                fh.seek(log_start)
+                if listening in fh.read().decode(errors="replace"):
                     return True
             time.sleep(0.01)
         return False

@@ -29,6 +29,7 @@ from tests.agent_helpers import (
     shut_down,
     timed_script,
 )
+from tests.waiting import sleeping, wait_until
 
 
 @pytest.fixture
@@ -72,10 +73,11 @@ def test_a_wiped_root_takes_its_daemon_and_jobs_down(agent: Agent) -> None:
     st = agent.wait_state("w", "RUNNING")
     daemon, pgid = st["agent"]["pid"], st["jobs"]["w"]["pid"]
     shutil.rmtree(agent.root)
-    deadline = time.monotonic() + 5
-    while process_alive(daemon) or group_alive(pgid):
-        assert time.monotonic() < deadline, "daemon of a wiped root kept running"
-        time.sleep(0.05)
+    wait_until(
+        lambda: not (process_alive(daemon) or group_alive(pgid)),
+        5,
+        "the daemon of a wiped root and its job to end",
+    )
     assert agent.status()["jobs"] == {}  # the next call starts afresh
 
 
@@ -162,9 +164,7 @@ def test_cancel_escalates_to_sigkill_and_cancel_all(agent: Agent) -> None:
     pid = st["jobs"]["stubborn"]["pid"]
     t0 = time.monotonic()
     assert sorted(agent.call("cancel", "--all")["cancelled"]) == ["q", "stubborn", "w"]
-    while group_alive(pid):
-        assert time.monotonic() - t0 < 6, "SIGTERM-proof job was not killed"
-        time.sleep(0.05)
+    wait_until(lambda: not group_alive(pid), 6, "the SIGTERM-proof job to be killed")
     assert time.monotonic() - t0 >= 1.5  # it got its grace period first
     agent.wait(lambda s: s["agent"]["slots_used"] == 0)
 
@@ -178,10 +178,7 @@ def test_cancel_grace_outlives_the_daemon(agent: Agent) -> None:
     agent.call("cancel", "s1")
     agent.kill_daemon()  # the pending SIGKILL is on disk: the next daemon still sends it
     agent.status()
-    t0 = time.monotonic()
-    while group_alive(pids["s1"]):
-        assert time.monotonic() - t0 < 6, "restarted daemon forgot the pending SIGKILL"
-        time.sleep(0.05)
+    wait_until(lambda: not group_alive(pids["s1"]), 6, "the restarted daemon's pending SIGKILL")
     agent.call("cancel", "s2")
     agent.call("stop")  # a stopping daemon finishes off what it cancelled
     assert not group_alive(pids["s2"])
@@ -263,7 +260,7 @@ def test_killed_daemon_is_restarted_and_adopts_running_jobs(agent: Agent, tmp_pa
     )
     agent.wait(lambda s: s["agent"]["slots_used"] == 2)
     old = agent.kill_daemon()
-    time.sleep(0.1)
+    wait_until(lambda: not process_alive(old), 5, "the killed daemon to be gone")
     st = agent.status()  # restarts the daemon, which adopts a and b
     assert st["agent"]["pid"] != old and process_alive(st["agent"]["pid"])
     assert {st["jobs"][j]["state"] for j in ("a", "b")} == {"RUNNING"}
@@ -296,10 +293,11 @@ def test_jobs_that_ended_while_no_daemon_ran_are_settled(agent: Agent) -> None:
     doomed_pid = st["jobs"]["doomed"]["pid"]
     agent.kill_daemon()
     os.killpg(doomed_pid, signal.SIGKILL)  # "host restart": the job dies without an rc
-    deadline = time.monotonic() + 5
-    while process_alive(doomed_pid) or not (agent.root / "jobs/quick/rc").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(
+        lambda: not process_alive(doomed_pid) and (agent.root / "jobs/quick/rc").exists(),
+        5,
+        "doomed to die and quick to write its rc",
+    )
     st = agent.status()  # the restarted daemon settles both before answering
     assert st["jobs"]["doomed"]["state"] == "ABORTED"
     assert st["jobs"]["doomed"]["reason"] == "process vanished (host restarted?)"
@@ -351,7 +349,7 @@ def test_long_poll_returns_on_change_or_times_out(agent: Agent) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(0.3)
+    wait_until(lambda: sleeping(poll.pid), 10, "the long poll to be waiting")
     t1 = time.monotonic()
     agent.submit([job("poke", "true")])
     out, _ = poll.communicate(timeout=10)
@@ -442,10 +440,9 @@ def test_stop_kill_jobs_with_and_without_a_daemon(agent: Agent) -> None:
     agent.kill_daemon()  # b's and a's processes are orphans now; stop must still find them
     doc = agent.call("stop", "--kill-jobs")
     assert doc["stopped"] is False and sorted(doc["killed"]) == ["a", "b"]
-    deadline = time.monotonic() + 3
-    while any(process_alive(p) for p in pids):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until(
+        lambda: not any(process_alive(p) for p in pids), 3, "the jobs to be killed", every=0.02
+    )
     st = json.loads((agent.root / "status.json").read_text())
     assert {st["jobs"][j]["state"] for j in ("a", "b")} == {"ABORTED"}
     assert agent.call("stop") == {"stopped": False, "pid": None, "killed": []}

@@ -69,10 +69,8 @@ def test_offline_preview_json_needs_no_cli_and_no_credentials(
     )
     spot = [i for i in cost["instances"] if i["market"] == "spot"]
     assert len(spot) == 1 and spot[0]["hourly"] <= 0.1
-    # the per-stack key was generated 0600 outside the project
-    keys = list((Path(no_pulumi_env["HOME"]) / ".cloudsend" / "keys").iterdir())
-    private = [k for k in keys if not k.name.endswith(".pub")]
-    assert private and all((k.stat().st_mode & 0o777) == 0o600 for k in private)
+    # nothing is deployed: no key is made (`up` makes the per-stack key)
+    assert not (Path(no_pulumi_env["HOME"]) / ".cloudsend" / "keys").exists()
 
 
 def test_up_refuses_a_plan_over_budget(
@@ -143,7 +141,7 @@ marker = Path(sys.argv[1])
 
 
 class Stub:
-    def preview(self):
+    def preview(self, refresh=False):
         return [ResourceChange("create", "aws:ec2/instance:Instance", "awsdemo-0-0", "urn:x")]
 
     def _touch(self, what):

@@ -102,7 +102,8 @@ def test_machine_errors_are_provision_errors(
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     machines = _provider(project).machines
     for operation in (machines.poll, lambda: machines.start(["life-0-0"])):
-        with pytest.raises(ProvisionError, match="could not list the stack's instances"):
+        # (issue 10, item 20: a credentials problem says so, not "could not list ...")
+        with pytest.raises(ProvisionError, match="no AWS credentials found"):
             operation()
 
 

@@ -465,7 +465,10 @@ def test_engine_provider_and_program_agree_on_the_project_name(
     assert provider.project == spec.project == engine.project == "my-big-exp"
     assert provider.stack == spec.stack == engine.stack_name == "my-big-exp"
     assert spec.tags["cloudsend:project"] == "my-big-exp"
+    # an offline plan deploys nothing: it makes no key (issue 10)
+    assert not (tmp_path / "home" / ".cloudsend" / "keys").exists()
     # the key the instances get is the one the provider logs in with (and stacks/ would use)
+    stack_key(provider.project, provider.stack)
     keys = sorted(p.name for p in (tmp_path / "home" / ".cloudsend" / "keys").iterdir())
     assert keys == ["my-big-exp--my-big-exp", "my-big-exp--my-big-exp.pub"]
     # any caller of the engine gets a valid Pulumi project name

@@ -26,8 +26,8 @@ class EngineStub:
         self.calls: list[str] = []
         self._on_destroy = on_destroy
 
-    def preview(self) -> list[Any]:
-        self.calls.append("preview")
+    def preview(self, *, refresh: bool = False) -> list[Any]:
+        self.calls.append("preview+refresh" if refresh else "preview")
         return []
 
     def refresh(self) -> None:

@@ -68,11 +68,11 @@ def test_yaml_errors_keep_their_line_with_either_parser(tmp_path: Path, yaml_loa
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".py"])
-def test_file_over_4_mb_is_refused_unread(tmp_path: Path, suffix: str) -> None:
+def test_file_over_16_mb_is_refused_unread(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"big{suffix}"
-    path.write_text("# " + "x" * (5 * 2**20) + "\nconfig = {}\n")
+    path.write_text("# " + "x" * (17 * 2**20) + "\nconfig = {}\n")
     message = error_of(path)
-    assert message.startswith(f"{path}: is 5.0 MB; a config file may be at most 4 MB")
+    assert message.startswith(f"{path}: is 17.0 MB; a config file may be at most 16 MB")
     assert "hint: use repeat:" in message
 
 

@@ -10,13 +10,13 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from cloudsend.config.models import Config
 from cloudsend.providers.local import LocalProvider
 from tests.conftest import Project
+from tests.waiting import wait_until
 
 TAGS = {"cloudsend:project": "mon", "cloudsend:stack": "mon"}
 
@@ -88,19 +88,24 @@ def test_spot_interruption_requeues_jobs_and_auto_stop_stops_machines(
     victim = project.path / ".cloudsend" / "hosts" / "local-0-1"
 
     def interrupt() -> None:
-        time.sleep(1.0)
+        store, run_id = client.session.store, client.session.current_run()
+        wait_until(
+            lambda: any(r.host == "local-0-1" and r.state == "RUNNING" for r in store.jobs(run_id)),
+            30,
+            "a job running on local-0-1",
+        )
         # the machine is gone: its processes and disk with it, and AWS says why
         agent = victim / "agent.py"
         subprocess.run([sys.executable, str(agent), "--root", str(victim), "stop",
                         "--kill-jobs"], capture_output=True, timeout=30)
         # the shutdown's kills reach cloudsend before AWS reports the interruption (the
         # order a loaded machine produced in CI): those jobs must still run again elsewhere
-        store, run_id = client.session.store, client.session.current_run()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any(
-            r.host == "local-0-1" and r.state == "ABORTED" for r in store.jobs(run_id)
-        ):
-            time.sleep(0.05)
+        wait_until(
+            lambda: any(r.host == "local-0-1" and r.state == "ABORTED" for r in store.jobs(run_id)),
+            10,
+            "the kills to be recorded",
+            check=False,  # if AWS's report comes first, that order is tested too
+        )
         shutil.rmtree(victim, ignore_errors=True)
         moto_aws.spot_interrupt(ids["local-0-1"])
 

@@ -6,10 +6,10 @@ import contextlib
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 from tests.conftest import Project
+from tests.waiting import wait_until
 
 SLEEPY = """
 project: sleepy
@@ -67,10 +67,7 @@ def test_sigkill_mid_run_then_resume(project: Project, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.txt"
     project.config(SLEEPY.format(ledger=ledger, sleep=1.0, repeat=10))
     first = project.popen("run")
-    deadline = time.monotonic() + 60
-    while len(_ledger(ledger)) < 5 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert len(_ledger(ledger)) >= 5, "jobs did not start"
+    wait_until(lambda: len(_ledger(ledger)) >= 5, 60, "jobs to start")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     second = json.loads(project.cli("run", "--json", check=True).stdout)
@@ -164,25 +161,28 @@ def test_status_logs_cancel(project: Project, tmp_path: Path) -> None:
     )
     bg = project.popen("run")
     try:
-        deadline = time.monotonic() + 60
         running: list[dict[str, object]] = []
         doc: dict[str, object] = {}
-        while time.monotonic() < deadline:
+
+        def two_running() -> bool:
+            nonlocal doc, running
             proc = project.cli("status", "--json")
             if proc.returncode == 0:  # exit 7 until `run` has recorded its run
                 doc = json.loads(proc.stdout)
                 running = [j for j in doc["jobs"] if j["state"] == "RUNNING"]  # type: ignore[union-attr,index]
-                if len(running) == 2:
-                    break
-            time.sleep(0.3)
-        if len(running) != 2:
+            return len(running) == 2
+
+        def why() -> str:
             died = "" if bg.poll() is None else bg.communicate()[1]
             last = project.cli("status", "--json")
-            raise AssertionError(f"{doc}\nrun: {died}\nstatus: {last.stdout} {last.stderr}")
+            return f"2 running jobs: {doc}\nrun: {died}\nstatus: {last.stdout} {last.stderr}"
+
+        wait_until(two_running, 60, why, every=0.3)
         assert doc["hosts"][0]["health"] == "ok"  # type: ignore[index]
         job = str(running[0]["job_id"])
-        time.sleep(0.5)
-        assert "started" in project.cli("logs", job, check=True).stdout
+        wait_until(
+            lambda: "started" in project.cli("logs", job, check=True).stdout, 30, "its output"
+        )
         out = project.cli("cancel", "--all", check=True)
         assert "cancelled 2 job(s)" in out.stdout
         bg.wait(timeout=60)
@@ -269,9 +269,7 @@ def test_host_restart_mid_run_reruns_the_jobs_it_killed(project: Project, tmp_pa
     project.config(SLEEPY.format(ledger=ledger, sleep=1.5, repeat=4))
     host_root = project.path / ".cloudsend" / "hosts" / "local-0-0"
     run = project.popen("run", "--json")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(_ledger(ledger)) < 4:
-        time.sleep(0.05)
+    wait_until(lambda: len(_ledger(ledger)) >= 4, 60, "jobs to start")
     assert len(_ledger(ledger)) == 4, "jobs did not start"
     victims = processes_under(host_root)
     assert victims, "nothing runs under the host"

@@ -26,6 +26,7 @@ from tests.ssh_helpers import (
     ssh_config,
     wait_for,
 )
+from tests.waiting import host_health, wait_until
 
 
 def done_attempts(project: Project) -> dict[str, int]:
@@ -56,6 +57,7 @@ def test_sshd_killed_mid_run_and_restarted(
     cfg = project.config(ssh_config(hosts, ledger, jobs=8, sleep=1.5))
     spy = FetchSpy(monkeypatch)
     jobs_at_kill: list[str] = []
+    state_db = project.path / ".cloudsend" / "state.db"
 
     def kill_then_restart() -> None:
         # a job running on the victim (its agent is detached, so the job survives the kill)
@@ -64,7 +66,10 @@ def test_sshd_killed_mid_run_and_restarted(
         )
         victim.kill()
         jobs_at_kill.extend(processes_under(victim.root))
-        time.sleep(5)  # the outage itself: the scenario is "restarted 5 s later"
+        # the outage lasts until cloudsend has seen it (the host recorded unreachable)
+        wait_until(
+            lambda: host_health(state_db, pname(victim)) == "unreachable", 60, "the outage seen"
+        )
         victim.start()
 
     summary = api_run(cfg, during=kill_then_restart)

@@ -13,13 +13,13 @@ import hashlib
 import json
 import os
 import re
-import shlex
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cloudsend.bootstrap import sources
 from cloudsend.bootstrap.jinja import read_template_file, render_template
+from cloudsend.config import shellwords
 from cloudsend.config.models import Config, EnvironmentConfig, JobConfig
 from cloudsend.errors import BootstrapError, ConfigError
 
@@ -165,7 +165,7 @@ def _job_context(job: JobConfig, env: RenderedEnv | None) -> dict[str, Any]:
     context: dict[str, Any] = {"env_id": env.env_id if env else None}
     if job.run_script and job.run_script.strip():
         try:
-            words = shlex.split(job.run_script)
+            words = shellwords.split(job.run_script)
         except ValueError as exc:
             raise ConfigError(f"run_script {job.run_script!r} cannot be parsed: {exc}") from None
         # The script is uploaded like upload_files and linked into the work dir under its

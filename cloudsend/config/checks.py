@@ -14,6 +14,7 @@ import re
 import shlex
 from pathlib import Path, PurePath
 
+from cloudsend.config import shellwords
 from cloudsend.config.messages import Issue, KeyPath, did_you_mean, format_path, show
 from cloudsend.config.models import (
     MAX_JOB_RUNS,
@@ -255,7 +256,7 @@ def _resolve_script(
     """Make run_script's script absolute; return it when it is an existing file."""
     assert job.run_script is not None
     try:
-        argv = shlex.split(job.run_script)
+        argv = shellwords.split(job.run_script)
     except ValueError as exc:
         issues.append(Issue(key, f"cannot be split into a script and arguments: {exc}"))
         return None

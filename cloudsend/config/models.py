@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shlex
 from datetime import timedelta
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
@@ -30,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from cloudsend.config import shellwords
 from cloudsend.errors import ConfigError
 
 _ONE_OR_MANY = {
@@ -128,6 +128,7 @@ MAX_MACHINES = 1_000  # machines of all entries, after explode (checks.py)
 MAX_CPUS = 1_024  # cpus of a machine, cpus_req of a job
 MAX_DISK_GB = 65_536  # the largest EBS volume
 MAX_NAME = 64  # project and environment names
+MIN_MAX_BID = 0.001  # EC2 refuses a spot max price below $0.001/hour
 
 # A name that becomes a path or an id (project, environment): a safe ASCII subset, starting
 # with a letter, digit or '_' (no '.', '..', '/', leading '-' or '.').
@@ -191,6 +192,7 @@ Int = Annotated[int, BeforeValidator(_no_bool)]
 PositiveInt = Annotated[int, Ge(1), BeforeValidator(_no_bool)]
 CpuCount = Annotated[int, Ge(1), Le(MAX_CPUS), BeforeValidator(_no_bool)]
 DiskSize = Annotated[int, Ge(1), Le(MAX_DISK_GB), BeforeValidator(_no_bool)]
+DiskIops = Annotated[int, Ge(100), Le(256_000), BeforeValidator(_no_bool)]
 StrList = Annotated[list[str], BeforeValidator(_as_list), WithJsonSchema(_ONE_OR_MANY)]
 def _not_blank_path(value: Any) -> Any:
     # Path("") is ".": an empty entry would be reported as "'.' is a directory"
@@ -252,12 +254,21 @@ class InstanceConfig(_Model):
     gpu: str | None = Field(None, description="GPU kind wanted; pick a type that has it.")
     disk_size: DiskSize | None = Field(None, description="Root volume size in GB.")
     disk_type: str | None = Field(None, description="Root volume type (gp3, io2, st1...).")
+    disk_iops: DiskIops | None = Field(
+        None,
+        description="Provisioned IOPS of the root volume (io1, io2, gp3 only); io1/io2 "
+        "default to 3000, or the most their size allows.",
+    )
     eco: bool = Field(False, description="True: a spot instance (cheaper, may be interrupted).")
     eco_life: Duration = Field(
         None, description=f"How long a spot request may live: {_DURATION_HELP}."
     )
     max_bid: float | None = Field(
-        None, gt=0, le=1_000, allow_inf_nan=False, description="Highest spot price in $/hour."
+        None,
+        ge=MIN_MAX_BID,
+        le=1_000,
+        allow_inf_nan=False,
+        description=f"Highest spot price in $/hour (at least {MIN_MAX_BID}: EC2's smallest).",
     )
     number: Int = Field(1, ge=1, le=MAX_NUMBER, description="How many instances of this entry.")
     explode: bool = Field(
@@ -555,7 +566,7 @@ class Config(_Model):
         if job.run_script is None or not job.run_script.strip():
             return None
         try:
-            argv = shlex.split(job.run_script)
+            argv = shellwords.split(job.run_script)
         except ValueError as exc:
             raise ConfigError(f"run_script {job.run_script!r} cannot be split: {exc}") from None
         if not argv:

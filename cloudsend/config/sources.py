@@ -26,7 +26,7 @@ PYTHON_SUFFIXES = (".py",)
 
 # Bounds on what a config file may hold (real configs are a few kB and nest 4 deep), so a
 # hostile file ends in a ConfigError within a second instead of minutes or gigabytes.
-MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_FILE_BYTES = 16 * 1024 * 1024  # a 10 MB generated command line fits
 MAX_DEPTH = 32  # levels of keys and list items
 MAX_NODES = 100_000  # values, after YAML aliases are expanded (the loader checks those)
 

@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 _BOOT = "import sys; sys.path.insert(0, sys.argv[2]); import agent; sys.exit(agent.main())"
 
 
+def _jobs(job_ids: list[str]) -> str:
+    """Job ids for a message: the first few, and how many more."""
+    more = f" and {len(job_ids) - 3} more" if len(job_ids) > 3 else ""
+    return ", ".join(job_ids[:3]) + more
+
+
 class AgentClient:
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -40,7 +46,11 @@ class AgentClient:
         return " ".join(shlex.quote(a) for a in (h.python, "-c", _BOOT, "--root", h.root, *args))
 
     def _call(
-        self, *args: str, stdin: str | None = None, timeout: float | None = 120
+        self,
+        *args: str,
+        stdin: str | None = None,
+        timeout: float | None = 120,
+        what: str | None = None,
     ) -> dict[str, Any]:
         """Run the agent once and return its JSON document.
 
@@ -51,7 +61,9 @@ class AgentClient:
         h = self.host
         command = self.command(*args)
         began = time.monotonic()
-        result = h.transport.run(command, stdin=stdin, timeout=timeout, check=False)
+        # messages say what the call was for (`what`), never the internal command line
+        doing = what or f"the agent's {args[0]!r} call"
+        result = h.transport.run(command, stdin=stdin, timeout=timeout, check=False, what=doing)
         log.debug(
             "agent %s on %s: exit %d in %.0f ms",
             args[0], h.name, result.exit_code, (time.monotonic() - began) * 1000,
@@ -77,20 +89,27 @@ class AgentClient:
         return doc
 
     def start(self, slots: int) -> StartAnswer:
-        return cast(StartAnswer, self._call("start", "--slots", str(slots)))
+        return cast(
+            StartAnswer, self._call("start", "--slots", str(slots), what="starting the agent")
+        )
 
     def submit(self, envs: list[EnvSpec], jobs: list[JobSpec]) -> SubmitAnswer:
         request: SubmitRequest = {"envs": envs, "jobs": jobs}
-        return cast(SubmitAnswer, self._call("submit", stdin=json.dumps(request)))
+        ids = [j["job_id"] for j in jobs]
+        what = f"submitting {_jobs(ids)}" if ids else "submitting environments"
+        return cast(SubmitAnswer, self._call("submit", stdin=json.dumps(request), what=what))
 
     def status(self, since: int | None = None, wait: float = 0) -> StatusDoc:
         args = ["status"]
         if since is not None and wait > 0:
             args += ["--since", str(since), "--wait", str(wait)]
-        return cast(StatusDoc, self._call(*args, timeout=wait + 60))
+        return cast(StatusDoc, self._call(*args, timeout=wait + 60, what="a job status check"))
 
     def cancel(self, job_ids: list[str] | None = None) -> CancelAnswer:
-        return cast(CancelAnswer, self._call("cancel", *(job_ids if job_ids else ["--all"])))
+        what = f"cancelling {_jobs(job_ids)}" if job_ids else "cancelling every job"
+        return cast(
+            CancelAnswer, self._call("cancel", *(job_ids if job_ids else ["--all"]), what=what)
+        )
 
     def collect(
         self, out: str, want: dict[str, int], since: int | None = None, wait: float = 0
@@ -99,10 +118,16 @@ class AgentClient:
         args = ["collect", "--out", out]
         if since is not None and wait > 0:
             args += ["--since", str(since), "--wait", str(wait)]
-        return cast(CollectAnswer, self._call(*args, stdin=json.dumps(want), timeout=wait + 60))
+        what = f"watching {_jobs(list(want))}" if want else "a job status check"
+        return cast(
+            CollectAnswer,
+            self._call(*args, stdin=json.dumps(want), timeout=wait + 60, what=what),
+        )
 
     def pack(self, out: str, job_ids: list[str]) -> PackAnswer:
-        return cast(PackAnswer, self._call("pack", "--out", out, *job_ids))
+        what = f"packing the outputs of {_jobs(job_ids)}"
+        return cast(PackAnswer, self._call("pack", "--out", out, *job_ids, what=what))
 
     def stop(self, kill_jobs: bool = False) -> StopAnswer:
-        return cast(StopAnswer, self._call("stop", *(["--kill-jobs"] if kill_jobs else [])))
+        args = ["--kill-jobs"] if kill_jobs else []
+        return cast(StopAnswer, self._call("stop", *args, what="stopping the agent"))

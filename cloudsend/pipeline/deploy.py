@@ -39,7 +39,8 @@ def ensure_agent(host: Host, project: str) -> set[str]:
         f'case "$cs_claim" in {CLAIMED}*) '
         f"mkdir -p {root}/files && cd {root} && ls -1 files && "
         f'{{ [ "$(cat agent.py protocol.py 2>/dev/null | sha256sum | cut -c1-64)" != {want} ] || '
-        f"{{ echo {_STARTED}; {start} >/dev/null; }}; }};; esac"
+        f"{{ echo {_STARTED}; {start} >/dev/null; }}; }};; esac",
+        what="checking the host's cloudsend folder and agent",
     )
     refused = claim_outcome(host.name, host.root, probe.stdout)
     if refused is not None:

@@ -114,7 +114,9 @@ def fetch_jobs(
     remote = f"{host.root}/outbox/{uuid.uuid4().hex}.tar.gz"
     AgentClient(host).pack(remote, job_ids)
     got = download(host, remote, job_ids, results_dir, tmp_dir)
-    host.transport.run(f"rm -f {shlex.quote(remote)}", check=False)
+    host.transport.run(
+        f"rm -f {shlex.quote(remote)}", check=False, what="removing a fetched archive"
+    )
     return got
 
 

@@ -65,7 +65,8 @@ def sync_files(
     files_dir = f"{host.root}/files"
     if present is None:
         listing = host.transport.run(
-            f"mkdir -p {shlex.quote(files_dir)} && ls -1 {shlex.quote(files_dir)}"
+            f"mkdir -p {shlex.quote(files_dir)} && ls -1 {shlex.quote(files_dir)}",
+            what="listing the files the host already has",
         )
         present = set(listing.stdout.split())
     sent = sent_bytes = 0

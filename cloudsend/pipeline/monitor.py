@@ -23,7 +23,7 @@ from cloudsend.core import FINAL, CloudSendProcessState, JobState
 from cloudsend.errors import CloudsendError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.plan import Plan
-from cloudsend.pipeline.reporting import JobView, Reporter
+from cloudsend.pipeline.reporting import EnvActivity, JobView, Reporter
 from cloudsend.pipeline.run_state import RunState
 from cloudsend.pipeline.watch import HostEvent, HostWatcher
 from cloudsend.providers.base import Host, Provider
@@ -70,6 +70,7 @@ class RunMonitor:
         self.started = time.monotonic()
         self.next_instance_poll = time.monotonic()
         self._wanted: frozenset[str] | None = None
+        self.envs: dict[str, dict[str, Any]] = {}  # host → its last status's envs
 
     @property
     def stopped(self) -> set[str]:
@@ -119,6 +120,16 @@ class RunMonitor:
         self.last_ok.setdefault(host_name, time.monotonic())
         watcher.start()
 
+    def activity(self) -> list[EnvActivity]:
+        """The environments being built now, named as in the config, host by host."""
+        names = {p.env.env_id: p.env.name or p.env.env_id for p in self.s.plan.jobs if p.env}
+        return [
+            EnvActivity(names.get(env_id, env_id), host, env.get("started"))
+            for host, envs in sorted(self.envs.items())
+            for env_id, env in sorted(envs.items())
+            if env.get("state") == "BUILDING"
+        ]
+
     def _set_health(self, host: str, health: str, detail: str = "") -> None:
         if self.health.get(host) != health:
             self.health[host] = health
@@ -165,7 +176,7 @@ class RunMonitor:
                     ):
                         self._declare_lost(name)
                 views = self.s.views()
-                self.s.reporter.progress(views)
+                self.s.reporter.progress(views, self.activity())
         finally:
             self.stop.set()
         if self.s.config.auto_stop and self.satisfied(views):
@@ -198,6 +209,7 @@ class RunMonitor:
                 host, "ok", "back" if self.health.get(host) not in (None, "ok") else ""
             )
             self.s.apply_status(host, event.status)
+            self.envs[host] = dict(event.status.get("envs", {}))
             every = self.s.store.jobs(self.run_id)  # one read serves both rules
             records = [rec for rec in every if rec.job_id in self.wanted]
             submitted = self.s.state.submitted_at

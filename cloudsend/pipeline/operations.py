@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloudsend.core import FINAL
-from cloudsend.errors import JobError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.fetch import fetch_jobs
 from cloudsend.providers.base import Host
+from cloudsend.scheduling.expand import job_slug
+from cloudsend.scheduling.jobref import JobName, resolve_jobs
 
 if TYPE_CHECKING:
     from cloudsend.pipeline.session import Session
@@ -48,19 +49,28 @@ def fetch_results(session: Session, out_dir: Path | None = None) -> Path:
     return session.results_dir
 
 
+def job_names(session: Session) -> list[JobName]:
+    """The run's jobs as a user may name them (scheduling.jobref)."""
+    return [
+        JobName(p.job_id, p.unit.index, p.unit.rep, job_slug(p.unit.job))
+        for p in session.plan.jobs
+    ]
+
+
+def resolve(session: Session, refs: list[str]) -> list[str]:
+    """The job ids these references (an id, a unique prefix, an index, a name) name;
+    UsageError listing the candidates for an unknown or ambiguous one."""
+    return resolve_jobs(refs, job_names(session))
+
+
 def cancel(session: Session, job_ids: list[str] | None = None) -> list[str]:
+    if job_ids:
+        job_ids = resolve(session, job_ids)
     views = session.views()
     by_host: dict[str, list[str]] = {}
     for v in views:
         if v.host and (job_ids is None or v.job_id in job_ids) and v.state not in FINAL:
             by_host.setdefault(v.host, []).append(v.job_id)
-    if job_ids:
-        unknown = set(job_ids) - {v.job_id for v in views}
-        if unknown:
-            raise JobError(
-                f"no job named {', '.join(sorted(unknown))} in this run",
-                hint="`cloudsend status` lists the job ids",
-            )
     cancelled: list[str] = []
     for name, ids in by_host.items():
         cancelled += AgentClient(session.host_named(name)).cancel(ids).get("cancelled", [])

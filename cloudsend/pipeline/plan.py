@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from cloudsend.agent.protocol import EnvSpec, JobSpec
 from cloudsend.bootstrap import RenderedEnv, render_environment, render_job_script
+from cloudsend.config import shellwords
 from cloudsend.config.models import Config, JobConfig
 from cloudsend.pipeline.files import FileIndex
 from cloudsend.scheduling import JobUnit, expand_jobs
@@ -61,7 +61,7 @@ class Plan:
 def _job_files(job: JobConfig) -> list[Path]:
     files: list[Path] = []
     if job.run_script:
-        files.append(Path(shlex.split(job.run_script)[0]))
+        files.append(Path(shellwords.split(job.run_script)[0]))
     return files + [Path(p) for p in job.upload_files] + [Path(p) for p in job.input_files]
 
 
@@ -83,10 +83,13 @@ def build_plan(config: Config, index: FileIndex) -> Plan:
         parts = [(env.env_id if config.dev else env.content_hash) if env else ""]
         parts += [index.add(f) for f in _job_files(job) if f.is_file()]
         salts[i] = ":".join(parts)
-    jobs = [
-        PlannedJob(
-            u, envs[u.index], render_job_script(u.job, envs[u.index], config), _job_files(u.job)
-        )
-        for u in expand_jobs(config, salts)
-    ]
+    # every repeat of a jobs[] entry has the same script and files: render them once per entry
+    scripts: dict[int, tuple[str, list[Path]]] = {}
+    jobs = []
+    for u in expand_jobs(config, salts):
+        if u.index not in scripts:
+            script = render_job_script(u.job, envs[u.index], config)
+            scripts[u.index] = (script, _job_files(u.job))
+        script, files = scripts[u.index]
+        jobs.append(PlannedJob(u, envs[u.index], script, list(files)))
     return Plan(jobs, {e.env_id: e for e in rendered.values()})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +22,16 @@ class JobView:
     exit_code: int | None
     reason: str | None
     fetched: bool
+    elapsed: float | None = None  # seconds the current attempt has run (so far, or in all)
+
+
+@dataclass(frozen=True)
+class EnvActivity:
+    """An environment being built on a host (the live progress line says so)."""
+
+    env: str  # the environment's name in the config (its id when it has none)
+    host: str
+    started: float | None  # epoch seconds on the host; None: waiting for another build
 
 
 @dataclass
@@ -56,7 +67,7 @@ class Reporter(Protocol):
 
     def notice(self, message: str) -> None: ...
 
-    def progress(self, jobs: list[JobView]) -> None: ...
+    def progress(self, jobs: list[JobView], activity: Sequence[EnvActivity] = ()) -> None: ...
 
     def log(self, host: str, text: str) -> None: ...
 
@@ -68,7 +79,7 @@ class NullReporter:
     def notice(self, message: str) -> None:
         pass
 
-    def progress(self, jobs: list[JobView]) -> None:
+    def progress(self, jobs: list[JobView], activity: Sequence[EnvActivity] = ()) -> None:
         pass
 
     def log(self, host: str, text: str) -> None:

@@ -63,6 +63,8 @@ class Session:
         # those are not adopted, and this run's attempts start above theirs (job → highest)
         self.fresh_run = False
         self.attempt_floor: dict[str, int] = {}
+        # job → (attempt, started, ended) as its host reports them (epoch seconds there)
+        self.job_times: dict[str, tuple[int, float | None, float | None]] = {}
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -350,6 +352,7 @@ class Session:
                 r.exit_code,
                 r.reason,
                 r.fetched,
+                self._elapsed(r.job_id, r.attempt),
             )
             for r in self.store.jobs(run_id)
             if r.job_id in wanted
@@ -367,10 +370,24 @@ class Session:
         self.clean_fetch_leftovers()
         return RunMonitor(self, states).run(timeout)
 
+    def _elapsed(self, job_id: str, attempt: int) -> float | None:
+        """How long the job's current attempt has run (ended: in all), if its host said."""
+        known = self.job_times.get(job_id)
+        if known is None or known[0] != attempt:
+            return None
+        _, started, ended = known
+        if started is None:
+            return None
+        return max(0.0, (ended if ended is not None else time.time()) - started)
+
     def apply_status(self, host: str, status: dict[str, Any]) -> None:
         """Record what one agent reports, for the jobs whose current attempt is there."""
         run_id = self.current_run()
         records = {r.job_id: r for r in self.store.jobs(run_id) if r.host == host}
+        for job_id, job in status.get("jobs", {}).items():
+            attempt = job.get("attempt")
+            if job_id in records and attempt == records[job_id].attempt:
+                self.job_times[job_id] = (attempt, job.get("started"), job.get("ended"))
         updates = [
             (job_id, job["state"], job.get("exit_code"), job.get("reason"))
             for job_id, job in status.get("jobs", {}).items()
@@ -417,6 +434,7 @@ class Session:
         return [v for v in self.views() if v.state in FINAL and not v.fetched]
 
     def down(self, keep: bool = False, force: bool = False) -> None:
+        self.provider.check_down(keep)  # before any agent is stopped
         left = [] if force else self.unfetched()
         if left:
             raise StateError(

@@ -116,7 +116,11 @@ class HostWatcher(threading.Thread):
                 continue
             offset = self._log_offsets.get(env_id, 0)
             path = shlex.quote(f"{self.host.root}/envs/{env_id}/bootstrap.log")
-            got = self.host.transport.run(f"tail -c +{offset + 1} {path}", check=False)
+            got = self.host.transport.run(
+                f"tail -c +{offset + 1} {path}",
+                check=False,
+                what=f"reading the build log of {env_id}",
+            )
             if got.stdout:
                 self._log_offsets[env_id] = offset + len(got.stdout.encode())
                 self.events.put(HostEvent(self.host.name, log=f"[{env_id}] " + got.stdout))

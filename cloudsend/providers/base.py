@@ -199,6 +199,11 @@ class Provider(Protocol):
         """The hosts that exist now, creating nothing (status, logs, fetch, down)."""
         ...
 
+    def check_down(self, keep: bool) -> None:
+        """Refuse (ConfigError) a `down` the provider cannot do as asked, before anything is
+        stopped: e.g. `keep` where the hosts' files cannot be kept."""
+        ...
+
     def down(self, hosts: list[Host], keep: bool = False) -> None:
         """Tear the hosts down (after their agents were stopped); `keep` leaves their files.
         Raises HostsNotCleaned naming the hosts it could not clean, after trying them all."""

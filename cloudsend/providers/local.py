@@ -60,6 +60,9 @@ class LocalProvider:
             )
         return hosts
 
+    def check_down(self, keep: bool) -> None:
+        """Both kinds of down can be done here (keep: the hosts' folders stay)."""
+
     def down(self, hosts: list[Host], keep: bool = False) -> None:
         if not keep and self.hosts_dir.exists():
             shutil.rmtree(self.hosts_dir)

@@ -140,7 +140,8 @@ def removal_refused(host: str, root: str, output: str) -> str | None:
 def remove_root(host: Host, project: str) -> str | None:
     """Remove `host`'s root if it is marked for `project` (remove_command, one round trip);
     None when it is gone, else why it was kept. Transport errors are the caller's."""
-    out = host.transport.run(remove_command(host.root, project), timeout=120).stdout
+    what = f"removing the project's folder {host.root}"
+    out = host.transport.run(remove_command(host.root, project), timeout=120, what=what).stdout
     return removal_refused(host.name, host.root, out)
 
 

@@ -109,6 +109,9 @@ class SshProvider:
         order = {name: i for i, (name, _) in enumerate(pairs)}
         return sorted(hosts, key=lambda h: order[h.name])
 
+    def check_down(self, keep: bool) -> None:
+        """Both kinds of down can be done here (keep: the hosts' root dirs stay)."""
+
     def down(self, hosts: list[Host], keep: bool = False) -> None:
         """Remove each host's root dir (unless keep), the hosts in parallel: only a root whose
         marker names this project (providers.roots); any other is reported, not deleted."""

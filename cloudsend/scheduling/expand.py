@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
+from cloudsend.config import shellwords
 from cloudsend.config.models import Config, InstanceConfig, JobConfig
 from cloudsend.errors import ConfigError
 
@@ -44,7 +44,7 @@ def job_slug(job: JobConfig) -> str:
     """A short filesystem-safe name: the script's stem, else the command's first word."""
     text = job.run_script or job.run_command or ""
     try:
-        words = shlex.split(text)
+        words = shellwords.split(text)  # linear: shlex is quadratic in a word's length
     except ValueError:  # unbalanced quotes: the loader reports those; a slug must not fail
         words = text.split()
     first = words[0] if words else ""

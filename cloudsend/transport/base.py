@@ -20,6 +20,7 @@ class Result:
     stdout: str
     stderr: str
     host: str = ""
+    what: str = ""  # what the command does, in the user's words (messages show this)
 
     @property
     def ok(self) -> bool:
@@ -33,10 +34,16 @@ class Result:
         if not self.ok:
             raise TransportError(
                 f"command failed on host {self.host!r} (exit code {self.exit_code}): "
-                f"{self.command[:200]}\n{self.tail()}",
+                f"{shown(self.command, self.what)}\n{self.tail()}",
                 hint="run with --debug for the full output",
             )
         return self
+
+
+def shown(command: str, what: str | None) -> str:
+    """A command as messages show it: what it does when the caller said (an agent call is
+    a long internal command line), else its first 200 characters."""
+    return what if what else command[:200]
 
 
 CHUNK = 1 << 20  # what a RemoteFile hands over at a time: memory stays bounded by this
@@ -67,7 +74,10 @@ class Transport(Protocol):
         stdin: str | None = None,
         timeout: float | None = None,
         check: bool = True,
-    ) -> Result: ...
+        what: str | None = None,
+    ) -> Result:
+        """`what`: the command in the user's words, for messages (default: the command)."""
+        ...
 
     def put(self, local: Path, remote: str) -> None: ...
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cloudsend.errors import TransportError
-from cloudsend.transport.base import CHUNK, Result
+from cloudsend.transport.base import CHUNK, Result, shown
 
 
 class LocalFile:
@@ -71,6 +71,7 @@ class LocalTransport:
         stdin: str | None = None,
         timeout: float | None = None,
         check: bool = True,
+        what: str | None = None,
     ) -> Result:
         self.calls += 1
         try:
@@ -84,9 +85,12 @@ class LocalTransport:
             )
         except subprocess.TimeoutExpired as exc:
             raise TransportError(
-                f"command timed out after {timeout} s on host {self.name!r}: {command[:200]}"
+                f"command timed out after {timeout} s on host {self.name!r}: "
+                f"{shown(command, what)}"
             ) from exc
-        result = Result(command, proc.returncode, proc.stdout, proc.stderr, host=self.name)
+        result = Result(
+            command, proc.returncode, proc.stdout, proc.stderr, host=self.name, what=what or ""
+        )
         return result.raise_for_status() if check else result
 
     def put(self, local: Path, remote: str) -> None:

@@ -26,7 +26,7 @@ import paramiko
 from invoke.exceptions import CommandTimedOut
 
 from cloudsend.errors import TransportError
-from cloudsend.transport.base import Result
+from cloudsend.transport.base import Result, shown
 from cloudsend.transport.known_hosts import KnownHosts
 from cloudsend.transport.ssh_file import SftpReader
 from cloudsend.transport.ssh_link import (
@@ -187,18 +187,20 @@ class SshTransport:
         stdin: str | None = None,
         timeout: float | None = None,
         check: bool = True,
+        what: str | None = None,
     ) -> Result:
         """Run `command` in the login shell (no pty); stdin text is fed then closed.
         A non-zero exit is a Result (raised only when check); a lost channel, a timeout or an
-        unreachable host is TransportError."""
+        unreachable host is TransportError (naming `what` it did, if given, not `command`)."""
         self._count()
         label = self.target.label
+        doing = f"during {what}" if what else f"while running: {command[:200]}"
 
         def attempt(conn: Connection) -> Result:
             if not self._channels.acquire(timeout=timeout):
                 raise TransportError(
                     f"all {self.target.max_channels} channels to {label} "
-                    f"stayed busy for {timeout} s: {command[:200]}"
+                    f"stayed busy for {timeout} s: {shown(command, what)}"
                 )
             try:
                 res = conn.run(
@@ -216,13 +218,13 @@ class SshTransport:
                 raise Retry(str(exc)) from exc
             except CommandTimedOut as exc:
                 raise TransportError(
-                    f"command timed out after {timeout} s on {label}: {command[:200]}",
+                    f"command timed out after {timeout} s on {label}: {shown(command, what)}",
                     hint="the host may be overloaded or frozen",
                 ) from exc
             except Exception as exc:  # the channel or the connection failed mid-command
                 self._drop_if_dead(conn)
                 raise TransportError(
-                    f"connection to {label} failed while running: {command[:200]}: "
+                    f"connection to {label} failed {doing}: "
                     f"{conn.lost or describe(exc)}",
                     hint="the command may or may not have run; run again to resume",
                 ) from exc
@@ -233,11 +235,13 @@ class SshTransport:
                 # signal killed the command (paramiko ignores exit-signal): a plain failure
                 self._drop(conn)
                 raise TransportError(
-                    f"connection to {label} lost while running: {command[:200]}"
+                    f"connection to {label} lost {doing}"
                     + (f" ({conn.lost})" if conn.lost else ""),
                     hint="the command may still be running there; run again to resume",
                 )
-            return Result(command, res.exited, res.stdout, res.stderr, host=self.name)
+            return Result(
+                command, res.exited, res.stdout, res.stderr, host=self.name, what=what or ""
+            )
 
         result = self._retrying("run a command", attempt)
         return result.raise_for_status() if check else result

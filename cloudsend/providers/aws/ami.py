@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from cloudsend.errors import ProvisionError
-from cloudsend.providers.aws.session import client
+from cloudsend.providers.aws.session import client, credentials_error, profile_of
 
 if TYPE_CHECKING:
     from boto3.session import Session
@@ -49,6 +49,9 @@ def latest_ubuntu_ami(
     try:
         answer = ssm.get_parameter(Name=name)
     except Exception as exc:  # botocore errors: ParameterNotFound is a ClientError code
+        credentials = credentials_error(exc, profile_of(session))
+        if credentials is not None:
+            raise credentials from None
         code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
         if code == "ParameterNotFound":
             raise ProvisionError(
@@ -76,6 +79,9 @@ def instance_arch(session: Session, region: str, instance_type: str) -> str:
     try:
         answer = ec2.describe_instance_types(InstanceTypes=[instance_type])
     except Exception as exc:  # InvalidInstanceType is a ClientError code
+        credentials = credentials_error(exc, profile_of(session))
+        if credentials is not None:
+            raise credentials from None  # not "is not offered: Unable to locate credentials"
         raise ProvisionError(
             f"instance type {instance_type!r} is not offered in {region}: {exc}",
             hint="check the type name, or pick a region that offers it",

@@ -53,6 +53,20 @@ TAIL_LINES = 12
 _SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "PASSPHRASE", "KEY", "CREDENTIAL")
 
 
+def backend_for_profile(url: str, profile: str | None) -> str:
+    """An s3:// state backend read with the AWS profile of the config (Pulumi's `?profile=`
+    query parameter), unless the URL names one already; other backends are left as they are."""
+    if not profile or not url.startswith("s3://"):
+        return url
+    from urllib.parse import parse_qsl, quote
+
+    base, _, query = url.partition("?")
+    if any(key == "profile" for key, _ in parse_qsl(query)):
+        return url
+    extra = f"profile={quote(profile, safe='')}"
+    return f"{base}?{query}&{extra}" if query else f"{base}?{extra}"
+
+
 def default_state_dir() -> Path:
     """~/.cloudsend/pulumi: default file:// backend, passphrase files and workspace dirs."""
     return Path.home() / ".cloudsend" / "pulumi"
@@ -180,12 +194,24 @@ class Engine:
 
     # -- operations --------------------------------------------------------------------------
 
-    def preview(self) -> list[ResourceChange]:
-        """What `up` would do, one ResourceChange per resource (including unchanged ones)."""
+    def preview(self, *, refresh: bool = False) -> list[ResourceChange]:
+        """What `up` would do, one ResourceChange per resource (including unchanged ones).
+
+        refresh: compare with what exists in the cloud now, not with the recorded state (an
+        ended spot instance shows as created again, as `up` after its refresh would do).
+        Pulumi SDKs without preview(refresh=) get a refresh first."""
+        import inspect
+
         events: list[EngineEvent] = []
         stack = self.stack()
+        extra: dict[str, Any] = {}
+        if refresh:
+            if "refresh" in inspect.signature(stack.preview).parameters:
+                extra["refresh"] = True
+            else:
+                self.refresh()
         with self._errors("preview"):
-            stack.preview(on_event=events.append, diff=True, color="never")
+            stack.preview(on_event=events.append, diff=True, color="never", **extra)
         return changes_from_events(events)
 
     def up(self, on_change: Callable[[ResourceChange], None] | None = None) -> dict[str, Any]:

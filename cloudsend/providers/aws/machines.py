@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cloudsend.providers.aws.monitor import InstanceReaction, plan_reaction
+from cloudsend.providers.aws.session import credentials_errors
 from cloudsend.providers.base import Host, PowerOff, Reaction
 
 if TYPE_CHECKING:
@@ -29,25 +30,30 @@ class AwsMachines:
         monitor: Callable[[], InstanceMonitor],
         session: Callable[[], Session],
         replace: Callable[[list[str]], list[Host]],
+        *,
+        profile: str | None = None,  # for the credentials message only
     ) -> None:
         self._monitor = monitor
         self._session = session
         self._replace = replace
+        self._profile = profile
 
     def poll(self) -> Reaction:
         return self.poll_instances().hosts()
 
     def poll_instances(self) -> InstanceReaction:
         """poll() in EC2's terms (instance ids to start)."""
-        return plan_reaction(self._monitor().poll())
+        with credentials_errors(self._profile):
+            return plan_reaction(self._monitor().poll())
 
     def start(self, names: list[str]) -> list[str]:
         """Start the stopped machines of these hosts (all of them: the caller decides which);
         returns the host names started. Machines still stopping are not started: the next
         poll reports them stopped."""
-        infos = self._monitor().instances()
-        by_id = {infos[n].id: n for n in names if n in infos}
-        started = self._monitor().start(list(by_id))
+        with credentials_errors(self._profile):
+            infos = self._monitor().instances()
+            by_id = {infos[n].id: n for n in names if n in infos}
+            started = self._monitor().start(list(by_id))
         return [by_id[i] for i in started]
 
     def stop(self, names: list[str]) -> PowerOff:
@@ -55,8 +61,9 @@ class AwsMachines:
         spot ones terminated (EC2 cannot stop them)."""
         from cloudsend.providers.aws.power import power_off
 
-        infos = self._monitor().instances()
-        return power_off(self._session(), [infos[n] for n in names if n in infos])
+        with credentials_errors(self._profile):
+            infos = self._monitor().instances()
+            return power_off(self._session(), [infos[n] for n in names if n in infos])
 
     def replace(self, names: list[str]) -> list[Host]:
         return self._replace(names)

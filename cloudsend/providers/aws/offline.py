@@ -31,6 +31,7 @@ import asyncio
 import hashlib
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +97,9 @@ class OfflineMocks(Mocks):
     def call(self, args: MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]]]:
         if args.token == "aws:ssm/getParameter:getParameter":
             name = args.args.get("name", "")
-            return {"name": name, "value": OFFLINE_AMI, "type": "String", "id": name}, []
+            value = OFFLINE_AMI
+            return {"name": name, "value": value, "insecureValue": value, "type": "String",
+                    "id": name}, []
         if args.token == "aws:ec2/getSubnets:getSubnets":
             vpcs = [
                 v
@@ -104,7 +107,14 @@ class OfflineMocks(Mocks):
                 if f.get("name") == "vpc-id"
                 for v in f.get("values", [])
             ]
-            return {"ids": [f"subnet-offline-{v}" for v in vpcs], "id": "offline"}, []
+            zones = [
+                z
+                for f in args.args.get("filters") or []
+                if f.get("name") == "availability-zone"
+                for z in f.get("values", [])
+            ]
+            suffix = "".join(f"-{z}" for z in zones)
+            return {"ids": [f"subnet-offline-{v}{suffix}" for v in vpcs], "id": "offline"}, []
         return {}, []
 
 
@@ -135,6 +145,7 @@ def run_mocked(
     def worker() -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)  # pulumi's _sync_await looks the loop up per thread
+        loop.set_default_executor(_LoopClosingExecutor())
         try:
             result["outputs"] = loop.run_until_complete(
                 _run(program, mocks, project, stack, config or {})
@@ -153,6 +164,30 @@ def run_mocked(
         raise failure[0]
     outputs: dict[str, Any] = result["outputs"]
     return outputs
+
+
+class _LoopClosingExecutor(ThreadPoolExecutor):
+    """The mock monitor's calls run on executor threads, where pulumi creates an event loop
+    of the thread's own (mocks._ensure_event_loop) and never closes it: garbage-collected
+    open, at exit or later, such a loop printed "Exception ignored in BaseEventLoop.__del__"
+    on some runs. Each call here closes the loop it left behind (the next makes a new one)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return super().submit(_then_close_loop, fn, *args, **kwargs)
+
+
+def _then_close_loop(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        policy = asyncio.get_event_loop_policy()
+        try:
+            loop = policy.get_event_loop()  # a worker thread: only the loop set there
+        except RuntimeError:
+            loop = None
+        if loop is not None and not loop.is_running():
+            loop.close()
+            policy.set_event_loop(None)
 
 
 async def _run(

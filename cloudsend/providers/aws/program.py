@@ -26,8 +26,9 @@ clock would replace every spot instance at every `up`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -50,25 +51,40 @@ def _tags(base: dict[str, str], name: str) -> dict[str, str]:
 class NetworkArgs:
     tags: dict[str, str]
     vpc_id: str | None = None  # an existing VPC (cloud_id): use a subnet of it, create nothing
+    # One public subnet per zone (the zones the region's instances were placed in); empty:
+    # one subnet in a zone of EC2's choosing (offline plans, which know no zones).
+    zones: Sequence[str] = ()
 
 
 class Network(pulumi.ComponentResource):
     vpc_id: pulumi.Output[str]
-    subnet_id: pulumi.Output[str]
+    subnet_id: pulumi.Output[str]  # the subnet of instances without a zone (the first one)
+    subnet_ids: dict[str, pulumi.Output[str]]  # zone → its public subnet
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions) -> None:
         super().__init__("cloudsend:aws:Network", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        zones = list(args.zones)
+        places: list[str | None] = [*zones] if zones else [None]
+        self.subnet_ids = {}
         if args.vpc_id is not None:
-            self.vpc_id = pulumi.Output.from_input(args.vpc_id)
-            found = aws.ec2.get_subnets_output(
-                filters=[
-                    {"name": "vpc-id", "values": [args.vpc_id]},
+            vpc_id = args.vpc_id
+            self.vpc_id = pulumi.Output.from_input(vpc_id)
+            for zone in places:
+                filters: list[aws.ec2.GetSubnetsFilterArgsDict] = [
+                    {"name": "vpc-id", "values": [vpc_id]},
                     {"name": "map-public-ip-on-launch", "values": ["true"]},
-                ],
-                opts=pulumi.InvokeOptions(parent=self),
-            )
-            self.subnet_id = found.ids.apply(lambda ids: _first_subnet(ids, args.vpc_id or ""))
+                ]
+                if zone is not None:
+                    filters.append({"name": "availability-zone", "values": [zone]})
+                found = aws.ec2.get_subnets_output(
+                    filters=filters, opts=pulumi.InvokeOptions(parent=self)
+                )
+                chosen = found.ids.apply(functools.partial(_first_subnet, vpc_id=vpc_id, zone=zone))
+                if zone is None:
+                    self.subnet_id = chosen
+                else:
+                    self.subnet_ids[zone] = chosen
         else:
             vpc = aws.ec2.Vpc(
                 f"{name}-vpc",
@@ -76,14 +92,6 @@ class Network(pulumi.ComponentResource):
                 enable_dns_hostnames=True,
                 enable_dns_support=True,
                 tags=_tags(args.tags, f"{name}-vpc"),
-                opts=child,
-            )
-            subnet = aws.ec2.Subnet(
-                f"{name}-subnet",
-                vpc_id=vpc.id,
-                cidr_block="10.0.0.0/20",  # 4091 addresses: room for big fleets
-                map_public_ip_on_launch=True,
-                tags=_tags(args.tags, f"{name}-subnet"),
                 opts=child,
             )
             gateway = aws.ec2.InternetGateway(
@@ -96,18 +104,53 @@ class Network(pulumi.ComponentResource):
                 tags=_tags(args.tags, f"{name}-rt"),
                 opts=child,
             )
-            aws.ec2.RouteTableAssociation(
-                f"{name}-rta", subnet_id=subnet.id, route_table_id=table.id, opts=child
-            )
+            for zone in places:
+                suffix = f"-{zone}" if zone else ""
+                subnet = aws.ec2.Subnet(
+                    f"{name}-subnet{suffix}",
+                    vpc_id=vpc.id,
+                    # a /20 (4091 addresses: room for big fleets) per zone, fixed by the
+                    # zone's letter so adding a zone never moves another zone's subnet
+                    cidr_block=_zone_cidr(zone),
+                    availability_zone=zone,
+                    map_public_ip_on_launch=True,
+                    tags=_tags(args.tags, f"{name}-subnet{suffix}"),
+                    opts=child,
+                )
+                aws.ec2.RouteTableAssociation(
+                    f"{name}-rta{suffix}", subnet_id=subnet.id, route_table_id=table.id, opts=child
+                )
+                if zone is None:
+                    self.subnet_id = subnet.id
+                else:
+                    self.subnet_ids[zone] = subnet.id
             self.vpc_id = vpc.id
-            self.subnet_id = subnet.id
-        self.register_outputs({"vpc_id": self.vpc_id, "subnet_id": self.subnet_id})
+        if zones:
+            self.subnet_id = self.subnet_ids[zones[0]]
+        self.register_outputs(
+            {"vpc_id": self.vpc_id, "subnet_id": self.subnet_id, "subnet_ids": self.subnet_ids}
+        )
 
 
-def _first_subnet(ids: Sequence[str] | None, vpc_id: str) -> str:
+def _zone_cidr(zone: str | None) -> str:
+    """10.0.0.0/20 without a zone; 10.0.16.0/20 for zone a, 10.0.32.0/20 for b, ... o.
+
+    A zone's range never overlaps the zone-less one, so a stack made before zones were
+    chosen can create its new subnets before the old one is deleted (EC2 refuses two
+    subnets with one range)."""
+    if zone is None:
+        return "10.0.0.0/20"
+    index = ord(zone[-1]) - ord("a") + 1
+    if not 1 <= index < 16:
+        raise ConfigError(f"availability zone {zone}: no subnet range for it in 10.0.0.0/16")
+    return f"10.0.{16 * index}.0/20"
+
+
+def _first_subnet(ids: Sequence[str] | None, vpc_id: str, zone: str | None = None) -> str:
     if not ids:
+        where = f" in {zone}" if zone else ""
         raise ConfigError(
-            f"cloud_id: VPC {vpc_id} has no subnet that gives instances a public IP",
+            f"cloud_id: VPC {vpc_id} has no subnet{where} that gives instances a public IP",
             hint="add one (map-public-ip-on-launch, routed to an internet gateway) "
             "or remove cloud_id to let cloudsend create its own VPC",
         )
@@ -211,12 +254,13 @@ class Identity(pulumi.ComponentResource):
 @dataclass
 class ComputeArgs:
     instances: Sequence[InstanceSpec]
-    subnet_id: pulumi.Input[str]
+    subnet_id: pulumi.Input[str]  # for instances without a zone
     security_group_id: pulumi.Input[str]
     key_name: pulumi.Input[str]
     instance_profile: pulumi.Input[str]
     amis: dict[str, pulumi.Input[str]]  # arch → latest Ubuntu, for specs without `ami`
     tags: dict[str, str]
+    subnet_ids: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # zone → subnet
 
 
 class Compute(pulumi.ComponentResource):
@@ -235,7 +279,7 @@ class Compute(pulumi.ComponentResource):
                 spec.name,
                 instance_type=spec.type,
                 ami=ami,
-                subnet_id=args.subnet_id,
+                subnet_id=args.subnet_ids[spec.zone] if spec.zone else args.subnet_id,
                 associate_public_ip_address=True,  # also in a given VPC's subnet
                 vpc_security_group_ids=[args.security_group_id],
                 key_name=args.key_name,
@@ -243,6 +287,7 @@ class Compute(pulumi.ComponentResource):
                 root_block_device={
                     "volume_size": spec.disk_size,
                     "volume_type": spec.disk_type,
+                    **({"iops": spec.disk_iops} if spec.disk_iops is not None else {}),
                     "delete_on_termination": True,
                     "encrypted": True,
                     "tags": tags,  # volumes are tagged too, so leak checks find them
@@ -303,18 +348,24 @@ def _latest_ubuntu(
     """arch → the latest Ubuntu LTS image of the region (SSM public parameter), for the
     instances that have no AMI given; looked up through the region's provider (the parent's)."""
     wanted = {i.arch: i.ssm_parameter for i in members if i.ami is None}
+    # insecure_value: the provider marks `value` secret for every parameter, so the AMI id
+    # would show as [secret] in the outputs; Canonical's parameters are plain Strings (the
+    # provider fills insecure_value for any parameter that is not a SecureString).
     return {
         arch: aws.ssm.get_parameter_output(
-            name=name, opts=pulumi.InvokeOptions(parent=parent)
-        ).value
+            name=name, with_decryption=False, opts=pulumi.InvokeOptions(parent=parent)
+        ).insecure_value
         for arch, name in sorted(wanted.items())
     }
 
 
 def declare(spec: StackSpec) -> dict[str, aws.ec2.Instance]:
     """Declare every resource of `spec`; returns the instances by name."""
+    # profile: the same account as boto3's lookups, the monitor and the leak check (an
+    # ambient AWS_PROFILE or default credentials could name another one).
     providers = {
-        region: aws.Provider(f"{spec.project}-{region}", region=region) for region in spec.regions
+        region: aws.Provider(f"{spec.project}-{region}", region=region, profile=spec.profile)
+        for region in spec.regions
     }
     identity = Identity(
         f"{spec.project}-identity",
@@ -328,7 +379,9 @@ def declare(spec: StackSpec) -> dict[str, aws.ec2.Instance]:
             continue  # the default region may hold only IAM
         opts = pulumi.ResourceOptions(provider=providers[region])
         prefix = f"{spec.project}-{region}"
-        network = Network(prefix, NetworkArgs(spec.tags, spec.vpc_ids.get(region)), opts)
+        network = Network(
+            prefix, NetworkArgs(spec.tags, spec.vpc_ids.get(region), spec.zones(region)), opts
+        )
         access = Access(
             prefix,
             AccessArgs(network.vpc_id, spec.ssh_cidrs, spec.public_key, spec.tags),
@@ -339,6 +392,7 @@ def declare(spec: StackSpec) -> dict[str, aws.ec2.Instance]:
             ComputeArgs(
                 instances=members,
                 subnet_id=network.subnet_id,
+                subnet_ids=network.subnet_ids,
                 security_group_id=access.security_group_id,
                 key_name=access.key_name,
                 instance_profile=identity.instance_profile,

@@ -10,8 +10,10 @@ down()     pulumi destroy, then a boto3 check that nothing tagged with the stack
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from cloudsend.config.models import Config
 from cloudsend.errors import CloudsendError, ConfigError, ProvisionError
@@ -21,8 +23,34 @@ if TYPE_CHECKING:
     from cloudsend.providers.aws.machines import AwsMachines
     from cloudsend.providers.aws.monitor import InstanceMonitor
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _credentials(method: Callable[P, R]) -> Callable[P, R]:
+    """A failure caused by the AWS credentials (none, partial, expired, an unknown profile)
+    surfaces as the one credentials message, whichever lookup met it first."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from cloudsend.providers.aws.session import credentials_errors
+
+        provider = args[0]
+        assert isinstance(provider, AwsProvider)
+        with credentials_errors(provider.config.aws.profile):
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
 # Stands for the caller's public IP in an offline preview (a documentation-only address).
 OFFLINE_CIDR = "203.0.113.10/32"
+OFFLINE_CIDR_NOTE = (
+    f"ssh ingress {OFFLINE_CIDR} is a placeholder for your public IP: `up` allows your "
+    "address /32 (or ssh_cidrs)"
+)
+# Stands for the stack's key in an offline preview: the real one is made by `up`.
+OFFLINE_PUBLIC_KEY = "ssh-ed25519 PLACEHOLDER-made-by-cloudsend-up"
 SSH_READY_TIMEOUT = 300.0  # a new instance takes a minute or two before sshd answers
 
 
@@ -55,7 +83,9 @@ class AwsProvider:
         if self._machines is None:
             from cloudsend.providers.aws.machines import AwsMachines
 
-            self._machines = AwsMachines(self._monitor, self.session, self._replace)
+            self._machines = AwsMachines(
+                self._monitor, self.session, self._replace, profile=self.config.aws.profile
+            )
         return self._machines
 
     def check(self) -> list[str]:
@@ -65,23 +95,26 @@ class AwsProvider:
 
     def session(self) -> Any:
         if self._session is None:
-            from cloudsend.providers.aws.session import aws_session
+            from cloudsend.providers.aws.session import aws_session, check_credentials
 
-            self._session = aws_session(self.config.aws.profile, self.config.aws.region)
+            session = aws_session(self.config.aws.profile, self.config.aws.region)
+            check_credentials(session, self.config.aws.profile)
+            self._session = session
         return self._session
 
+    @_credentials
     def plan(self, *, offline: bool = False) -> Any:
         """The StackSpec. Offline: no network (placeholder CIDR, AMIs from the mock runtime)."""
         from cloudsend.providers.aws.keys import stack_key
         from cloudsend.providers.aws.spec import stack_spec
 
-        key = stack_key(self.project, self.stack)
         region = self.default_region(offline=offline)
-        if offline:
+        if offline:  # nothing is deployed: no key is made (`up` makes it)
             cidrs = list(self.config.aws.ssh_cidrs) or [OFFLINE_CIDR]
             return stack_spec(
-                self.config, public_key=key.public_openssh, ssh_cidrs=cidrs, default_region=region
+                self.config, public_key=OFFLINE_PUBLIC_KEY, ssh_cidrs=cidrs, default_region=region
             )
+        key = stack_key(self.project, self.stack)
         from cloudsend.providers.aws import ami
         from cloudsend.providers.aws.session import caller_cidr
 
@@ -99,12 +132,15 @@ class AwsProvider:
             default_region=region,
         )
         sized = {(i.region, i.type) for i in spec.instances if i.cpus is not None}
-        if not sized:
-            return spec
-        from cloudsend.providers.aws.cpus import fit_cpu_options, vcpu_info
+        if sized:
+            from cloudsend.providers.aws.cpus import fit_cpu_options, vcpu_info
 
-        spec, self.plan_notices = fit_cpu_options(spec, vcpu_info(self.session(), sized))
-        return spec
+            spec, self.plan_notices = fit_cpu_options(spec, vcpu_info(self.session(), sized))
+        # Zones that offer each type (and have a public subnet): EC2's own pick may not.
+        from cloudsend.providers.aws.spec import place_in_zones
+        from cloudsend.providers.aws.zones import zone_choices
+
+        return place_in_zones(spec, zone_choices(self.session(), spec))
 
     def default_region(self, *, offline: bool = False) -> str:
         """config `region:`, else boto3's chain (AWS_REGION, AWS_DEFAULT_REGION, profile), else
@@ -133,22 +169,27 @@ class AwsProvider:
         return estimate(spec, prices), warnings
 
     def engine(self, spec: Any) -> Any:
-        from cloudsend.providers.aws.engine import Engine
+        from cloudsend.providers.aws.engine import Engine, backend_for_profile
         from cloudsend.providers.aws.program import make_program
 
+        profile = self.config.aws.profile
+        backend = self.config.aws.state_backend
         return Engine(
             self.project,
             self.stack,
             make_program(spec),
-            backend_url=self.config.aws.state_backend,
+            backend_url=backend_for_profile(backend, profile) if backend else None,
             secrets_provider=self.config.aws.secrets_provider,
             region=spec.region,
+            # the engine and its plugins (an s3:// backend, awskms:// secrets) use the profile too
+            env={"AWS_PROFILE": profile} if profile else None,
         )
 
     def offline(self) -> tuple[list[dict[str, Any]], Any]:
         preview = self.preview(offline=True)
         return preview.resources or [], preview.cost
 
+    @_credentials
     def preview(self, *, offline: bool = False, enforce_budget: bool = False) -> Preview:
         """Changes and cost. With enforce_budget (for `up`), a plan over max_cost_per_hour is
         refused before the engine even runs. Offline: the declared resources instead of the
@@ -161,15 +202,17 @@ class AwsProvider:
             if enforce_budget:
                 self.check_budget(cost)
             resources = declared_resources(spec)
-            warnings = list(cost.warnings) + self.budget_warnings(cost)
+            notes = [] if self.config.aws.ssh_cidrs else [OFFLINE_CIDR_NOTE]
+            notes += [*cost.warnings, *self.budget_warnings(cost)]
             return Preview(
-                "aws", len(spec.instances), resources=resources, cost=cost, warnings=warnings
+                "aws", len(spec.instances), resources=resources, cost=cost, warnings=notes
             )
         spec = self.plan()
         cost, warnings = self.cost(spec)
         if enforce_budget:
             self.check_budget(cost)
-        changes = self.engine(spec).preview()
+        # refreshed, like `up`: an instance that ended outside Pulumi is shown as re-created
+        changes = self.engine(spec).preview(refresh=True)
         return Preview(
             "aws",
             len(spec.instances),
@@ -194,6 +237,7 @@ class AwsProvider:
 
     # ---- hosts ---------------------------------------------------------------------------
 
+    @_credentials
     def up(self, *, refresh: bool = False) -> list[Host]:
         """pulumi up, refreshing first when asked or when an instance of the stack is gone."""
         spec = self.active(self.plan())
@@ -217,6 +261,7 @@ class AwsProvider:
         alive = {i.id for i in self._monitor().instances().values() if i.kind not in GONE}
         return not recorded <= alive
 
+    @_credentials
     def attach(self) -> list[Host]:
         """The stack's running instances as hosts, creating and starting nothing: `down`
         comes through here and needs no stopped machine started (nor waited for over SSH)."""
@@ -313,7 +358,30 @@ class AwsProvider:
                     raise
                 time.sleep(5)
 
+    def check_down(self, keep: bool) -> None:
+        """`down --keep` stops the instances and keeps the stack: the files stay on their
+        disks. One-time spot instances cannot be stopped, only terminated (their disks go
+        with them), so a config with eco entries is refused before anything is stopped."""
+        if not keep:
+            return
+        spot = [f"instances[{i}]" for i, e in enumerate(self.config.instances) if e.eco]
+        if spot:
+            raise ConfigError(
+                f"down --keep: spot instances (eco: true in {', '.join(spot)}) cannot be "
+                "stopped, only terminated, and that deletes their disks and the files on "
+                "them; nothing was stopped",
+                hint="`cloudsend fetch` what you need, then `cloudsend down` without --keep; "
+                "on-demand instances (eco: false) can be kept stopped with --keep",
+            )
+
+    @_credentials
     def down(self, hosts: list[Host], keep: bool = False) -> None:
+        """Destroy the stack, then check that nothing tagged with it is left. keep: stop the
+        instances instead (disks, files and the stack stay; `cloudsend run` starts them
+        again, `cloudsend down` destroys them)."""
+        if keep:
+            self._stop_for_keep()
+            return
         from cloudsend.providers.aws.leaks import leftovers
 
         spec = self.plan(offline=True)  # destroy needs the program, not fresh lookups
@@ -327,6 +395,20 @@ class AwsProvider:
                 f"{self.stack} remain:\n{listing}",
                 hint="delete them in the AWS console or run `cloudsend down` again",
             )
+
+    def _stop_for_keep(self) -> None:
+        from cloudsend.providers.aws.power import power_off
+
+        alive = ("pending", "running")
+        infos = [i for i in self._monitor().instances().values() if i.state in alive]
+        spot = sorted(i.name for i in infos if i.spot)
+        if spot:  # the config has none (check_down), the stack still does: never terminate them
+            raise ProvisionError(
+                f"down --keep: the stack's spot instances ({', '.join(spot)}) cannot be "
+                "stopped without losing their disks; nothing was stopped",
+                hint="`cloudsend fetch` what you need, then `cloudsend down` without --keep",
+            )
+        power_off(self.session(), infos)
 
     # ---- machines while a run goes on (AwsMachines; pipeline.monitor calls these) ----------
 

@@ -11,10 +11,12 @@ SSO, instance role) and the errors we re-raise only name the profile and region.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from cloudsend.errors import ProvisionError
@@ -56,6 +58,109 @@ def aws_session(profile: str | None, region: str | None) -> Session:
             hint="check `aws configure list-profiles`, or remove `profile:` to use the default "
             "credentials chain",
         ) from exc
+
+
+# ClientError codes that mean "who you are" failed, not "what you asked": the credentials are
+# expired, or AWS does not know them.
+EXPIRED_CODES = frozenset(
+    {"ExpiredToken", "ExpiredTokenException", "RequestExpired", "TokenRefreshRequired"}
+)
+REFUSED_CODES = frozenset(
+    {
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "AuthFailure",
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "InvalidSecurity",
+    }
+)
+
+
+def credentials_hint(profile: str | None) -> str:
+    login = f"aws configure --profile {profile}" if profile else "aws configure"
+    sso = f"aws sso login --profile {profile}" if profile else "aws sso login --profile NAME"
+    return (
+        f"run `{login}` (or `{sso}` for an SSO profile), or export AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary ones); `profile:` in the "
+        "config picks a named profile of ~/.aws/config"
+    )
+
+
+def credentials_error(exc: BaseException, profile: str | None = None) -> ProvisionError | None:
+    """A ProvisionError about the AWS credentials when `exc` (or an exception it was raised
+    from) is a credentials problem: none found, incomplete, an unknown profile, an expired or
+    refused token, a failed SSO/process login. None otherwise.
+
+    The message names the profile, the provider and the missing variable at most: never a
+    value (botocore's own texts here carry none either, but we do not repeat them).
+    """
+    from botocore import exceptions as bc
+
+    who = f"profile {profile!r}" if profile else "the default credentials chain"
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        what: str | None = None
+        if isinstance(current, bc.NoCredentialsError):
+            what = f"no AWS credentials found ({who})"
+        elif isinstance(current, bc.PartialCredentialsError):
+            found_in = current.kwargs.get("provider", "?")
+            missing = current.kwargs.get("cred_var", "?")
+            what = f"incomplete AWS credentials in {found_in}: {missing} is missing ({who})"
+        elif isinstance(current, bc.ProfileNotFound):
+            name = current.kwargs.get("profile", profile)
+            return ProvisionError(
+                f"AWS profile {name!r} not found",
+                hint="check `aws configure list-profiles`, or remove `profile:` to use the "
+                "default credentials chain",
+            )
+        elif isinstance(current, (bc.UnauthorizedSSOTokenError, bc.SSOTokenLoadError)):
+            what = f"the AWS SSO login has expired or is missing ({who})"
+        elif isinstance(current, (bc.TokenRetrievalError, bc.CredentialRetrievalError)):
+            source = current.kwargs.get("provider", "the credentials provider")
+            what = f"AWS credentials could not be obtained from {source} ({who})"
+        elif isinstance(current, bc.ClientError):
+            code = str(current.response.get("Error", {}).get("Code", ""))
+            operation = getattr(current, "operation_name", "") or "the call"
+            if code in EXPIRED_CODES:
+                what = f"the AWS credentials have expired ({who}; {code} on {operation})"
+            elif code in REFUSED_CODES:
+                what = f"AWS refused the credentials ({who}; {code} on {operation})"
+        if what is not None:
+            return ProvisionError(what, hint=credentials_hint(profile))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def profile_of(session: Session) -> str | None:
+    """The profile a session reads (None for boto3's "default", the plain chain)."""
+    name = getattr(session, "profile_name", None)
+    return None if not name or name == "default" else str(name)
+
+
+@contextlib.contextmanager
+def credentials_errors(profile: str | None) -> Iterator[None]:
+    """Any failure inside caused by the AWS credentials becomes the one credentials message
+    (not "instance type ... is not offered: Unable to locate credentials")."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised unchanged unless it is about credentials
+        error = credentials_error(exc, profile)
+        if error is None or error is exc:
+            raise
+        raise error from None
+
+
+def check_credentials(session: Session, profile: str | None) -> None:
+    """Refuse early when the chain finds no credentials at all (expired ones show up at the
+    first call instead, and `credentials_errors` names them then)."""
+    with credentials_errors(profile):
+        from botocore.exceptions import NoCredentialsError
+
+        if session.get_credentials() is None:
+            raise NoCredentialsError()
 
 
 def default_region(profile: str | None = None) -> str | None:

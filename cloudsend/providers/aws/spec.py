@@ -28,8 +28,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -44,6 +44,10 @@ ROOT_DISK_TYPES = ("gp3", "gp2", "io2", "io1", "standard")
 _HDD_TYPES = ("st1", "sc1")
 # On a spot instance with eco_life: its lifetime in minutes from launch (the monitor reads it).
 ECO_LIFE_TAG = "cloudsend:eco_life_minutes"
+# Provisioned IOPS: EC2 requires Iops for io1/io2 and allows it on gp3 (3000 included);
+# type → (most IOPS per GB, most IOPS per volume). gp2/standard take none.
+IOPS_LIMITS = {"io1": (50, 64_000), "io2": (1_000, 256_000), "gp3": (500, 16_000)}
+DEFAULT_IOPS = 3_000
 
 # gpu: kind → the smallest common instance type that has one (used only when `type` is unset).
 GPU_DEFAULT_TYPES = {"t4": "g4dn.xlarge", "a10g": "g5.xlarge", "v100": "p3.2xlarge"}
@@ -70,6 +74,7 @@ class InstanceSpec:
     region: str
     disk_size: int
     disk_type: str
+    disk_iops: int | None = None  # io1/io2 always (EC2 requires it), gp3 when asked
     eco: bool = False
     max_price: str | None = None  # spot only, "$/hour" as EC2 wants it (a string)
     valid_until: str | None = None  # spot only: now + eco_life, UTC "YYYY-MM-DDTHH:MM:SSZ"
@@ -81,6 +86,9 @@ class InstanceSpec:
     # True when img_id names the image (changing it replaces the instance); False for "the
     # latest Ubuntu", which moves every few weeks and must not replace running instances.
     ami_pinned: bool = False
+    # The availability zone (the program puts the instance in that zone's subnet); None: let
+    # EC2 pick (offline plans, which cannot ask which zones offer the type).
+    zone: str | None = None
 
     @property
     def ssm_parameter(self) -> str:
@@ -100,6 +108,8 @@ class StackSpec:
     iam_policy_arns: tuple[str, ...] = ()
     vpc_ids: dict[str, str] = field(default_factory=dict)  # region → cloud_id given for it
     tags: dict[str, str] = field(default_factory=dict)
+    # The config's `profile:`: the Pulumi providers deploy with the account boto3 looks at.
+    profile: str | None = None
 
     @property
     def vpc_id(self) -> str | None:
@@ -117,6 +127,30 @@ class StackSpec:
 
     def in_region(self, region: str) -> list[InstanceSpec]:
         return [i for i in self.instances if i.region == region]
+
+    def zones(self, region: str) -> list[str]:
+        """The availability zones the region's instances were placed in (sorted)."""
+        return sorted({i.zone for i in self.in_region(region) if i.zone is not None})
+
+
+def place_in_zones(
+    spec: StackSpec, choices: Mapping[tuple[str, str], Sequence[str]]
+) -> StackSpec:
+    """Each (region, type)'s instances spread over its zones, round robin in spec order (so
+    spot capacity comes from several pools, and the same spec always lands the same way).
+    A pair without zones keeps zone None (EC2 picks)."""
+    seen: dict[tuple[str, str], int] = {}
+    placed: list[InstanceSpec] = []
+    for inst in spec.instances:
+        key = (inst.region, inst.type)
+        zones = list(choices.get(key) or ())
+        if not zones:
+            placed.append(inst)
+            continue
+        n = seen.get(key, 0)
+        seen[key] = n + 1
+        placed.append(replace(inst, zone=zones[n % len(zones)]))
+    return replace(spec, instances=tuple(placed))
 
 
 def stack_spec(
@@ -182,6 +216,7 @@ def stack_spec(
         iam_policy_arns=tuple(_check_arns(config.aws.iam_policy_arns)),
         vpc_ids=vpc_ids,
         tags={"cloudsend:project": project, "cloudsend:stack": stack},
+        profile=config.aws.profile or None,
     )
 
 
@@ -206,6 +241,8 @@ def _instance(
             f"{where}.disk_type: unknown EBS volume type {entry.disk_type!r}",
             hint=f"use one of {', '.join(ROOT_DISK_TYPES)}",
         )
+    disk_size = entry.disk_size or DEFAULT_DISK_GB
+    iops = _disk_iops(where, disk_type, disk_size, entry.disk_iops)
     life = entry.eco_life if entry.eco else None
     return InstanceSpec(
         name=name,
@@ -214,8 +251,9 @@ def _instance(
         ami=entry.img_id or _given_ami(amis, region, itype),
         username=entry.img_username or DEFAULT_USERNAME,
         region=region,
-        disk_size=entry.disk_size or DEFAULT_DISK_GB,
+        disk_size=disk_size,
         disk_type=disk_type,
+        disk_iops=iops,
         eco=entry.eco,
         max_price=price_text(entry.max_bid) if entry.eco and entry.max_bid else None,
         valid_until=_deadline(now, life) if life else None,
@@ -226,6 +264,31 @@ def _instance(
         arch="arm64" if _ARM_FAMILY.match(itype.split(".")[0]) else "amd64",
         ami_pinned=bool(entry.img_id),
     )
+
+
+def _disk_iops(where: str, disk_type: str, size: int, asked: int | None) -> int | None:
+    """The root volume's Iops: EC2 refuses io1/io2 volumes without one ("Iops is required")."""
+    limits = IOPS_LIMITS.get(disk_type)
+    if limits is None:
+        if asked is not None:
+            raise ConfigError(
+                f"{where}.disk_iops: a {disk_type} volume has no provisioned IOPS",
+                hint="remove disk_iops, or use disk_type io2, io1 or gp3",
+            )
+        return None
+    per_gb, most = limits
+    allowed = min(most, per_gb * size)
+    if asked is None:
+        if disk_type == "gp3":
+            return None  # gp3's 3000 baseline is included
+        asked = min(DEFAULT_IOPS, allowed)
+    if asked > allowed or asked < 100:
+        raise ConfigError(
+            f"{where}.disk_iops: {asked} IOPS on a {size} GB {disk_type} volume; EC2 allows "
+            f"100 to {allowed} ({per_gb} per GB, at most {most})",
+            hint="lower disk_iops or raise disk_size",
+        )
+    return asked
 
 
 def _given_ami(amis: Mapping[Any, str] | None, region: str, itype: str) -> str | None:
