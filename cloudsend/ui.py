@@ -183,6 +183,9 @@ def print_summary(console: Console, summary: RunSummary) -> None:
     for env_id, tail in summary.env_failures.items():
         head = Text.assemble((f"environment {env_id} failed", "red"), ":\n", clean(tail, 20_000))
         console.print(head, highlight=False)
+    if summary.out_of_time:
+        late = f"{len(summary.out_of_time)} job(s) not finished: the time budget (eco_life) ran out"
+        console.print(Text(late, style="yellow"))
     console.print(Text(f"results: {summary.results_dir}"))
 
 

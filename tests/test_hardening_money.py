@@ -380,9 +380,11 @@ def test_an_expired_host_is_not_replaced_and_its_jobs_go_elsewhere(
 def test_when_every_host_expired_the_run_says_its_time_budget_ran_out(
     project: Project, moto_aws: Any
 ) -> None:
+    from rich.console import Console
+
     from cloudsend.cli import raise_for
     from cloudsend.errors import EXIT_CODES_HELP, BudgetError
-    from cloudsend.ui import summary_doc
+    from cloudsend.ui import print_summary, summary_doc
 
     ids = _launch(moto_aws, ["local"])  # the local provider's name for a lone host
     client = _client(project, moto_aws, hosts=1, jobs=3, sleep=60)
@@ -405,6 +407,11 @@ def test_when_every_host_expired_the_run_says_its_time_budget_ran_out(
     assert all(v.fetched and v.reason and "time budget ran out" in v.reason for v in views)
     assert sorted(summary.out_of_time) == sorted(v.job_id for v in views)
     assert summary_doc(summary)["out_of_time"] == summary.out_of_time  # --json
+    console = Console(width=200, record=True)
+    print_summary(console, summary)
+    shown = console.export_text()
+    assert "3 job(s) not finished: the time budget (eco_life) ran out" in shown
+    assert shown.count("time budget ran out: eco_life of local ended") == 3  # the table
     with pytest.raises(BudgetError) as caught:
         raise_for(summary)
     assert caught.value.exit_code == 9
