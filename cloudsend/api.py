@@ -70,8 +70,9 @@ class SyncClient:
     def deploy(self) -> None:
         self.session.deploy()
 
-    def run(self) -> int:
-        return self.session.run()
+    def run(self, retry_cancelled: bool = False) -> int:
+        """Submit what is left to run; CANCELLED jobs too with retry_cancelled."""
+        return self.session.run(retry_cancelled=retry_cancelled)
 
     def wait(
         self, states: CloudSendProcessState = FINAL_STATES, timeout: float | None = None
@@ -138,8 +139,8 @@ class Client:
     async def deploy(self) -> None:
         await asyncio.to_thread(self.sync.deploy)
 
-    async def run(self) -> int:
-        return await asyncio.to_thread(self.sync.run)
+    async def run(self, retry_cancelled: bool = False) -> int:
+        return await asyncio.to_thread(self.sync.run, retry_cancelled)
 
     async def wait(
         self, states: CloudSendProcessState = FINAL_STATES, timeout: float | None = None

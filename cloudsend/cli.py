@@ -90,9 +90,14 @@ def cli(debug: bool) -> None:
     is_flag=True,
     help="Kill the project's processes on the hosts and redeploy from scratch (new run).",
 )
+@click.option(
+    "--retry-cancelled",
+    is_flag=True,
+    help="Run the jobs cancelled earlier again (they are not re-run otherwise).",
+)
 @click.option("--yes", "-y", is_flag=True, help="aws: do not ask before creating resources.")
 @JSON_OPT
-def run(config: Path, reset: bool, yes: bool, as_json: bool) -> None:
+def run(config: Path, reset: bool, retry_cancelled: bool, yes: bool, as_json: bool) -> None:
     """Set up hosts and environments, run every job, watch them, fetch results.
 
     Interrupted? Run it again: DONE jobs are never re-run, files never re-sent, environments
@@ -106,7 +111,7 @@ def run(config: Path, reset: bool, yes: bool, as_json: bool) -> None:
     try:
         client.start(reset=reset)
         client.deploy()
-        client.run()
+        client.run(retry_cancelled=retry_cancelled)
         client.wait()
         client.fetch_results()
         client.finalize()
@@ -118,6 +123,11 @@ def run(config: Path, reset: bool, yes: bool, as_json: bool) -> None:
         print_json(summary_doc(summary))
     else:
         print_summary(_console(), summary)
+        cancelled = summary.counts().get(JobState.CANCELLED, 0)
+        if cancelled:
+            click.echo(
+                f"{cancelled} job(s) CANCELLED: not run again unless you pass --retry-cancelled"
+            )
     if summary.env_failures:
         from cloudsend.errors import BootstrapError
 
@@ -243,17 +253,28 @@ def logs(job: str, config: Path, stream: str, lines: int, follow: bool) -> None:
         session = client.session
         offset = write_log(session, job, write, stream, lines)
         out.flush()
+        statuses: dict[str, Any] = {}
         while follow:
             view = next(v for v in session.views() if v.job_id == job)
             if view.state.is_final:
                 break
             time.sleep(1)
-            session.reconcile()
+            statuses = session.reconcile()
             offset = write_log(session, job, write, stream, offset=offset)
             out.flush()
         if last != b"\n" and out.isatty():  # a terminal's prompt starts on a line of its own
             out.write(b"\n")
         out.flush()
+        if follow:
+            from cloudsend.ui import follow_end_note
+
+            view = next(v for v in session.views() if v.job_id == job)
+            if view.state == JobState.CANCELLED and not statuses:
+                statuses = session.reconcile()  # was it running? its agent knows
+            doc = statuses.get(view.host or "", {}).get("jobs", {}).get(job, {})
+            note = follow_end_note(job, view.state, started=doc.get("started"))
+            if note:
+                click.echo(note, err=True)
     except BrokenPipeError:
         # the reader left (`| head`): not an error; stdout goes to /dev/null so that the exit
         # flush does not complain again

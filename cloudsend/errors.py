@@ -74,7 +74,7 @@ class StateError(CloudsendError):
 
 
 EXIT_CODES_HELP = """Exit codes:
-  0  success (every job DONE)
+  0  success (every job DONE, or CANCELLED by you)
   1  unexpected error
   2  config error (bad key, type, path)
   3  provision error (machines)

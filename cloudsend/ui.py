@@ -27,6 +27,7 @@ from cloudsend.textsafe import clean
 STATE_STYLE = {
     JobState.DONE: "green",
     JobState.ABORTED: "red",
+    JobState.CANCELLED: "blue",
     JobState.RUNNING: "cyan",
     JobState.QUEUE: "yellow",
     JobState.WAIT: "magenta",
@@ -40,6 +41,7 @@ _PROGRESS = (
     JobState.RUNNING,
     JobState.DONE,
     JobState.ABORTED,
+    JobState.CANCELLED,
     JobState.UNKNOWN,
 )
 
@@ -99,6 +101,16 @@ class RichReporter:
 
     def close(self) -> None:
         self._stop_live()
+
+
+def follow_end_note(job_id: str, state: JobState, *, started: object) -> str | None:
+    """What `logs -f` says when the job it follows ends without a log to show for it: a
+    job cancelled before it started (`started` from its agent: None if it never ran)."""
+    if state != JobState.CANCELLED:
+        return None
+    if started is None:
+        return f"{clean(job_id, 200)}: cancelled while queued (it never started)"
+    return f"{clean(job_id, 200)}: cancelled"
 
 
 def jobs_table(jobs: list[JobView], title: str | None = None) -> Table:

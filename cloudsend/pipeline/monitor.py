@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cloudsend.config.models import Config
-from cloudsend.core import FINAL, CloudSendProcessState, JobState
+from cloudsend.core import FINAL, CloudSendProcessState, JobState, in_states
 from cloudsend.errors import CloudsendError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.plan import Plan
@@ -85,7 +85,7 @@ class RunMonitor:
 
     def satisfied(self, views: list[JobView]) -> bool:
         return all(
-            CloudSendProcessState.from_name(v.state) & self.states
+            in_states(JobState.parse(v.state), self.states)
             and (v.state not in FINAL or v.fetched)
             for v in views
         )

@@ -41,7 +41,8 @@ class RunSummary:
 
     @property
     def ok(self) -> bool:
-        return all(j.state == JobState.DONE for j in self.jobs)
+        """No job failed: each DONE, or CANCELLED by the user (not an error)."""
+        return all(j.state in (JobState.DONE, JobState.CANCELLED) for j in self.jobs)
 
 
 class Reporter(Protocol):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cloudsend.config.models import Config
-from cloudsend.core import FINAL, CloudSendProcessState
+from cloudsend.core import FINAL, FINAL_STATES, CloudSendProcessState
 from cloudsend.errors import AgentError, CloudsendError, ProvisionError, StateError, TransportError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.deploy import DeployReport, deploy_host, ensure_agent
@@ -27,7 +27,13 @@ from cloudsend.pipeline.run_state import RunState
 from cloudsend.providers import Host, HostsNotCleaned, get_provider
 from cloudsend.providers.roots import remove_root
 from cloudsend.scheduling import HostSlots, assign, check_fits
-from cloudsend.scheduling.transitions import HostView, JobSnapshot, as_state, plan_resume
+from cloudsend.scheduling.transitions import (
+    HostView,
+    JobSnapshot,
+    as_state,
+    plan_resume,
+    status_updates,
+)
 from cloudsend.state import NewJob, Store
 
 T = TypeVar("T")
@@ -245,11 +251,12 @@ class Session:
             self.apply_status(host_name, doc)
         return statuses
 
-    def run(self, retry_aborted: bool = True) -> int:
+    def run(self, retry_aborted: bool = True, retry_cancelled: bool = False) -> int:
         """Submit every job that is neither done nor live on a host. Returns how many.
 
         What to do with each job is decided by scheduling.plan_resume from the store and what
-        the agents report; ABORTED jobs are retried (attempt + 1) unless retry_aborted=False.
+        the agents report; ABORTED jobs are retried (attempt + 1) unless retry_aborted=False,
+        CANCELLED ones only with retry_cancelled=True.
         """
         run_id = self.current_run()
         plan = self.plan
@@ -269,7 +276,9 @@ class Session:
             snapshots.append(
                 JobSnapshot(planned.job_id, as_state(rec.state), rec.attempt, rec.fetched, view)
             )
-        decision = plan_resume(snapshots, retry_aborted=retry_aborted)
+        decision = plan_resume(
+            snapshots, retry_aborted=retry_aborted, retry_cancelled=retry_cancelled
+        )
         if not decision.to_submit:
             return 0
         healthy = [h for h in self.hosts if h.name in reachable]
@@ -358,7 +367,7 @@ class Session:
 
     def wait(
         self,
-        states: CloudSendProcessState = CloudSendProcessState.DONE | CloudSendProcessState.ABORTED,
+        states: CloudSendProcessState = FINAL_STATES,
         timeout: float | None = None,
     ) -> list[JobView]:
         """Watch until every job is in `states` (final ones fetched too), or the timeout."""
@@ -371,13 +380,7 @@ class Session:
         """Record what one agent reports, for the jobs whose current attempt is there."""
         run_id = self.current_run()
         records = {r.job_id: r for r in self.store.jobs(run_id) if r.host == host}
-        updates = [
-            (job_id, job["state"], job.get("exit_code"), job.get("reason"))
-            for job_id, job in status.get("jobs", {}).items()
-            if job_id in records
-            and job.get("attempt") == records[job_id].attempt
-            and job["state"] != records[job_id].state
-        ]
+        updates = status_updates(records, status.get("jobs", {}))
         if updates:
             self.store.update_states(run_id, updates)
         for env_id, env in status.get("envs", {}).items():

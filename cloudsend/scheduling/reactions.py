@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from cloudsend.core import FINAL, JobState
 from cloudsend.scheduling.transitions import killed_with_host
 
-DONE, ABORTED = JobState.DONE, JobState.ABORTED
+DONE, ABORTED, CANCELLED = JobState.DONE, JobState.ABORTED, JobState.CANCELLED
 MAX_CASUALTY_RETRIES = 3
 
 
@@ -209,6 +209,7 @@ def on_host_lost(
     ==============================================  ===================================
     fetched, not a casualty                         none
     ABORTED, not a casualty, not fetched            CloseUnfetchable (logs out of reach)
+    CANCELLED, not fetched                          CloseUnfetchable (never re-run)
     unfinished, or killed with the machine          re-queued elsewhere (attempt + 1)
     ==============================================  ===================================
 
@@ -248,8 +249,8 @@ def stranded_on(
         casualty = job.state == ABORTED and killed_with_host(job.reason, host_gone=gone)
         if job.fetched and not casualty:
             continue
-        if job.state == ABORTED and not casualty:
-            unfetchable[job.job_id] = job.attempt
+        if job.state in (ABORTED, CANCELLED) and not casualty:
+            unfetchable[job.job_id] = job.attempt  # cancelled: the user's; never run again
         else:
             # unfinished, or killed with the machine (its shutdown signalled the job before
             # the host's end was known): it runs again elsewhere
