@@ -136,9 +136,13 @@ def run(config: Path, reset: bool, retry_cancelled: bool, yes: bool, as_json: bo
             hint="see the log tails above; fix the environment and run again",
         )
     if not summary.ok:
+        failed = [j for j in summary.jobs if j.state == JobState.ABORTED]
+        outputs = sum(1 for j in failed if (j.reason or "").startswith("output "))
         raise JobError(
-            f"{summary.counts().get(JobState.ABORTED, 0)} job(s) ABORTED",
-            hint="`cloudsend logs JOB --stderr` shows why; `cloudsend run` retries them",
+            f"{len(failed)} job(s) ABORTED"
+            + (f" ({outputs} did not write a declared output)" if outputs else ""),
+            hint="the table's reason and `cloudsend logs JOB --stderr` show why; "
+            "`cloudsend run` retries them",
         )
 
 

@@ -195,3 +195,107 @@ def test_cancel_is_not_a_failure_and_is_not_re_run(project: Project, tmp_path: P
     retried = json.loads(project.cli("run", "--retry-cancelled", "--json", check=True).stdout)
     assert retried["counts"] == {"DONE": 2}
     assert sorted(ledger.read_text().split()) == ["a", "a", "b"]
+
+
+# ---- 11: declared outputs the job did not deliver ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("missing", "refused", "optional", "expected"),
+    [
+        ({}, {}, {}, {}),
+        ({"j": ["a.txt"]}, {}, {}, {"j": "output missing: a.txt"}),
+        ({"j": ["a.txt", "b/c"]}, {}, {}, {"j": "output missing: a.txt, b/c"}),
+        ({"j": ["a.txt"]}, {}, {"j": ["a.txt"]}, {}),  # optional: absent is fine
+        ({"j": ["a.txt", "b"]}, {}, {"j": ["b"]}, {"j": "output missing: a.txt"}),
+        ({}, {"j": ["link"]}, {}, {"j": "output refused (outside the work dir): link"}),
+        ({}, {"j": ["link"]}, {"j": ["link"]},  # optional does not excuse an escape
+         {"j": "output refused (outside the work dir): link"}),
+        ({"j": ["a"]}, {"j": ["l"]}, {},
+         {"j": "output missing: a; output refused (outside the work dir): l"}),
+        ({"j": []}, {"k": []}, {}, {}),
+    ],
+)  # fmt: skip
+def test_output_failures_table(
+    missing: dict[str, list[str]],
+    refused: dict[str, list[str]],
+    optional: dict[str, list[str]],
+    expected: dict[str, str],
+) -> None:
+    from cloudsend.scheduling.transitions import output_failures
+
+    assert output_failures(missing, refused, optional) == expected
+
+
+def test_optional_outputs_must_be_declared_outputs(project: Project) -> None:
+    project.config(
+        """
+        jobs:
+          - run_command: "true"
+            output_files: [a.txt, ./b.txt]
+            optional_outputs: [./a.txt, b.txt, c.txt]
+        """
+    )
+    proc = project.cli("validate", "cloudsend.yaml")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "optional_outputs" in proc.stderr and "c.txt" in proc.stderr
+    assert "a.txt" not in proc.stderr.split("optional_outputs", 1)[1].split("\n")[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_missing_or_refused_output_fails_the_job(project: Project, tmp_path: Path) -> None:
+    gate = tmp_path / "fixed"
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not yours\n")
+    project.config(
+        f"""
+        project: outputs
+        instances:
+          - cpus: 3
+        jobs:
+          - run_command: echo a > a.txt; if [ -e {gate} ]; then echo b > b.txt; fi
+            output_files: [a.txt, b.txt, maybe.txt]
+            optional_outputs: [maybe.txt]
+          - run_command: ln -s {outside} link.txt
+            output_file: link.txt
+          - run_command: echo ok > fine.txt
+            output_files: [fine.txt, maybe.txt]
+            optional_outputs: maybe.txt
+        """
+    )
+    proc = project.cli("run", "--json")
+    assert proc.returncode == 6, proc.stderr  # a job error, as for any failed job
+    assert "did not write a declared output" in proc.stderr
+    jobs = sorted(json.loads(proc.stdout)["jobs"], key=lambda j: j["index"])
+    writer, linker, fine = jobs
+    assert (writer["state"], writer["exit_code"]) == ("ABORTED", 0)
+    assert writer["reason"] == "output missing: b.txt"  # maybe.txt is optional
+    assert linker["state"] == "ABORTED"
+    assert linker["reason"] == "output refused (outside the work dir): link.txt"
+    assert (fine["state"], fine["reason"]) == ("DONE", None)
+    results = project.results()
+    assert (results / writer["job_id"] / "a.txt").read_text() == "a\n"  # what exists came home
+    assert not (results / linker["job_id"] / "link.txt").exists()
+    assert (results / fine["job_id"] / "fine.txt").read_text() == "ok\n"
+
+    # the table and the API say the same
+    table = project.cli("status", check=True, env={"COLUMNS": "250"}).stdout
+    assert "output missing: b.txt" in table and table.count("ABORTED") == 2
+    from cloudsend.api import SyncClient
+
+    client = SyncClient(project.path / "cloudsend.yaml")
+    try:
+        client.wakeup()
+        views = {v.job_id: v for v in client.session.views()}
+        assert views[writer["job_id"]].reason == "output missing: b.txt"
+        assert not client.summary().ok
+    finally:
+        client.close()
+
+    # a later status from the agent (which says DONE) does not undo it; a run retries it
+    gate.touch()
+    again = project.cli("run", "--json", timeout=120)
+    jobs = {j["job_id"]: j for j in json.loads(again.stdout)["jobs"]}
+    assert jobs[writer["job_id"]]["state"] == "DONE" and jobs[writer["job_id"]]["attempt"] == 2
+    assert (project.results() / writer["job_id"] / "b.txt").read_text() == "b\n"
+    assert jobs[fine["job_id"]]["attempt"] == 1  # DONE jobs are not run again

@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +20,7 @@ from cloudsend.errors import AgentError, CloudsendError, ProvisionError, StateEr
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.deploy import DeployReport, deploy_host, ensure_agent
 from cloudsend.pipeline.fanout import GroupResult, each_host
+from cloudsend.pipeline.fetch import Fetched
 from cloudsend.pipeline.files import FileIndex
 from cloudsend.pipeline.plan import Plan, build_plan
 from cloudsend.pipeline.reporting import JobView, NullReporter, Reporter, RunSummary
@@ -31,6 +32,7 @@ from cloudsend.scheduling.transitions import (
     HostView,
     JobSnapshot,
     as_state,
+    output_failures,
     plan_resume,
     status_updates,
 )
@@ -69,6 +71,8 @@ class Session:
         # those are not adopted, and this run's attempts start above theirs (job → highest)
         self.fresh_run = False
         self.attempt_floor: dict[str, int] = {}
+        # jobs DONE on their host that the run failed (an output missing): run again there
+        self.rerun_done: set[str] = set()
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -291,6 +295,12 @@ class Session:
             job: max(attempt, self.attempt_floor.get(job, 0) + 1)
             for job, attempt in decision.to_submit.items()
         }
+        # exit 0 yet ABORTED: failed for a missing output; its agent holds it DONE
+        self.rerun_done |= {
+            job
+            for job in attempts
+            if records[job].state == "ABORTED" and records[job].exit_code == 0
+        }
         self.submit_jobs(attempts, healthy)
         return len(attempts)
 
@@ -315,7 +325,13 @@ class Session:
             envs = {p.env.env_id: p.env for p in jobs if p.env is not None}
             copy = not self.config.mutualize_uploads
             specs = [
-                p.spec(attempts[p.job_id], host.root, self.index, copy, rerun=self.fresh_run)
+                p.spec(
+                    attempts[p.job_id],
+                    host.root,
+                    self.index,
+                    copy,
+                    rerun=self.fresh_run or p.job_id in self.rerun_done,
+                )
                 for p in jobs
             ]
             report = DeployReport(host.name)
@@ -375,6 +391,21 @@ class Session:
 
         self.clean_fetch_leftovers()
         return RunMonitor(self, states).run(timeout)
+
+    def record_outputs(self, attempts: Mapping[str, int], got: Fetched) -> None:
+        """Record what a fetch brought home (job → attempt fetched), and fail the DONE jobs
+        that did not deliver a declared output (transitions.output_failures)."""
+        run_id = self.current_run()
+        self.store.record_fetches(
+            run_id, [(job, attempts[job], files) for job, files in got.files.items()]
+        )
+        by_id = self.plan.by_id()
+        optional = {j: by_id[j].optional_outputs for j in got.files if j in by_id}
+        failures = output_failures(got.missing, got.refused, optional)
+        if failures:
+            self.store.fail_outputs(
+                run_id, [(job, attempts[job], why) for job, why in failures.items()]
+            )
 
     def apply_status(self, host: str, status: dict[str, Any]) -> None:
         """Record what one agent reports, for the jobs whose current attempt is there."""

@@ -108,6 +108,35 @@ def status_updates(
     return updates
 
 
+def output_failures(
+    missing: Mapping[str, Iterable[str]],
+    refused: Mapping[str, Iterable[str]],
+    optional: Mapping[str, Iterable[str]],
+) -> dict[str, str]:
+    """Jobs that exited 0 but did not deliver a declared output fail: job_id → the reason.
+
+    ==========================================  ===========================================
+    an output of the job (pack's answer)         verdict
+    ==========================================  ===========================================
+    missing, listed in optional_outputs         fine (nothing to fetch)
+    missing                                     "output missing: X"
+    refused (resolves outside the work dir)     "output refused (outside the work dir): X"
+    ==========================================  ===========================================
+    """
+    reasons: dict[str, list[str]] = {}
+    for job_id, outputs in missing.items():
+        absent = [o for o in outputs if o not in set(optional.get(job_id, ()))]
+        if absent:
+            reasons.setdefault(job_id, []).append("output missing: " + ", ".join(absent))
+    for job_id, outputs in refused.items():
+        shown = ", ".join(outputs)
+        if shown:
+            reasons.setdefault(job_id, []).append(
+                f"output refused (outside the work dir): {shown}"
+            )
+    return {job_id: "; ".join(parts) for job_id, parts in reasons.items()}
+
+
 class HostView(str, Enum):
     """What the job's host said about the job in the latest status round."""
 
