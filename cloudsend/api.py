@@ -25,7 +25,7 @@ from cloudsend.config.models import Config
 from cloudsend.core import FINAL_STATES, CloudSendProcessState, JobState
 from cloudsend.pipeline import operations
 from cloudsend.pipeline.logs import write_log
-from cloudsend.pipeline.reporting import JobView, Reporter, RunSummary
+from cloudsend.pipeline.reporting import DownReport, JobView, Reporter, RunSummary
 from cloudsend.pipeline.session import Session
 
 
@@ -114,8 +114,10 @@ class SyncClient:
     def finalize(self) -> None:
         self.session.finalize()
 
-    def down(self, keep: bool = False, force: bool = False) -> None:
-        self.session.down(keep=keep, force=force)
+    def down(self, keep: bool = False, force: bool = False) -> DownReport:
+        """Tear the hosts down; unfinished jobs are cancelled (recorded CANCELLED) without
+        asking (the CLI asks first: session.unfinished_jobs())."""
+        return self.session.down(keep=keep, force=force)
 
     def close(self) -> None:
         self.session.close()
@@ -165,8 +167,8 @@ class Client:
     async def finalize(self) -> None:
         await asyncio.to_thread(self.sync.finalize)
 
-    async def down(self, keep: bool = False, force: bool = False) -> None:
-        await asyncio.to_thread(self.sync.down, keep, force)
+    async def down(self, keep: bool = False, force: bool = False) -> DownReport:
+        return await asyncio.to_thread(self.sync.down, keep, force)
 
     def close(self) -> None:
         self.sync.close()

@@ -334,19 +334,60 @@ def cancel(jobs: tuple[str, ...], config: Path, all_jobs: bool) -> None:
 @CONFIG_ARG
 @click.option("--keep", is_flag=True, help="Keep the hosts' files (stop processes only).")
 @click.option("--force", is_flag=True, help="Even if some finished jobs' results are not fetched.")
-def down(config: Path, keep: bool, force: bool) -> None:
+@click.option("--yes", "-y", is_flag=True, help="Cancel unfinished jobs without asking.")
+def down(config: Path, keep: bool, force: bool, yes: bool) -> None:
     """Stop everything the project runs on its hosts and tear the hosts down.
+
+    Jobs still queued or running are cancelled (CANCELLED): down asks first, and refuses
+    without --yes when it cannot ask (no terminal).
 
     provider aws: `pulumi destroy`, then a check that nothing tagged with the stack is left
     (exit 3 listing any leftover). Refuses while results are not all fetched, unless --force.
     """
     client, reporter = _client(config)
     try:
-        client.down(keep=keep, force=force)
+        unfinished = client.session.unfinished_jobs()
+        _confirm_cancel([v.job_id for v in unfinished], yes)
+        report = client.down(keep=keep, force=force)
     finally:
         reporter.close()
         client.close()
+    if report.cancelled:
+        shown = ", ".join(report.cancelled[:10]) + (" ..." if len(report.cancelled) > 10 else "")
+        click.echo(clean(f"cancelled {len(report.cancelled)} unfinished job(s): {shown}"))
     click.echo("down")
+
+
+def confirm_mode(unfinished: int, yes: bool, interactive: bool) -> str:
+    """How `down` treats unfinished jobs: "go" (none, or --yes), "ask" (on a terminal) or
+    "refuse" (no terminal to ask on, and no --yes)."""
+    if not unfinished or yes:
+        return "go"
+    return "ask" if interactive else "refuse"
+
+
+def _confirm_cancel(job_ids: list[str], yes: bool) -> None:
+    mode = confirm_mode(len(job_ids), yes, click.get_text_stream("stdin").isatty())
+    if mode == "go":
+        return
+    shown = ", ".join(job_ids[:10]) + (" ..." if len(job_ids) > 10 else "")
+    what = clean(f"{len(job_ids)} job(s) not finished: {shown}")
+    if mode == "ask":
+        click.echo(what)
+        try:
+            confirmed = click.confirm("cancel them and take the hosts down?", default=False)
+        except click.Abort:  # Ctrl-C or end of input at the prompt: a no
+            confirmed = False
+        if confirmed:
+            return
+        raise CloudsendError(
+            "not confirmed: nothing was cancelled or taken down",
+            hint="wait for them (`cloudsend status`), or answer y, or pass --yes",
+        )
+    raise CloudsendError(
+        f"down would cancel {what}",
+        hint="pass --yes to cancel them, or wait for them (`cloudsend status`)",
+    )
 
 
 @cli.command()

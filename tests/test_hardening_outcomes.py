@@ -105,6 +105,9 @@ def test_plan_resume_keeps_cancelled_jobs_unless_asked() -> None:
     assert again.to_submit == {"cancelled": 2, "cancelled-gone": 3, "aborted": 2}
     assert not again.cancelled
     assert plan_resume(snaps[:2]).done  # nothing to do: cancelled jobs are settled
+    # cancelled, not fetched, and its host has nothing of it (down wiped it): nothing to fetch
+    assert plan.gone_logs == {"cancelled-gone"}
+    assert not again.gone_logs
 
 
 class _Rec:
@@ -299,3 +302,155 @@ def test_a_missing_or_refused_output_fails_the_job(project: Project, tmp_path: P
     assert jobs[writer["job_id"]]["state"] == "DONE" and jobs[writer["job_id"]]["attempt"] == 2
     assert (project.results() / writer["job_id"] / "b.txt").read_text() == "b\n"
     assert jobs[fine["job_id"]]["attempt"] == 1  # DONE jobs are not run again
+
+
+# ---- 13: down with unfinished jobs -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("unfinished", "yes", "interactive", "expected"),
+    [
+        (0, False, False, "go"),
+        (0, False, True, "go"),
+        (2, True, False, "go"),
+        (2, True, True, "go"),
+        (2, False, True, "ask"),
+        (2, False, False, "refuse"),
+    ],
+)
+def test_down_confirm_mode_table(
+    unfinished: int, yes: bool, interactive: bool, expected: str
+) -> None:
+    from cloudsend.cli import confirm_mode
+
+    assert confirm_mode(unfinished, yes, interactive) == expected
+
+
+class _Job:
+    def __init__(self, job_id: str, state: str, host: str | None, attempt: int = 1) -> None:
+        self.job_id, self.state, self.host, self.attempt = job_id, state, host, attempt
+        self.fetched, self.reason = False, None
+
+
+def test_after_down_table() -> None:
+    from cloudsend.scheduling.reactions import after_down
+
+    jobs = [
+        _Job("done", "DONE", "a"),
+        _Job("failed", "ABORTED", "a"),
+        _Job("cancelled", "CANCELLED", "a"),
+        _Job("running", "RUNNING", "a"),
+        _Job("queued", "QUEUE", "a"),
+        _Job("waiting", "WAIT", "a"),
+        _Job("never", "UNKNOWN", None, attempt=0),
+        _Job("elsewhere", "RUNNING", "b"),  # b did not go down: still running there
+    ]
+    rows = after_down(jobs, {"a"})
+    assert [r[0] for r in rows] == ["running", "queued", "waiting"]
+    assert {r[1:] for r in rows} == {(S.CANCELLED, None, "cancelled by down")}
+    assert after_down(jobs, set()) == []
+
+
+def _start_stuck_run(project: Project, gate: Path) -> dict[str, dict[str, Any]]:
+    """A run with one job running and one queued, then cloudsend killed: only the store
+    and the agent know about them."""
+    project.config(
+        f"""
+        project: downs
+        instances:
+          - cpus: 1
+        jobs:
+          - run_command: while [ ! -e {gate} ]; do sleep 0.1; done
+          - run_command: echo second
+        """
+    )
+    run = project.popen("run")
+    try:
+        doc = _wait_for(
+            lambda: (d := _status(project))
+            and sorted(j["state"] for j in d["jobs"]) == ["QUEUE", "RUNNING"]
+            and d,
+            what="one job running, one queued",
+        )
+    finally:
+        run.kill()
+        run.wait(timeout=10)
+    return _jobs(doc)
+
+
+def test_down_with_unfinished_jobs_refuses_without_yes_then_cancels_and_status_is_clean(
+    project: Project, tmp_path: Path
+) -> None:
+    jobs = _start_stuck_run(project, tmp_path / "gate")
+    refused = project.cli("down")  # stdin is not a terminal: cannot ask
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "down would cancel 2 job(s) not finished" in refused.stderr
+    assert "--yes" in refused.stderr and "Traceback" not in refused.stderr
+    doc = _status(project)
+    assert doc is not None and sorted(j["state"] for j in doc["jobs"]) == ["QUEUE", "RUNNING"]
+
+    down = project.cli("down", "--yes", check=True)
+    assert "cancelled 2 unfinished job(s)" in down.stdout
+    assert all(job_id in down.stdout for job_id in jobs)
+
+    status = project.cli("status", env={"COLUMNS": "250"})
+    assert status.returncode == 0, status.stderr
+    assert "Traceback" not in status.stdout + status.stderr
+    assert "No module named" not in status.stdout + status.stderr
+    assert status.stdout.count("CANCELLED") == 2 and "host local: down" in status.stdout
+    doc = json.loads(project.cli("status", "--json", check=True).stdout)
+    assert {j["state"] for j in doc["jobs"]} == {"CANCELLED"}
+    assert [h["health"] for h in doc["hosts"]] == ["down"]
+    # and a later run does not silently re-run what down cancelled
+    again = project.cli("run", "--json", timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["counts"] == {"CANCELLED": 2}
+
+
+def test_down_asks_on_a_terminal(project: Project, tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    _start_stuck_run(project, tmp_path / "gate")
+
+    def down_on_a_tty(answer: bytes) -> tuple[int, str]:
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cloudsend", "down"],
+            cwd=project.path,
+            stdin=follower,
+            stdout=follower,
+            stderr=follower,
+        )
+        os.close(follower)
+        seen = b""
+        try:
+            while b"take the hosts down?" not in seen:
+                chunk = os.read(leader, 4096)
+                assert chunk, seen
+                seen += chunk
+            os.write(leader, answer)
+            while True:
+                try:
+                    chunk = os.read(leader, 4096)
+                except OSError:  # the other side closed
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            return proc.wait(timeout=60), seen.decode(errors="replace")
+        finally:
+            os.close(leader)
+            if proc.poll() is None:
+                proc.kill()
+
+    code, text = down_on_a_tty(b"n\n")
+    assert code == 1 and "2 job(s) not finished" in text and "not confirmed" in text, text
+    doc = _status(project)
+    assert doc is not None and "RUNNING" in {j["state"] for j in doc["jobs"]}
+    code, text = down_on_a_tty(b"y\n")
+    assert code == 0 and "cancelled 2 unfinished job(s)" in text, text
+    doc = _status(project)
+    assert doc is not None and {j["state"] for j in doc["jobs"]} == {"CANCELLED"}

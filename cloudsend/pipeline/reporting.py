@@ -45,6 +45,14 @@ class RunSummary:
         return all(j.state in (JobState.DONE, JobState.CANCELLED) for j in self.jobs)
 
 
+@dataclass
+class DownReport:
+    """What `down` did to the run's jobs: those it cancelled (unfinished on a host it took
+    down), recorded CANCELLED in the store."""
+
+    cancelled: list[str] = field(default_factory=list)
+
+
 class Reporter(Protocol):
     def phase(self, name: str, detail: str = "") -> None: ...
 

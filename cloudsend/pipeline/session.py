@@ -23,11 +23,12 @@ from cloudsend.pipeline.fanout import GroupResult, each_host
 from cloudsend.pipeline.fetch import Fetched
 from cloudsend.pipeline.files import FileIndex
 from cloudsend.pipeline.plan import Plan, build_plan
-from cloudsend.pipeline.reporting import JobView, NullReporter, Reporter, RunSummary
+from cloudsend.pipeline.reporting import DownReport, JobView, NullReporter, Reporter, RunSummary
 from cloudsend.pipeline.run_state import RunState
 from cloudsend.providers import Host, HostsNotCleaned, get_provider
 from cloudsend.providers.roots import remove_root
 from cloudsend.scheduling import HostSlots, assign, check_fits
+from cloudsend.scheduling.reactions import after_down
 from cloudsend.scheduling.transitions import (
     HostView,
     JobSnapshot,
@@ -186,8 +187,17 @@ class Session:
                 hint="start one with `cloudsend run`",
             )
         self.run_id = run.id
-        self.hosts = self.provider.attach()
+        self.hosts = self._attach_hosts()
         self._record_unreachable()
+
+    def _attach_hosts(self) -> list[Host]:
+        """The run's hosts, without those `down` took down (no agent left to ask); when
+        every recorded host is down the provider is not asked at all."""
+        recorded = self.store.hosts(self.current_run())
+        down = {h.name for h in recorded if h.health == "down"}
+        if recorded and all(h.name in down for h in recorded):
+            return []
+        return [h for h in self.provider.attach() if h.name not in down]
 
     def _reset_hosts(self) -> None:
         # The original's reset: kill the project's processes and redeploy from scratch.
@@ -283,6 +293,8 @@ class Session:
         decision = plan_resume(
             snapshots, retry_aborted=retry_aborted, retry_cancelled=retry_cancelled
         )
+        for job_id in decision.gone_logs:  # cancelled, and its host has nothing of it left
+            self.store.record_fetch(run_id, job_id, records[job_id].attempt, [])
         if not decision.to_submit:
             return 0
         healthy = [h for h in self.hosts if h.name in reachable]
@@ -450,7 +462,23 @@ class Session:
             self.run_id = run.id
         return [v for v in self.views() if v.state in FINAL and not v.fetched]
 
-    def down(self, keep: bool = False, force: bool = False) -> None:
+    def unfinished_jobs(self) -> list[JobView]:
+        """The jobs `down` would cancel: submitted and not final, after asking the hosts that
+        answer (a host that does not is taken at the store's word)."""
+        run = self.store.latest_run()
+        if run is None:
+            return []
+        if self.run_id is None:
+            self.run_id = run.id
+        with contextlib.suppress(CloudsendError):
+            if not self.hosts:
+                self.hosts = self._attach_hosts()
+            self.reconcile()
+        return [v for v in self.views() if v.state not in FINAL and v.host and v.attempt]
+
+    def down(self, keep: bool = False, force: bool = False) -> DownReport:
+        """Cancel the unfinished jobs (recorded CANCELLED), stop everything on the hosts and
+        tear them down. The CLI asks before (`unfinished_jobs`); the API does not."""
         left = [] if force else self.unfetched()
         if left:
             raise StateError(
@@ -467,9 +495,15 @@ class Session:
                 failed["(all hosts)"] = f"cannot reach the hosts: {exc.message}"
         for name, why in self.provider.unreachable.items():
             failed[name] = why.splitlines()[0]
+        unfinished = self.unfinished_jobs()
+        by_host: dict[str, list[str]] = {}
+        for view in unfinished:
+            by_host.setdefault(view.host or "", []).append(view.job_id)
 
         def stop(host: Host) -> None:
             try:
+                if by_host.get(host.name):  # cancelled first: the agent's records say so too
+                    AgentClient(host).cancel(by_host[host.name])
                 AgentClient(host).stop(kill_jobs=True)
             except (TransportError, AgentError) as exc:
                 # no agent there (never deployed) is fine; a host that does not answer is not
@@ -487,8 +521,19 @@ class Session:
         except HostsNotCleaned as exc:
             failed.update(exc.hosts)
         self._record_down(failed)
+        report = DownReport()
+        if self.run_id is not None and "(all hosts)" not in failed:
+            went = {h.name for h in self.store.hosts(self.run_id)} - failed.keys()
+            updates = after_down(self.store.jobs(self.run_id), went)
+            self.store.update_states(self.run_id, updates)
+            # those it asked the agents to cancel (a `run` watching meanwhile may have recorded
+            # some already) and those left unfinished in the store
+            cancelled = {v.job_id for v in unfinished if v.host in went}
+            cancelled |= {job_id for job_id, *_ in updates}
+            report.cancelled = sorted(cancelled)
         if failed:
             raise HostsNotCleaned(failed)
+        return report
 
     def _record_down(self, failed: dict[str, str]) -> None:
         """The store says which hosts are down and which are not (a retry knows)."""

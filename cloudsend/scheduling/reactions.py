@@ -387,6 +387,31 @@ def on_return(
     return actions
 
 
+DOWN_REASON = "cancelled by down"
+
+
+def after_down(
+    jobs: Iterable[JobFacts], down: Collection[str]
+) -> list[tuple[str, JobState, None, str]]:
+    """What the store records once `down` took the hosts `down` down (the others failed to go
+    down: their jobs may still run there). Rows for Store.update_states.
+
+    ==========================================  ==================================
+    job                                         recorded
+    ==========================================  ==================================
+    final (DONE, ABORTED, CANCELLED)            as it is
+    never submitted (no host or attempt 0)      as it is (it never ran)
+    unfinished on a host that did not go down   as it is (still there)
+    unfinished on a host taken down             CANCELLED, "cancelled by down"
+    ==========================================  ==================================
+    """
+    return [
+        (job.job_id, CANCELLED, None, DOWN_REASON)
+        for job in jobs
+        if job.host in down and job.attempt and job.state not in FINAL
+    ]
+
+
 def idle_hosts(
     busy: Collection[str], hosts: Iterable[str], stopped: Collection[str], lost: Collection[str]
 ) -> list[Action]:

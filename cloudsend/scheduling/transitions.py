@@ -175,6 +175,8 @@ class ResumePlan:
       it twice.
     - ``failed``: ABORTED and retries were not asked for; reported to the user.
     - ``cancelled``: CANCELLED (by the user) and re-running them was not asked for.
+    - ``gone_logs``: those of ``cancelled`` not fetched whose host no longer has them (down,
+      a wiped host): nothing left to fetch; their fetch is closed empty.
     """
 
     finished: frozenset[str] = frozenset()
@@ -184,6 +186,7 @@ class ResumePlan:
     wait: frozenset[str] = frozenset()
     failed: frozenset[str] = frozenset()
     cancelled: frozenset[str] = frozenset()
+    gone_logs: frozenset[str] = frozenset()
 
     @property
     def done(self) -> bool:
@@ -251,8 +254,11 @@ def plan_resume(
         "cancelled": set(),
     }
     to_submit: dict[str, int] = {}
+    gone_logs: set[str] = set()
     for job in jobs:
         bucket = decide(job, retry_aborted=retry_aborted, retry_cancelled=retry_cancelled)
+        if bucket == "cancelled" and not job.fetched and job.host == HostView.MISSING:
+            gone_logs.add(job.job_id)
         if bucket == "to_submit":
             to_submit[job.job_id] = max(job.attempt, 0) + 1
         else:
@@ -265,4 +271,5 @@ def plan_resume(
         wait=frozenset(buckets["wait"]),
         failed=frozenset(buckets["failed"]),
         cancelled=frozenset(buckets["cancelled"]),
+        gone_logs=frozenset(gone_logs),
     )
