@@ -200,32 +200,46 @@ def up(config: Path, reset: bool, yes: bool) -> None:
 @CONFIG_ARG
 @JSON_OPT
 def status(config: Path, as_json: bool) -> None:
-    """Show every job's state, host and whether its results are fetched."""
-    from dataclasses import asdict
+    """Show every job's state, host and whether its results are fetched.
 
-    from cloudsend.ui import jobs_table, print_json
+    A host that does not answer does not hide the rest: the last known states are shown,
+    marked stale ('?' in the table, "stale": true in --json)."""
+    from cloudsend.pipeline.reporting import stale_jobs
+    from cloudsend.ui import jobs_table, print_json, status_doc
 
     client, _ = _client(config, quiet=True)
+    session = client.session
+    error: str | None = None
+    answered: set[str] = set()
     try:
-        client.wakeup()
-        views = client.session.views()
-        hosts = client.session.store.hosts(client.session.current_run())
+        try:
+            session.attach()
+            answered = set(session.reconcile())
+        except CloudsendError as exc:
+            if session.run_id is None:  # no run recorded: nothing to show
+                raise
+            error = exc.message.splitlines()[0][:300]
+        views = session.views()
+        hosts = session.store.hosts(session.current_run())
     finally:
         client.close()
     if as_json:
-        print_json(
-            {
-                "jobs": [asdict(v) for v in views],
-                "hosts": [{"name": h.name, "health": h.health, "detail": h.detail} for h in hosts],
-            }
-        )
+        print_json(status_doc(views, hosts, answered, error))
         return
     from rich.text import Text
 
     console = _console()
-    console.print(jobs_table(views))
+    stale = stale_jobs(views, answered)
+    console.print(jobs_table(views, stale=stale))
     for h in hosts:
-        console.print(Text(clean(f"host {h.name}: {h.health} {h.detail}".rstrip())))
+        mark = " (last known)" if h.name not in answered and h.health != "down" else ""
+        console.print(Text(clean(f"host {h.name}: {h.health}{mark} {h.detail}".rstrip())))
+    if stale or error:
+        why = f" ({clean(error, 300)})" if error else ""
+        console.print(
+            Text(f"?: last known state: its host did not answer{why}", style="yellow"),
+            highlight=False,
+        )
 
 
 @cli.command()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cloudsend.core import JobState
-from cloudsend.pipeline.reporting import JobView, RunSummary
+from cloudsend.pipeline.reporting import JobView, RunSummary, stale_jobs
 from cloudsend.providers.base import (
     Cost,
     Preview,
@@ -113,7 +113,34 @@ def follow_end_note(job_id: str, state: JobState, *, started: object) -> str | N
     return f"{clean(job_id, 200)}: cancelled"
 
 
-def jobs_table(jobs: list[JobView], title: str | None = None) -> Table:
+def status_doc(
+    jobs: list[JobView], hosts: list[Any], answered: set[str], error: str | None = None
+) -> dict[str, Any]:
+    """`cloudsend status --json`: every job and host, with "stale" where the state shown is
+    the last known one (its host did not answer: `error` says why when none could be asked).
+    `hosts`: state.HostRecord rows."""
+    stale = stale_jobs(jobs, answered)
+    return {
+        "stale": bool(stale) or any(h.name not in answered and h.health != "down" for h in hosts),
+        "error": error,
+        "jobs": [{**asdict(j), "stale": j.job_id in stale} for j in jobs],
+        "hosts": [
+            {
+                "name": h.name,
+                "health": h.health,
+                "detail": h.detail,
+                "stale": h.name not in answered and h.health != "down",
+                "updated": h.updated,
+            }
+            for h in hosts
+        ],
+    }
+
+
+def jobs_table(
+    jobs: list[JobView], title: str | None = None, stale: Collection[str] = frozenset()
+) -> Table:
+    """The jobs' table; a state in `stale` is the last known one (shown dim, with a '?')."""
     table = Table(title=title, show_lines=False)
     for col in ("job", "state", "host", "attempt", "exit", "fetched", "reason"):
         table.add_column(col, overflow="fold")
@@ -122,7 +149,9 @@ def jobs_table(jobs: list[JobView], title: str | None = None) -> Table:
         reason = clean(j.reason, 400).splitlines()[0] if j.reason else ""
         table.add_row(
             Text(j.job_id),
-            Text(j.state.value, style=STATE_STYLE.get(j.state, "")),
+            Text(f"{j.state.value}?", style="dim")
+            if j.job_id in stale
+            else Text(j.state.value, style=STATE_STYLE.get(j.state, "")),
             Text(clean(j.host or "-", 200)),
             str(j.attempt),
             "" if j.exit_code is None else str(j.exit_code),

@@ -454,3 +454,84 @@ def test_down_asks_on_a_terminal(project: Project, tmp_path: Path) -> None:
     assert code == 0 and "cancelled 2 unfinished job(s)" in text, text
     doc = _status(project)
     assert doc is not None and {j["state"] for j in doc["jobs"]} == {"CANCELLED"}
+
+
+# ---- 16: status with a host unreachable --------------------------------------------------------
+
+
+def _view(job_id: str, state: str, host: str | None, fetched: bool = False) -> Any:
+    from cloudsend.pipeline.reporting import JobView
+
+    return JobView(job_id, 0, 0, JobState(state), host, 1, None, None, fetched)
+
+
+def test_stale_jobs_table() -> None:
+    from cloudsend.pipeline.reporting import stale_jobs
+
+    views = [
+        _view("running-gone", "RUNNING", "a"),
+        _view("done-unfetched-gone", "DONE", "a"),
+        _view("done-home-gone", "DONE", "a", fetched=True),  # settled: never stale
+        _view("cancelled-home-gone", "CANCELLED", "a", fetched=True),
+        _view("running-here", "RUNNING", "b"),
+        _view("never-submitted", "UNKNOWN", None),
+    ]
+    assert stale_jobs(views, {"b"}) == {"running-gone", "done-unfetched-gone"}
+    assert stale_jobs(views, {"a", "b"}) == set()
+
+
+def test_status_doc_marks_stale_jobs_and_hosts() -> None:
+    from cloudsend.state.schema import HostRecord
+    from cloudsend.ui import status_doc
+
+    hosts = [
+        HostRecord("a", "ssh", 2, {}, "unreachable", "connection refused", 1.0),
+        HostRecord("b", "ssh", 2, {}, "ok", "", 2.0),
+        HostRecord("c", "ssh", 2, {}, "down", "", 3.0),  # taken down: nothing to ask
+    ]
+    views = [_view("x", "RUNNING", "a"), _view("y", "RUNNING", "b")]
+    doc = status_doc(views, hosts, {"b"}, "none reachable")
+    assert doc["stale"] is True and doc["error"] == "none reachable"
+    assert {j["job_id"]: j["stale"] for j in doc["jobs"]} == {"x": True, "y": False}
+    assert {h["name"]: h["stale"] for h in doc["hosts"]} == {"a": True, "b": False, "c": False}
+    fresh = status_doc(views, hosts, {"a", "b"})
+    assert fresh["stale"] is False and fresh["error"] is None
+
+
+def test_status_with_its_only_host_unreachable_shows_the_last_known_table(
+    project: Project, sshd_host: Any, ledger_dir: Path
+) -> None:
+    from tests.ssh_helpers import ssh_config
+
+    project.config(ssh_config([sshd_host], ledger_dir / "ledger", jobs=2, sleep=60))
+    run = project.popen("run")
+    try:
+        _wait_for(
+            lambda: (d := _status(project)) and {j["state"] for j in d["jobs"]} == {"RUNNING"},
+            what="both jobs running",
+        )
+    finally:
+        run.kill()
+        run.wait(timeout=10)
+    sshd_host.kill()  # the host stops answering
+
+    proc = project.cli("status", "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr  # was: exit 3, a provision error, no JSON
+    doc = json.loads(proc.stdout)
+    assert doc["stale"] is True and doc["error"]
+    assert [j["state"] for j in doc["jobs"]] == ["RUNNING", "RUNNING"]
+    assert all(j["stale"] for j in doc["jobs"])
+    (host,) = doc["hosts"]
+    assert host["health"] == "unreachable" and host["stale"] is True and host["detail"]
+
+    table = project.cli("status", timeout=120, env={"COLUMNS": "250"})
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.count("RUNNING?") == 2
+    assert "(last known)" in table.stdout and "unreachable" in table.stdout
+    assert "last known state: its host did not answer" in table.stdout
+    assert "Traceback" not in table.stdout + table.stderr
+
+    sshd_host.start()  # back: nothing stale any more
+    doc = json.loads(project.cli("status", "--json", check=True, timeout=120).stdout)
+    assert doc["stale"] is False and not any(j["stale"] for j in doc["jobs"])
+    assert doc["hosts"][0]["health"] == "ok"

@@ -187,8 +187,10 @@ class Session:
                 hint="start one with `cloudsend run`",
             )
         self.run_id = run.id
-        self.hosts = self._attach_hosts()
-        self._record_unreachable()
+        try:
+            self.hosts = self._attach_hosts()
+        finally:  # none reachable raises: the store still learns which and why
+            self._record_unreachable()
 
     def _attach_hosts(self) -> list[Host]:
         """The run's hosts, without those `down` took down (no agent left to ask); when
