@@ -75,12 +75,12 @@ class StateError(CloudsendError):
 
 EXIT_CODES_HELP = """Exit codes:
   0  success (every job DONE, or CANCELLED by you)
-  1  unexpected error
+  1  unexpected error, or a confirmation refused (up, run, down)
   2  config error (bad key, type, path)
   3  provision error (machines)
   4  transport error (host unreachable)
   5  bootstrap error (environment setup failed)
-  6  job error (some jobs ABORTED)
+  6  job error (some jobs ABORTED: failed, or a declared output missing)
   7  state error (.cloudsend/state.db)
   8  agent error (a host's agent answered with an error)
   130 interrupted (Ctrl-C); run again to resume"""

@@ -535,3 +535,41 @@ def test_status_with_its_only_host_unreachable_shows_the_last_known_table(
     doc = json.loads(project.cli("status", "--json", check=True, timeout=120).stdout)
     assert doc["stale"] is False and not any(j["stale"] for j in doc["jobs"])
     assert doc["hosts"][0]["health"] == "ok"
+
+
+def test_fetch_through_the_api_fails_a_job_missing_an_output(project: Project) -> None:
+    """The other way home (`cloudsend fetch`, client.fetch_results) applies the same rule."""
+    from cloudsend.api import SyncClient
+
+    cfg = project.config(
+        """
+        project: apifetch
+        jobs:
+          - run_command: echo a > a.txt
+            output_files: [a.txt, never.txt]
+          - run_command: echo b > b.txt
+            output_file: b.txt
+        """
+    )
+    client = SyncClient(cfg)
+    try:
+        client.start()
+        client.deploy()
+        assert client.run() == 2
+        _wait_for(
+            lambda: all(
+                s & CloudSendProcessState.DONE for s in client.get_jobs_states().values()
+            ),
+            what="both jobs DONE on the host",
+        )
+        client.fetch_results()  # no watch loop: fetched by operations.fetch_results
+        views = sorted(client.session.views(), key=lambda v: v.index)
+        assert [(v.state, v.reason) for v in views] == [
+            (S.ABORTED, "output missing: never.txt"),
+            (S.DONE, None),
+        ]
+        assert views[0].exit_code == 0 and views[0].fetched
+        assert not client.summary().ok
+        assert client.get_jobs_states()[views[0].job_id] == CloudSendProcessState.ABORTED
+    finally:
+        client.close()
