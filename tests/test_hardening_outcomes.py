@@ -401,6 +401,8 @@ def test_down_with_unfinished_jobs_refuses_without_yes_then_cancels_and_status_i
     doc = json.loads(project.cli("status", "--json", check=True).stdout)
     assert {j["state"] for j in doc["jobs"]} == {"CANCELLED"}
     assert [h["health"] for h in doc["hosts"]] == ["down"]
+    # cancelled jobs' logs (not fetched) do not hold a second down back, nor need --force
+    assert project.cli("down").returncode == 0
     # and a later run does not silently re-run what down cancelled
     again = project.cli("run", "--json", timeout=120)
     assert again.returncode == 0, again.stderr

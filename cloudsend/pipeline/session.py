@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cloudsend.config.models import Config
-from cloudsend.core import FINAL, FINAL_STATES, CloudSendProcessState
+from cloudsend.core import FINAL, FINAL_STATES, CloudSendProcessState, JobState
 from cloudsend.errors import AgentError, CloudsendError, ProvisionError, StateError, TransportError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.deploy import DeployReport, deploy_host, ensure_agent
@@ -462,7 +462,12 @@ class Session:
             return []
         if self.run_id is None:
             self.run_id = run.id
-        return [v for v in self.views() if v.state in FINAL and not v.fetched]
+        # a cancelled job's logs do not hold down back: cancelling was the user's decision
+        return [
+            v
+            for v in self.views()
+            if v.state in FINAL and v.state != JobState.CANCELLED and not v.fetched
+        ]
 
     def unfinished_jobs(self) -> list[JobView]:
         """The jobs `down` would cancel: submitted and not final, after asking the hosts that
