@@ -472,13 +472,14 @@ def test_stale_jobs_table() -> None:
 
     views = [
         _view("running-gone", "RUNNING", "a"),
-        _view("done-unfetched-gone", "DONE", "a"),
-        _view("done-home-gone", "DONE", "a", fetched=True),  # settled: never stale
-        _view("cancelled-home-gone", "CANCELLED", "a", fetched=True),
+        _view("queued-gone", "QUEUE", "a"),
+        _view("done-gone", "DONE", "a"),  # final: does not change by itself, never stale
+        _view("done-home-gone", "DONE", "a", fetched=True),
+        _view("cancelled-gone", "CANCELLED", "a"),
         _view("running-here", "RUNNING", "b"),
         _view("never-submitted", "UNKNOWN", None),
     ]
-    assert stale_jobs(views, {"b"}) == {"running-gone", "done-unfetched-gone"}
+    assert stale_jobs(views, {"b"}) == {"running-gone", "queued-gone"}
     assert stale_jobs(views, {"a", "b"}) == set()
 
 
@@ -575,3 +576,32 @@ def test_fetch_through_the_api_fails_a_job_missing_an_output(project: Project) -
         assert client.get_jobs_states()[views[0].job_id] == CloudSendProcessState.ABORTED
     finally:
         client.close()
+
+
+def test_down_then_status_on_ssh_hosts_is_clean(
+    project: Project, sshd_factory: Any, ledger_dir: Path
+) -> None:
+    from tests.ssh_helpers import ssh_config
+
+    hosts = sshd_factory(2)
+    project.config(ssh_config(hosts, ledger_dir / "ledger", jobs=3, sleep=300, cpus=1))
+    run = project.popen("run")
+    try:
+        _wait_for(
+            lambda: (d := _status(project))
+            and sorted(j["state"] for j in d["jobs"]) == ["QUEUE", "RUNNING", "RUNNING"],
+            what="two jobs running, one queued",
+        )
+    finally:
+        run.kill()
+        run.wait(timeout=10)
+    down = project.cli("down", "--yes", timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert "cancelled 3 unfinished job(s)" in down.stdout
+    status = project.cli("status", "--json", timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert "Traceback" not in status.stderr
+    doc = json.loads(status.stdout)
+    assert [j["state"] for j in doc["jobs"]] == ["CANCELLED"] * 3
+    assert {h["health"] for h in doc["hosts"]} == {"down"}
+    assert doc["stale"] is False

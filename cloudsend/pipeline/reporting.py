@@ -23,13 +23,10 @@ class JobView:
 
 
 def stale_jobs(jobs: list[JobView], answered: set[str]) -> set[str]:
-    """The jobs whose state shown is only the last one known: not settled (final and fetched)
-    and on a host that did not answer this time. A job on no host yet is not stale."""
-    return {
-        j.job_id
-        for j in jobs
-        if j.host and j.host not in answered and not (j.state.is_final and j.fetched)
-    }
+    """The jobs whose state shown is only the last one known: not final (a final state does
+    not change by itself) and on a host that did not answer this time. A job on no host yet
+    is not stale."""
+    return {j.job_id for j in jobs if j.host and j.host not in answered and not j.state.is_final}
 
 
 @dataclass
