@@ -25,7 +25,7 @@ from cloudsend.config.models import Config
 from cloudsend.core import FINAL_STATES, CloudSendProcessState, JobState
 from cloudsend.pipeline import operations
 from cloudsend.pipeline.logs import write_log
-from cloudsend.pipeline.reporting import JobView, Reporter, RunSummary
+from cloudsend.pipeline.reporting import DownReport, JobView, Reporter, RunSummary
 from cloudsend.pipeline.session import Session
 from cloudsend.textsafe import TerminalFilter, clean
 
@@ -82,8 +82,9 @@ class SyncClient:
     def deploy(self) -> None:
         self.session.deploy()
 
-    def run(self) -> int:
-        return self.session.run()
+    def run(self, retry_cancelled: bool = False) -> int:
+        """Submit what is left to run; CANCELLED jobs too with retry_cancelled."""
+        return self.session.run(retry_cancelled=retry_cancelled)
 
     def wait(
         self, states: CloudSendProcessState = FINAL_STATES, timeout: float | None = None
@@ -126,8 +127,10 @@ class SyncClient:
     def finalize(self) -> None:
         self.session.finalize()
 
-    def down(self, keep: bool = False, force: bool = False) -> None:
-        self.session.down(keep=keep, force=force)
+    def down(self, keep: bool = False, force: bool = False) -> DownReport:
+        """Tear the hosts down; unfinished jobs are cancelled (recorded CANCELLED) without
+        asking (the CLI asks first: session.unfinished_jobs())."""
+        return self.session.down(keep=keep, force=force)
 
     def close(self) -> None:
         self.session.close()
@@ -151,8 +154,8 @@ class Client:
     async def deploy(self) -> None:
         await asyncio.to_thread(self.sync.deploy)
 
-    async def run(self) -> int:
-        return await asyncio.to_thread(self.sync.run)
+    async def run(self, retry_cancelled: bool = False) -> int:
+        return await asyncio.to_thread(self.sync.run, retry_cancelled)
 
     async def wait(
         self, states: CloudSendProcessState = FINAL_STATES, timeout: float | None = None
@@ -177,8 +180,8 @@ class Client:
     async def finalize(self) -> None:
         await asyncio.to_thread(self.sync.finalize)
 
-    async def down(self, keep: bool = False, force: bool = False) -> None:
-        await asyncio.to_thread(self.sync.down, keep, force)
+    async def down(self, keep: bool = False, force: bool = False) -> DownReport:
+        return await asyncio.to_thread(self.sync.down, keep, force)
 
     def close(self) -> None:
         self.sync.close()

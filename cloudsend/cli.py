@@ -95,9 +95,14 @@ def cli(debug: bool) -> None:
     is_flag=True,
     help="Kill the project's processes on the hosts and redeploy from scratch (new run).",
 )
+@click.option(
+    "--retry-cancelled",
+    is_flag=True,
+    help="Run the jobs cancelled earlier again (they are not re-run otherwise).",
+)
 @click.option("--yes", "-y", is_flag=True, help="aws: do not ask before creating resources.")
 @JSON_OPT
-def run(config: Path, reset: bool, yes: bool, as_json: bool) -> None:
+def run(config: Path, reset: bool, retry_cancelled: bool, yes: bool, as_json: bool) -> None:
     """Set up hosts and environments, run every job, watch them, fetch results.
 
     Interrupted? Run it again: DONE jobs are never re-run, files never re-sent, environments
@@ -111,7 +116,7 @@ def run(config: Path, reset: bool, yes: bool, as_json: bool) -> None:
     try:
         client.start(reset=reset)
         client.deploy()
-        client.run()
+        client.run(retry_cancelled=retry_cancelled)
         client.wait()
         client.fetch_results()
         client.finalize()
@@ -123,12 +128,17 @@ def run(config: Path, reset: bool, yes: bool, as_json: bool) -> None:
         print_json(summary_doc(summary))
     else:
         print_summary(_console(), summary)
+        cancelled = summary.counts().get(JobState.CANCELLED, 0)
+        if cancelled:
+            click.echo(
+                f"{cancelled} job(s) CANCELLED: not run again unless you pass --retry-cancelled"
+            )
     raise_for(summary)
 
 
 def raise_for(summary: RunSummary) -> None:
     """The run's outcome as an exit code (EXIT_CODES_HELP): failed environments (5), jobs out
-    of time (9), other ABORTED jobs (6); returns when every job is DONE."""
+    of time (9), other ABORTED jobs (6); returns when every job is DONE (or CANCELLED)."""
     if summary.env_failures:
         from cloudsend.errors import BootstrapError
 
@@ -144,9 +154,13 @@ def raise_for(summary: RunSummary) -> None:
             "machines for them (with a new eco_life)",
         )
     if not summary.ok:
+        failed = [j for j in summary.jobs if j.state == JobState.ABORTED]
+        outputs = sum(1 for j in failed if (j.reason or "").startswith("output "))
         raise JobError(
-            f"{summary.counts().get(JobState.ABORTED, 0)} job(s) ABORTED",
-            hint="`cloudsend logs JOB --stderr` shows why; `cloudsend run` retries them",
+            f"{len(failed)} job(s) ABORTED"
+            + (f" ({outputs} did not write a declared output)" if outputs else ""),
+            hint="the table's reason and `cloudsend logs JOB --stderr` show why; "
+            "`cloudsend run` retries them",
         )
 
 
@@ -204,32 +218,46 @@ def up(config: Path, reset: bool, yes: bool) -> None:
 @CONFIG_ARG
 @JSON_OPT
 def status(config: Path, as_json: bool) -> None:
-    """Show every job's state, host and whether its results are fetched."""
-    from dataclasses import asdict
+    """Show every job's state, host and whether its results are fetched.
 
-    from cloudsend.ui import jobs_table, print_json
+    A host that does not answer does not hide the rest: the last known states are shown,
+    marked stale ('?' in the table, "stale": true in --json)."""
+    from cloudsend.pipeline.reporting import stale_jobs
+    from cloudsend.ui import jobs_table, print_json, status_doc
 
     client, _ = _client(config, quiet=True)
+    session = client.session
+    error: str | None = None
+    answered: set[str] = set()
     try:
-        client.wakeup()
-        views = client.session.views()
-        hosts = client.session.store.hosts(client.session.current_run())
+        try:
+            session.attach()
+            answered = set(session.reconcile())
+        except CloudsendError as exc:
+            if session.run_id is None:  # no run recorded: nothing to show
+                raise
+            error = exc.message.splitlines()[0][:300]
+        views = session.views()
+        hosts = session.store.hosts(session.current_run())
     finally:
         client.close()
     if as_json:
-        print_json(
-            {
-                "jobs": [asdict(v) for v in views],
-                "hosts": [{"name": h.name, "health": h.health, "detail": h.detail} for h in hosts],
-            }
-        )
+        print_json(status_doc(views, hosts, answered, error))
         return
     from rich.text import Text
 
     console = _console()
-    console.print(jobs_table(views))
+    stale = stale_jobs(views, answered)
+    console.print(jobs_table(views, stale=stale))
     for h in hosts:
-        console.print(Text(clean(f"host {h.name}: {h.health} {h.detail}".rstrip())))
+        mark = " (last known)" if h.name not in answered and h.health != "down" else ""
+        console.print(Text(clean(f"host {h.name}: {h.health}{mark} {h.detail}".rstrip())))
+    if stale or error:
+        why = f" ({clean(error, 300)})" if error else ""
+        console.print(
+            Text(f"?: last known state: its host did not answer{why}", style="yellow"),
+            highlight=False,
+        )
 
 
 @cli.command()
@@ -273,12 +301,13 @@ def logs(job: str, config: Path, stream: str, lines: int, follow: bool) -> None:
         job = operations.resolve(session, [job])[0]
         offset = write_log(session, job, write, stream, lines)
         out.flush()
+        statuses: dict[str, Any] = {}
         while follow:
             view = next(v for v in session.views() if v.job_id == job)
             if view.state.is_final:
                 break
             time.sleep(1)
-            session.reconcile()
+            statuses = session.reconcile()
             offset = write_log(session, job, write, stream, offset=offset)
             out.flush()
         tail = shown.feed(b"", final=True) if shown is not None else b""
@@ -288,6 +317,16 @@ def logs(job: str, config: Path, stream: str, lines: int, follow: bool) -> None:
         if last != b"\n" and out.isatty():  # a terminal's prompt starts on a line of its own
             out.write(b"\n")
         out.flush()
+        if follow:
+            from cloudsend.ui import follow_end_note
+
+            view = next(v for v in session.views() if v.job_id == job)
+            if view.state == JobState.CANCELLED and not statuses:
+                statuses = session.reconcile()  # was it running? its agent knows
+            doc = statuses.get(view.host or "", {}).get("jobs", {}).get(job, {})
+            note = follow_end_note(job, view.state, started=doc.get("started"))
+            if note:
+                click.echo(note, err=True)
     except BrokenPipeError:
         # the reader left (`| head`): not an error; stdout goes to /dev/null so that the exit
         # flush does not complain again
@@ -363,19 +402,60 @@ def _split_config(args: tuple[str, ...], given: Path | None) -> tuple[tuple[str,
     "disks and the stack (not with eco: spot instances cannot be stopped).",
 )
 @click.option("--force", is_flag=True, help="Even if some finished jobs' results are not fetched.")
-def down(config: Path, keep: bool, force: bool) -> None:
+@click.option("--yes", "-y", is_flag=True, help="Cancel unfinished jobs without asking.")
+def down(config: Path, keep: bool, force: bool, yes: bool) -> None:
     """Stop everything the project runs on its hosts and tear the hosts down.
+
+    Jobs still queued or running are cancelled (CANCELLED): down asks first, and refuses
+    without --yes when it cannot ask (no terminal).
 
     provider aws: `pulumi destroy`, then a check that nothing tagged with the stack is left
     (exit 3 listing any leftover). Refuses while results are not all fetched, unless --force.
     """
     client, reporter = _client(config)
     try:
-        client.down(keep=keep, force=force)
+        unfinished = client.session.unfinished_jobs()
+        _confirm_cancel([v.job_id for v in unfinished], yes)
+        report = client.down(keep=keep, force=force)
     finally:
         reporter.close()
         client.close()
+    if report.cancelled:
+        shown = ", ".join(report.cancelled[:10]) + (" ..." if len(report.cancelled) > 10 else "")
+        click.echo(clean(f"cancelled {len(report.cancelled)} unfinished job(s): {shown}"))
     click.echo("down")
+
+
+def confirm_mode(unfinished: int, yes: bool, interactive: bool) -> str:
+    """How `down` treats unfinished jobs: "go" (none, or --yes), "ask" (on a terminal) or
+    "refuse" (no terminal to ask on, and no --yes)."""
+    if not unfinished or yes:
+        return "go"
+    return "ask" if interactive else "refuse"
+
+
+def _confirm_cancel(job_ids: list[str], yes: bool) -> None:
+    mode = confirm_mode(len(job_ids), yes, click.get_text_stream("stdin").isatty())
+    if mode == "go":
+        return
+    shown = ", ".join(job_ids[:10]) + (" ..." if len(job_ids) > 10 else "")
+    what = clean(f"{len(job_ids)} job(s) not finished: {shown}")
+    if mode == "ask":
+        click.echo(what)
+        try:
+            confirmed = click.confirm("cancel them and take the hosts down?", default=False)
+        except click.Abort:  # Ctrl-C or end of input at the prompt: a no
+            confirmed = False
+        if confirmed:
+            return
+        raise CloudsendError(
+            "not confirmed: nothing was cancelled or taken down",
+            hint="wait for them (`cloudsend status`), or answer y, or pass --yes",
+        )
+    raise CloudsendError(
+        f"down would cancel {what}",
+        hint="pass --yes to cancel them, or wait for them (`cloudsend status`)",
+    )
 
 
 @cli.command()

@@ -20,7 +20,8 @@ class CloudSendProcessState(IntFlag):
     RUNNING = 16
     DONE = 32
     ABORTED = 64
-    ANY = 127
+    CANCELLED = 128  # cancelled by the user (cancel, down): final, not a failure
+    ANY = 255
 
     @classmethod
     def from_name(cls, name: str) -> CloudSendProcessState:
@@ -41,7 +42,8 @@ class JobState(str, Enum):
     IDLE = "IDLE"  # about to start (the seed's state; agents never report it)
     RUNNING = "RUNNING"
     DONE = "DONE"  # exited 0
-    ABORTED = "ABORTED"  # failed, killed or cancelled
+    ABORTED = "ABORTED"  # failed or killed (an output missing counts as failed)
+    CANCELLED = "CANCELLED"  # cancelled by the user (cancel, down): final, not retried
 
     def __str__(self) -> str:  # "DONE", not "JobState.DONE", in f-strings and rich Text
         return self.value
@@ -74,15 +76,40 @@ class JobState(str, Enum):
 
     @property
     def is_final(self) -> bool:
-        """DONE or ABORTED: the agent will not change it again (unless resubmitted)."""
+        """DONE, ABORTED or CANCELLED: the agent will not change it again (unless
+        resubmitted)."""
         return self in FINAL
 
 
 _FROM_FLAG = {CloudSendProcessState[s.name]: s for s in JobState}
 
 # The states an agent never leaves by itself. Holds plain strings too ("DONE" in FINAL).
-FINAL: frozenset[JobState] = frozenset({JobState.DONE, JobState.ABORTED})
-FINAL_STATES = CloudSendProcessState.DONE | CloudSendProcessState.ABORTED
+FINAL: frozenset[JobState] = frozenset({JobState.DONE, JobState.ABORTED, JobState.CANCELLED})
+FINAL_STATES = (
+    CloudSendProcessState.DONE | CloudSendProcessState.ABORTED | CloudSendProcessState.CANCELLED
+)
+
+def in_states(state: JobState, states: CloudSendProcessState) -> bool:
+    """Whether a job's state is one of the flags `states`. CANCELLED matches ABORTED too:
+    the seed's callers wait on ``DONE | ABORTED`` for "finished", a cancelled job included."""
+    flag = state.process_state
+    if flag == CloudSendProcessState.CANCELLED and states & CloudSendProcessState.ABORTED:
+        return True
+    return bool(flag & states)
+
+
+# The reason an agent gives a job it cancelled (it reports such a job ABORTED: the wire
+# protocol keeps the agent's own states; cloudsend tells a cancel from a failure by it).
+CANCEL_REASON = "cancelled"
+
+
+def reported_state(state: object, reason: object) -> JobState:
+    """The state of a job as an agent reports it: ABORTED with the cancel reason is
+    CANCELLED (a user's decision, not a failure); anything else as JobState.parse says."""
+    parsed = JobState.parse(state) if isinstance(state, str) else JobState.UNKNOWN
+    if parsed == JobState.ABORTED and reason == CANCEL_REASON:
+        return JobState.CANCELLED
+    return parsed
 
 
 class CloudSendInstanceState(str, Enum):

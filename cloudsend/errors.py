@@ -88,13 +88,13 @@ class BudgetError(CloudsendError):
 
 
 EXIT_CODES_HELP = """Exit codes:
-  0  success (every job DONE; status, logs, fetch: what was asked is shown)
-  1  unexpected error, or not confirmed (nothing was created)
+  0  success (every job DONE, or CANCELLED by you; status, logs, fetch: what was asked is shown)
+  1  unexpected error, or not confirmed (up, run, down: nothing was done)
   2  config or usage error (bad key, type, path; unknown job, bad option)
   3  provision error (machines)
   4  transport error (host unreachable)
   5  bootstrap error (environment setup failed)
-  6  job error (some jobs ABORTED)
+  6  job error (some jobs ABORTED: failed, or a declared output missing)
   7  state error (.cloudsend/state.db; no run recorded yet; results not fetched)
   8  agent error (a host's agent answered with an error)
   9  time budget ran out (eco_life ended with jobs unfinished)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cloudsend.core import JobState
-from cloudsend.pipeline.reporting import EnvActivity, JobView, RunSummary
+from cloudsend.pipeline.reporting import EnvActivity, JobView, RunSummary, stale_jobs
 from cloudsend.providers.base import (
     Cost,
     Preview,
@@ -28,6 +28,7 @@ from cloudsend.textsafe import clean
 STATE_STYLE = {
     JobState.DONE: "green",
     JobState.ABORTED: "red",
+    JobState.CANCELLED: "blue",
     JobState.RUNNING: "cyan",
     JobState.QUEUE: "yellow",
     JobState.WAIT: "magenta",
@@ -41,6 +42,7 @@ _PROGRESS = (
     JobState.RUNNING,
     JobState.DONE,
     JobState.ABORTED,
+    JobState.CANCELLED,
     JobState.UNKNOWN,
 )
 
@@ -131,7 +133,44 @@ class RichReporter:
         self._stop_live()
 
 
-def jobs_table(jobs: list[JobView], title: str | None = None) -> Table:
+def follow_end_note(job_id: str, state: JobState, *, started: object) -> str | None:
+    """What `logs -f` says when the job it follows ends without a log to show for it: a
+    job cancelled before it started (`started` from its agent: None if it never ran)."""
+    if state != JobState.CANCELLED:
+        return None
+    if started is None:
+        return f"{clean(job_id, 200)}: cancelled while queued (it never started)"
+    return f"{clean(job_id, 200)}: cancelled"
+
+
+def status_doc(
+    jobs: list[JobView], hosts: list[Any], answered: set[str], error: str | None = None
+) -> dict[str, Any]:
+    """`cloudsend status --json`: every job and host, with "stale" where the state shown is
+    the last known one (its host did not answer: `error` says why when none could be asked).
+    `hosts`: state.HostRecord rows."""
+    stale = stale_jobs(jobs, answered)
+    return {
+        "stale": bool(stale) or any(h.name not in answered and h.health != "down" for h in hosts),
+        "error": error,
+        "jobs": [{**asdict(j), "stale": j.job_id in stale} for j in jobs],
+        "hosts": [
+            {
+                "name": h.name,
+                "health": h.health,
+                "detail": h.detail,
+                "stale": h.name not in answered and h.health != "down",
+                "updated": h.updated,
+            }
+            for h in hosts
+        ],
+    }
+
+
+def jobs_table(
+    jobs: list[JobView], title: str | None = None, stale: Collection[str] = frozenset()
+) -> Table:
+    """The jobs' table; a state in `stale` is the last known one (shown dim, with a '?')."""
     table = Table(title=title, show_lines=False)
     # a job id stays on one line (copied into `logs`/`cancel`); the other columns give way
     longest = max((len(j.job_id) for j in jobs), default=3)
@@ -146,7 +185,9 @@ def jobs_table(jobs: list[JobView], title: str | None = None) -> Table:
         reason = clean(j.reason, 400).splitlines()[0] if j.reason else ""
         table.add_row(
             Text(j.job_id),
-            Text(j.state.value, style=STATE_STYLE.get(j.state, "")),
+            Text(f"{j.state.value}?", style="dim")
+            if j.job_id in stale
+            else Text(j.state.value, style=STATE_STYLE.get(j.state, "")),
             Text(clean(j.host or "-", 200)),
             str(j.attempt),
             "" if j.exit_code is None else str(j.exit_code),

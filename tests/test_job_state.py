@@ -57,12 +57,13 @@ def test_parse(given: JobState | CloudSendProcessState | str, expected: JobState
     assert JobState.parse(given) is expected
 
 
-def test_final_is_done_and_aborted_as_members_and_as_plain_strings() -> None:
-    assert sorted(FINAL) == [JobState.ABORTED, JobState.DONE]
+def test_final_is_done_aborted_cancelled_as_members_and_as_plain_strings() -> None:
+    assert sorted(FINAL) == [JobState.ABORTED, JobState.CANCELLED, JobState.DONE]
     assert "DONE" in FINAL and "ABORTED" in FINAL  # what agents report is matched as is
     assert "RUNNING" not in FINAL and None not in FINAL and "done" not in FINAL
-    assert [s for s in JobState if s.is_final] == [JobState.DONE, JobState.ABORTED]
-    assert {s.process_state for s in FINAL} == {F.DONE, F.ABORTED}
+    final = [s for s in JobState if s.is_final]
+    assert final == [JobState.DONE, JobState.ABORTED, JobState.CANCELLED]
+    assert {s.process_state for s in FINAL} == {F.DONE, F.ABORTED, F.CANCELLED}
     assert all(bool(s.process_state & FINAL_STATES) == s.is_final for s in JobState)
 
 

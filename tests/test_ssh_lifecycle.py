@@ -53,8 +53,9 @@ def test_down_stops_everything_and_removes_the_roots(
         run.send_signal(signal.SIGKILL)
         run.wait(timeout=10)
     assert all(processes_under(h.root) for h in hosts)
-    proc = project.cli("down")
+    proc = project.cli("down", "--yes")  # jobs still run: not on a terminal, down needs --yes
     assert proc.returncode == 0, proc.stderr
+    assert "cancelled 4 unfinished job(s)" in proc.stdout
     for h in hosts:
         assert not h.root.exists(), f"{h.name}: root left behind"
         assert processes_under(h.root) == [], f"{h.name}: processes left"
@@ -81,7 +82,7 @@ def test_down_kills_what_jobs_left_running(
     for h in hosts:
         left = processes_under(h.root)
         assert all(any(f"sleep {n}" in p for p in left) for n in (1001, 1002, 1003)), left
-    proc = project.cli("down")
+    proc = project.cli("down", "--yes")
     assert proc.returncode == 0, proc.stderr
     for h in hosts:
         assert processes_under(h.root) == [], f"{h.name}: processes left"

@@ -349,6 +349,15 @@ def _check_outputs(key: KeyPath, job: JobConfig, issues: list[Issue]) -> None:
             parents.setdefault(folder, index)
         cleaned.append(norm)
     job.output_files = cleaned
+    optional: list[str] = []
+    for index, value in enumerate(job.optional_outputs):
+        norm = posixpath.normpath(value.strip()) if value.strip() else value
+        if norm not in seen:
+            where = (*key, "optional_outputs", index)
+            issues.append(Issue(where, f"{show(value)} is not one of output_files; list it there"))
+        elif norm not in optional:
+            optional.append(norm)
+    job.optional_outputs = optional
 
 
 def _output_problem(value: str) -> str | None:

@@ -361,7 +361,13 @@ class JobConfig(_Model):
     output_files: StrList = Field(
         default_factory=list,
         description="File(s) the script writes, relative to its work dir; fetched back when "
-        "the job is done (also: output_file).",
+        "the job is done (also: output_file). One the job did not write fails the job "
+        "('output missing: X') unless listed in optional_outputs.",
+    )
+    optional_outputs: StrList = Field(
+        default_factory=list,
+        description="Those of output_files the job may not write: fetched when present, "
+        "never a failure when absent.",
     )
     repeat: Int = Field(
         1, ge=1, le=MAX_REPEAT, description="Run this job N times, each its own process."

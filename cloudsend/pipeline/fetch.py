@@ -17,6 +17,7 @@ import tarfile
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -102,22 +103,26 @@ def clean_leftovers(tmp_dir: Path, results_root: Path) -> int:
     return removed
 
 
-def fetch_jobs(
-    host: Host, job_ids: list[str], results_dir: Path, tmp_dir: Path
-) -> dict[str, list[tuple[str, int]]]:
-    """Pack the jobs' outputs on the host, fetch the archive, extract into results_dir/<job>/.
+@dataclass
+class Fetched:
+    """What one archive brought home, and what the host's agent could not pack."""
 
-    Returns job_id → [(relative path, size)] for what arrived.
-    """
+    files: dict[str, list[tuple[str, int]]]  # job_id → [(relative path, size)] that arrived
+    missing: dict[str, list[str]] = field(default_factory=dict)  # declared, never written
+    refused: dict[str, list[str]] = field(default_factory=dict)  # resolve outside the work dir
+
+
+def fetch_jobs(host: Host, job_ids: list[str], results_dir: Path, tmp_dir: Path) -> Fetched:
+    """Pack the jobs' outputs on the host, fetch the archive, extract into results_dir/<job>/."""
     if not job_ids:
-        return {}
+        return Fetched({})
     remote = f"{host.root}/outbox/{uuid.uuid4().hex}.tar.gz"
-    AgentClient(host).pack(remote, job_ids)
+    packed = AgentClient(host).pack(remote, job_ids)
     got = download(host, remote, job_ids, results_dir, tmp_dir)
     host.transport.run(
         f"rm -f {shlex.quote(remote)}", check=False, what="removing a fetched archive"
     )
-    return got
+    return Fetched(got, dict(packed.get("missing") or {}), dict(packed.get("refused") or {}))
 
 
 def download(

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cloudsend.config.models import Config
-from cloudsend.core import FINAL, CloudSendProcessState, JobState
+from cloudsend.core import FINAL, CloudSendProcessState, JobState, in_states
 from cloudsend.errors import CloudsendError
 from cloudsend.pipeline.agent_client import AgentClient
+from cloudsend.pipeline.fetch import Fetched
 from cloudsend.pipeline.plan import Plan
 from cloudsend.pipeline.reporting import EnvActivity, JobView, Reporter
 from cloudsend.pipeline.run_state import RunState
@@ -55,6 +56,7 @@ class RunOwner(Protocol):
     def apply_status(self, host: str, status: dict[str, object]) -> None: ...
     def submit_jobs(self, attempts: dict[str, int], hosts: list[Host]) -> dict[str, list[str]]: ...
     def add_hosts(self, hosts: list[Host]) -> list[Host]: ...
+    def record_outputs(self, attempts: Mapping[str, int], got: Fetched) -> None: ...
 
 
 class RunMonitor:
@@ -86,7 +88,7 @@ class RunMonitor:
 
     def satisfied(self, views: list[JobView]) -> bool:
         return all(
-            CloudSendProcessState.from_name(v.state) & self.states
+            in_states(JobState.parse(v.state), self.states)
             and (v.state not in FINAL or v.fetched)
             for v in views
         )
@@ -219,10 +221,7 @@ class RunMonitor:
                 by_id = {rec.job_id: rec for rec in every}
                 self._do(r.on_casualties(host, listed, by_id, self.s.state.casualties))
         if event.fetched:
-            self.s.store.record_fetches(
-                self.run_id,
-                [(job, event.attempts[job], files) for job, files in event.fetched.items()],
-            )
+            self.s.record_outputs(event.attempts, event.outputs or Fetched(event.fetched))
         if event.log:
             self.s.reporter.log(host, event.log.rstrip("\n"))
 

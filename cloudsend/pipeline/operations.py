@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from cloudsend.core import FINAL
 from cloudsend.pipeline.agent_client import AgentClient
-from cloudsend.pipeline.fetch import fetch_jobs
+from cloudsend.pipeline.fetch import Fetched, fetch_jobs
 from cloudsend.providers.base import Host
 from cloudsend.scheduling.expand import job_slug
 from cloudsend.scheduling.jobref import JobName, resolve_jobs
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 def fetch_results(session: Session, out_dir: Path | None = None) -> Path:
     """Fetch every finished job not yet home; copy the run's results to out_dir if given."""
-    run_id = session.current_run()
+    session.current_run()
     session.clean_fetch_leftovers()
     if not all(v.state in FINAL and v.fetched for v in session.views()):
         session.reconcile()  # only ask the hosts when something may be left there
@@ -34,14 +34,12 @@ def fetch_results(session: Session, out_dir: Path | None = None) -> Path:
             todo.setdefault(v.host, []).append(v.job_id)
             attempts[v.job_id] = v.attempt
 
-    def pull(host: Host) -> dict[str, list[tuple[str, int]]]:
+    def pull(host: Host) -> Fetched:
         return fetch_jobs(host, todo.get(host.name, []), session.results_dir, session.tmp_dir)
 
     group = session.each_host(pull, [h for h in session.hosts if h.name in todo])
     for got in group:
-        session.store.record_fetches(
-            run_id, [(job, attempts[job], files) for job, files in got.items()]
-        )
+        session.record_outputs({job: attempts[job] for job in got.files}, got)
     group.raise_failure()  # what came home is recorded; the user is told what did not
     if out_dir is not None and out_dir.resolve() != session.results_dir.resolve():
         shutil.copytree(session.results_dir, out_dir, dirs_exist_ok=True)

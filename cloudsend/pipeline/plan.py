@@ -24,6 +24,10 @@ class PlannedJob:
     def job_id(self) -> str:
         return self.unit.job_id
 
+    @property
+    def optional_outputs(self) -> list[str]:
+        return list(self.unit.job.optional_outputs)
+
     def spec(
         self, attempt: int, root: str, index: FileIndex, copy: bool, rerun: bool = False
     ) -> JobSpec:

@@ -34,6 +34,13 @@ class EnvActivity:
     started: float | None  # epoch seconds on the host; None: waiting for another build
 
 
+def stale_jobs(jobs: list[JobView], answered: set[str]) -> set[str]:
+    """The jobs whose state shown is only the last one known: not final (a final state does
+    not change by itself) and on a host that did not answer this time. A job on no host yet
+    is not stale."""
+    return {j.job_id for j in jobs if j.host and j.host not in answered and not j.state.is_final}
+
+
 @dataclass
 class RunSummary:
     run_id: int
@@ -53,7 +60,16 @@ class RunSummary:
 
     @property
     def ok(self) -> bool:
-        return all(j.state == JobState.DONE for j in self.jobs)
+        """No job failed: each DONE, or CANCELLED by the user (not an error)."""
+        return all(j.state in (JobState.DONE, JobState.CANCELLED) for j in self.jobs)
+
+
+@dataclass
+class DownReport:
+    """What `down` did to the run's jobs: those it cancelled (unfinished on a host it took
+    down), recorded CANCELLED in the store."""
+
+    cancelled: list[str] = field(default_factory=list)
 
     @property
     def out_of_time(self) -> list[str]:

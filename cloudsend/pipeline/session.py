@@ -10,24 +10,33 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from cloudsend.config.models import Config
-from cloudsend.core import FINAL, CloudSendProcessState
+from cloudsend.core import FINAL, FINAL_STATES, CloudSendProcessState, JobState
 from cloudsend.errors import AgentError, CloudsendError, ProvisionError, StateError, TransportError
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.deploy import DeployReport, deploy_host, ensure_agent
 from cloudsend.pipeline.fanout import GroupResult, each_host
+from cloudsend.pipeline.fetch import Fetched
 from cloudsend.pipeline.files import FileIndex
 from cloudsend.pipeline.plan import Plan, build_plan
-from cloudsend.pipeline.reporting import JobView, NullReporter, Reporter, RunSummary
+from cloudsend.pipeline.reporting import DownReport, JobView, NullReporter, Reporter, RunSummary
 from cloudsend.pipeline.run_state import RunState
 from cloudsend.providers import Host, HostsNotCleaned, get_provider
 from cloudsend.providers.roots import remove_root
 from cloudsend.scheduling import HostSlots, assign, check_fits
-from cloudsend.scheduling.transitions import HostView, JobSnapshot, as_state, plan_resume
+from cloudsend.scheduling.reactions import after_down
+from cloudsend.scheduling.transitions import (
+    HostView,
+    JobSnapshot,
+    as_state,
+    output_failures,
+    plan_resume,
+    status_updates,
+)
 from cloudsend.state import NewJob, Store
 
 T = TypeVar("T")
@@ -65,6 +74,8 @@ class Session:
         self.attempt_floor: dict[str, int] = {}
         # job → (attempt, started, ended) as its host reports them (epoch seconds there)
         self.job_times: dict[str, tuple[int, float | None, float | None]] = {}
+        # jobs DONE on their host that the run failed (an output missing): run again there
+        self.rerun_done: set[str] = set()
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -178,8 +189,19 @@ class Session:
                 hint="start one with `cloudsend run`",
             )
         self.run_id = run.id
-        self.hosts = self.provider.attach()
-        self._record_unreachable()
+        try:
+            self.hosts = self._attach_hosts()
+        finally:  # none reachable raises: the store still learns which and why
+            self._record_unreachable()
+
+    def _attach_hosts(self) -> list[Host]:
+        """The run's hosts, without those `down` took down (no agent left to ask); when
+        every recorded host is down the provider is not asked at all."""
+        recorded = self.store.hosts(self.current_run())
+        down = {h.name for h in recorded if h.health == "down"}
+        if recorded and all(h.name in down for h in recorded):
+            return []
+        return [h for h in self.provider.attach() if h.name not in down]
 
     def _reset_hosts(self) -> None:
         # The original's reset: kill the project's processes and redeploy from scratch.
@@ -247,11 +269,12 @@ class Session:
             self.apply_status(host_name, doc)
         return statuses
 
-    def run(self, retry_aborted: bool = True) -> int:
+    def run(self, retry_aborted: bool = True, retry_cancelled: bool = False) -> int:
         """Submit every job that is neither done nor live on a host. Returns how many.
 
         What to do with each job is decided by scheduling.plan_resume from the store and what
-        the agents report; ABORTED jobs are retried (attempt + 1) unless retry_aborted=False.
+        the agents report; ABORTED jobs are retried (attempt + 1) unless retry_aborted=False,
+        CANCELLED ones only with retry_cancelled=True.
         """
         run_id = self.current_run()
         plan = self.plan
@@ -271,7 +294,11 @@ class Session:
             snapshots.append(
                 JobSnapshot(planned.job_id, as_state(rec.state), rec.attempt, rec.fetched, view)
             )
-        decision = plan_resume(snapshots, retry_aborted=retry_aborted)
+        decision = plan_resume(
+            snapshots, retry_aborted=retry_aborted, retry_cancelled=retry_cancelled
+        )
+        for job_id in decision.gone_logs:  # cancelled, and its host has nothing of it left
+            self.store.record_fetch(run_id, job_id, records[job_id].attempt, [])
         if not decision.to_submit:
             return 0
         healthy = [h for h in self.hosts if h.name in reachable]
@@ -283,6 +310,12 @@ class Session:
         attempts = {
             job: max(attempt, self.attempt_floor.get(job, 0) + 1)
             for job, attempt in decision.to_submit.items()
+        }
+        # exit 0 yet ABORTED: failed for a missing output; its agent holds it DONE
+        self.rerun_done |= {
+            job
+            for job in attempts
+            if records[job].state == "ABORTED" and records[job].exit_code == 0
         }
         self.submit_jobs(attempts, healthy)
         return len(attempts)
@@ -308,7 +341,13 @@ class Session:
             envs = {p.env.env_id: p.env for p in jobs if p.env is not None}
             copy = not self.config.mutualize_uploads
             specs = [
-                p.spec(attempts[p.job_id], host.root, self.index, copy, rerun=self.fresh_run)
+                p.spec(
+                    attempts[p.job_id],
+                    host.root,
+                    self.index,
+                    copy,
+                    rerun=self.fresh_run or p.job_id in self.rerun_done,
+                )
                 for p in jobs
             ]
             report = DeployReport(host.name)
@@ -361,7 +400,7 @@ class Session:
 
     def wait(
         self,
-        states: CloudSendProcessState = CloudSendProcessState.DONE | CloudSendProcessState.ABORTED,
+        states: CloudSendProcessState = FINAL_STATES,
         timeout: float | None = None,
     ) -> list[JobView]:
         """Watch until every job is in `states` (final ones fetched too), or the timeout."""
@@ -380,6 +419,21 @@ class Session:
             return None
         return max(0.0, (ended if ended is not None else time.time()) - started)
 
+    def record_outputs(self, attempts: Mapping[str, int], got: Fetched) -> None:
+        """Record what a fetch brought home (job → attempt fetched), and fail the DONE jobs
+        that did not deliver a declared output (transitions.output_failures)."""
+        run_id = self.current_run()
+        self.store.record_fetches(
+            run_id, [(job, attempts[job], files) for job, files in got.files.items()]
+        )
+        by_id = self.plan.by_id()
+        optional = {j: by_id[j].optional_outputs for j in got.files if j in by_id}
+        failures = output_failures(got.missing, got.refused, optional)
+        if failures:
+            self.store.fail_outputs(
+                run_id, [(job, attempts[job], why) for job, why in failures.items()]
+            )
+
     def apply_status(self, host: str, status: dict[str, Any]) -> None:
         """Record what one agent reports, for the jobs whose current attempt is there."""
         run_id = self.current_run()
@@ -388,13 +442,7 @@ class Session:
             attempt = job.get("attempt")
             if job_id in records and attempt == records[job_id].attempt:
                 self.job_times[job_id] = (attempt, job.get("started"), job.get("ended"))
-        updates = [
-            (job_id, job["state"], job.get("exit_code"), job.get("reason"))
-            for job_id, job in status.get("jobs", {}).items()
-            if job_id in records
-            and job.get("attempt") == records[job_id].attempt
-            and job["state"] != records[job_id].state
-        ]
+        updates = status_updates(records, status.get("jobs", {}))
         if updates:
             self.store.update_states(run_id, updates)
         for env_id, env in status.get("envs", {}).items():
@@ -431,9 +479,30 @@ class Session:
             return []
         if self.run_id is None:
             self.run_id = run.id
-        return [v for v in self.views() if v.state in FINAL and not v.fetched]
+        # a cancelled job's logs do not hold down back: cancelling was the user's decision
+        return [
+            v
+            for v in self.views()
+            if v.state in FINAL and v.state != JobState.CANCELLED and not v.fetched
+        ]
 
-    def down(self, keep: bool = False, force: bool = False) -> None:
+    def unfinished_jobs(self) -> list[JobView]:
+        """The jobs `down` would cancel: submitted and not final, after asking the hosts that
+        answer (a host that does not is taken at the store's word)."""
+        run = self.store.latest_run()
+        if run is None:
+            return []
+        if self.run_id is None:
+            self.run_id = run.id
+        with contextlib.suppress(CloudsendError):
+            if not self.hosts:
+                self.hosts = self._attach_hosts()
+            self.reconcile()
+        return [v for v in self.views() if v.state not in FINAL and v.host and v.attempt]
+
+    def down(self, keep: bool = False, force: bool = False) -> DownReport:
+        """Cancel the unfinished jobs (recorded CANCELLED), stop everything on the hosts and
+        tear them down. The CLI asks before (`unfinished_jobs`); the API does not."""
         self.provider.check_down(keep)  # before any agent is stopped
         left = [] if force else self.unfetched()
         if left:
@@ -451,9 +520,15 @@ class Session:
                 failed["(all hosts)"] = f"cannot reach the hosts: {exc.message}"
         for name, why in self.provider.unreachable.items():
             failed[name] = why.splitlines()[0]
+        unfinished = self.unfinished_jobs()
+        by_host: dict[str, list[str]] = {}
+        for view in unfinished:
+            by_host.setdefault(view.host or "", []).append(view.job_id)
 
         def stop(host: Host) -> None:
             try:
+                if by_host.get(host.name):  # cancelled first: the agent's records say so too
+                    AgentClient(host).cancel(by_host[host.name])
                 AgentClient(host).stop(kill_jobs=True)
             except (TransportError, AgentError) as exc:
                 # no agent there (never deployed) is fine; a host that does not answer is not
@@ -471,8 +546,19 @@ class Session:
         except HostsNotCleaned as exc:
             failed.update(exc.hosts)
         self._record_down(failed)
+        report = DownReport()
+        if self.run_id is not None and "(all hosts)" not in failed:
+            went = {h.name for h in self.store.hosts(self.run_id)} - failed.keys()
+            updates = after_down(self.store.jobs(self.run_id), went)
+            self.store.update_states(self.run_id, updates)
+            # those it asked the agents to cancel (a `run` watching meanwhile may have recorded
+            # some already) and those left unfinished in the store
+            cancelled = {v.job_id for v in unfinished if v.host in went}
+            cancelled |= {job_id for job_id, *_ in updates}
+            report.cancelled = sorted(cancelled)
         if failed:
             raise HostsNotCleaned(failed)
+        return report
 
     def _record_down(self, failed: dict[str, str]) -> None:
         """The store says which hosts are down and which are not (a retry knows)."""

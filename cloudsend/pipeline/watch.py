@@ -23,7 +23,7 @@ from typing import Any, cast
 from cloudsend.core import FINAL
 from cloudsend.errors import AgentError, CloudsendError
 from cloudsend.pipeline.agent_client import AgentClient
-from cloudsend.pipeline.fetch import download
+from cloudsend.pipeline.fetch import Fetched, download
 from cloudsend.providers.base import Host
 
 AGENT_ERROR_LIMIT = 4  # the same call answered with an error this many times in a row: give up
@@ -34,6 +34,7 @@ class HostEvent:
     host: str
     status: dict[str, Any] | None = None  # a protocol.StatusDoc
     fetched: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    outputs: Fetched | None = None  # with `fetched`: what the agent could not pack
     attempts: dict[str, int] = field(default_factory=dict)
     error: BaseException | None = None  # not a transport problem: a bug to surface
     unreachable: str | None = None  # a transport error, with its message
@@ -175,9 +176,18 @@ class HostWatcher(threading.Thread):
             )
             with self._lock:
                 self._fetched.update(jobs)
+            problems = Fetched(
+                got,
+                {j: v for j, v in (packed.get("missing") or {}).items() if j in ready},
+                {j: v for j, v in (packed.get("refused") or {}).items() if j in ready},
+            )
             self.events.put(
                 HostEvent(
-                    self.host.name, fetched=got, attempts={j: ready[j] for j in jobs}, alive=True
+                    self.host.name,
+                    fetched=got,
+                    outputs=problems,
+                    attempts={j: ready[j] for j in jobs},
+                    alive=True,
                 )
             )
         return int(status.get("version", 0)), wait

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from cloudsend.core import FINAL, JobState
 from cloudsend.scheduling.transitions import killed_with_host
 
-DONE, ABORTED = JobState.DONE, JobState.ABORTED
+DONE, ABORTED, CANCELLED = JobState.DONE, JobState.ABORTED, JobState.CANCELLED
 MAX_CASUALTY_RETRIES = 3
 # The reason of a job that could not finish because the run's time budget ran out (every host
 # that could take it reached its eco_life); RunSummary.out_of_time counts these.
@@ -236,6 +236,7 @@ def on_host_lost(
     ==============================================  ===================================
     fetched, not a casualty                         none
     ABORTED, not a casualty, not fetched            CloseUnfetchable (logs out of reach)
+    CANCELLED, not fetched                          CloseUnfetchable (never re-run)
     unfinished, or killed with the machine          re-queued elsewhere (attempt + 1)
     ==============================================  ===================================
 
@@ -311,8 +312,8 @@ def stranded_on(
         casualty = job.state == ABORTED and killed_with_host(job.reason, host_gone=gone)
         if job.fetched and not casualty:
             continue
-        if job.state == ABORTED and not casualty:
-            unfetchable[job.job_id] = job.attempt
+        if job.state in (ABORTED, CANCELLED) and not casualty:
+            unfetchable[job.job_id] = job.attempt  # cancelled: the user's; never run again
         else:
             # unfinished, or killed with the machine (its shutdown signalled the job before
             # the host's end was known): it runs again elsewhere
@@ -447,6 +448,31 @@ def on_return(
         actions.append(Cancel(host, tuple(stale)))
     actions += [Returned(host), KeepWatching(host, False)]
     return actions
+
+
+DOWN_REASON = "cancelled by down"
+
+
+def after_down(
+    jobs: Iterable[JobFacts], down: Collection[str]
+) -> list[tuple[str, JobState, None, str]]:
+    """What the store records once `down` took the hosts `down` down (the others failed to go
+    down: their jobs may still run there). Rows for Store.update_states.
+
+    ==========================================  ==================================
+    job                                         recorded
+    ==========================================  ==================================
+    final (DONE, ABORTED, CANCELLED)            as it is
+    never submitted (no host or attempt 0)      as it is (it never ran)
+    unfinished on a host that did not go down   as it is (still there)
+    unfinished on a host taken down             CANCELLED, "cancelled by down"
+    ==========================================  ==================================
+    """
+    return [
+        (job.job_id, CANCELLED, None, DOWN_REASON)
+        for job in jobs
+        if job.host in down and job.attempt and job.state not in FINAL
+    ]
 
 
 def idle_hosts(

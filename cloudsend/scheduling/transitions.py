@@ -8,12 +8,12 @@ in the pipeline's control flow.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal, Protocol
 
-from cloudsend.core import CloudSendProcessState, JobState
+from cloudsend.core import FINAL, CloudSendProcessState, JobState, reported_state
 
 State = CloudSendProcessState
 StateLike = JobState | CloudSendProcessState | str
@@ -36,7 +36,7 @@ def as_state(state: StateLike) -> CloudSendProcessState:
 
 
 def is_final(state: StateLike) -> bool:
-    """DONE or ABORTED: the agent will not change it again (unless resubmitted)."""
+    """DONE, ABORTED or CANCELLED: the agent will not change it again (unless resubmitted)."""
     return JobState.parse(state).is_final
 
 
@@ -66,6 +66,77 @@ def killed_with_host(reason: str | None, *, host_gone: bool) -> bool:
     return host_gone and reason.startswith(_KILLED)
 
 
+class RecordFacts(Protocol):
+    """What the store knows of a job that status_updates reads (state.JobRecord has these)."""
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def fetched(self) -> bool: ...
+
+
+StatusUpdate = tuple[str, JobState, "int | None", "str | None"]
+
+
+def status_updates(
+    records: Mapping[str, RecordFacts], listed: Mapping[str, Mapping[str, Any]]
+) -> list[StatusUpdate]:
+    """What an agent's status changes in the store: (job_id, state, exit_code, reason).
+
+    ============================================  ======================================
+    the agent lists the job                       update
+    ============================================  ======================================
+    not recorded on this host, or other attempt   none (not this attempt's news)
+    recorded final and fetched                    none (settled: e.g. failed for an
+                                                  output it did not write)
+    ABORTED, reason "cancelled"                   CANCELLED
+    another state than the store's                that state
+    ============================================  ======================================
+    """
+    updates: list[StatusUpdate] = []
+    for job_id, doc in listed.items():
+        rec = records.get(job_id)
+        if rec is None or doc.get("attempt") != rec.attempt:
+            continue
+        if rec.fetched and JobState.parse(rec.state) in FINAL:
+            continue
+        state = reported_state(doc.get("state"), doc.get("reason"))
+        if state != rec.state:
+            updates.append((job_id, state, doc.get("exit_code"), doc.get("reason")))
+    return updates
+
+
+def output_failures(
+    missing: Mapping[str, Iterable[str]],
+    refused: Mapping[str, Iterable[str]],
+    optional: Mapping[str, Iterable[str]],
+) -> dict[str, str]:
+    """Jobs that exited 0 but did not deliver a declared output fail: job_id → the reason.
+
+    ==========================================  ===========================================
+    an output of the job (pack's answer)         verdict
+    ==========================================  ===========================================
+    missing, listed in optional_outputs         fine (nothing to fetch)
+    missing                                     "output missing: X"
+    refused (resolves outside the work dir)     "output refused (outside the work dir): X"
+    ==========================================  ===========================================
+    """
+    reasons: dict[str, list[str]] = {}
+    for job_id, outputs in missing.items():
+        absent = [o for o in outputs if o not in set(optional.get(job_id, ()))]
+        if absent:
+            reasons.setdefault(job_id, []).append("output missing: " + ", ".join(absent))
+    for job_id, outputs in refused.items():
+        shown = ", ".join(outputs)
+        if shown:
+            reasons.setdefault(job_id, []).append(
+                f"output refused (outside the work dir): {shown}"
+            )
+    return {job_id: "; ".join(parts) for job_id, parts in reasons.items()}
+
+
 class HostView(str, Enum):
     """What the job's host said about the job in the latest status round."""
 
@@ -89,7 +160,7 @@ class JobSnapshot:
     host: HostView = HostView.MISSING
 
 
-Decision = Literal["finished", "to_fetch", "to_submit", "watch", "wait", "failed"]
+Decision = Literal["finished", "to_fetch", "to_submit", "watch", "wait", "failed", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +174,9 @@ class ResumePlan:
     - ``wait``: its host did not answer; decide again on the next round rather than risk running
       it twice.
     - ``failed``: ABORTED and retries were not asked for; reported to the user.
+    - ``cancelled``: CANCELLED (by the user) and re-running them was not asked for.
+    - ``gone_logs``: those of ``cancelled`` not fetched whose host no longer has them (down,
+      a wiped host): nothing left to fetch; their fetch is closed empty.
     """
 
     finished: frozenset[str] = frozenset()
@@ -111,6 +185,8 @@ class ResumePlan:
     watch: frozenset[str] = frozenset()
     wait: frozenset[str] = frozenset()
     failed: frozenset[str] = frozenset()
+    cancelled: frozenset[str] = frozenset()
+    gone_logs: frozenset[str] = frozenset()
 
     @property
     def done(self) -> bool:
@@ -118,9 +194,14 @@ class ResumePlan:
         return not (self.to_fetch or self.to_submit or self.watch or self.wait)
 
 
-def decide(job: JobSnapshot, *, retry_aborted: bool = False) -> Decision:
+def decide(
+    job: JobSnapshot, *, retry_aborted: bool = False, retry_cancelled: bool = False
+) -> Decision:
     """The bucket of :class:`ResumePlan` one job goes to (see :func:`plan_resume`)."""
     state = JobState.parse(job.state)
+    if state == JobState.CANCELLED:
+        # the user's decision: never undone silently (run --retry-cancelled, or --reset)
+        return "to_submit" if retry_cancelled else "cancelled"
     if state == JobState.DONE:
         if job.fetched:
             return "finished"
@@ -142,12 +223,15 @@ def decide(job: JobSnapshot, *, retry_aborted: bool = False) -> Decision:
     return "to_submit"
 
 
-def plan_resume(jobs: Iterable[JobSnapshot], *, retry_aborted: bool = False) -> ResumePlan:
+def plan_resume(
+    jobs: Iterable[JobSnapshot], *, retry_aborted: bool = False, retry_cancelled: bool = False
+) -> ResumePlan:
     """Decide, for every job, what resuming a run means. Rules (first match wins):
 
     ============  ========  ===========  =====================================
     state         fetched   host         decision
     ============  ========  ===========  =====================================
+    CANCELLED     any       any          to_submit if retry_cancelled else cancelled
     DONE          yes       any          finished
     DONE          no        listed       to_fetch
     DONE          no        unreachable  wait
@@ -167,10 +251,14 @@ def plan_resume(jobs: Iterable[JobSnapshot], *, retry_aborted: bool = False) -> 
         "watch": set(),
         "wait": set(),
         "failed": set(),
+        "cancelled": set(),
     }
     to_submit: dict[str, int] = {}
+    gone_logs: set[str] = set()
     for job in jobs:
-        bucket = decide(job, retry_aborted=retry_aborted)
+        bucket = decide(job, retry_aborted=retry_aborted, retry_cancelled=retry_cancelled)
+        if bucket == "cancelled" and not job.fetched and job.host == HostView.MISSING:
+            gone_logs.add(job.job_id)
         if bucket == "to_submit":
             to_submit[job.job_id] = max(job.attempt, 0) + 1
         else:
@@ -182,4 +270,6 @@ def plan_resume(jobs: Iterable[JobSnapshot], *, retry_aborted: bool = False) -> 
         watch=frozenset(buckets["watch"]),
         wait=frozenset(buckets["wait"]),
         failed=frozenset(buckets["failed"]),
+        cancelled=frozenset(buckets["cancelled"]),
+        gone_logs=frozenset(gone_logs),
     )

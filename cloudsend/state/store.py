@@ -320,6 +320,30 @@ class Store:
                         (now, run_id, job_id),
                     )
 
+    def fail_outputs(self, run_id: int, items: Iterable[tuple[str, int, str]]) -> list[str]:
+        """Jobs (job_id, attempt, reason) whose attempt exited 0 without delivering a declared
+        output: that attempt, if current and DONE, becomes ABORTED with the reason (its exit
+        code stays 0). Returns the ids changed."""
+        now = time.time()
+        changed: list[str] = []
+        with self._write() as db:
+            for job_id, attempt, reason in items:
+                state, _, _, current = self._require_job(db, run_id, job_id)
+                if attempt != current or state != JobState.DONE.value:
+                    continue
+                db.execute(
+                    "UPDATE jobs SET state = ?, reason = ?, updated = ? "
+                    "WHERE run_id = ? AND job_id = ?",
+                    (JobState.ABORTED.value, reason, now, run_id, job_id),
+                )
+                db.execute(
+                    "UPDATE attempts SET state = ?, reason = ? "
+                    "WHERE run_id = ? AND job_id = ? AND attempt = ?",
+                    (JobState.ABORTED.value, reason, run_id, job_id, attempt),
+                )
+                changed.append(job_id)
+        return changed
+
     def attempts(self, run_id: int, job_id: str) -> list[AttemptRecord]:
         rows = self._all(
             "SELECT attempt, host, started, ended, state, exit_code, reason FROM attempts "
