@@ -63,6 +63,12 @@ class RunSummary:
         """No job failed: each DONE, or CANCELLED by the user (not an error)."""
         return all(j.state in (JobState.DONE, JobState.CANCELLED) for j in self.jobs)
 
+    @property
+    def out_of_time(self) -> list[str]:
+        """Jobs ABORTED because the time budget ran out (every host's eco_life ended)."""
+        aborted = (j for j in self.jobs if j.state == JobState.ABORTED)
+        return [j.job_id for j in aborted if out_of_time(j.reason)]
+
 
 @dataclass
 class DownReport:
@@ -70,12 +76,6 @@ class DownReport:
     down), recorded CANCELLED in the store."""
 
     cancelled: list[str] = field(default_factory=list)
-
-    @property
-    def out_of_time(self) -> list[str]:
-        """Jobs ABORTED because the time budget ran out (every host's eco_life ended)."""
-        aborted = (j for j in self.jobs if j.state == JobState.ABORTED)
-        return [j.job_id for j in aborted if out_of_time(j.reason)]
 
 
 class Reporter(Protocol):
