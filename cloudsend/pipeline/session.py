@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cloudsend.config.layout import open_project
 from cloudsend.config.models import Config
 from cloudsend.core import FINAL, CloudSendProcessState
 from cloudsend.errors import AgentError, CloudsendError, ProvisionError, StateError, TransportError
@@ -45,8 +46,9 @@ class Session:
         self.config = config
         self.reporter: Reporter = reporter or NullReporter()
         self.poll_wait = poll_wait
+        self.paths = open_project(config)  # the project's own state, hosts and results
         self.provider = get_provider(config)
-        self.store = Store(config.state_dir / "state.db")
+        self.store = Store(self.paths.state_db)
         self.hosts: list[Host] = []
         self._plan: Plan | None = None
         self.index = FileIndex()
@@ -85,18 +87,18 @@ class Session:
 
     @property
     def results_dir(self) -> Path:
-        return self.config.base_dir / "results" / f"run-{self.current_run()}"
+        return self.paths.results_dir(self.current_run())
 
     @property
     def tmp_dir(self) -> Path:
         """Where fetches write files before moving them into results (cleaned: fetch.py)."""
-        return self.config.state_dir / "tmp"
+        return self.paths.tmp_dir
 
     def clean_fetch_leftovers(self) -> None:
         """Remove what a killed fetch left behind (called as a fetch or a watch begins)."""
         from cloudsend.pipeline.fetch import clean_leftovers
 
-        clean_leftovers(self.tmp_dir, self.config.base_dir / "results")
+        clean_leftovers(self.tmp_dir, self.paths.results_root)
 
     def host_named(self, name: str) -> Host:
         for host in self.hosts:
@@ -381,7 +383,8 @@ class Session:
         if updates:
             self.store.update_states(run_id, updates)
         for env_id, env in status.get("envs", {}).items():
-            if env.get("state") == "FAILED":
+            # only this plan's: a host keeps environments of earlier edits (and their failures)
+            if env.get("state") == "FAILED" and env_id in self.plan.envs:
                 self.env_failures[env_id] = env.get("log_tail", "")
 
     # ---- the rest of the lifecycle -------------------------------------------------------
