@@ -107,6 +107,17 @@ def test_a_folder_of_an_older_cloudsend_keeps_its_layout(project: Project) -> No
     assert (legacy / "hosts" / "local" / "agent.py").is_file()
 
 
+def test_an_environment_fixed_since_it_failed_is_not_reported_failed(project: Project) -> None:
+    """The host keeps the failed build of the environment's old version: only this plan's
+    environments are the run's."""
+    project.config(BROKEN_ENV.format(name="fix"))
+    assert project.cli("run").returncode == 5
+    project.config(BROKEN_ENV.format(name="fix").replace("exit 3", "echo fixed"))
+    proc = project.cli("run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["env_failures"] == {}
+
+
 @pytest.mark.parametrize(
     ("lines", "owner"),
     [
