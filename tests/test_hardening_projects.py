@@ -203,3 +203,174 @@ def test_results_folder(run_id: int, job_id: str | None, folder: str) -> None:
 def test_results_folder_refuses_a_run_that_cannot_exist() -> None:
     with pytest.raises(ValueError):
         results_folder(0)
+
+
+# ---- items 18 and 19: environment ids -------------------------------------------------------
+
+
+def test_env_names_with_characters_an_id_cannot_hold_are_refused(project: Project) -> None:
+    project.config(
+        """
+        dev: true
+        environments:
+          - {name: py a, command: echo a}
+          - {name: py/a, command: echo b}
+        jobs:
+          - {run_command: echo hi, env_name: py a}
+        """
+    )
+    proc = project.cli("validate", "cloudsend.yaml")
+    assert proc.returncode == 2, proc.stdout
+    assert "environments[0].name: is not a safe name" in proc.stderr
+    assert "environments[1].name: is not a safe name" in proc.stderr
+
+
+SEES_ITS_ENV = 'cat "$CLOUDSEND_ENV_DIR/which" > out.txt'
+
+
+def test_env_names_differing_in_a_trailing_dash_or_dot_run_in_their_own_environment(
+    project: Project,
+) -> None:
+    """`py`, `py-` and `py.` are three safe names: under dev: true they made one folder
+    (envs/py-dev), and a job of one ran in another's environment."""
+    names = ["py", "py-", "py."]
+    envs = "".join(
+        f"  - name: '{n}'\n    command: echo {i} > \"$CLOUDSEND_ENV_DIR/which\"\n"
+        for i, n in enumerate(names)
+    )
+    jobs = "".join(
+        f"  - env_name: '{n}'\n    run_command: '{SEES_ITS_ENV}'\n    output_file: out.txt\n"
+        for n in names
+    )
+    project.config(f"dev: true\nenvironments:\n{envs}jobs:\n{jobs}")
+    proc = project.cli("run", "--json")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    results = Path(json.loads(proc.stdout)["results_dir"])
+    seen = [(results / j["job_id"] / "out.txt").read_text().strip() for j in _jobs(proc)]
+    assert seen == ["0", "1", "2"]
+    built = sorted(p.name for p in (project.state_dir() / "hosts/local/envs").iterdir())
+    assert built == ["py--dev", "py-dev", "py.-dev"]
+
+
+def _jobs(proc: Any) -> list[dict[str, Any]]:
+    return sorted(json.loads(proc.stdout)["jobs"], key=lambda j: j["index"])
+
+
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [
+        (None, "default"),
+        ("py", "py"),
+        ("py-", "py-"),  # a safe name is its own slug: distinct names, distinct folders
+        ("py.", "py."),
+        ("Py_3.11", "Py_3.11"),
+        # names the loader refuses (a Config built in code): made safe, told apart by a hash
+        ("py a", "py-a-a12d2ecf"),  # sha256("py a")[:8]
+        ("py/a", "py-a-2e324717"),
+        ("../..", "env-0cfd1c96"),
+    ],
+)
+def test_env_slug(name: str | None, slug: str) -> None:
+    from cloudsend.bootstrap.render import env_slug
+
+    assert env_slug(name) == slug
+
+
+def test_env_slugs_are_distinct_and_short_enough_for_the_agent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib
+
+    import cloudsend.agent
+    from cloudsend.bootstrap.render import env_slug
+
+    # the agent as it runs on a host: its own folder on sys.path (protocol.py beside it)
+    monkeypatch.syspath_prepend(str(Path(cloudsend.agent.__file__).parent))
+    check_id = importlib.import_module("agent").check_id
+
+    names = ["py a", "py/a", "py-a", "py_a", "py.a", "py-", "py", "e" * 200, "e" * 201, "é"]
+    slugs = [env_slug(n) for n in names]
+    assert len(set(slugs)) == len(names)
+    for slug in slugs:
+        assert len(slug) <= 64
+        check_id(f"{slug}-0123456789ab", "env_id")  # what the agent takes (raises if not)
+
+
+def test_a_200_character_env_name_is_refused_by_validate(project: Project) -> None:
+    long = "e" * 200
+    project.config(
+        f"environments:\n  - {{name: {long}, command: echo}}\n"
+        f"jobs:\n  - {{run_command: echo hi, env_name: {long}}}\n"
+    )
+    for command in (["validate", "cloudsend.yaml"], ["run"]):
+        proc = project.cli(*command)
+        assert proc.returncode == 2, proc.stderr
+        assert "environments[0].name: is not a safe name (use at most 64" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def _config_in_code(project: Project, **job: Any) -> Any:
+    """A Config built in code, as an API user may: the loader's checks do not run."""
+    from cloudsend.config.models import Config
+
+    return Config.model_validate(
+        {
+            "project": "incode",
+            "environments": [{"name": "e" * 200, "command": "echo built"}],
+            "jobs": [{"run_command": "echo hi > out.txt", "output_files": ["out.txt"], **job}],
+            "base_dir": project.path,
+        }
+    )
+
+
+def test_a_200_character_env_name_in_code_runs(project: Project) -> None:
+    from cloudsend.api import SyncClient
+
+    client = SyncClient(_config_in_code(project), poll_wait=0.2)
+    try:
+        client.start()
+        client.deploy()
+        client.run()
+        views = client.wait(timeout=60)
+    finally:
+        client.close()
+    assert [(v.state, v.fetched) for v in views] == [("DONE", True)]
+
+
+def test_a_submission_the_agent_refuses_ends_the_run_with_why(project: Project) -> None:
+    """An AgentError on submit is not "submit interrupted … submitting again" forever."""
+    from cloudsend.api import SyncClient
+    from cloudsend.errors import AgentError
+
+    config = _config_in_code(project, output_files=["../outside.txt"])
+    client = SyncClient(config, poll_wait=0.2)
+    try:
+        client.start()
+        client.deploy()
+        with pytest.raises(AgentError, match="host local refused the jobs: .*outside"):
+            client.run()
+            client.wait(timeout=20)  # the old loop: still submitting again when this ends
+        hosts = client.session.store.hosts(client.session.current_run())
+        assert [(h.name, h.health) for h in hosts] == [("local", "agent error")]
+    finally:
+        client.close()
+
+
+def test_two_environments_that_would_share_a_folder_are_refused_in_code(project: Project) -> None:
+    """The plan's own check, for a Config built in code: an unnamed environment and one
+    named `default` make the same id under dev: true."""
+    from cloudsend.config.models import Config
+    from cloudsend.errors import ConfigError
+    from cloudsend.pipeline.files import FileIndex
+    from cloudsend.pipeline.plan import build_plan
+
+    config = Config.model_validate(
+        {
+            "dev": True,
+            "environments": [{"command": "echo 1"}, {"name": "default", "command": "echo 2"}],
+            "jobs": [{"run_command": "echo hi"}],
+            "base_dir": project.path,
+        }
+    )
+    with pytest.raises(ConfigError, match="would share the folder envs/default-dev"):
+        build_plan(config, FileIndex())

@@ -317,7 +317,17 @@ class Session:
                 answer = AgentClient(host).submit(
                     [{"env_id": e.env_id, "script": e.script} for e in envs.values()], specs
                 )
-            except (TransportError, AgentError) as exc:
+            except AgentError as exc:
+                # The agent answered and refused the submission (it takes all or nothing):
+                # submitting it again would be refused again, forever. Nothing is recorded
+                # there; the run ends with why, once the other hosts have their queues.
+                self.store.set_host_health(run_id, host.name, "agent error", exc.message[:200])
+                raise AgentError(
+                    f"host {host.name} refused the jobs: {exc.message}",
+                    hint=exc.hint or "a bug, or a config the checks let through: run with "
+                    "--debug and report it",
+                ) from exc
+            except TransportError as exc:
                 # The host may or may not have them: recorded there all the same, the
                 # monitor re-submits what the host turns out not to have, or re-queues
                 # everything elsewhere if the host stays away (host_lost_after).
@@ -330,10 +340,12 @@ class Session:
             return report.files_sent, report.bytes_sent, len(accepted & set(envs))
 
         # each host reports its own counters; summed here so threads never share a counter
-        for files, nbytes, envs_built in self.each_host(submit, hosts):
+        group = self.each_host(submit, hosts)
+        for files, nbytes, envs_built in group:
             self.files_sent += files
             self.bytes_sent += nbytes
             self.envs_submitted += envs_built
+        group.raise_failure()  # a refusal (AgentError): transport errors stay in submit
         return assignment
 
     # ---- watching ------------------------------------------------------------------------
