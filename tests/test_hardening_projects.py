@@ -374,3 +374,95 @@ def test_two_environments_that_would_share_a_folder_are_refused_in_code(project:
     )
     with pytest.raises(ConfigError, match="would share the folder envs/default-dev"):
         build_plan(config, FileIndex())
+
+
+# ---- item 17: the host's file store is immutable to jobs --------------------------------------
+
+WRITER = "echo tampered >> input.txt; cat input.txt > out.txt"
+READER = "sleep {wait}; cat input.txt > out.txt"
+
+
+def _store_jobs(*commands: str) -> str:
+    return "".join(
+        f"  - run_command: '{c}'\n    input_file: input.txt\n    output_file: out.txt\n"
+        for c in commands
+    )
+
+
+def _outs(proc: Any) -> list[str]:
+    results = Path(json.loads(proc.stdout)["results_dir"])
+    return [(results / j["job_id"] / "out.txt").read_text() for j in _jobs(proc)]
+
+
+def test_a_job_writing_to_its_input_changes_no_other_jobs_input_local(project: Project) -> None:
+    """The local provider (root here, whom read-only modes do not stop): a job appending to
+    its input changes its own copy; the job beside it, running at the same time, and the job
+    of a later run read what was uploaded."""
+    project.write("input.txt", "original\n")
+    project.config("project: store\njobs:\n" + _store_jobs(WRITER, READER.format(wait=1)))
+    first = project.cli("run", "--json")
+    assert first.returncode == 0, first.stderr
+    assert _outs(first) == ["original\ntampered\n", "original\n"]
+    assert (project.path / "input.txt").read_text() == "original\n"
+    # the stored copy is as uploaded, and read-only
+    (stored,) = (project.state_dir() / "hosts" / "local" / "files").iterdir()
+    assert stored.read_text() == "original\n" and stored.stat().st_mode & 0o222 == 0
+    # a later run: a new job with the same input (its hash: no upload) reads the original
+    three = _store_jobs(WRITER, READER.format(wait=1), READER.format(wait=0))
+    project.config("project: store\njobs:\n" + three)
+    later = project.cli("run", "--json")
+    assert later.returncode == 0, later.stderr
+    assert json.loads(later.stdout)["files_sent"] == 0
+    assert _outs(later)[2] == "original\n"
+
+
+def _ssh_store_config(host: Any, *commands: str) -> str:
+    return (
+        "project: store\nprovider: ssh\nhosts:\n"
+        f"  - {{address: 127.0.0.1, port: {host.port}, user: {host.user}, key: {host.key}, "
+        f"cpus: 1, root: {host.root}}}\n"
+        "jobs:\n" + _store_jobs(*commands)
+    )
+
+
+def test_a_job_cannot_write_to_its_input_on_an_ssh_host(
+    sshd_factory: Any, project: Project
+) -> None:
+    """A login user other than root: the stored copy is read-only, the writer's append is
+    refused, and the next job and a later run read what was uploaded."""
+    host = sshd_factory(1, user="ubuntu")[0]
+    project.write("input.txt", "original\n")
+    project.config(_ssh_store_config(host, WRITER, READER.format(wait=0)))
+    first = project.cli("run", "--json")
+    assert first.returncode == 0, first.stderr
+    assert _outs(first) == ["original\n", "original\n"]
+    writer = _jobs(first)[0]["job_id"]
+    assert "Permission denied" in project.cli("logs", writer, "--stderr", check=True).stdout
+    (stored,) = (host.root / "files").iterdir()
+    assert stored.read_text() == "original\n" and stored.stat().st_mode & 0o777 == 0o400
+    project.config(_ssh_store_config(host, WRITER, READER.format(wait=0), READER.format(wait=0.1)))
+    later = project.cli("run", "--json")
+    assert later.returncode == 0, later.stderr
+    assert _outs(later)[2] == "original\n"
+
+
+def test_a_stored_input_changed_by_a_job_is_never_used_and_is_sent_again(
+    sshd_factory: Any, project: Project
+) -> None:
+    """What read-only cannot stop (a job that makes its input writable first) the check
+    before use catches: the next job is not run on the changed content, and the next
+    `cloudsend run` uploads the file again and runs it."""
+    host = sshd_factory(1, user="ubuntu")[0]
+    project.write("input.txt", "original\n")
+    forced = "chmod u+w input.txt && " + WRITER
+    project.config(_ssh_store_config(host, forced, READER.format(wait=0)))
+    first = project.cli("run", "--json")
+    assert first.returncode == 6, first.stderr
+    jobs = _jobs(first)
+    assert jobs[0]["state"] == "DONE" and jobs[1]["state"] == "ABORTED"
+    assert "stored copy was changed after upload" in jobs[1]["reason"]
+    assert list((host.root / "files").iterdir()) == []  # the changed copy is gone
+    again = project.cli("run", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["files_sent"] == 1
+    assert _outs(again)[1] == "original\n"
