@@ -106,7 +106,7 @@ def run(config: Path, reset: bool, yes: bool, as_json: bool) -> None:
     try:
         client.start(reset=reset)
         client.deploy()
-        client.run()
+        submitted = client.run()
         client.wait()
         client.fetch_results()
         client.finalize()
@@ -118,6 +118,7 @@ def run(config: Path, reset: bool, yes: bool, as_json: bool) -> None:
         print_json(summary_doc(summary))
     else:
         print_summary(_console(), summary)
+        _nothing_ran(summary, submitted, config)
     if summary.env_failures:
         from cloudsend.errors import BootstrapError
 
@@ -130,6 +131,17 @@ def run(config: Path, reset: bool, yes: bool, as_json: bool) -> None:
             f"{summary.counts().get(JobState.ABORTED, 0)} job(s) ABORTED",
             hint="`cloudsend logs JOB --stderr` shows why; `cloudsend run` retries them",
         )
+
+
+def _nothing_ran(summary: Any, submitted: int, config: Path) -> None:
+    from rich.text import Text
+
+    from cloudsend.pipeline.reporting import nothing_ran_note
+
+    rerun = "cloudsend run --reset" + ("" if str(config) == "cloudsend.yaml" else f" {config}")
+    note = nothing_ran_note(summary, submitted, rerun)
+    if note is not None:
+        _console().print(Text(clean(note)))
 
 
 @cli.command()

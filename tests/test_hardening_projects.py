@@ -466,3 +466,63 @@ def test_a_stored_input_changed_by_a_job_is_never_used_and_is_sent_again(
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["files_sent"] == 1
     assert _outs(again)[1] == "original\n"
+
+
+# ---- item 24: a run with nothing to run, and where an edited job's results go ------------------
+
+TWO_JOBS = """
+project: again
+jobs:
+  - run_command: echo {first} > out.txt
+    output_file: out.txt
+  - run_command: echo two > out.txt
+    output_file: out.txt
+"""
+
+
+def test_a_run_with_everything_done_says_so_and_how_to_run_again(project: Project) -> None:
+    project.config(TWO_JOBS.format(first="one"), name="two.yaml")
+    first = project.cli("run", "two.yaml", check=True)
+    assert "nothing to run" not in first.stdout
+    again = project.cli("run", "two.yaml", check=True, env={"COLUMNS": "500"})  # no wrapping
+    text = " ".join(again.stdout.split())
+    results = project.path / "results" / "again" / "run-1"
+    assert f"nothing to run: all 2 job(s) are DONE (run 1), results in {results}." in text
+    assert "`cloudsend run --reset two.yaml` (run 2, from scratch" in text
+    # an edited job runs again by itself, its results in run-1/ beside the old version's
+    project.config(TWO_JOBS.format(first="uno"), name="two.yaml")
+    edited = project.cli("run", "two.yaml", "--json", check=True)
+    doc = json.loads(edited.stdout)
+    assert Path(doc["results_dir"]) == results
+    new_id = _jobs(edited)[0]["job_id"]
+    old_ids = {p.parent.name for p in results.glob("j000-*/out.txt")} - {new_id}
+    assert len(old_ids) == 1  # the old version's folder is kept as it was
+    assert (results / results_folder(1, new_id).name / "out.txt").read_text() == "uno\n"
+    assert (results / old_ids.pop() / "out.txt").read_text() == "one\n"
+
+
+@pytest.mark.parametrize(
+    ("states", "submitted", "says"),
+    [
+        (["DONE", "DONE"], 0, "nothing to run: all 2 job(s) are DONE (run 3)"),
+        (["DONE", "DONE"], 1, None),  # something ran: the summary tells it
+        (["DONE", "ABORTED"], 0, None),  # not everything done: the table and exit code tell
+        ([], 0, "nothing to run: the config has no jobs"),
+    ],
+)
+def test_nothing_ran_note(states: list[str], submitted: int, says: str | None) -> None:
+    from cloudsend.core import JobState
+    from cloudsend.pipeline.reporting import JobView, RunSummary, nothing_ran_note
+
+    jobs = [
+        JobView(f"j{i}", i, 0, JobState[s], "local", 1, 0, None, True)
+        for i, s in enumerate(states)
+    ]
+    summary = RunSummary(run_id=3, results_dir=Path("/r/p/run-3"), jobs=jobs)
+    note = nothing_ran_note(summary, submitted, "cloudsend run --reset")
+    if says is None:
+        assert note is None
+    else:
+        assert note is not None and note.startswith(says)
+    if note and jobs:
+        assert "results in /r/p/run-3" in note and "`cloudsend run --reset` (run 4" in note
