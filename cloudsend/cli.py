@@ -107,6 +107,7 @@ def run(config: Path, reset: bool, yes: bool, as_json: bool) -> None:
         client.start(reset=reset)
         client.deploy()
         submitted = client.run()
+        unfinished = sum(v.state != JobState.DONE for v in client.session.views())
         client.wait()
         client.fetch_results()
         client.finalize()
@@ -118,7 +119,7 @@ def run(config: Path, reset: bool, yes: bool, as_json: bool) -> None:
         print_json(summary_doc(summary))
     else:
         print_summary(_console(), summary)
-        _nothing_ran(summary, submitted, config)
+        _nothing_ran(summary, submitted, unfinished, config)
     if summary.env_failures:
         from cloudsend.errors import BootstrapError
 
@@ -133,13 +134,13 @@ def run(config: Path, reset: bool, yes: bool, as_json: bool) -> None:
         )
 
 
-def _nothing_ran(summary: Any, submitted: int, config: Path) -> None:
+def _nothing_ran(summary: Any, submitted: int, unfinished: int, config: Path) -> None:
     from rich.text import Text
 
     from cloudsend.pipeline.reporting import nothing_ran_note
 
     rerun = "cloudsend run --reset" + ("" if str(config) == "cloudsend.yaml" else f" {config}")
-    note = nothing_ran_note(summary, submitted, rerun)
+    note = nothing_ran_note(summary, submitted, rerun, unfinished)
     if note is not None:
         _console().print(Text(clean(note)))
 

@@ -502,15 +502,18 @@ def test_a_run_with_everything_done_says_so_and_how_to_run_again(project: Projec
 
 
 @pytest.mark.parametrize(
-    ("states", "submitted", "says"),
+    ("states", "submitted", "unfinished", "says"),
     [
-        (["DONE", "DONE"], 0, "nothing to run: all 2 job(s) are DONE (run 3)"),
-        (["DONE", "DONE"], 1, None),  # something ran: the summary tells it
-        (["DONE", "ABORTED"], 0, None),  # not everything done: the table and exit code tell
-        ([], 0, "nothing to run: the config has no jobs"),
+        (["DONE", "DONE"], 0, 0, "nothing to run: all 2 job(s) are DONE (run 3)"),
+        (["DONE", "DONE"], 1, 1, None),  # something ran: the summary tells it
+        (["DONE", "DONE"], 0, 1, None),  # one was still running from an earlier run: watched
+        (["DONE", "ABORTED"], 0, 0, None),  # not all done: the table and exit code tell
+        ([], 0, 0, "nothing to run: the config has no jobs"),
     ],
 )
-def test_nothing_ran_note(states: list[str], submitted: int, says: str | None) -> None:
+def test_nothing_ran_note(
+    states: list[str], submitted: int, unfinished: int, says: str | None
+) -> None:
     from cloudsend.core import JobState
     from cloudsend.pipeline.reporting import JobView, RunSummary, nothing_ran_note
 
@@ -519,7 +522,7 @@ def test_nothing_ran_note(states: list[str], submitted: int, says: str | None) -
         for i, s in enumerate(states)
     ]
     summary = RunSummary(run_id=3, results_dir=Path("/r/p/run-3"), jobs=jobs)
-    note = nothing_ran_note(summary, submitted, "cloudsend run --reset")
+    note = nothing_ran_note(summary, submitted, "cloudsend run --reset", unfinished)
     if says is None:
         assert note is None
     else:

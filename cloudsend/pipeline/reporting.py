@@ -44,11 +44,14 @@ class RunSummary:
         return all(j.state == JobState.DONE for j in self.jobs)
 
 
-def nothing_ran_note(summary: RunSummary, submitted: int, rerun: str) -> str | None:
-    """What `run` says when it had nothing to run (`submitted` jobs handed to hosts, `rerun`
-    the command that runs everything again); None when it ran something, or when some job is
-    not DONE (the table and the exit code tell that story)."""
-    if submitted:
+def nothing_ran_note(
+    summary: RunSummary, submitted: int, rerun: str, unfinished_before: int = 0
+) -> str | None:
+    """What `run` says when it had nothing to run: `submitted` jobs it handed to hosts,
+    `unfinished_before` jobs not DONE yet when it began watching (still running from an
+    earlier `run`), `rerun` the command that runs everything again. None when it ran or
+    watched something, or when some job is not DONE (the table and the exit code tell)."""
+    if submitted or unfinished_before:
         return None
     if not summary.jobs:
         return "nothing to run: the config has no jobs"
