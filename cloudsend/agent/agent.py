@@ -1351,6 +1351,8 @@ class StoredFiles:
                 raise AgentError(self.changed(rel)) from None
             raise AgentError(f"input missing: {src} (for {rel})") from None
         if not stat.S_ISREG(st.st_mode):
+            if st.st_mode & 0o077:  # a folder: owner-only, as everything under the root
+                os.chmod(src, 0o700)
             return
         mode = (stat.S_IMODE(st.st_mode) & 0o500) | 0o400
         if stat.S_IMODE(st.st_mode) != mode:
@@ -1391,8 +1393,7 @@ def prepare_work(
     import shutil
 
     stored = StoredFiles() if stored is None else stored
-    # root is not bound by read-only modes: its jobs get a copy of each upload of their own
-    own_copies = bool(spec.get("copy")) or os.geteuid() == 0
+    as_root = os.geteuid() == 0  # not bound by read-only modes: gets copies of the uploads
     if os.path.lexists(work):
         shutil.rmtree(work)
     os.makedirs(work)
@@ -1407,7 +1408,7 @@ def prepare_work(
             # e.g. "d" linked to a dir and "d/f" inside it: never write into linked inputs
             raise AgentError(f"link {rel} would be created outside the work dir")
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        if not own_copies or not (spec.get("copy") or within(src, files)):
+        if not (spec.get("copy") or (as_root and within(src, files))):
             os.symlink(src, dst)
         elif os.path.isdir(src):
             shutil.copytree(src, dst, symlinks=True)
