@@ -116,7 +116,8 @@ def run(config: Path, reset: bool, retry_cancelled: bool, yes: bool, as_json: bo
     try:
         client.start(reset=reset)
         client.deploy()
-        client.run(retry_cancelled=retry_cancelled)
+        submitted = client.run(retry_cancelled=retry_cancelled)
+        unfinished = sum(v.state != JobState.DONE for v in client.session.views())
         client.wait()
         client.fetch_results()
         client.finalize()
@@ -128,6 +129,7 @@ def run(config: Path, reset: bool, retry_cancelled: bool, yes: bool, as_json: bo
         print_json(summary_doc(summary))
     else:
         print_summary(_console(), summary)
+        _nothing_ran(summary, submitted, unfinished, config)
         cancelled = summary.counts().get(JobState.CANCELLED, 0)
         if cancelled:
             click.echo(
@@ -162,6 +164,17 @@ def raise_for(summary: RunSummary) -> None:
             hint="the table's reason and `cloudsend logs JOB --stderr` show why; "
             "`cloudsend run` retries them",
         )
+
+
+def _nothing_ran(summary: Any, submitted: int, unfinished: int, config: Path) -> None:
+    from rich.text import Text
+
+    from cloudsend.pipeline.reporting import nothing_ran_note
+
+    rerun = "cloudsend run --reset" + ("" if str(config) == "cloudsend.yaml" else f" {config}")
+    note = nothing_ran_note(summary, submitted, rerun, unfinished)
+    if note is not None:
+        _console().print(Text(clean(note)))
 
 
 @cli.command()

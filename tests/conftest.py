@@ -82,8 +82,14 @@ class Project:
             text=True,
         )
 
+    def state_dir(self) -> Path:
+        """The project's own state folder (.cloudsend/projects/<project>/): the only one."""
+        found = sorted((self.path / ".cloudsend" / "projects").glob("*"))
+        assert len(found) == 1, f"expected one project's state, found {found}"
+        return found[0]
+
     def results(self) -> Path:
-        runs = sorted((self.path / "results").glob("run-*"))
+        runs = sorted(self.path.glob("results/*/run-*"), key=lambda p: int(p.name[4:]))
         assert runs, "no results dir"
         return runs[-1]
 

@@ -175,7 +175,7 @@ def test_an_agent_answering_errors_is_reported_and_its_host_not_declared_lost(
             notices.append(message)
 
     client = SyncClient(cfg, Recorder(), poll_wait=0.5)
-    hosts_dir = project.path / ".cloudsend" / "hosts"
+    hosts_dir = project.state_dir() / "hosts"
     victim: Path | None = None
     began: list[float] = []
 

@@ -115,16 +115,16 @@ def _aws_env() -> dict[str, str]:
 def test_down_refuses_while_results_are_not_fetched(project: Project) -> None:
     project.config("jobs:\n  - run_command: echo hi > o.txt\n    output_file: o.txt\n")
     project.cli("run", check=True)
-    db = project.path / ".cloudsend" / "state.db"
+    db = project.state_dir() / "state.db"
     with sqlite3.connect(db) as conn:  # as if cloudsend died before fetching
         conn.execute("UPDATE jobs SET fetched = 0")
     proc = project.cli("down")
     assert proc.returncode == 7
     assert "not fetched" in proc.stderr and "--force" in proc.stderr
-    assert (project.path / ".cloudsend" / "hosts").exists()
+    assert (project.state_dir() / "hosts").exists()
     project.cli("fetch", check=True)
     project.cli("down", check=True)
-    assert not (project.path / ".cloudsend" / "hosts").exists()
+    assert not (project.state_dir() / "hosts").exists()
 
 
 # Runs the real CLI in a subprocess whose Pulumi engine is a stub (the pulumi CLI cannot be
@@ -213,4 +213,4 @@ def test_declining_the_confirmation_creates_nothing(
     assert proc.stdout.index("warning: live on-demand prices unavailable") < prompt
     assert not marker.exists()  # no up, refresh or destroy
     assert moto_aws.client("ec2").describe_instances()["Reservations"] == []
-    assert not (project.path / ".cloudsend" / "state.db").exists()
+    assert not list(project.path.glob(".cloudsend/**/state.db"))

@@ -67,7 +67,7 @@ def test_up_then_status_table_then_run(project: Project, tmp_path: Path) -> None
     )
     up = project.cli("up", check=True)
     assert "hosts ready: local" in up.stdout
-    pid_file = project.path / ".cloudsend/hosts/local/agent.pid"
+    pid_file = project.state_dir() / "hosts/local/agent.pid"
     assert _pid_alive(int(pid_file.read_text().split()[0]))  # the host's agent runs
     assert not built.exists()
     table = project.cli("status", check=True).stdout
@@ -201,7 +201,7 @@ def test_a_job_bigger_than_every_host_is_refused_before_anything_runs(project: P
         assert proc.returncode == 2, proc.stderr
         assert "jobs[0] (cpus_req=3) needs more CPUs than any host has" in proc.stderr
         assert "Traceback" not in proc.stderr
-    assert not (project.path / ".cloudsend" / "hosts" / "local-0-0" / "agent.py").exists()
+    assert not (project.path / ".cloudsend/projects/cloudsend/hosts/local-0-0/agent.py").exists()
 
 
 def test_cloud_only_keys_are_ignored_with_a_notice_on_local(project: Project) -> None:

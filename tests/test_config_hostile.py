@@ -157,7 +157,7 @@ def test_a_job_listing_one_output_twice_runs_and_fetches_it_once(project: Projec
     )
     proc = project.cli("run", "--json")
     assert proc.returncode == 0, proc.stderr
-    results = sorted((project.path / "results").glob("run-*/*/a.txt"))
+    results = sorted((project.path / "results" / "dupes").glob("run-*/*/a.txt"))
     assert [p.read_text() for p in results] == ["result\n"]
     assert project.cli("fetch").returncode == 0
     assert project.cli("down").returncode == 0

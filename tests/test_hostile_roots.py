@@ -80,7 +80,7 @@ def test_down_removes_only_a_root_marked_for_this_project(
     assert "another cloudsend project" in proc.stderr and "  127.0.0.1: " in proc.stderr
     assert (root / "agent.py").is_file()
     assert processes_under(root) == [], "the agent was not stopped"
-    with Store(project.path / ".cloudsend" / "state.db") as store:
+    with Store(project.state_dir() / "state.db") as store:
         run = store.latest_run()
         assert run is not None
         assert [(h.name, h.health) for h in store.hosts(run.id)] == [("127.0.0.1", "not down")]
@@ -109,7 +109,7 @@ def test_down_fails_naming_a_host_it_could_not_clean(
     assert proc.stdout.strip().splitlines()[-1:] != ["down"]
     assert not other.root.exists(), "the reachable host was not cleaned"
     assert (victim.root / "agent.py").is_file()
-    with Store(project.path / ".cloudsend" / "state.db") as store:
+    with Store(project.state_dir() / "state.db") as store:
         run = store.latest_run()
         assert run is not None
         health = {h.name: h.health for h in store.hosts(run.id)}

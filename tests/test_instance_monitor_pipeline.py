@@ -85,7 +85,7 @@ def test_spot_interruption_requeues_jobs_and_auto_stop_stops_machines(
     names = ["local-0-0", "local-0-1", "local-0-2"]
     ids = dict(zip(names, moto_aws.run_instances(3, TAGS, spot=True, names=names), strict=True))
     client = _client(project, moto_aws, jobs=9, sleep=2)
-    victim = project.path / ".cloudsend" / "hosts" / "local-0-1"
+    victim = project.path / ".cloudsend/projects/mon/hosts/local-0-1"
 
     def interrupt() -> None:
         store, run_id = client.session.store, client.session.current_run()

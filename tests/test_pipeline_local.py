@@ -221,7 +221,7 @@ def test_host_roots_are_private_under_a_umask_of_022(project: Project) -> None:
     finally:
         os.umask(old)
     assert doc["counts"] == {"DONE": 2}
-    roots = list((project.path / ".cloudsend" / "hosts").iterdir())
+    roots = list((project.state_dir() / "hosts").iterdir())
     assert roots
     seen, shared = 0, []
     for root in roots:
@@ -254,7 +254,7 @@ def test_local_uploads_are_owner_only(tmp_path: Path) -> None:
 def test_down_removes_local_hosts(project: Project) -> None:
     project.config("jobs:\n  - run_command: echo hi\n")
     project.cli("run", check=True)
-    hosts = project.path / ".cloudsend" / "hosts"
+    hosts = project.state_dir() / "hosts"
     assert hosts.exists()
     project.cli("down", check=True)
     assert not hosts.exists()
@@ -267,7 +267,7 @@ def test_host_restart_mid_run_reruns_the_jobs_it_killed(project: Project, tmp_pa
 
     ledger = tmp_path / "ledger.txt"
     project.config(SLEEPY.format(ledger=ledger, sleep=1.5, repeat=4))
-    host_root = project.path / ".cloudsend" / "hosts" / "local-0-0"
+    host_root = project.path / ".cloudsend/projects/sleepy/hosts/local-0-0"
     run = project.popen("run", "--json")
     wait_until(lambda: len(_ledger(ledger)) >= 4, 60, "jobs to start")
     assert len(_ledger(ledger)) == 4, "jobs did not start"

@@ -25,8 +25,9 @@ def test_the_state_dir_and_database_are_private_under_umask_022(project: Project
     finally:
         os.umask(old)
     assert proc.returncode == 0, proc.stderr
-    state = project.path / ".cloudsend"
-    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    for folder in (".cloudsend", ".cloudsend/projects", ".cloudsend/projects/modes"):
+        assert stat.S_IMODE((project.path / folder).stat().st_mode) == 0o700, folder
+    state = project.state_dir()
     for name in ("state.db", "state.db-wal", "state.db-shm"):
         if (state / name).exists():
             assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name

@@ -26,7 +26,7 @@ def test_quickstart_runs_and_brings_every_result_home(tmp_path: Path) -> None:
     doc = json.loads(proc.stdout)
     assert doc["counts"] == {"DONE": 5} and doc["envs_submitted"] == 2
     results = Path(doc["results_dir"])
-    assert results.parent == work / "results"
+    assert results.parent == work / "results" / "quickstart"
     reports = sorted(results.glob("*/report.txt"))
     lines = sorted(results.glob("*/lines.txt"))
     assert len(reports) == 3 and len(lines) == 2

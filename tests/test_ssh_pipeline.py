@@ -33,7 +33,7 @@ def done_attempts(project: Project) -> dict[str, int]:
     """How many attempts of each job count as its DONE result (superseded ones do not)."""
     from cloudsend.state import Store
 
-    with Store(project.path / ".cloudsend" / "state.db") as store:
+    with Store(project.state_dir() / "state.db") as store:
         run = store.latest_run()
         assert run is not None
         return {

@@ -139,7 +139,7 @@ def test_logs_tail_by_default_all_with_lines_0_and_big_output_byte_exact(
     # fetched: now read from results/, the same bytes
     assert cli_bytes(project, "logs", big, "--lines", "0") == ref_log.read_bytes()
     assert cli_bytes(project, "logs", talker) == expected_tail(text, 50)
-    assert not list((project.path / ".cloudsend" / "tmp").iterdir())
+    assert not list((project.state_dir() / "tmp").iterdir())
 
 
 def test_fetch_killed_mid_download_leaves_nothing_after_the_next_fetch(
@@ -155,7 +155,7 @@ def test_fetch_killed_mid_download_leaves_nothing_after_the_next_fetch(
             output_file: out.bin
         """
     )
-    tmp = project.path / ".cloudsend" / "tmp"
+    tmp = project.path / ".cloudsend" / "projects" / "killed" / "tmp"
 
     def parts() -> list[Path]:
         try:

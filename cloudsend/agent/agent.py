@@ -646,6 +646,7 @@ class Daemon(Store):
             self.base_env.pop(var, None)
         self.sched_dirty = True
         self.lock_id = (0, 0)  # (st_dev, st_ino) of the agent.lock this daemon holds
+        self.stored = StoredFiles()  # the uploads in ROOT/files found intact (prepare_work)
 
     # --- startup -----------------------------------------------------------------------------
 
@@ -982,7 +983,8 @@ class Daemon(Store):
         d = self.p.job(job_id)
         work = os.path.join(d, "work")
         try:
-            prepare_work(work, read_json(os.path.join(d, "spec.json"), {}), self.p.at("files"))
+            spec = read_json(os.path.join(d, "spec.json"), {})
+            prepare_work(work, spec, self.p.at("files"), self.stored)
         except (OSError, AgentError) as exc:
             self._abort(rec, f"cannot prepare the work dir: {exc}")
             return
@@ -1317,33 +1319,102 @@ class Daemon(Store):
 USE_POSIX_SPAWN = hasattr(os, "posix_spawn") and not os.environ.get("CLOUDSEND_AGENT_NO_SPAWN")
 
 
-def prepare_work(work: str, spec: dict[str, Any], files: str) -> None:
+SHA256_HEX = frozenset("0123456789abcdef")
+
+
+class StoredFiles:
+    """The content-addressed uploads (ROOT/files/<sha256>) are shared by every job that links
+    them, so no job may change one: each is made read-only (owner r, x kept), and checked
+    against its name before a job uses it, unless it is unchanged (same inode, size, mtime,
+    ctime) since it was last found intact. Read-only stops a job that writes to its input
+    (`echo >> input.txt`: Permission denied; a job of root gets a copy, see prepare_work);
+    the check catches what is left (a job's chmod): a changed copy is removed (the next
+    `cloudsend run` uploads it again) and the job that would have read it is aborted, never
+    run on the changed content."""
+
+    def __init__(self) -> None:
+        self.intact: dict[str, tuple[int, ...]] = {}  # path -> stat signature when checked
+        self.removed: set[str] = set()
+
+    @staticmethod
+    def signature(st: os.stat_result) -> tuple[int, ...]:
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def guard(self, src: str, rel: str) -> None:
+        """Make the stored file `src` read-only and check it is what was uploaded."""
+        import hashlib
+
+        try:
+            st = os.stat(src)
+        except OSError:
+            if src in self.removed:
+                raise AgentError(self.changed(rel)) from None
+            raise AgentError(f"input missing: {src} (for {rel})") from None
+        if not stat.S_ISREG(st.st_mode):
+            if st.st_mode & 0o077:  # a folder: owner-only, as everything under the root
+                os.chmod(src, 0o700)
+            return
+        mode = (stat.S_IMODE(st.st_mode) & 0o500) | 0o400
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(src, mode)
+            st = os.stat(src)
+        name = os.path.basename(src)
+        if self.intact.get(src) == self.signature(st) or len(name) != 64:
+            return
+        if not SHA256_HEX.issuperset(name):
+            return  # not content-addressed: nothing to check it against
+        digest = hashlib.sha256()
+        with open(src, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != name:
+            unlink(src)
+            self.intact.pop(src, None)
+            self.removed.add(src)
+            raise AgentError(self.changed(rel))
+        self.intact[src] = self.signature(st)
+        self.removed.discard(src)
+
+    @staticmethod
+    def changed(rel: str) -> str:
+        return (
+            f"input {rel}: the host's stored copy was changed after upload (a job wrote to "
+            "its input); it was removed and `cloudsend run` uploads it again"
+        )
+
+
+def prepare_work(
+    work: str, spec: dict[str, Any], files: str, stored: StoredFiles | None = None
+) -> None:
     """A fresh work dir with the job's inputs linked (or copied) at their relative paths.
-    Uploads in ROOT/files are made owner-only first (SFTP creates them under sshd's umask)."""
+    Uploads in ROOT/files are made read-only and checked first (StoredFiles), then linked;
+    copied instead (the job's own, writable copy) with copy: true, or when the agent runs as
+    root, whom read-only modes do not stop."""
     import shutil
 
+    stored = StoredFiles() if stored is None else stored
+    as_root = os.geteuid() == 0  # not bound by read-only modes: gets copies of the uploads
     if os.path.lexists(work):
         shutil.rmtree(work)
     os.makedirs(work)
     real_work = os.path.realpath(work)
     for rel, src in sorted((spec.get("links") or {}).items()):
         dst = os.path.join(work, safe_rel(rel))
-        try:
-            st = os.stat(src)
-        except OSError:
-            raise AgentError(f"input missing: {src} (for {rel})") from None
-        if st.st_mode & 0o077 and within(src, files):
-            os.chmod(src, 0o700 if os.path.isdir(src) else 0o600)
+        if within(src, files):
+            stored.guard(src, rel)
+        elif not os.path.exists(src):
+            raise AgentError(f"input missing: {src} (for {rel})")
         if not within(os.path.realpath(os.path.dirname(dst)), real_work):
             # e.g. "d" linked to a dir and "d/f" inside it: never write into linked inputs
             raise AgentError(f"link {rel} would be created outside the work dir")
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        if not spec.get("copy"):
+        if not (spec.get("copy") or (as_root and within(src, files))):
             os.symlink(src, dst)
         elif os.path.isdir(src):
             shutil.copytree(src, dst, symlinks=True)
         else:
             shutil.copy2(src, dst)
+            os.chmod(dst, stat.S_IMODE(os.stat(dst).st_mode) | 0o600)  # the job's own copy
 
 
 def open_fifo(path: str) -> int:

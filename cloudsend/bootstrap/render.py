@@ -20,7 +20,7 @@ from typing import Any
 from cloudsend.bootstrap import sources
 from cloudsend.bootstrap.jinja import read_template_file, render_template
 from cloudsend.config import shellwords
-from cloudsend.config.models import Config, EnvironmentConfig, JobConfig
+from cloudsend.config.models import MAX_NAME, Config, EnvironmentConfig, JobConfig, check_name
 from cloudsend.errors import BootstrapError, ConfigError
 
 # py-rattler's solve/install API is what rattler_install.py was written against (0.28);
@@ -43,10 +43,24 @@ class RenderedEnv:
     content_hash: str
 
 
-def _env_slug(name: str | None) -> str:
-    # env_id is a directory name on the host: keep it to safe characters.
-    slug = _UNSAFE_ID_CHARS.sub("-", name or "default").strip("-.")
-    return slug or "default"
+ENV_SLUG_MAX = MAX_NAME  # env ids stay far below the 200 characters the agent accepts
+
+
+def env_slug(name: str | None) -> str:
+    """The environment's part of its env_id (a folder name on every host), one per name:
+    a safe name (what the loader lets through) is its own slug; any other name (a Config
+    built in code) is made safe, shortened, and given its hash, so `py a` and `py/a` stay
+    apart and a 200-character name still makes an id the agent takes."""
+    if name is None:
+        return "default"
+    try:
+        return check_name(name)
+    except ValueError:
+        pass
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    slug = _UNSAFE_ID_CHARS.sub("-", name).replace("..", ".").strip("-.")
+    slug = slug[: ENV_SLUG_MAX - len(digest) - 1].rstrip("-.")
+    return f"{slug or 'env'}-{digest}"
 
 
 def _command_context(command: str | None) -> dict[str, Any] | None:
@@ -155,7 +169,7 @@ def render_environment(env: EnvironmentConfig, config: Config) -> RenderedEnv:
     suffix = "dev" if config.dev else content_hash[:12]
     return RenderedEnv(
         name=env.name,
-        env_id=f"{_env_slug(env.name)}-{suffix}",
+        env_id=f"{env_slug(env.name)}-{suffix}",
         script=script,
         content_hash=content_hash,
     )

@@ -9,6 +9,7 @@ from cloudsend.agent.protocol import EnvSpec, JobSpec
 from cloudsend.bootstrap import RenderedEnv, render_environment, render_job_script
 from cloudsend.config import shellwords
 from cloudsend.config.models import Config, JobConfig
+from cloudsend.errors import ConfigError
 from cloudsend.pipeline.files import FileIndex
 from cloudsend.scheduling import JobUnit, expand_jobs
 
@@ -74,8 +75,16 @@ def build_plan(config: Config, index: FileIndex) -> Plan:
     its files' content, so editing a script, an input or an environment makes new jobs that
     run, while unchanged jobs that are DONE stay done."""
     rendered: dict[str | None, RenderedEnv] = {}
+    owners: dict[str, str | None] = {}  # env_id → the environment's name
     for env_config in config.environments:
-        rendered[env_config.name] = render_environment(env_config, config)
+        made = rendered[env_config.name] = render_environment(env_config, config)
+        if made.env_id in owners:  # one folder on the hosts for two environments: refused
+            raise ConfigError(
+                f"environments {owners[made.env_id]!r} and {env_config.name!r} would share the "
+                f"folder envs/{made.env_id} on the hosts",
+                hint="rename one of them",
+            )
+        owners[made.env_id] = env_config.name
     envs: dict[int, RenderedEnv | None] = {}
     salts: dict[int, str] = {}
     for i, job in enumerate(config.jobs):

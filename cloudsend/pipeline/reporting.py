@@ -78,6 +78,27 @@ class DownReport:
     cancelled: list[str] = field(default_factory=list)
 
 
+def nothing_ran_note(
+    summary: RunSummary, submitted: int, rerun: str, unfinished_before: int = 0
+) -> str | None:
+    """What `run` says when it had nothing to run: `submitted` jobs it handed to hosts,
+    `unfinished_before` jobs not DONE yet when it began watching (still running from an
+    earlier `run`), `rerun` the command that runs everything again. None when it ran or
+    watched something, or when some job is not DONE (the table and the exit code tell)."""
+    if submitted or unfinished_before:
+        return None
+    if not summary.jobs:
+        return "nothing to run: the config has no jobs"
+    if not summary.ok:
+        return None
+    return (
+        f"nothing to run: all {len(summary.jobs)} job(s) are DONE (run {summary.run_id}), "
+        f"results in {summary.results_dir}. To run them all again: `{rerun}` (run "
+        f"{summary.run_id + 1}, from scratch: hosts wiped, environments rebuilt); an edited "
+        "job runs again by itself."
+    )
+
+
 class Reporter(Protocol):
     def phase(self, name: str, detail: str = "") -> None: ...
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cloudsend.config.layout import open_project
 from cloudsend.config.models import Config
 from cloudsend.core import FINAL, FINAL_STATES, CloudSendProcessState, JobState
 from cloudsend.errors import AgentError, CloudsendError, ProvisionError, StateError, TransportError
@@ -54,8 +55,9 @@ class Session:
         self.config = config
         self.reporter: Reporter = reporter or NullReporter()
         self.poll_wait = poll_wait
+        self.paths = open_project(config)  # the project's own state, hosts and results
         self.provider = get_provider(config)
-        self.store = Store(config.state_dir / "state.db")
+        self.store = Store(self.paths.state_db)
         self.hosts: list[Host] = []
         self._plan: Plan | None = None
         self.index = FileIndex()
@@ -98,18 +100,18 @@ class Session:
 
     @property
     def results_dir(self) -> Path:
-        return self.config.base_dir / "results" / f"run-{self.current_run()}"
+        return self.paths.results_dir(self.current_run())
 
     @property
     def tmp_dir(self) -> Path:
         """Where fetches write files before moving them into results (cleaned: fetch.py)."""
-        return self.config.state_dir / "tmp"
+        return self.paths.tmp_dir
 
     def clean_fetch_leftovers(self) -> None:
         """Remove what a killed fetch left behind (called as a fetch or a watch begins)."""
         from cloudsend.pipeline.fetch import clean_leftovers
 
-        clean_leftovers(self.tmp_dir, self.config.base_dir / "results")
+        clean_leftovers(self.tmp_dir, self.paths.results_root)
 
     def host_named(self, name: str) -> Host:
         for host in self.hosts:
@@ -356,7 +358,17 @@ class Session:
                 answer = AgentClient(host).submit(
                     [{"env_id": e.env_id, "script": e.script} for e in envs.values()], specs
                 )
-            except (TransportError, AgentError) as exc:
+            except AgentError as exc:
+                # The agent answered and refused the submission (it takes all or nothing):
+                # submitting it again would be refused again, forever. Nothing is recorded
+                # there; the run ends with why, once the other hosts have their queues.
+                self.store.set_host_health(run_id, host.name, "agent error", exc.message[:200])
+                raise AgentError(
+                    f"host {host.name} refused the jobs: {exc.message}",
+                    hint=exc.hint or "a bug, or a config the checks let through: run with "
+                    "--debug and report it",
+                ) from exc
+            except TransportError as exc:
                 # The host may or may not have them: recorded there all the same, the
                 # monitor re-submits what the host turns out not to have, or re-queues
                 # everything elsewhere if the host stays away (host_lost_after).
@@ -369,10 +381,12 @@ class Session:
             return report.files_sent, report.bytes_sent, len(accepted & set(envs))
 
         # each host reports its own counters; summed here so threads never share a counter
-        for files, nbytes, envs_built in self.each_host(submit, hosts):
+        group = self.each_host(submit, hosts)
+        for files, nbytes, envs_built in group:
             self.files_sent += files
             self.bytes_sent += nbytes
             self.envs_submitted += envs_built
+        group.raise_failure()  # a refusal (AgentError): transport errors stay in submit
         return assignment
 
     # ---- watching ------------------------------------------------------------------------
@@ -446,7 +460,8 @@ class Session:
         if updates:
             self.store.update_states(run_id, updates)
         for env_id, env in status.get("envs", {}).items():
-            if env.get("state") == "FAILED":
+            # only this plan's: a host keeps environments of earlier edits (and their failures)
+            if env.get("state") == "FAILED" and env_id in self.plan.envs:
                 self.env_failures[env_id] = env.get("log_tail", "")
 
     # ---- the rest of the lifecycle -------------------------------------------------------

@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 
+from cloudsend.config.layout import project_paths
 from cloudsend.config.models import Config, InstanceConfig
 from cloudsend.providers.base import Host, Machines, Preview
 from cloudsend.scheduling import explode_instances
@@ -26,7 +27,7 @@ class LocalProvider:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.unreachable: dict[str, str] = {}
-        self.hosts_dir = config.state_dir / "hosts"
+        self.hosts_dir = project_paths(config).hosts_dir  # the project's own
 
     def shapes(self) -> list[tuple[str, int]]:
         """(name, cpus) of every host `up` makes, known without making them."""

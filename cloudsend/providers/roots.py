@@ -12,10 +12,9 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from cloudsend.config.layout import MARKER, marker_text
 from cloudsend.errors import ProvisionError
 from cloudsend.providers.base import Host
-
-MARKER = ".cloudsend-root"
 
 # What the shell snippets print (one of these on the first line of their output).
 CLAIMED = "__cloudsend_root_ok__"
@@ -31,10 +30,6 @@ LEGACY_NAMES = (
     *("agent.py", "agent.json", "agent.pid", "agent.lock", "agent.log", "version"),
     *("status.json", "wake", "inbox", "files", "envs", "jobs", "outbox", "__pycache__"),
 )
-
-
-def marker_text(project: str) -> str:
-    return f"cloudsend root of project {project}"
 
 
 def _quoted(root: str, project: str) -> tuple[str, str, str]:
