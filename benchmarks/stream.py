@@ -64,7 +64,7 @@ def peak_rss(args: list[str], cwd: Path, stdout: int | None = None) -> tuple[flo
 
 
 class DiskWatch:
-    """The most disk the project folder (hosts included: .cloudsend/hosts) took beyond its
+    """The most disk the project folder (its local hosts included) took beyond its
     start, sampled every 0.2 s (a walk of the folder: the machine's other users do not count)."""
 
     def __init__(self, path: Path) -> None:

@@ -334,7 +334,7 @@ def _expire_host(project: Project, client: Any, moto_aws: Any, name: str, instan
     then EC2 reports it terminated by its own shutdown."""
     import shutil
 
-    root = project.path / ".cloudsend" / "hosts" / name
+    root = project.state_dir() / "hosts" / name
     store, run_id = client.session.store, client.session.current_run()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not any(

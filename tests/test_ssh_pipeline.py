@@ -57,7 +57,6 @@ def test_sshd_killed_mid_run_and_restarted(
     cfg = project.config(ssh_config(hosts, ledger, jobs=8, sleep=1.5))
     spy = FetchSpy(monkeypatch)
     jobs_at_kill: list[str] = []
-    state_db = project.path / ".cloudsend" / "state.db"
 
     def kill_then_restart() -> None:
         # a job running on the victim (its agent is detached, so the job survives the kill)
@@ -68,7 +67,9 @@ def test_sshd_killed_mid_run_and_restarted(
         jobs_at_kill.extend(processes_under(victim.root))
         # the outage lasts until cloudsend has seen it (the host recorded unreachable)
         wait_until(
-            lambda: host_health(state_db, pname(victim)) == "unreachable", 60, "the outage seen"
+            lambda: host_health(project.state_dir() / "state.db", pname(victim)) == "unreachable",
+            60,
+            "the outage seen",
         )
         victim.start()
 
