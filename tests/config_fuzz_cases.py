@@ -5,7 +5,8 @@ Three realistic bases (tests/configs/quickstart.yaml, tests/configs/seed_config.
 small echo-only config that `cloudsend run` can really run) are mutated as data (dropped and
 renamed keys, wrong types, extreme numbers, null bytes, RTL marks, 100 kB strings) and then
 written as YAML or Python, and hostile texts are made around them (deep nesting, encodings,
-truncation, alias bombs, bad tags, two documents, 10 MB files, Python files that misbehave).
+truncation, alias bombs, bad tags, two documents, files over the size cap,
+Python files that misbehave).
 
 Each Case says what `cloudsend validate` must answer when that is known (`expect`: 0 or 2;
 None: either, as long as it is one of them).
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from cloudsend.config.sources import MAX_FILE_BYTES
 
 FIXTURES = Path(__file__).parent / "configs"
 MB = 1024 * 1024
@@ -497,13 +500,13 @@ def generate(seed: int) -> list[Case]:
     ):
         add("two-documents", ".yaml", text, expect)
 
-    # Big files: 10 MB ones (over the size limit) and ones just under it.
-    ten = 10 * MB
-    add("big-file", ".yaml", "# " + "x" * ten + "\n" + echo_text, 2)
-    add("big-file", ".yaml", "project: '" + "a" * ten + "'\n", 2)
-    add("big-file", ".yaml", "jobs:\n" + "  - run_command: echo hi\n" * (ten // 24), 2)
-    add("big-file", ".yaml", "jobs: [" + "1," * (ten // 2) + "]\n", 2)
-    add("big-file", ".py", "config = {'jobs': []}\n" + "# padding\n" * (ten // 10), 2)
+    # Big files: ones over the size limit and ones well under it.
+    over = MAX_FILE_BYTES + MB
+    add("big-file", ".yaml", "# " + "x" * over + "\n" + echo_text, 2)
+    add("big-file", ".yaml", "project: '" + "a" * over + "'\n", 2)
+    add("big-file", ".yaml", "jobs:\n" + "  - run_command: echo hi\n" * (over // 24), 2)
+    add("big-file", ".yaml", "jobs: [" + "1," * (over // 2) + "]\n", 2)
+    add("big-file", ".py", "config = {'jobs': []}\n" + "# padding\n" * (over // 10), 2)
     under = 4 * MB - 4096
     add("big-file", ".yaml", "# " + "x" * under + "\n" + echo_text, 0)
     add("big-file", ".yaml", "jobs:\n  - run_command: 'echo " + "y" * under + "'\n", 0)
