@@ -23,7 +23,7 @@ import pytest
 
 from cloudsend.scheduling import reactions as r
 from tests.conftest import Project
-from tests.test_instance_monitor_pipeline import TAGS, MotoPairedLocal
+from tests.test_instance_monitor_pipeline import TAGS, MotoPairedLocal, paired_client
 
 SELF = "Client.InstanceInitiatedShutdown"
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -298,34 +298,8 @@ class Recording(MotoPairedLocal):
 
 
 def _client(project: Project, moto_aws: Any, *, hosts: int, jobs: int, sleep: float) -> Any:
-    from cloudsend.api import SyncClient
-    from cloudsend.pipeline.reporting import NullReporter
-
-    cfg = project.config(
-        f"""
-        project: mon
-        host_lost_after: 600
-        instances:
-          - cpus: 2
-            number: {hosts}
-        jobs:
-          - run_command: sleep {sleep}; echo "$CLOUDSEND_JOB_ID" > out.txt
-            output_file: out.txt
-            repeat: {jobs}
-        """
-    )
-    notices: list[str] = []
-
-    class Recorder(NullReporter):
-        def notice(self, message: str) -> None:
-            notices.append(message)
-
-    client = SyncClient(cfg, Recorder(), poll_wait=0.5)
-    provider = Recording(client.config, moto_aws.session())
-    provider.replaced = []
-    client.session.provider = provider
-    client.session.instance_poll = 0.5
-    client.notices = notices
+    client = paired_client(project, moto_aws, jobs, sleep, hosts=hosts, provider=Recording)
+    client.session.provider.replaced = []
     return client
 
 

@@ -49,7 +49,15 @@ class MotoPairedLocal(LocalProvider):
         return []  # re-creating needs `pulumi up`, which cannot run here
 
 
-def _client(project: Project, moto_aws: Any, jobs: int, sleep: float) -> Any:
+def paired_client(
+    project: Project,
+    moto_aws: Any,
+    jobs: int,
+    sleep: float,
+    hosts: int = 3,
+    provider: type[MotoPairedLocal] = MotoPairedLocal,
+) -> Any:
+    """A client over `hosts` local hosts paired with moto instances (`provider` builds them)."""
     from cloudsend.api import SyncClient
     from cloudsend.pipeline.reporting import NullReporter
 
@@ -59,7 +67,7 @@ def _client(project: Project, moto_aws: Any, jobs: int, sleep: float) -> Any:
         host_lost_after: 600
         instances:
           - cpus: 2
-            number: 3
+            number: {hosts}
         jobs:
           - run_command: sleep {sleep}; echo "$CLOUDSEND_JOB_ID" > out.txt
             output_file: out.txt
@@ -73,7 +81,7 @@ def _client(project: Project, moto_aws: Any, jobs: int, sleep: float) -> Any:
             notices.append(message)
 
     client = SyncClient(cfg, Recorder(), poll_wait=0.5)
-    client.session.provider = MotoPairedLocal(client.config, moto_aws.session())
+    client.session.provider = provider(client.config, moto_aws.session())
     client.session.instance_poll = 0.5
     client.notices = notices
     return client
@@ -84,7 +92,7 @@ def test_spot_interruption_requeues_jobs_and_auto_stop_stops_machines(
 ) -> None:
     names = ["local-0-0", "local-0-1", "local-0-2"]
     ids = dict(zip(names, moto_aws.run_instances(3, TAGS, spot=True, names=names), strict=True))
-    client = _client(project, moto_aws, jobs=9, sleep=2)
+    client = paired_client(project, moto_aws, jobs=9, sleep=2)
     victim = project.path / ".cloudsend/projects/mon/hosts/local-0-1"
 
     def interrupt() -> None:
@@ -137,7 +145,7 @@ def test_spot_interruption_requeues_jobs_and_auto_stop_stops_machines(
 def test_a_stopped_instance_is_started_again(project: Project, moto_aws: Any) -> None:
     names = ["local-0-0", "local-0-1", "local-0-2"]
     ids = dict(zip(names, moto_aws.run_instances(3, TAGS, names=names), strict=True))
-    client = _client(project, moto_aws, jobs=3, sleep=3)
+    client = paired_client(project, moto_aws, jobs=3, sleep=3)
     try:
         client.start()
         client.deploy()
@@ -160,7 +168,7 @@ def test_handed_back_jobs_skip_stopped_hosts_and_wake_them_when_alone(
 
     names = ["local-0-0", "local-0-1", "local-0-2"]
     ids = dict(zip(names, moto_aws.run_instances(3, TAGS, names=names), strict=True))
-    client = _client(project, moto_aws, jobs=3, sleep=0)
+    client = paired_client(project, moto_aws, jobs=3, sleep=0)
     monitor: Any = None
     try:
         client.start()
