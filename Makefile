@@ -10,7 +10,7 @@ install:
 quickstart:
 	$(PYTHON) -m pip install -q -e .
 	cloudsend run examples/quickstart.yaml
-	@latest=$$(ls -d examples/results/run-* | sort -V | tail -1); \
+	@latest=$$(ls -d examples/results/quickstart/run-* | sort -V | tail -1); \
 	  first=$$(ls $$latest/*/report.txt | head -1); \
 	  echo; echo "== $$first =="; cat "$$first"
 
