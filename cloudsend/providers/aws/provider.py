@@ -162,9 +162,14 @@ class AwsProvider:
             self.config, public_key=key.public_openssh, ssh_cidrs=cidrs, default_region=region
         )
         wanted = {(i.region, i.type) for i in draft.instances if i.ami is None}
-        if draft.maestro is not None and draft.maestro.ami is None:
-            wanted.add((draft.maestro.region, draft.maestro.type))
         amis = ami.ubuntu_amis(self.session(), wanted) if wanted else None
+        maestro = draft.maestro
+        if maestro is not None and maestro.ami is None:
+            try:  # its own lookup: a bad maestro_type is named as such
+                found = ami.ubuntu_amis(self.session(), {(maestro.region, maestro.type)})
+            except ProvisionError as exc:
+                raise ProvisionError(f"maestro_type: {exc.message}", hint=exc.hint) from None
+            amis = {**(amis or {}), **found}
         spec = stack_spec(
             self.config,
             public_key=key.public_openssh,
