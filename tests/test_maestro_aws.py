@@ -359,6 +359,18 @@ def test_cli_refuses_a_shared_backend_without_secrets_with_one_message(
     assert "Traceback" not in text
 
 
+def test_offline_preview_says_up_would_refuse_the_shared_backend(clean_env: Path) -> None:
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    path = clean_env / "team.yaml"
+    path.write_text(
+        "project: demo\nprovider: aws\nregion: us-east-1\nstate_backend: s3://team/x\n"
+        "instances:\n  - {type: t3.micro}\njobs:\n  - run_command: 'true'\n"
+    )
+    preview = AwsProvider(load_config(path)).preview(offline=True)
+    assert any("no secrets provider" in w and "`up` refuses" in w for w in preview.warnings)
+
+
 def test_shared_ssh_cidrs_keep_every_caller() -> None:
     assert shared_ssh_cidrs([], [], "198.51.100.1/32") == ["198.51.100.1/32"]
     # the second caller is added, the first stays

@@ -205,6 +205,14 @@ class AwsProvider:
 
         return SharedState.from_outputs(self._engine(lambda: None).outputs())
 
+    def secrets_notes(self) -> list[str]:
+        """Offline preview: what `up` would refuse about a shared backend's secrets."""
+        try:
+            self._engine(lambda: None).check_secrets()
+        except ProvisionError as exc:
+            return [f"{exc.message} (`up` refuses this)"]
+        return []
+
     def default_region(self, *, offline: bool = False) -> str:
         """config `region:`, else boto3's chain (AWS_REGION, AWS_DEFAULT_REGION, profile), else
         us-east-1: the same for plan, down, the monitor and the leak check (offline too)."""
@@ -271,7 +279,7 @@ class AwsProvider:
                 self.check_budget(cost)
             resources = declared_resources(spec)
             notes = [] if self.config.aws.ssh_cidrs else [OFFLINE_CIDR_NOTE]
-            notes += [*plan_notes(spec, shared=False)]
+            notes += [*plan_notes(spec, shared=False), *self.secrets_notes()]
             notes += [*cost.warnings, *self.budget_warnings(cost)]
             return Preview(
                 "aws", len(spec.instances), resources=resources, cost=cost, warnings=notes
