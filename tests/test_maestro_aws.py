@@ -454,3 +454,72 @@ def test_the_stack_key_output_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> No
     assert outputs["stack_key"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
     assert outputs["stack_key__is_secret"] is True
     assert "ssh_cidrs__is_secret" not in outputs  # a plain list, not worth hiding
+
+
+def _stub_pulumi_with_outputs(bin_dir: Path, outputs: dict[str, Any]) -> None:
+    """A stand-in `pulumi` (the real CLI cannot be installed here) that answers the SDK's
+    version probe and set-up commands, and `stack output --json` with a recorded stack's
+    outputs; it never pretends to preview or deploy."""
+    data = bin_dir / "outputs.json"
+    data.write_text(json.dumps(outputs))
+    script = bin_dir / "pulumi"
+    script.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do case "$a" in\n'
+        "  version) echo v3.272.0; exit 0;;\n"
+        f"  output) cat {data}; exit 0;;\n"
+        '  preview|up|destroy|refresh) echo "error: stand-in pulumi" >&2; exit 255;;\n'
+        "esac; done\nexit 0\n"
+    )
+    script.chmod(0o755)
+
+
+def test_second_users_plan_reads_the_stack_key_and_callers_from_the_stack(
+    moto_aws: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through AwsProvider.plan and the real Automation API: Bob's plan of Alice's shared stack
+    installs Alice's key (from the stack's outputs) and keeps her address in the SSH rule."""
+    import http.server
+    import threading
+
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    alice_key = stack_key("demo", "demo", keys_dir=tmp_path / "alice-keys")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stub_pulumi_with_outputs(
+        bin_dir, {"stack_key": private_openssh(alice_key), "ssh_cidrs": ["198.51.100.1/32"]}
+    )
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("HOME", str(tmp_path / "bob"))
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "the team's passphrase")
+
+    class Ip(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"203.0.113.9\n")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Ip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("CLOUDSEND_PUBLIC_IP_URL", f"http://127.0.0.1:{server.server_port}/")
+    try:
+        path = tmp_path / "team.yaml"
+        path.write_text(
+            "project: demo\nprovider: aws\nregion: us-east-1\nmaestro: remote\n"
+            "state_backend: s3://team-state/cloudsend\n"
+            "instances:\n  - {type: t3.small, img_id: ami-12345678}\n"
+            "jobs:\n  - run_command: 'true'\n"
+        )
+        spec = AwsProvider(load_config(path)).plan()
+    finally:
+        server.shutdown()
+    assert spec.public_key == alice_key.public_openssh
+    assert spec.private_key == private_openssh(alice_key)
+    assert spec.ssh_cidrs == ("198.51.100.1/32", "203.0.113.9/32")
+    bob_file = tmp_path / "bob" / ".cloudsend" / "keys" / "demo--demo"
+    assert bob_file.read_text() == alice_key.private_path.read_text()
+    assert spec.maestro is not None and spec.maestro.ami  # looked up like the workers'
