@@ -56,6 +56,7 @@ def _stub_pulumi(bin_dir: Path, record: Path) -> None:
         f' "$@" >> {shlex.quote(str(record))}\n'
         'for a in "$@"; do case "$a" in\n'
         "  version) echo v3.272.0; exit 0;;\n"
+        "  output) echo '{}'; exit 0;;\n"  # `stack output --json`: a stack without outputs
         '  preview|up|destroy|refresh) echo "error: stand-in pulumi: no engine" >&2; exit 255;;\n'
         "esac; done\nexit 0\n"
     )
@@ -145,11 +146,13 @@ def test_backend_for_profile(url: str, profile: str | None, expected: str) -> No
 
 
 def test_online_preview_runs_pulumi_with_the_profile_and_refreshes(
-    moto_aws: Any, home: Path, stub_cli: Path, tmp_path: Path
+    moto_aws: Any, home: Path, stub_cli: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Items 1 and 7 through the provider: every pulumi call gets AWS_PROFILE, the s3 backend
     names the profile, and the preview is a refreshed one (`pulumi preview --refresh`)."""
     _write_profile(moto_aws, "team")
+    # a shared (s3://) backend needs a secrets provider the team shares (issue 11)
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "team-passphrase")
     provider = _aws_provider(
         tmp_path,
         "project: prof\nprovider: aws\nprofile: team\nregion: us-east-1\n"

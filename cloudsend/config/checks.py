@@ -38,11 +38,20 @@ MAX_PATH = 4096
 def check_and_resolve(config: Config) -> list[Issue]:
     """Validate `config` in place (resolving paths); return the problems found."""
     issues: list[Issue] = []
-    if config.maestro == "remote":
+    if config.maestro == "remote" and config.provider != "aws":
         issues.append(
             Issue(
                 ("maestro",),
-                "remote is not supported yet (coming in a later release); use maestro: local",
+                f"remote is not supported on provider {config.provider} yet; use maestro: "
+                "local, or provider: aws",
+            )
+        )
+    if config.aws.maestro_type is not None and config.maestro != "remote":
+        issues.append(
+            Issue(
+                ("maestro_type",),
+                "maestro_type is only used with maestro: remote",
+                hint="set maestro: remote, or remove maestro_type",
             )
         )
     _check_hosts(config, issues)

@@ -418,6 +418,11 @@ class AwsSettings(_Model):
         default_factory=list,
         description="aws: managed policies attached to the instances' role (none by default).",
     )
+    maestro_type: str | None = Field(
+        None,
+        description="aws, maestro: remote: the maestro's instance type (on-demand); "
+        "default t3.micro.",
+    )
     max_cost_per_hour: float | None = Field(
         None,
         gt=0,
@@ -471,7 +476,9 @@ class Config(_Model):
         "and streams bootstrap output, 3 also paramiko's logs.",
     )
     maestro: Literal["local", "remote"] = Field(
-        "local", description="Where the orchestrator runs; only 'local' for now."
+        "local",
+        description="Where the orchestrator (the watcher) runs: this machine (local), or "
+        "remote (aws: a small on-demand instance in the stack, see maestro_type).",
     )
     auto_stop: bool = Field(True, description="Stop instances once their jobs are done.")
     provider: Literal["local", "ssh", "aws"] = Field(

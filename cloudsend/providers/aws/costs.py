@@ -34,7 +34,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from cloudsend.providers.aws.spec import StackSpec
+from cloudsend.providers.aws.spec import InstanceSpec, MaestroSpec, StackSpec
 
 LivePrices = Mapping[tuple[str, str], Mapping[str, float | None]]
 
@@ -201,6 +201,24 @@ def estimate(spec: StackSpec, live: LivePrices | None = None) -> CostEstimate:
                 eco_life_hours=life,
             )
         )
+    if spec.maestro is not None:  # maestro: remote, always on-demand
+        m = spec.maestro
+        price, source = _lookup(table, live, m.region, m.type, "on_demand")
+        if price is None:
+            warnings.append(
+                f"no on-demand price known for the maestro's {m.type} in {m.region} "
+                f"(table of {table['as_of']}): not counted in the total"
+            )
+        lines.append(
+            CostLine(
+                name=m.name,
+                type=m.type,
+                region=m.region,
+                market="on-demand",
+                hourly=price,
+                source=source,
+            )
+        )
     window = max((line.eco_life_hours or 0.0 for line in lines), default=0.0) or None
     if window is not None:
         # the whole plan over the window: spot lines end at their eco_life, others run on
@@ -231,8 +249,13 @@ def charge_lines(spec: StackSpec, window: float | None, warnings: list[str]) -> 
     region) in order of appearance; over the eco_life `window` each instance's share counts
     for the hours it runs (its own eco_life when it is a spot one with one)."""
     sums: dict[tuple[str, str], list[float]] = {}  # (name, region) → [amount, hourly, total]
-    for inst in spec.instances:
-        hours = (inst.eco_life_hours if inst.eco else None) or window or 0.0
+    machines: list[InstanceSpec | MaestroSpec] = [*spec.instances]
+    if spec.maestro is not None:
+        machines.append(spec.maestro)
+    for inst in machines:
+        eco = isinstance(inst, InstanceSpec) and inst.eco
+        life = inst.eco_life_hours if isinstance(inst, InstanceSpec) and eco else None
+        hours = life or window or 0.0
         items = [("public IPv4", 1.0, PUBLIC_IPV4_HOURLY)]
         rate = EBS_GB_MONTH.get(inst.disk_type)
         if rate is None:

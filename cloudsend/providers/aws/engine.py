@@ -35,6 +35,7 @@ __all__ = [
     "changes_from_events",
     "default_state_dir",
     "ensure_passphrase_file",
+    "is_shared_backend",
     "provision_error",
 ]
 
@@ -65,6 +66,12 @@ def backend_for_profile(url: str, profile: str | None) -> str:
         return url
     extra = f"profile={quote(profile, safe='')}"
     return f"{base}?{query}&{extra}" if query else f"{base}?{extra}"
+
+
+def is_shared_backend(url: str | None) -> bool:
+    """A state backend other machines reach (s3://, gs://, azblob://, https://): not the
+    default or another file:// one."""
+    return bool(url) and not str(url).startswith("file://")
 
 
 def default_state_dir() -> Path:
@@ -136,10 +143,30 @@ class Engine:
             env[PASSPHRASE_FILE_ENV] = str(ensure_passphrase_file(self._passphrase_path))
         return env
 
+    @property
+    def shared(self) -> bool:
+        """True for a state backend teammates reach too (s3://, Pulumi Cloud...): not file://."""
+        return is_shared_backend(self.backend_url)
+
+    def check_secrets(self) -> None:
+        """A shared backend needs secrets every teammate can decrypt (the stack key is one):
+        cloudsend's generated passphrase file exists on this machine only, so refuse it."""
+        if self.shared and self.uses_passphrase_file:
+            where = self.backend_url.split("?", 1)[0]  # a query may carry a profile or more
+            raise ProvisionError(
+                f"stack {self.stack_name} uses the shared state backend {where} but no "
+                "secrets provider: cloudsend's generated passphrase lives in a file on this "
+                "machine only, so a teammate could not decrypt the stack's secrets (its SSH key)",
+                hint="set `secrets_provider: awskms://alias/NAME?region=REGION` in the config "
+                f"(a KMS key the team may use), or export {PASSPHRASE_ENV} (or "
+                f"{PASSPHRASE_FILE_ENV}) with a passphrase the team shares",
+            )
+
     def stack(self) -> Stack:
         """Create or select the stack (once per Engine), set aws:region, install plugins."""
         if self._stack is not None:
             return self._stack
+        self.check_secrets()
         env_vars = self.workspace_env()
         self._collect_secret_values()
         with self._errors("stack select"):

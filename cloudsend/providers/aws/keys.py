@@ -63,6 +63,42 @@ def stack_key(project: str, stack: str, keys_dir: Path | None = None) -> KeyPair
     return KeyPair(private_path=path, public_openssh=public)
 
 
+def private_openssh(pair: KeyPair) -> str:
+    """The private key's text (for the stack's secret output only; never printed)."""
+    return pair.private_path.read_text()
+
+
+def adopt_key(
+    project: str, stack: str, private_key: str, keys_dir: Path | None = None
+) -> KeyPair:
+    """Make `private_key` (the stack's key, read from its secret output) this machine's key
+    for the stack: a teammate's `up` then installs the same public key as the first user's.
+    A different local key for the stack is kept beside it as `<name>.replaced-<n>`."""
+    directory = keys_dir if keys_dir is not None else default_keys_dir()
+    _private_dir(directory)
+    stem = f"{_SAFE.sub('-', project)}--{_SAFE.sub('-', stack)}"
+    path = directory / stem
+    text = private_key if private_key.endswith("\n") else private_key + "\n"
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _load(tmp)  # refuse something that is not an ed25519 key before it replaces one
+            if path.exists():
+                n = 1
+                while path.with_name(f"{stem}.replaced-{n}").exists():
+                    n += 1
+                os.link(path, path.with_name(f"{stem}.replaced-{n}"))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return stack_key(project, stack, keys_dir=directory)
+
+
 def _private_dir(directory: Path) -> None:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     # mkdir's mode is filtered by the umask and ignored for an existing dir: enforce it.

@@ -120,7 +120,8 @@ class OfflineMocks(Mocks):
 
 def offline_plan(spec: StackSpec, mocks: OfflineMocks | None = None) -> OfflinePlan:
     """Run the program for `spec` under mocks; resources sorted by (type, name) + outputs."""
-    mocks = mocks if mocks is not None else OfflineMocks([i.name for i in spec.instances])
+    names = [i.name for i in spec.instances] + ([spec.maestro.name] if spec.maestro else [])
+    mocks = mocks if mocks is not None else OfflineMocks(names)
     outputs = run_mocked(make_program(spec), mocks, project=spec.project, stack=spec.stack)
     resources = sorted(mocks.records, key=lambda r: (r["type"], r["name"]))
     return OfflinePlan(resources=resources, outputs=outputs)

@@ -12,6 +12,10 @@ Four ComponentResources, each with a typed args dataclass and its children paren
 - `Identity` (once; IAM is global): a role only EC2 can assume, its instance profile, and the
   managed policies the config lists — no inline policy, so by default no permission at all.
 - `Compute` (per region): one `ec2.Instance` per InstanceSpec.
+- `Maestro` (maestro: remote, in the default region): a small on-demand instance with a
+  security group of its own (SSH from `spec.ssh_cidrs` only), admitted by the workers' group;
+  its role may only describe EC2 and stop/start/terminate instances tagged with this stack
+  (an inline policy with IAM conditions on the stack's tags; no AWS credentials anywhere).
 
 Every region, the default included, gets an explicit `aws.Provider`: resources must never
 depend on an ambient `aws:region` setting that may name another region than the spec.
@@ -27,6 +31,7 @@ clock would replace every spot instance at every `up`).
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +40,13 @@ import pulumi
 import pulumi_aws as aws
 
 from cloudsend.errors import ConfigError
-from cloudsend.providers.aws.spec import ECO_LIFE_TAG, InstanceSpec, StackSpec, eco_life_minutes
+from cloudsend.providers.aws.spec import (
+    ECO_LIFE_TAG,
+    InstanceSpec,
+    MaestroSpec,
+    StackSpec,
+    eco_life_minutes,
+)
 
 _EC2_TRUST_POLICY = (
     '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", '
@@ -163,6 +174,8 @@ class AccessArgs:
     ssh_cidrs: Sequence[str]
     public_key: str
     tags: dict[str, str]
+    # maestro: remote: the maestro's security group, admitted on port 22 beside ssh_cidrs
+    maestro_group_id: pulumi.Input[str] | None = None
 
 
 class Access(pulumi.ComponentResource):
@@ -185,11 +198,22 @@ class Access(pulumi.ComponentResource):
             ipv6_cidr_blocks=v6 or None,
             description="SSH",
         )
+        ingress = [ssh]
+        if args.maestro_group_id is not None:
+            ingress.append(
+                aws.ec2.SecurityGroupIngressArgs(
+                    protocol="tcp",
+                    from_port=22,
+                    to_port=22,
+                    security_groups=[args.maestro_group_id],
+                    description="SSH from the maestro",
+                )
+            )
         group = aws.ec2.SecurityGroup(
             f"{name}-sg",
             description="cloudsend: SSH from the allowed ranges only",
             vpc_id=args.vpc_id,
-            ingress=[ssh],
+            ingress=ingress,
             # Hosts install packages and fetch data: outbound stays open.
             egress=[
                 {
@@ -249,6 +273,153 @@ class Identity(pulumi.ComponentResource):
         self.role_name = role.name
         self.instance_profile = profile.name
         self.register_outputs({"role": self.role_name, "instance_profile": self.instance_profile})
+
+
+# What the watcher on a remote maestro calls (monitor.py, power.py, pricing.py): reads, which
+# EC2 does not scope to resources, and power actions only on this stack's tagged instances.
+MAESTRO_READ_ACTIONS = (
+    "ec2:DescribeInstances",
+    "ec2:DescribeInstanceStatus",
+    "ec2:DescribeInstanceTypes",
+    "ec2:DescribeSpotInstanceRequests",
+    "ec2:DescribeSpotPriceHistory",
+)
+MAESTRO_POWER_ACTIONS = ("ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances")
+
+
+def maestro_policy(region: str, tags: Mapping[str, str]) -> dict[str, Any]:
+    """The maestro role's only permissions: EC2 reads, and start/stop/terminate of the
+    instances (in `region`) that carry every one of the stack's tags (project and stack: two
+    projects may both have a stack "dev")."""
+    if not tags:
+        raise ConfigError("the maestro's policy needs the stack's tags (it would reach everything)")
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ReadEc2",
+                "Effect": "Allow",
+                "Action": list(MAESTRO_READ_ACTIONS),
+                "Resource": "*",  # Describe* calls support no resource-level permission
+            },
+            {
+                "Sid": "PowerThisStacksInstances",
+                "Effect": "Allow",
+                "Action": list(MAESTRO_POWER_ACTIONS),
+                "Resource": f"arn:aws:ec2:{region}:*:instance/*",
+                "Condition": {
+                    "StringEquals": {
+                        f"aws:ResourceTag/{key}": value for key, value in sorted(tags.items())
+                    }
+                },
+            },
+        ],
+    }
+
+
+@dataclass
+class MaestroArgs:
+    spec: MaestroSpec
+    vpc_id: pulumi.Input[str]
+    ssh_cidrs: Sequence[str]
+    tags: dict[str, str]
+
+
+class Maestro(pulumi.ComponentResource):
+    """The remote maestro: its security group and identity at construction (the workers'
+    group admits the former), its instance at `launch` (it needs the stack's key pair)."""
+
+    security_group_id: pulumi.Output[str]
+    instance_profile: pulumi.Output[str]
+    instance: aws.ec2.Instance
+
+    def __init__(self, name: str, args: MaestroArgs, opts: pulumi.ResourceOptions) -> None:
+        super().__init__("cloudsend:aws:Maestro", name, None, opts)
+        if not args.ssh_cidrs:
+            raise ConfigError("no SSH source range: refusing to open port 22 to everyone")
+        self.args = args
+        child = pulumi.ResourceOptions(parent=self)
+        v4 = [c for c in args.ssh_cidrs if ":" not in c]
+        v6 = [c for c in args.ssh_cidrs if ":" in c]
+        group = aws.ec2.SecurityGroup(
+            f"{name}-sg",
+            description="cloudsend maestro: SSH from the allowed ranges only",
+            vpc_id=args.vpc_id,
+            ingress=[
+                aws.ec2.SecurityGroupIngressArgs(
+                    protocol="tcp",
+                    from_port=22,
+                    to_port=22,
+                    cidr_blocks=v4 or None,
+                    ipv6_cidr_blocks=v6 or None,
+                    description="SSH",
+                )
+            ],
+            egress=[
+                {
+                    "protocol": "-1",
+                    "from_port": 0,
+                    "to_port": 0,
+                    "cidr_blocks": ["0.0.0.0/0"],
+                    "ipv6_cidr_blocks": ["::/0"],
+                }
+            ],
+            tags=_tags(args.tags, f"{name}-sg"),
+            opts=child,
+        )
+        role = aws.iam.Role(
+            f"{name}-role",
+            assume_role_policy=_EC2_TRUST_POLICY,
+            description="cloudsend maestro: EC2 reads, power on this stack's instances only",
+            tags=_tags(args.tags, f"{name}-role"),
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-policy",
+            role=role.name,
+            policy=json.dumps(maestro_policy(args.spec.region, args.tags), sort_keys=True),
+            opts=child,
+        )
+        profile = aws.iam.InstanceProfile(
+            f"{name}-profile", role=role.name, tags=_tags(args.tags, f"{name}-profile"), opts=child
+        )
+        self.security_group_id = group.id
+        self.instance_profile = profile.name
+
+    def launch(
+        self, subnet_id: pulumi.Input[str], key_name: pulumi.Input[str], ami: pulumi.Input[str]
+    ) -> aws.ec2.Instance:
+        spec = self.args.spec
+        tags = {**_tags(self.args.tags, spec.name), "cloudsend:role": "maestro"}
+        self.instance = aws.ec2.Instance(
+            spec.name,
+            instance_type=spec.type,
+            ami=ami,
+            subnet_id=subnet_id,
+            associate_public_ip_address=True,
+            vpc_security_group_ids=[self.security_group_id],
+            key_name=key_name,
+            iam_instance_profile=self.instance_profile,
+            root_block_device={
+                "volume_size": spec.disk_size,
+                "volume_type": spec.disk_type,
+                "delete_on_termination": True,
+                "encrypted": True,
+                "tags": tags,
+            },
+            metadata_options={"http_endpoint": "enabled", "http_tokens": "required"},
+            tags=tags,
+            # like the workers: a newer latest-Ubuntu does not replace a running maestro
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["ami"]),
+        )
+        self.register_outputs(
+            {
+                "instance": self.instance.id,
+                "security_group_id": self.security_group_id,
+                "instance_profile": self.instance_profile,
+            }
+        )
+        return self.instance
 
 
 @dataclass
@@ -343,7 +514,7 @@ def _cpu_args(spec: InstanceSpec) -> dict[str, Any]:
 
 
 def _latest_ubuntu(
-    members: Sequence[InstanceSpec], parent: pulumi.Resource
+    members: Sequence[InstanceSpec | MaestroSpec], parent: pulumi.Resource
 ) -> dict[str, pulumi.Input[str]]:
     """arch → the latest Ubuntu LTS image of the region (SSM public parameter), for the
     instances that have no AMI given; looked up through the region's provider (the parent's)."""
@@ -360,7 +531,12 @@ def _latest_ubuntu(
 
 
 def declare(spec: StackSpec) -> dict[str, aws.ec2.Instance]:
-    """Declare every resource of `spec`; returns the instances by name."""
+    """Declare every resource of `spec`; returns the instances by name (see declare_all)."""
+    return declare_all(spec)[0]
+
+
+def declare_all(spec: StackSpec) -> tuple[dict[str, aws.ec2.Instance], aws.ec2.Instance | None]:
+    """Declare every resource of `spec`; returns the instances by name and the maestro."""
     # profile: the same account as boto3's lookups, the monitor and the leak check (an
     # ambient AWS_PROFILE or default credentials could name another one).
     providers = {
@@ -373,20 +549,47 @@ def declare(spec: StackSpec) -> dict[str, aws.ec2.Instance]:
         pulumi.ResourceOptions(provider=providers[spec.region]),
     )
     instances: dict[str, aws.ec2.Instance] = {}
+    maestro_instance: aws.ec2.Instance | None = None
     for region in spec.regions:
         members = spec.in_region(region)
-        if not members:
+        maestro_spec = spec.maestro_in(region)
+        if not members and maestro_spec is None:
             continue  # the default region may hold only IAM
         opts = pulumi.ResourceOptions(provider=providers[region])
         prefix = f"{spec.project}-{region}"
         network = Network(
             prefix, NetworkArgs(spec.tags, spec.vpc_ids.get(region), spec.zones(region)), opts
         )
+        maestro = None
+        if maestro_spec is not None:
+            maestro = Maestro(
+                f"{spec.project}-maestro",
+                MaestroArgs(maestro_spec, network.vpc_id, spec.ssh_cidrs, spec.tags),
+                opts,
+            )
         access = Access(
             prefix,
-            AccessArgs(network.vpc_id, spec.ssh_cidrs, spec.public_key, spec.tags),
+            AccessArgs(
+                network.vpc_id,
+                spec.ssh_cidrs,
+                spec.public_key,
+                spec.tags,
+                maestro_group_id=maestro.security_group_id if maestro is not None else None,
+            ),
             opts,
         )
+        if maestro is not None and maestro_spec is not None:
+            ami: pulumi.Input[str]
+            if maestro_spec.ami is not None:
+                ami = maestro_spec.ami
+            else:
+                ami = _latest_ubuntu([maestro_spec], network)[maestro_spec.arch]
+            zone = maestro_spec.zone
+            maestro_instance = maestro.launch(
+                network.subnet_ids[zone] if zone else network.subnet_id, access.key_name, ami
+            )
+        if not members:
+            continue
         compute = Compute(
             prefix,
             ComputeArgs(
@@ -402,18 +605,36 @@ def declare(spec: StackSpec) -> dict[str, aws.ec2.Instance]:
             opts,
         )
         instances.update(compute.instances)
-    return instances
+    return instances, maestro_instance
 
 
 def make_program(spec: StackSpec) -> Callable[[], None]:
     """The Pulumi program for `spec` (for the Automation API, the CLI entry and the mocks).
 
-    Exports `instances` = {name: {"id", "public_ip", "private_ip", "region", "user"}}.
+    Exports `instances` = {name: {"id", "public_ip", "private_ip", "region", "user"}};
+    with maestro: remote, `maestro` = the same keys for the maestro; when the spec carries the
+    stack key's private half, `stack_key` (a secret) and `ssh_cidrs`, which the next caller of
+    a shared stack reads back (provider.shared_state) so its `up` keeps the key pair.
     """
     by_name = {i.name: i for i in spec.instances}
 
     def program() -> None:
-        created = declare(spec)
+        created, maestro = declare_all(spec)
+        if maestro is not None and spec.maestro is not None:
+            pulumi.export(
+                "maestro",
+                {
+                    "id": maestro.id,
+                    "public_ip": maestro.public_ip,
+                    "private_ip": maestro.private_ip,
+                    "region": spec.maestro.region,
+                    "user": spec.maestro.username,
+                    "type": spec.maestro.type,
+                },
+            )
+        if spec.private_key is not None:
+            pulumi.export("stack_key", pulumi.Output.secret(spec.private_key))
+            pulumi.export("ssh_cidrs", list(spec.ssh_cidrs))
         pulumi.export(
             "instances",
             {

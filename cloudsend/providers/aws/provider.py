@@ -54,6 +54,29 @@ OFFLINE_PUBLIC_KEY = "ssh-ed25519 PLACEHOLDER-made-by-cloudsend-up"
 SSH_READY_TIMEOUT = 300.0  # a new instance takes a minute or two before sshd answers
 
 
+def plan_notes(spec: Any, *, shared: bool) -> list[str]:
+    """What `preview` says about the maestro (what it may do) and a shared stack's SSH ranges."""
+    notes: list[str] = []
+    maestro = spec.maestro
+    if maestro is not None:
+        from cloudsend.providers.aws.program import MAESTRO_POWER_ACTIONS, MAESTRO_READ_ACTIONS
+
+        tags = ", ".join(f"{k}={v}" for k, v in sorted(spec.tags.items()))
+        notes.append(
+            f"maestro {maestro.name}: {maestro.type} on-demand in {maestro.region}, SSH from "
+            f"{', '.join(spec.ssh_cidrs)}; the workers admit its security group. Its role may "
+            f"only {', '.join(MAESTRO_READ_ACTIONS)} and "
+            f"{', '.join(MAESTRO_POWER_ACTIONS)} on instances tagged {tags}"
+        )
+    if shared:
+        notes.append(
+            f"shared stack: SSH allowed from {', '.join(spec.ssh_cidrs)} (each caller's address "
+            "is kept; set ssh_cidrs to choose the list); the stack key is kept in the stack "
+            "as a secret, so every teammate installs the same one"
+        )
+    return notes
+
+
 class AwsProvider:
     name = "aws"
     owns_machines = True
@@ -114,22 +137,46 @@ class AwsProvider:
             return stack_spec(
                 self.config, public_key=OFFLINE_PUBLIC_KEY, ssh_cidrs=cidrs, default_region=region
             )
-        key = stack_key(self.project, self.stack)
         from cloudsend.providers.aws import ami
         from cloudsend.providers.aws.session import caller_cidr
 
-        cidrs = list(self.config.aws.ssh_cidrs) or [caller_cidr()]
+        shared = self.shared_state()
+        private_key: str | None = None
+        if shared is None:
+            key = stack_key(self.project, self.stack)
+            cidrs = list(self.config.aws.ssh_cidrs) or [caller_cidr()]
+        else:
+            # a shared backend: one stack key for every teammate (a secret output), and the
+            # SSH ranges of every caller so far, not only this one's
+            from cloudsend.providers.aws.keys import adopt_key, private_openssh
+            from cloudsend.providers.aws.spec import shared_ssh_cidrs
+
+            if shared.private_key is not None:
+                key = adopt_key(self.project, self.stack, shared.private_key)
+            else:
+                key = stack_key(self.project, self.stack)
+            private_key = private_openssh(key)
+            caller = None if self.config.aws.ssh_cidrs else caller_cidr()
+            cidrs = shared_ssh_cidrs(self.config.aws.ssh_cidrs, shared.ssh_cidrs, caller)
         draft = stack_spec(
             self.config, public_key=key.public_openssh, ssh_cidrs=cidrs, default_region=region
         )
         wanted = {(i.region, i.type) for i in draft.instances if i.ami is None}
         amis = ami.ubuntu_amis(self.session(), wanted) if wanted else None
+        maestro = draft.maestro
+        if maestro is not None and maestro.ami is None:
+            try:  # its own lookup: a bad maestro_type is named as such
+                found = ami.ubuntu_amis(self.session(), {(maestro.region, maestro.type)})
+            except ProvisionError as exc:
+                raise ProvisionError(f"maestro_type: {exc.message}", hint=exc.hint) from None
+            amis = {**(amis or {}), **found}
         spec = stack_spec(
             self.config,
             public_key=key.public_openssh,
             ssh_cidrs=cidrs,
             amis=amis,
             default_region=region,
+            private_key=private_key,
         )
         sized = {(i.region, i.type) for i in spec.instances if i.cpus is not None}
         if sized:
@@ -141,6 +188,30 @@ class AwsProvider:
         from cloudsend.providers.aws.zones import zone_choices
 
         return place_in_zones(spec, zone_choices(self.session(), spec))
+
+    @property
+    def shared_backend(self) -> bool:
+        """True when the stack's state lives where teammates reach it (not file://)."""
+        from cloudsend.providers.aws.engine import is_shared_backend
+
+        return is_shared_backend(self.config.aws.state_backend)
+
+    def shared_state(self) -> Any:
+        """A shared stack's SharedState (from its outputs; empty before its first `up`), or
+        None for a file:// backend, which only this machine reads."""
+        if not self.shared_backend:
+            return None
+        from cloudsend.providers.aws.spec import SharedState
+
+        return SharedState.from_outputs(self._engine(lambda: None).outputs())
+
+    def secrets_notes(self) -> list[str]:
+        """Offline preview: what `up` would refuse about a shared backend's secrets."""
+        try:
+            self._engine(lambda: None).check_secrets()
+        except ProvisionError as exc:
+            return [f"{exc.message} (`up` refuses this)"]
+        return []
 
     def default_region(self, *, offline: bool = False) -> str:
         """config `region:`, else boto3's chain (AWS_REGION, AWS_DEFAULT_REGION, profile), else
@@ -163,24 +234,29 @@ class AwsProvider:
         if live:
             from cloudsend.providers.aws.pricing import live_prices
 
-            prices, warnings = live_prices(
-                self.session(), {(i.region, i.type) for i in spec.instances}
-            )
+            wanted = {(i.region, i.type) for i in spec.instances}
+            if spec.maestro is not None:
+                wanted.add((spec.maestro.region, spec.maestro.type))
+            prices, warnings = live_prices(self.session(), wanted)
         return estimate(spec, prices), warnings
 
     def engine(self, spec: Any) -> Any:
-        from cloudsend.providers.aws.engine import Engine, backend_for_profile
         from cloudsend.providers.aws.program import make_program
+
+        return self._engine(make_program(spec), region=spec.region)
+
+    def _engine(self, program: Callable[[], None], region: str | None = None) -> Any:
+        from cloudsend.providers.aws.engine import Engine, backend_for_profile
 
         profile = self.config.aws.profile
         backend = self.config.aws.state_backend
         return Engine(
             self.project,
             self.stack,
-            make_program(spec),
+            program,
             backend_url=backend_for_profile(backend, profile) if backend else None,
             secrets_provider=self.config.aws.secrets_provider,
-            region=spec.region,
+            region=region,
             # the engine and its plugins (an s3:// backend, awskms:// secrets) use the profile too
             env={"AWS_PROFILE": profile} if profile else None,
         )
@@ -203,6 +279,7 @@ class AwsProvider:
                 self.check_budget(cost)
             resources = declared_resources(spec)
             notes = [] if self.config.aws.ssh_cidrs else [OFFLINE_CIDR_NOTE]
+            notes += [*plan_notes(spec, shared=False), *self.secrets_notes()]
             notes += [*cost.warnings, *self.budget_warnings(cost)]
             return Preview(
                 "aws", len(spec.instances), resources=resources, cost=cost, warnings=notes
@@ -218,7 +295,13 @@ class AwsProvider:
             len(spec.instances),
             changes=changes,
             cost=cost,
-            warnings=[*self.plan_notices, *warnings, *cost.warnings, *self.budget_warnings(cost)],
+            warnings=[
+                *self.plan_notices,
+                *plan_notes(spec, shared=self.shared_backend),
+                *warnings,
+                *cost.warnings,
+                *self.budget_warnings(cost),
+            ],
         )
 
     def budget_warnings(self, cost: Any) -> list[str]:

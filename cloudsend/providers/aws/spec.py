@@ -40,6 +40,11 @@ DEFAULT_TYPE = "t3.micro"
 DEFAULT_USERNAME = "ubuntu"
 DEFAULT_DISK_GB = 20
 DEFAULT_DISK_TYPE = "gp3"
+DEFAULT_MAESTRO_TYPE = "t3.micro"  # maestro: remote: the watcher needs little CPU or memory
+MAESTRO_DISK_GB = 20  # results gather on the maestro's disk before `fetch`
+# An EC2 instance type name: family (letters, a generation digit, attribute letters, an
+# optional "-flex"-style suffix), a dot, a size ("micro", "2xlarge", "metal-24xl").
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\d[a-z0-9-]*\.[a-z0-9][a-z0-9-]*$")
 ROOT_DISK_TYPES = ("gp3", "gp2", "io2", "io1", "standard")
 _HDD_TYPES = ("st1", "sc1")
 # On a spot instance with eco_life: its lifetime in minutes from launch (the monitor reads it).
@@ -96,6 +101,26 @@ class InstanceSpec:
 
 
 @dataclass(frozen=True)
+class MaestroSpec:
+    """`maestro: remote`: the small on-demand instance that runs the watcher, in the stack's
+    default region (its VPC, a security group of its own, a least-privilege instance role)."""
+
+    name: str  # <project>-maestro: Pulumi name, Name tag
+    type: str
+    region: str
+    ami: str | None = None  # None: the latest Ubuntu of `arch` (SSM), like the workers
+    username: str = DEFAULT_USERNAME
+    disk_size: int = MAESTRO_DISK_GB
+    disk_type: str = DEFAULT_DISK_TYPE
+    arch: str = "amd64"
+    zone: str | None = None
+
+    @property
+    def ssm_parameter(self) -> str:
+        return UBUNTU_SSM_PARAMETER.format(arch=self.arch)
+
+
+@dataclass(frozen=True)
 class StackSpec:
     """The whole stack: instances plus what they share (network, access, identity)."""
 
@@ -110,6 +135,10 @@ class StackSpec:
     tags: dict[str, str] = field(default_factory=dict)
     # The config's `profile:`: the Pulumi providers deploy with the account boto3 looks at.
     profile: str | None = None
+    maestro: MaestroSpec | None = None  # maestro: remote
+    # The stack key's private half (OpenSSH PEM), exported as a secret stack output so a
+    # teammate's `up` reuses it instead of replacing the key pair and every instance.
+    private_key: str | None = field(default=None, repr=False)
 
     @property
     def vpc_id(self) -> str | None:
@@ -129,8 +158,14 @@ class StackSpec:
         return [i for i in self.instances if i.region == region]
 
     def zones(self, region: str) -> list[str]:
-        """The availability zones the region's instances were placed in (sorted)."""
-        return sorted({i.zone for i in self.in_region(region) if i.zone is not None})
+        """The availability zones the region's instances (and maestro) were placed in."""
+        zones = {i.zone for i in self.in_region(region) if i.zone is not None}
+        if self.maestro is not None and self.maestro.region == region and self.maestro.zone:
+            zones.add(self.maestro.zone)
+        return sorted(zones)
+
+    def maestro_in(self, region: str) -> MaestroSpec | None:
+        return self.maestro if self.maestro is not None and self.maestro.region == region else None
 
 
 def place_in_zones(
@@ -141,6 +176,11 @@ def place_in_zones(
     A pair without zones keeps zone None (EC2 picks)."""
     seen: dict[tuple[str, str], int] = {}
     placed: list[InstanceSpec] = []
+    maestro = spec.maestro
+    if maestro is not None:
+        zones = list(choices.get((maestro.region, maestro.type)) or ())
+        if zones:
+            maestro = replace(maestro, zone=zones[0])
     for inst in spec.instances:
         key = (inst.region, inst.type)
         zones = list(choices.get(key) or ())
@@ -150,7 +190,7 @@ def place_in_zones(
         n = seen.get(key, 0)
         seen[key] = n + 1
         placed.append(replace(inst, zone=zones[n % len(zones)]))
-    return replace(spec, instances=tuple(placed))
+    return replace(spec, instances=tuple(placed), maestro=maestro)
 
 
 def stack_spec(
@@ -161,6 +201,7 @@ def stack_spec(
     amis: Mapping[Any, str] | None = None,
     now: datetime | None = None,
     default_region: str | None = None,
+    private_key: str | None = None,
 ) -> StackSpec:
     """Build the StackSpec of `config` (raises ConfigError naming the key on bad values).
 
@@ -171,6 +212,7 @@ def stack_spec(
     entry here are resolved by the program through SSM.
     `now`: the clock for eco_life deadlines (UTC; default: the current time).
     `default_region`: the credential chain's region, used when the config names none.
+    `private_key`: the stack key's private half, exported as a secret output (see StackSpec).
     """
     project = project_slug(config)
     stack = stack_name(config)
@@ -206,6 +248,16 @@ def stack_spec(
                 _instance(entry, where, f"{project}-{index}-{n}", index, inst_region, amis, when)
             )
     default = region or instances[0].region
+    maestro = _maestro(config, project, default, amis)
+    if maestro is not None:
+        others = sorted({i.region for i in instances} - {default})
+        if others:
+            raise ConfigError(
+                f"maestro: remote with instances in {', '.join(others)}: the maestro lives in "
+                f"{default} and reaches workers through its security group, which does not "
+                "cross regions",
+                hint=f"keep every instance in {default} (or use maestro: local)",
+            )
     return StackSpec(
         project=project,
         stack=stack,
@@ -217,6 +269,35 @@ def stack_spec(
         vpc_ids=vpc_ids,
         tags={"cloudsend:project": project, "cloudsend:stack": stack},
         profile=config.aws.profile or None,
+        maestro=maestro,
+        private_key=private_key,
+    )
+
+
+def check_instance_type(value: str, where: str) -> str:
+    """Refuse what cannot be an EC2 instance type name (`t3.micro`, `m7gd.2xlarge`) before
+    anything is asked of AWS; whether the region offers it is checked online (zones.py)."""
+    itype = value.strip()
+    if not _INSTANCE_TYPE.match(itype):
+        raise ConfigError(
+            f"{where}: {value!r} is not an EC2 instance type",
+            hint=f"write family.size, e.g. {DEFAULT_MAESTRO_TYPE} or t3.nano",
+        )
+    return itype
+
+
+def _maestro(
+    config: Config, project: str, region: str, amis: Mapping[Any, str] | None
+) -> MaestroSpec | None:
+    if config.maestro != "remote":
+        return None
+    itype = check_instance_type(config.aws.maestro_type or DEFAULT_MAESTRO_TYPE, "maestro_type")
+    return MaestroSpec(
+        name=f"{project}-maestro",
+        type=itype,
+        region=region,
+        ami=_given_ami(amis, region, itype),
+        arch="arm64" if _ARM_FAMILY.match(itype.split(".")[0]) else "amd64",
     )
 
 
@@ -343,6 +424,35 @@ def project_slug(config: Config) -> str:
 def stack_name(config: Config) -> str:
     """The Pulumi stack: the config's `stack:`, else the project slug."""
     return config.aws.stack or project_slug(config)
+
+
+@dataclass(frozen=True)
+class SharedState:
+    """What a shared stack's last `up` recorded for the next caller (its stack outputs): the
+    stack key's private half (a secret output) and the SSH ranges it allowed."""
+
+    private_key: str | None = field(default=None, repr=False)
+    ssh_cidrs: tuple[str, ...] = ()
+
+    @classmethod
+    def from_outputs(cls, outputs: Mapping[str, Any]) -> SharedState:
+        key = outputs.get("stack_key")
+        cidrs = outputs.get("ssh_cidrs") or ()
+        return cls(
+            private_key=key if isinstance(key, str) and key.strip() else None,
+            ssh_cidrs=tuple(str(c) for c in cidrs if isinstance(c, str)),
+        )
+
+
+def shared_ssh_cidrs(
+    configured: Sequence[str], recorded: Sequence[str], caller: str | None
+) -> list[str]:
+    """Who may SSH into a shared stack: the config's ssh_cidrs when it sets them (exactly
+    those); else every earlier caller's range (recorded by the stack) plus this caller's /32,
+    so a teammate's `up` never locks the previous one out."""
+    if configured:
+        return check_cidrs(list(configured))
+    return check_cidrs([*recorded, *([caller] if caller else [])])
 
 
 def check_cidrs(cidrs: list[str] | tuple[str, ...]) -> list[str]:

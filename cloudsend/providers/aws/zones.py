@@ -92,9 +92,11 @@ def zone_choices(session: Session, spec: StackSpec) -> dict[tuple[str, str], lis
     choices: dict[tuple[str, str], list[str]] = {}
     for region in spec.regions:
         members = spec.in_region(region)
-        if not members:
+        maestro = spec.maestro_in(region)
+        if not members and maestro is None:
             continue
-        offered = offered_zones(session, region, {i.type for i in members})
+        types = {i.type for i in members} | ({maestro.type} if maestro is not None else set())
+        offered = offered_zones(session, region, types)
         vpc_id = spec.vpc_ids.get(region)
         reachable: set[str] | None = None
         if vpc_id is not None:
@@ -105,7 +107,10 @@ def zone_choices(session: Session, spec: StackSpec) -> dict[tuple[str, str], lis
                 choices[(region, itype)] = usable
                 continue
             entries = sorted({i.entry for i in members if i.type == itype})
-            where = ", ".join(f"instances[{e}]" for e in entries)
+            where = ", ".join(
+                [f"instances[{e}]" for e in entries]
+                + (["maestro_type"] if maestro is not None and maestro.type == itype else [])
+            )
             if not zones:
                 raise ProvisionError(
                     f"{where}: instance type {itype!r} is not offered in any availability "
