@@ -5,12 +5,15 @@ removed from the workers' authorized_keys. Real sshd hosts (tests/sshd_harness.p
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cloudsend.config import load_config
-from cloudsend.errors import ConfigError
+from cloudsend.errors import CloudsendError, ConfigError
+from cloudsend.maestro import runkey
 
 # -- (a) config: maestro_host -----------------------------------------------------------------
 
@@ -83,3 +86,140 @@ def test_maestro_remote_is_refused_off_the_ssh_provider(tmp_path: Path) -> None:
     message = _error(path)
     assert "maestro: remote is not supported yet with provider: local" in message
     assert "Traceback" not in message
+
+
+# -- (c) the run key: pure edits ----------------------------------------------------------------
+
+TAG = "cloudsend-run:demo:r1"
+OURS = f"no-pty ssh-ed25519 AAAAours {TAG}"
+USER = "ssh-ed25519 AAAAuser me@laptop"
+OTHER_RUN = "no-pty ssh-ed25519 AAAAother cloudsend-run:demo:r2"
+OTHER_PROJECT = "no-pty ssh-ed25519 AAAAp cloudsend-run:demo2:r1"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", f"{OURS}\n"),  # empty or missing file
+        (f"{USER}\n", f"{USER}\n{OURS}\n"),
+        (f"{USER}", f"{USER}\n{OURS}\n"),  # no final newline: one is added before ours
+        (f"{USER}\n{OURS}\n", f"{USER}\n{OURS}\n"),  # already there: unchanged
+        (f"{OURS}\n{USER}\n", f"{OURS}\n{USER}\n"),  # there, elsewhere: unchanged
+        (f"{OURS}\n{USER}\n{OURS}\n", f"{USER}\n{OURS}\n"),  # twice: once
+        (f"from=\"10.0.0.1\" ssh-ed25519 AAAAold {TAG}\n{USER}\n", f"{USER}\n{OURS}\n"),
+        (f"# {TAG}\n{USER}\r\n", f"# {TAG}\n{USER}\r\n{OURS}\n"),  # comments, CRLF kept
+        (f"{OTHER_RUN}\n", f"{OTHER_RUN}\n{OURS}\n"),  # another run's key is not ours
+    ],
+)
+def test_with_key(text: str, expected: str) -> None:
+    assert runkey.with_key(text, OURS, TAG) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "tag", "expected"),
+    [
+        (f"{USER}\n{OURS}\n", TAG, f"{USER}\n"),
+        (f"{OURS}\n{USER}", TAG, f"{USER}"),  # the user's last line kept as it was
+        (f"{USER}\n\n# x\n{OTHER_RUN}\n", TAG, f"{USER}\n\n# x\n{OTHER_RUN}\n"),  # not ours
+        (f"{OURS}\n{OTHER_RUN}\n{OTHER_PROJECT}\n{USER}\n", runkey.run_tag("demo"),
+         f"{OTHER_PROJECT}\n{USER}\n"),  # every run of the project, not demo2's
+        (f"ssh-ed25519 AAAA x{TAG}\n", TAG, f"ssh-ed25519 AAAA x{TAG}\n"),  # exact field only
+        ("", TAG, ""),
+    ],
+)
+def test_without_key(text: str, tag: str, expected: str) -> None:
+    assert runkey.without_key(text, tag) == expected
+
+
+@pytest.mark.parametrize(
+    ("sources", "expected"),
+    [
+        ((), None),
+        (("127.0.0.1",), 'from="127.0.0.1"'),
+        (("10.0.0.0/24", "::1"), 'from="10.0.0.0/24,::1"'),
+    ],
+)
+def test_from_option(sources: tuple[str, ...], expected: str | None) -> None:
+    assert runkey.from_option(sources) == expected
+
+
+@pytest.mark.parametrize("bad", ['1.2.3.4" ssh-rsa x', "host.example", "1.2.3.4,5.6.7.8", ""])
+def test_from_option_refuses_what_is_not_an_address(bad: str) -> None:
+    with pytest.raises(ValueError):
+        runkey.from_option([bad])
+
+
+def test_run_key_file_is_0600_and_made_once(tmp_path: Path) -> None:
+    key = runkey.make_run_key(tmp_path / "keys", "demo", "r1")
+    assert key.private.stat().st_mode & 0o777 == 0o600
+    assert key.public.startswith("ssh-ed25519 ") and key.tag == TAG
+    assert runkey.make_run_key(tmp_path / "keys", "demo", "r1") == key  # loaded, not remade
+    line = runkey.authorized_line(key, ["127.0.0.1"])
+    assert line.startswith('from="127.0.0.1",no-agent-forwarding,') and line.endswith(TAG)
+    assert "PRIVATE" not in line and key.private.read_text() not in line
+
+
+# -- (c) the run key on real sshd workers ---------------------------------------------------------
+
+USER_LINES = "# the user's own lines, kept byte for byte\nssh-ed25519 AAAAunrelated someone@else\n"
+
+
+def test_run_key_installed_works_from_the_maestro_only_and_is_removed(
+    sshd_factory: Any, tmp_path: Path
+) -> None:
+    from cloudsend.transport.ssh import SshTransport
+
+    workers = sshd_factory(3)
+    known = tmp_path / "known_hosts"
+    for host in workers:  # the user's key, plus lines cloudsend must leave alone
+        host.authorized_keys.write_text(host.authorized_keys.read_text() + USER_LINES)
+    before = {host.name: host.authorized_keys.read_text() for host in workers}
+    key = runkey.make_run_key(tmp_path / "keys", "demo", "r1")
+    sources = {"h0": ["127.0.0.1"], "h1": ["127.0.0.1"], "h2": ["10.9.9.9"]}
+    users = {host.name: SshTransport(host.target(known)) for host in workers}
+    for host in workers:
+        path = str(host.authorized_keys)
+        assert runkey.install(users[host.name], key, sources[host.name], path=path)
+        # twice: added once
+        assert not runkey.install(users[host.name], key, sources[host.name], path=path)
+        text = host.authorized_keys.read_text()
+        assert text.count(key.public) == 1 and text.startswith(before[host.name])
+        assert text.endswith(runkey.authorized_line(key, sources[host.name]) + "\n")
+
+    def with_run_key(host: Any) -> SshTransport:
+        return SshTransport(replace(host.target(known), key=key.private))
+
+    for host in workers[:2]:  # from="127.0.0.1": the maestro (here, this machine) gets in
+        with with_run_key(host) as transport:
+            assert transport.run("echo in").stdout.strip().endswith("in")
+    with with_run_key(workers[2]) as transport, pytest.raises(CloudsendError):
+        transport.run("echo in")  # from another address only: refused by sshd
+    assert "not from a permitted host" in workers[2].log.read_text()
+
+    removed = [
+        runkey.remove(users[h.name], runkey.run_tag("demo"), path=str(h.authorized_keys))
+        for h in workers
+    ]
+    assert removed == [True, True, True]
+    for host in workers:  # gone from every worker; every other line as it was
+        assert host.authorized_keys.read_text() == before[host.name]
+        assert not runkey.remove(users[host.name], key.tag, path=str(host.authorized_keys))
+    with with_run_key(workers[0]) as transport, pytest.raises(CloudsendError):
+        transport.run("echo in")
+    for transport in users.values():
+        transport.close()
+
+
+def test_run_key_into_a_missing_authorized_keys(sshd_host: Any, tmp_path: Path) -> None:
+    """A user without ~/.ssh: the folder and file are made (0700/0600)."""
+    from cloudsend.transport.ssh import SshTransport
+
+    key = runkey.make_run_key(tmp_path / "keys", "demo", "r1")
+    target = sshd_host.root / "fresh" / ".ssh" / "authorized_keys"
+    with SshTransport(sshd_host.target(tmp_path / "kh")) as transport:
+        assert runkey.install(transport, key, path=str(target))
+        assert target.read_text() == runkey.authorized_line(key) + "\n"
+        assert target.stat().st_mode & 0o777 == 0o600
+        assert target.parent.stat().st_mode & 0o777 == 0o700
+        assert runkey.remove(transport, key.tag, path=str(target))
+    assert target.read_text() == ""

@@ -213,7 +213,7 @@ def _resolve(loc: Sequence[Any]) -> tuple[KeyPath, type[BaseModel] | None, str |
             if owner is Config and part in GROUP_FIELDS:
                 continue  # the user wrote the group's keys flat: name them so
             path.append(part)
-            expect_index = model is not None and typing.get_origin(info.annotation) is list
+            expect_index = info is not None and typing.get_origin(info.annotation) is list
         # else: a union tag below a leaf field, not a key
     return tuple(path), owner, name
 
