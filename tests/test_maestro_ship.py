@@ -4,7 +4,14 @@ removed from the workers' authorized_keys. Real sshd hosts (tests/sshd_harness.p
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +21,7 @@ import pytest
 from cloudsend.config import load_config
 from cloudsend.errors import CloudsendError, ConfigError
 from cloudsend.maestro import runkey
+from cloudsend.maestro import ship as shipping
 
 # -- (a) config: maestro_host -----------------------------------------------------------------
 
@@ -223,3 +231,129 @@ def test_run_key_into_a_missing_authorized_keys(sshd_host: Any, tmp_path: Path) 
         assert target.parent.stat().st_mode & 0o777 == 0o700
         assert runkey.remove(transport, key.tag, path=str(target))
     assert target.read_text() == ""
+
+
+# -- (b) shipping cloudsend to the maestro ---------------------------------------------------------
+
+# what a ship does, for the report (pytest -s shows it)
+FIGURES: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> shipping.Wheel:
+    cache = tmp_path_factory.mktemp("wheels")
+    built = shipping.build_wheel(cache)
+    again = shipping.build_wheel(cache)  # cached by the source tree's content
+    assert again == built and built.version == cloudsend_version()
+    return built
+
+
+def cloudsend_version() -> str:
+    import cloudsend
+
+    return cloudsend.__version__
+
+
+def _venv_runs_cloudsend(transport: Any, report: shipping.ShipReport) -> None:
+    """The maestro's venv runs the shipped cloudsend (not this checkout: no PYTHONPATH over
+    ssh), with its dependencies importable."""
+    res = transport.run(
+        f"{report.cloudsend} --version && {report.venv}/bin/python -c "
+        "'import cloudsend, fabric, pydantic; print(cloudsend.__file__)'"
+    )
+    assert f"version {cloudsend_version()}" in res.stdout
+    assert f"{report.venv}/lib/" in res.stdout.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_ship_installs_once_then_is_a_one_round_trip_no_op(
+    sshd_host: Any, tmp_path: Path, wheel: shipping.Wheel
+) -> None:
+    from cloudsend.transport.ssh import SshTransport
+
+    root = str(sshd_host.root / "maestro")
+    with SshTransport(sshd_host.target(tmp_path / "kh")) as transport:
+        first = shipping.ship(transport, wheel, root)
+        assert first.installed and first.uploaded == wheel.path.stat().st_size
+        assert first.venv == f"{root}/cloudsend/{wheel.key}/venv"
+        _venv_runs_cloudsend(transport, first)
+        calls, sent = transport.calls, transport.bytes_sent
+        second = shipping.ship(transport, wheel, root)
+        assert not second.installed and second.uploaded == 0 and second.round_trips == 1
+        assert (transport.calls - calls, transport.bytes_sent - sent) == (1, 0)
+        assert second.venv == first.venv
+    FIGURES.append(
+        f"first ship {first.seconds:.1f} s, {first.uploaded} bytes in {first.round_trips} "
+        f"round trips; second ship {second.seconds * 1000:.0f} ms, 0 bytes, 1 round trip"
+    )
+    print("\n" + FIGURES[-1])
+
+
+# a ship run in its own process, to be killed
+_SHIP = """
+import json, sys
+from pathlib import Path
+from cloudsend.maestro import ship
+from cloudsend.transport.ssh import SshTarget, SshTransport
+a = json.loads(sys.argv[1])
+target = SshTarget("maestro", "127.0.0.1", port=a["port"], user="root", key=Path(a["key"]),
+                   known_hosts=Path(a["known"]))
+wheel = ship.Wheel(Path(a["wheel"]), a["version"], a["sha"])
+ship.ship(SshTransport(target), wheel, a["root"])
+"""
+
+
+def _pids_using(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    if text.encode() in fh.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.slow
+def test_a_ship_killed_midway_is_completed_by_the_next(
+    sshd_host: Any, tmp_path: Path, wheel: shipping.Wheel
+) -> None:
+    from cloudsend.transport.ssh import SshTransport
+
+    root = str(sshd_host.root / "maestro")
+    folder = Path(root) / "cloudsend" / wheel.key
+    args = {
+        "port": sshd_host.port, "key": str(sshd_host.key), "known": str(tmp_path / "kh"),
+        "wheel": str(wheel.path), "version": wheel.version, "sha": wheel.sha256, "root": root,
+    }
+    env = {**os.environ, "PYTHONPATH": str(Path(shipping.__file__).parents[2])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SHIP, json.dumps(args)], env=env, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while not (folder / "venv" / "bin" / "python").exists():  # the install has begun
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    # the laptop's ship dies, and so does the install on the maestro (a reboot, an OOM kill)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for pid in _pids_using(str(folder)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not (folder / "done").exists() and (folder / "venv").exists()
+    # ...and, as a transfer killed midway leaves it: no wheel, half of it under a temp name
+    (folder / wheel.path.name).unlink()
+    half = wheel.path.read_bytes()[: wheel.path.stat().st_size // 2]
+    (folder / f"{wheel.path.name}.part-dead").write_bytes(half)
+
+    with SshTransport(sshd_host.target(tmp_path / "kh")) as transport:
+        resumed = shipping.ship(transport, wheel, root)
+        assert resumed.installed and resumed.uploaded == wheel.path.stat().st_size
+        _venv_runs_cloudsend(transport, resumed)
+        assert not list(folder.glob("*.part-*"))  # the dead transfer's temp is gone
+        assert not shipping.ship(transport, wheel, root).installed
+    FIGURES.append(f"resumed ship {resumed.seconds:.1f} s")
+    print("\n" + FIGURES[-1])
