@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -357,3 +358,67 @@ def test_a_ship_killed_midway_is_completed_by_the_next(
         assert not shipping.ship(transport, wheel, root).installed
     FIGURES.append(f"resumed ship {resumed.seconds:.1f} s")
     print("\n" + FIGURES[-1])
+
+
+# -- (b) the config and the files jobs need ------------------------------------------------------
+
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def _remote_project(tmp_path: Path, user_key: Path) -> Path:
+    project = tmp_path / "laptop"
+    for name in ("scripts", "data", "env"):
+        shutil.copytree(CONFIGS / name, project / name)
+    outside = tmp_path / "elsewhere" / "big.csv"
+    outside.parent.mkdir()
+    outside.write_text("x,y\n1,2\n")
+    (project / ".cloudsend").mkdir()
+    (project / ".cloudsend" / "known_hosts").write_text("[127.0.0.1]:2222 ssh-ed25519 AAAAx\n")
+    text = (CONFIGS / "quickstart.yaml").read_text()
+    text = text.replace("provider: local", "provider: ssh\nmaestro: remote")
+    text = text.replace("instances:\n  - cpus: 4\n    number: 1\n", "")
+    text += (
+        f"hosts: [{{address: 127.0.0.1, port: 2222, key: {user_key}}}]\n"
+        f"maestro_host: {{address: 127.0.0.1, key: {user_key}}}\n"
+    )
+    text = text.replace("input_files: data/input.csv", f"input_files: [data/input.csv, {outside}]")
+    (project / "c.yaml").write_text(text)
+    return project / "c.yaml"
+
+
+def test_bundle_config_loads_on_the_maestro_without_the_users_key(
+    sshd_host: Any, tmp_path: Path
+) -> None:
+    from cloudsend.maestro import bundle as bundling
+    from cloudsend.transport.ssh import SshTransport
+
+    user_key = sshd_host.key
+    config = load_config(_remote_project(tmp_path, user_key))
+    plan = bundling.plan_bundle(config)
+    key = runkey.make_run_key(tmp_path / "keys", "quickstart", "r1")
+    remote = str(sshd_host.root / "runs" / "quickstart")
+    with SshTransport(sshd_host.target(tmp_path / "kh")) as transport:
+        sent = bundling.send_bundle(transport, plan, remote, key.private)
+        assert sent.files == len(plan.files) + 2  # + the config and the run key
+        again = bundling.send_bundle(transport, plan, remote, key.private)
+        assert (again.files, again.bytes, again.round_trips) == (0, 0, 1)
+    FIGURES.append(f"bundle: {sent.files} files, {sent.bytes} bytes; re-send 1 round trip")
+    print("\n" + FIGURES[-1])
+
+    shipped = load_config(Path(remote) / "cloudsend.yaml")  # what the maestro will load
+    assert shipped.maestro == "local" and shipped.ssh.maestro_host is None
+    assert shipped.ssh.hosts[0].key == Path(remote) / ".cloudsend" / "run_key"
+    assert (Path(remote) / ".cloudsend" / "run_key").stat().st_mode & 0o777 == 0o600
+    assert (Path(remote) / ".cloudsend").stat().st_mode & 0o777 == 0o700
+    assert (Path(remote) / ".cloudsend" / "known_hosts").read_text().startswith("[127.0.0.1]")
+    argv = shipped.script_argv(shipped.jobs[0])
+    assert argv is not None and argv[1:] == ["--epochs", "3", "arg two"]
+    assert Path(argv[0]).read_bytes() == (CONFIGS / "scripts" / "train.py").read_bytes()
+    inputs = shipped.jobs[0].input_files
+    assert [p.name for p in inputs] == ["input.csv", "big.csv"]  # names in the work dir kept
+    assert all(p.is_file() and str(p).startswith(remote) for p in inputs)
+    assert shipped.environments[0].command == f"{remote}/env/setup.sh"
+    assert shipped.environments[1].command == 'echo "inline setup"'
+    secret = user_key.read_bytes()
+    for path in Path(remote).rglob("*"):  # the user's private key is nowhere on the maestro
+        assert not path.is_file() or secret not in path.read_bytes()
