@@ -422,3 +422,71 @@ def test_bundle_config_loads_on_the_maestro_without_the_users_key(
     secret = user_key.read_bytes()
     for path in Path(remote).rglob("*"):  # the user's private key is nowhere on the maestro
         assert not path.is_file() or secret not in path.read_bytes()
+
+
+# -- (c) `down` on the ssh provider removes the run key ------------------------------------------
+
+
+def _reads_home_authorized_keys(host: Any) -> None:
+    """Let this sshd also read the login user's own ~/.ssh/authorized_keys (where cloudsend
+    puts the run key on a real machine), then restart it."""
+    write = host._write_config
+
+    def both() -> None:
+        write()
+        own = f"AuthorizedKeysFile {host.authorized_keys}"
+        text = host.config_path.read_text().replace(own, own + " .ssh/authorized_keys")
+        host.config_path.write_text(text)
+
+    host._write_config = both
+    host.restart()
+
+
+def test_down_removes_the_run_key_from_every_worker(sshd_factory: Any, tmp_path: Path) -> None:
+    import pwd
+
+    from cloudsend.providers.ssh import SshProvider
+    from cloudsend.transport.ssh import SshTransport
+
+    workers = [sshd_factory(1, user=f"csmaestro{i}")[0] for i in range(2)]
+    before = {}
+    for host in workers:
+        _reads_home_authorized_keys(host)
+        account = pwd.getpwnam(host.user)
+        ssh_dir = Path(account.pw_dir) / ".ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        (ssh_dir / "authorized_keys").write_text(USER_LINES)
+        for path in (ssh_dir, ssh_dir / "authorized_keys"):
+            os.chown(path, account.pw_uid, account.pw_gid)
+        before[host.name] = ssh_dir / "authorized_keys"
+    config = load_config(
+        {
+            "project": "demo",
+            "provider": "ssh",
+            "maestro": "remote",
+            "maestro_host": {"address": "127.0.0.1", "key": str(workers[0].key)},
+            "hosts": [
+                {"address": "127.0.0.1", "port": h.port, "user": h.user, "key": str(h.key)}
+                for h in workers
+            ],
+        },
+        base_dir=tmp_path,
+    )
+    provider = SshProvider(config)
+    hosts = provider.up()
+    key = runkey.make_run_key(tmp_path / "keys", "demo", "r1")
+    for host in hosts:
+        assert runkey.install(host.transport, key, ["127.0.0.1"])  # into ~/.ssh/
+    for worker in workers:
+        text = before[worker.name].read_text()
+        assert text.startswith(USER_LINES) and text.count(key.tag) == 1
+        with SshTransport(replace(worker.target(tmp_path / "kh"), key=key.private)) as t:
+            assert t.run("echo in").stdout.strip().endswith("in")  # sshd reads that file
+    provider.down(hosts)
+    for worker in workers:  # gone from every worker's authorized_keys, the rest untouched
+        assert before[worker.name].read_text() == USER_LINES
+        target = replace(worker.target(tmp_path / "kh"), key=key.private)
+        with SshTransport(target) as t, pytest.raises(CloudsendError):
+            t.run("echo in")
+    for host in hosts:
+        host.transport.close()
