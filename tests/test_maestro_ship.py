@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -490,3 +491,86 @@ def test_down_removes_the_run_key_from_every_worker(sshd_factory: Any, tmp_path:
             t.run("echo in")
     for host in hosts:
         host.transport.close()
+
+
+# -- all three together: a maestro made ready, reaching the workers with the run key ------------
+
+_REACH = """
+import sys
+from pathlib import Path
+from cloudsend.transport.ssh import SshTarget, SshTransport
+run_dir, user, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+target = SshTarget("w", "127.0.0.1", port=port, user=user,
+                   key=Path(run_dir, ".cloudsend/run_key"),
+                   known_hosts=Path(run_dir, ".cloudsend/known_hosts"), host_key_policy="strict")
+print("reached", SshTransport(target).run("whoami").stdout.split()[-1])
+"""
+
+
+@pytest.mark.slow
+def test_prepare_a_remote_maestro_then_down(sshd_factory: Any, tmp_path: Path) -> None:
+    import pwd
+
+    from cloudsend.maestro import remote
+    from cloudsend.providers.ssh import SshProvider
+
+    maestro = sshd_factory(1)[0]
+    workers = [sshd_factory(1, user=f"csmaestro{i}")[0] for i in range(2)]
+    for host in workers:
+        _reads_home_authorized_keys(host)
+        account = pwd.getpwnam(host.user)
+        ssh_dir = Path(account.pw_dir) / ".ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        (ssh_dir / "authorized_keys").write_text(USER_LINES)
+        for path in (ssh_dir, ssh_dir / "authorized_keys"):
+            os.chown(path, account.pw_uid, account.pw_gid)
+    (tmp_path / "job.py").write_text("print('hi')\n")
+    config = load_config(
+        {
+            "project": "demo",
+            "provider": "ssh",
+            "maestro": "remote",
+            "maestro_host": {
+                "address": "127.0.0.1", "port": maestro.port, "key": str(maestro.key),
+                "root": str(maestro.root / "m"),
+            },
+            "hosts": [
+                {"address": "127.0.0.1", "port": h.port, "user": h.user, "key": str(h.key)}
+                for h in workers
+            ],
+            "jobs": [{"run_script": "job.py", "cpus_req": 1}],
+        },
+        base_dir=tmp_path,
+    )
+    entry = config.ssh.maestro_host
+    assert entry is not None
+    provider = SshProvider(config)
+    hosts = provider.up()  # pins the workers' host keys in .cloudsend/known_hosts
+    key_dir, cache = tmp_path / "keys", tmp_path / "wheels"
+    with remote.maestro_transport(config, entry) as to_maestro:
+        workers_t = [h.transport for h in hosts]
+        first = remote.prepare(config, to_maestro, workers_t, key_dir=key_dir, wheel_cache=cache)
+        assert first.ship.installed and len(first.keys_added) == 2
+        check = to_maestro.run(f"cd {first.run_dir} && {first.venv}/bin/cloudsend validate "
+                               "cloudsend.yaml")
+        assert "cloudsend.yaml: ok (0 environment(s), 1 job run(s))" in check.stdout
+        for worker in workers:  # the maestro reaches each worker with the run key alone
+            reach = to_maestro.run(
+                f"{first.venv}/bin/python -c {shlex.quote(_REACH)} {first.run_dir} "
+                f"{worker.user} {worker.port}"
+            )
+            assert f"reached {worker.user}" in reach.stdout
+        sent = to_maestro.bytes_sent
+        second = remote.prepare(config, to_maestro, workers_t, key_dir=key_dir, wheel_cache=cache)
+        assert not second.ship.installed and second.keys_added == ()
+        assert (second.sent.files, second.sent.round_trips) == (0, 1)
+        assert to_maestro.bytes_sent == sent and second.tag == first.tag
+    FIGURES.append(
+        f"prepare: first {first.seconds:.1f} s ({first.ship.uploaded + first.sent.bytes} bytes"
+        f" to the maestro), second {second.seconds:.2f} s (0 bytes)"
+    )
+    print("\n" + FIGURES[-1])
+    provider.down(hosts)
+    for worker in workers:
+        home = Path(pwd.getpwnam(worker.user).pw_dir)
+        assert (home / ".ssh" / "authorized_keys").read_text() == USER_LINES

@@ -55,6 +55,7 @@ class ShipReport:
     """What a ship did: `installed` False means the maestro had it already."""
 
     venv: str  # the venv's path on the maestro
+    root: str  # cloudsend's folder on the maestro, absolute
     installed: bool
     uploaded: int  # wheel bytes sent (0 when the maestro had them)
     round_trips: int
@@ -193,8 +194,9 @@ def ship(transport: Transport, wheel: Wheel, root: str = DEFAULT_ROOT) -> ShipRe
         raise ProvisionError(f"{transport.name}: unexpected answer {res.stdout[-300:]!r}")
     folder = lines[1]
     venv = f"{folder}/venv"
+    absolute_root = folder[: -len(f"/cloudsend/{wheel.key}")]
     if lines[0] == "done":
-        return ShipReport(venv, False, 0, 1, time.monotonic() - start)
+        return ShipReport(venv, absolute_root, False, 0, 1, time.monotonic() - start)
     python, remote_sha = (lines[2:4] + ["none", "none"])[:2]
     if python == "none" or tuple(int(p) for p in python.split(".")) < MIN_PYTHON:
         need = ".".join(map(str, MIN_PYTHON))
@@ -220,4 +222,4 @@ def ship(transport: Transport, wheel: Wheel, root: str = DEFAULT_ROOT) -> ShipRe
             hint="the maestro needs python3-venv and access to the package index (PyPI); "
             "run again to resume",
         )
-    return ShipReport(venv, True, uploaded, trips + 1, time.monotonic() - start)
+    return ShipReport(venv, absolute_root, True, uploaded, trips + 1, time.monotonic() - start)
