@@ -5,6 +5,7 @@ removed from the workers' authorized_keys. Real sshd hosts (tests/sshd_harness.p
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shlex
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 
 from cloudsend.config import load_config
-from cloudsend.errors import CloudsendError, ConfigError
+from cloudsend.errors import CloudsendError, ConfigError, ProvisionError
 from cloudsend.maestro import runkey
 from cloudsend.maestro import ship as shipping
 
@@ -319,9 +320,13 @@ def _pids_using(text: str) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("maestro_too", [True, False], ids=["install-killed", "laptop-killed"])
 def test_a_ship_killed_midway_is_completed_by_the_next(
-    sshd_host: Any, tmp_path: Path, wheel: shipping.Wheel
+    sshd_host: Any, tmp_path: Path, wheel: shipping.Wheel, maestro_too: bool
 ) -> None:
+    """The laptop's ship is SIGKILLed mid-install; with maestro_too the install on the maestro
+    dies as well (reboot, OOM) and the wheel's transfer is left half done; without, the
+    install goes on there and the next ship waits for it (the maestro's lock)."""
     from cloudsend.transport.ssh import SshTransport
 
     root = str(sshd_host.root / "maestro")
@@ -339,25 +344,29 @@ def test_a_ship_killed_midway_is_completed_by_the_next(
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     time.sleep(0.5)
-    # the laptop's ship dies, and so does the install on the maestro (a reboot, an OOM kill)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the laptop's ship dies
     proc.wait()
-    for pid in _pids_using(str(folder)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
     assert not (folder / "done").exists() and (folder / "venv").exists()
-    # ...and, as a transfer killed midway leaves it: no wheel, half of it under a temp name
-    (folder / wheel.path.name).unlink()
-    half = wheel.path.read_bytes()[: wheel.path.stat().st_size // 2]
-    (folder / f"{wheel.path.name}.part-dead").write_bytes(half)
+    if maestro_too:
+        for pid in _pids_using(str(folder)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        # ...and, as a transfer killed midway leaves it: no wheel, half of it under a temp name
+        (folder / wheel.path.name).unlink()
+        half = wheel.path.read_bytes()[: wheel.path.stat().st_size // 2]
+        (folder / f"{wheel.path.name}.part-dead").write_bytes(half)
+    else:
+        assert _pids_using(str(folder)), "the install should still be running on the maestro"
 
     with SshTransport(sshd_host.target(tmp_path / "kh")) as transport:
         resumed = shipping.ship(transport, wheel, root)
-        assert resumed.installed and resumed.uploaded == wheel.path.stat().st_size
+        expected = wheel.path.stat().st_size if maestro_too else 0  # the wheel was there
+        assert resumed.installed and resumed.uploaded == expected
         _venv_runs_cloudsend(transport, resumed)
         assert not list(folder.glob("*.part-*"))  # the dead transfer's temp is gone
         assert not shipping.ship(transport, wheel, root).installed
-    FIGURES.append(f"resumed ship {resumed.seconds:.1f} s")
+    FIGURES.append(f"resumed ship ({'install' if maestro_too else 'laptop'} killed) "
+                   f"{resumed.seconds:.1f} s, {resumed.uploaded} bytes")
     print("\n" + FIGURES[-1])
 
 
@@ -574,3 +583,20 @@ def test_prepare_a_remote_maestro_then_down(sshd_factory: Any, tmp_path: Path) -
     for worker in workers:
         home = Path(pwd.getpwnam(worker.user).pw_dir)
         assert (home / ".ssh" / "authorized_keys").read_text() == USER_LINES
+
+
+def test_a_failed_install_says_why_and_leaves_no_marker(sshd_host: Any, tmp_path: Path) -> None:
+    from cloudsend.transport.ssh import SshTransport
+
+    bogus = tmp_path / "cloudsend-0.1.0-py3-none-any.whl"
+    bogus.write_bytes(b"not a zip file")
+    wheel = shipping.Wheel(bogus, "0.1.0", hashlib.sha256(bogus.read_bytes()).hexdigest())
+    root = str(sshd_host.root / "maestro")
+    target = sshd_host.target(tmp_path / "kh")
+    with SshTransport(target) as transport, pytest.raises(ProvisionError) as info:
+        shipping.ship(transport, wheel, root)
+    message = str(info.value)
+    print("\n" + message)
+    assert "cannot install cloudsend on the maestro" in message
+    assert "zip" in message.lower() or "wheel" in message.lower(), message  # pip's own words
+    assert not (Path(root) / "cloudsend" / wheel.key / "done").exists()

@@ -169,12 +169,15 @@ def _look_script(root: str, wheel: Wheel) -> str:
 
 def _install_script(folder: str, wheel: Wheel) -> str:
     """Under the maestro's lock: a clean venv, the wheel and its dependencies, a check that
-    cloudsend runs, then the marker (tmp + rename). Left-over upload temps are removed."""
+    cloudsend runs, then the marker (tmp + rename). Left-over upload temps are removed. Its
+    output goes to install.log there (shown when it fails)."""
     d = shlex.quote(folder)
     whl = shlex.quote(wheel.path.name)
     inner = (
         "set -e; cd \"$1\"; "
         "[ -f done ] && exit 0; "
+        # to a log, not the channel: an install whose ship was killed goes on to the end
+        "exec > install.log 2>&1; "
         "rm -rf venv ./*.part-*; "
         "python3 -m venv venv; "
         "venv/bin/python -m pip install -q --disable-pip-version-check "
@@ -216,9 +219,11 @@ def ship(transport: Transport, wheel: Wheel, root: str = DEFAULT_ROOT) -> ShipRe
         what="install cloudsend on the maestro",
     )
     if not done.ok:
+        log = transport.run(f"tail -n 15 {shlex.quote(folder)}/install.log", check=False)
         raise ProvisionError(
             f"cannot install cloudsend on the maestro {transport.name} "
-            f"(exit code {done.exit_code}):\n{done.tail(15)}",
+            f"(exit code {done.exit_code}):\n"
+            + "\n".join(t for t in (done.tail(5), log.stdout.strip()) if t),
             hint="the maestro needs python3-venv and access to the package index (PyPI); "
             "run again to resume",
         )
