@@ -503,9 +503,11 @@ def schema() -> None:
 def _confirm_plan(cfg: Config, yes: bool) -> None:
     """Show what `up` creates and what it costs, and ask (a provider with nothing to create,
     local or ssh, or an up-to-date stack: nothing to ask)."""
+    from cloudsend.pipeline.session import refuse_remote_maestro
     from cloudsend.providers import get_provider
     from cloudsend.ui import print_preview
 
+    refuse_remote_maestro(cfg)  # before any preview or question: nothing would run there
     plan = get_provider(cfg).preview(enforce_budget=True)
     if plan.up_to_date:
         return  # nothing to create, nothing to ask

@@ -271,8 +271,8 @@ def test_singular_alias_is_named_as_written(project: Path) -> None:
 def test_maestro_remote_is_not_supported_yet(project: Path) -> None:
     path = write(project, "m.yaml", "project: x\nmaestro: remote\n")
     assert error_of(path) == (
-        f"{path}:2: maestro: remote is not supported on provider local yet; use maestro: "
-        "local, or provider: aws"
+        f"{path}:2: maestro: remote is not supported with provider: local (only with "
+        "provider: ssh and a maestro_host:, or provider: aws)\n  hint: use maestro: local"
     )
 
 

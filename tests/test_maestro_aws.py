@@ -194,7 +194,7 @@ def test_maestro_type_default_custom_and_bad() -> None:
     ("doc", "words"),
     [
         ({"maestro_type": "t3.nano"}, "maestro_type is only used with maestro: remote"),
-        ({"provider": "local", "maestro": "remote"}, "not supported on provider local"),
+        ({"provider": "local", "maestro": "remote"}, "not supported with provider: local"),
     ],
 )
 def test_maestro_keys_in_the_config(doc: dict[str, Any], words: str) -> None:

@@ -38,12 +38,43 @@ MAX_PATH = 4096
 def check_and_resolve(config: Config) -> list[Issue]:
     """Validate `config` in place (resolving paths); return the problems found."""
     issues: list[Issue] = []
-    if config.maestro == "remote" and config.provider != "aws":
+    _check_maestro(config, issues)
+    _check_hosts(config, issues)
+    _check_totals(config, issues)
+    names = _check_environments(config, issues)
+    for index, job in enumerate(config.jobs):
+        _check_job(config, ("jobs", index), job, names, issues)
+    return issues
+
+
+def _check_maestro(config: Config, issues: list[Issue]) -> None:
+    """maestro: remote runs the watcher on maestro_host (provider ssh) or on a small instance
+    of the stack (provider aws, maestro_type)."""
+    entry = config.ssh.maestro_host
+    if config.maestro == "remote" and config.provider not in ("ssh", "aws"):
         issues.append(
             Issue(
                 ("maestro",),
-                f"remote is not supported on provider {config.provider} yet; use maestro: "
-                "local, or provider: aws",
+                f"remote is not supported with provider: {config.provider} (only with "
+                "provider: ssh and a maestro_host:, or provider: aws)",
+                hint="use maestro: local",
+            )
+        )
+    elif config.maestro == "remote" and config.provider == "ssh" and entry is None:
+        issues.append(
+            Issue(
+                ("maestro",),
+                "remote needs a maestro_host: (the machine the watcher runs on)",
+                hint="add maestro_host: {address: my-box, user: me, key: ~/.ssh/id_ed25519}, "
+                "or use maestro: local",
+            )
+        )
+    if entry is not None and config.maestro != "remote":
+        issues.append(
+            Issue(
+                ("maestro_host",),
+                "maestro_host is only used with maestro: remote",
+                hint="set maestro: remote, or remove maestro_host",
             )
         )
     if config.aws.maestro_type is not None and config.maestro != "remote":
@@ -54,12 +85,20 @@ def check_and_resolve(config: Config) -> list[Issue]:
                 hint="set maestro: remote, or remove maestro_type",
             )
         )
-    _check_hosts(config, issues)
-    _check_totals(config, issues)
-    names = _check_environments(config, issues)
-    for index, job in enumerate(config.jobs):
-        _check_job(config, ("jobs", index), job, names, issues)
-    return issues
+    if entry is not None and entry.key is not None:
+        entry.key = _checked_key(config, ("maestro_host", "key"), entry.key, issues)
+
+
+def _checked_key(
+    config: Config, path: KeyPath, value: Path, issues: list[Issue]
+) -> Path | None:
+    """An SSH private key path made absolute and checked to be a file (else an issue)."""
+    if _too_long(path, value, issues):
+        return None
+    key = _absolute(config.base_dir, value)
+    if _kind(key) != "file":
+        issues.append(_missing(config, path, "key", value, key))
+    return key
 
 
 def _check_hosts(config: Config, issues: list[Issue]) -> None:
@@ -91,13 +130,8 @@ def _check_hosts(config: Config, issues: list[Issue]) -> None:
                 )
             )
         seen.add(ident)
-        if host.key is not None and _too_long(("hosts", index, "key"), host.key, issues):
-            host.key = None
-        elif host.key is not None:
-            key = _absolute(config.base_dir, host.key)
-            if _kind(key) != "file":
-                issues.append(_missing(config, ("hosts", index, "key"), "key", host.key, key))
-            host.key = key
+        if host.key is not None:
+            host.key = _checked_key(config, ("hosts", index, "key"), host.key, issues)
 
 
 def machine_count(instances: list[InstanceConfig], max_job_cpus: int) -> int:

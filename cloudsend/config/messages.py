@@ -22,6 +22,7 @@ from cloudsend.config.models import (
     EnvironmentConfig,
     InstanceConfig,
     JobConfig,
+    MaestroHostConfig,
     SshHostConfig,
 )
 from cloudsend.errors import ConfigError
@@ -38,6 +39,7 @@ _SECTIONS: dict[type[BaseModel], str] = {
     Config: "the top level",
     InstanceConfig: "instances[] entries",
     SshHostConfig: "hosts[] entries",
+    MaestroHostConfig: "maestro_host",
     EnvironmentConfig: "environments[] entries",
     JobConfig: "jobs[] entries",
 }
@@ -182,6 +184,9 @@ def _sub_model(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation  # a group (Config.aws): its keys follow, not an index
     args = typing.get_args(annotation)
+    single = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    if typing.get_origin(annotation) is not list and len(single) == 1:
+        return single[0]  # `Model | None` (maestro_host): its keys follow, not an index
     if typing.get_origin(annotation) is list and args:
         inner = args[0]
         if isinstance(inner, type) and issubclass(inner, BaseModel):
@@ -208,7 +213,7 @@ def _resolve(loc: Sequence[Any]) -> tuple[KeyPath, type[BaseModel] | None, str |
             if owner is Config and part in GROUP_FIELDS:
                 continue  # the user wrote the group's keys flat: name them so
             path.append(part)
-            expect_index = model is not None
+            expect_index = info is not None and typing.get_origin(info.annotation) is list
         # else: a union tag below a leaf field, not a key
     return tuple(path), owner, name
 

@@ -276,13 +276,40 @@ class InstanceConfig(_Model):
     )
 
 
-class SshHostConfig(_Model):
-    """A machine you already have, reached over SSH (provider: ssh)."""
+class SshLoginConfig(_Model):
+    """How to log in to a machine over SSH: the part hosts[] and maestro_host share."""
 
     address: str = Field(description="Host name or IP address.")
     port: Int = Field(22, ge=1, le=65535, description="SSH port.")
     user: str | None = Field(None, description="Login user; default: your local user name.")
     key: Path | None = Field(None, description="Private key file; default: ssh agent/default keys.")
+
+    @field_validator("address")
+    @classmethod
+    def _address_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("expected a host name or IP address, got an empty string")
+        return value.strip()
+
+
+class MaestroHostConfig(SshLoginConfig):
+    """`maestro_host:` (provider: ssh, maestro: remote): the machine the watcher runs on."""
+
+    root: str | None = Field(
+        None,
+        description="cloudsend's folder on the maestro (absolute, or ~/...); default "
+        "~/.cloudsend/maestro.",
+    )
+
+    @field_validator("root")
+    @classmethod
+    def _root_is_safe(cls, value: str | None) -> str | None:
+        return None if value is None else check_root(value)
+
+
+class SshHostConfig(SshLoginConfig):
+    """A machine you already have, reached over SSH (provider: ssh)."""
+
     cpus: CpuCount | None = Field(None, description="CPU slots; default: detected (nproc).")
     root: str | None = Field(
         None,
@@ -295,13 +322,6 @@ class SshHostConfig(_Model):
     @classmethod
     def _root_is_safe(cls, value: str | None) -> str | None:
         return None if value is None else check_root(value)
-
-    @field_validator("address")
-    @classmethod
-    def _address_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("expected a host name or IP address, got an empty string")
-        return value.strip()
 
 
 class EnvironmentConfig(_Model):
@@ -445,6 +465,11 @@ class SshSettings(_Model):
         "pinned in .cloudsend/known_hosts: tofu pins it on first contact and shows its "
         "fingerprint; strict refuses it. A key that differs from a known one is always refused.",
     )
+    maestro_host: MaestroHostConfig | None = Field(
+        None,
+        description="ssh, maestro: remote: the machine the watcher runs on ({address, port, "
+        "user, key, root}, checked like a hosts: entry).",
+    )
 
 
 # flat key → the group holding it (Config.aws, Config.ssh)
@@ -478,7 +503,8 @@ class Config(_Model):
     maestro: Literal["local", "remote"] = Field(
         "local",
         description="Where the orchestrator (the watcher) runs: this machine (local), or "
-        "remote (aws: a small on-demand instance in the stack, see maestro_type).",
+        "remote (ssh: maestro_host; aws: a small on-demand instance in the stack, see "
+        "maestro_type).",
     )
     auto_stop: bool = Field(True, description="Stop instances once their jobs are done.")
     provider: Literal["local", "ssh", "aws"] = Field(

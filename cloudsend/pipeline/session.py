@@ -17,7 +17,14 @@ from typing import Any, TypeVar
 from cloudsend.config.layout import open_project
 from cloudsend.config.models import Config
 from cloudsend.core import FINAL, FINAL_STATES, CloudSendProcessState, JobState
-from cloudsend.errors import AgentError, CloudsendError, ProvisionError, StateError, TransportError
+from cloudsend.errors import (
+    AgentError,
+    CloudsendError,
+    ConfigError,
+    ProvisionError,
+    StateError,
+    TransportError,
+)
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.deploy import DeployReport, deploy_host, ensure_agent
 from cloudsend.pipeline.fanout import GroupResult, each_host
@@ -141,6 +148,7 @@ class Session:
 
     def start(self, reset: bool = False) -> None:
         """Find or create the hosts and open (or resume) the run."""
+        refuse_remote_maestro(self.config)
         self.reporter.phase("up", f"provider {self.provider.name}")
         self.hosts = self.provider.up()
         for notice in self.provider.notices():
@@ -587,3 +595,15 @@ class Session:
                 self.store.set_host_health(run.id, record.name, "not down", why)
             else:
                 self.store.set_host_health(run.id, record.name, "down")
+
+
+def refuse_remote_maestro(config: Config) -> None:
+    """`maestro: remote` validates and previews (its pieces exist: the run key, shipping
+    cloudsend, the aws maestro's resources), but no watcher runs there yet: running the watcher
+    here instead, or creating a maestro that sits idle and bills, would not be what was asked."""
+    if config.maestro == "remote":
+        raise ConfigError(
+            "maestro: remote is not runnable yet: the watcher cannot run on the maestro "
+            "(validate and preview show it; up and run refuse it)",
+            hint="use maestro: local (the default) for now",
+        )

@@ -114,13 +114,26 @@ class SshProvider:
 
     def down(self, hosts: list[Host], keep: bool = False) -> None:
         """Remove each host's root dir (unless keep), the hosts in parallel: only a root whose
-        marker names this project (providers.roots); any other is reported, not deleted."""
-        if keep or not hosts:
+        marker names this project (providers.roots); any other is reported, not deleted.
+        With maestro: remote, the project's run keys leave their authorized_keys (also with
+        keep)."""
+        remote = self.config.maestro == "remote"
+        if (keep and not remote) or not hosts:
             return
         failed: dict[str, str] = {}
         project = self.config.project_name
 
         def remove(host: Host) -> None:
+            if remote:
+                from cloudsend.maestro import runkey
+
+                try:
+                    runkey.remove(host.transport, runkey.run_tag(project))
+                except CloudsendError as exc:
+                    failed[host.name] = f"could not remove the run key: {exc.message[:200]}"
+                    return
+            if keep:
+                return
             try:
                 outcome = remove_root(host, project)
             except CloudsendError as exc:
