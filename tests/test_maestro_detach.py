@@ -1,0 +1,239 @@
+"""Detached runs with `maestro: local` (issue 11 part 1): `run --detach` starts the watcher as
+a daemon and returns; `attach`/`status` from other processes follow it; one watcher per run; a
+SIGKILLed watcher is restarted by the next `attach` and resumes with nothing redone."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloudsend.pipeline.daemon import Action, WatcherFiles, decide
+from tests.conftest import Project
+from tests.waiting import wait_until
+
+CONFIG = """
+project: detached
+instances:
+  - cpus: 2
+    number: 2
+environments:
+  - name: plain
+    command: "echo plain ready"
+jobs:
+  - env_name: plain
+    run_command: >-
+      echo "$CLOUDSEND_JOB_ID" >> {ledger} &&
+      sleep {sleep} && echo "result of $CLOUDSEND_JOB_ID" > out.txt
+    output_file: out.txt
+    repeat: {repeat}
+"""
+
+
+# ---- the decision, as a table --------------------------------------------------------------
+
+TABLE = [
+    # command, lock held, recorded, ended -> action
+    ("run", True, True, False, Action.ATTACH),
+    ("run", True, False, False, Action.ATTACH),  # a watcher starting: its record not written yet
+    ("run-detach", True, True, False, Action.ATTACH),
+    ("attach", True, True, False, Action.ATTACH),
+    ("attach", True, True, True, Action.ATTACH),  # ending: it writes the end, then unlocks
+    ("run", False, False, False, Action.START),
+    ("run-detach", False, False, False, Action.START),
+    ("run", False, True, True, Action.START),  # the last run ended: this one resumes it
+    ("run-detach", False, True, True, Action.START),
+    ("run", False, True, False, Action.RESTART),  # died mid-run (SIGKILL)
+    ("run-detach", False, True, False, Action.RESTART),
+    ("attach", False, True, False, Action.RESTART),
+    ("attach", False, True, True, Action.OUTCOME),
+    ("attach", False, False, False, Action.NOTHING),
+]
+
+
+@pytest.mark.parametrize(("command", "held", "recorded", "ended", "want"), TABLE)
+def test_decide(command: str, held: bool, recorded: bool, ended: bool, want: Action) -> None:
+    assert decide(command, held, recorded, ended) == want  # type: ignore[arg-type]
+
+
+def test_the_lock_is_the_owner_test(tmp_path: Path) -> None:
+    files = WatcherFiles(tmp_path)
+    assert not files.lock_held()
+    held = files.try_lock()
+    assert held is not None
+    try:
+        assert files.lock_held()
+        assert files.try_lock() is None  # no rival
+    finally:
+        held.close()
+    assert not files.lock_held()  # released with its holder
+
+
+# ---- the real thing on the local provider ---------------------------------------------------
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _files(project: Project) -> WatcherFiles:
+    return WatcherFiles(project.state_dir())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _stat(pid: int) -> tuple[int, int]:
+    """(ppid, session id) of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[3])
+
+
+@pytest.fixture
+def watchers(project: Project) -> Iterator[list[int]]:
+    """Pids of the watchers a test started: killed at the end if still alive."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _detach(project: Project, watchers: list[int]) -> tuple[dict[str, object], float, int]:
+    began = time.monotonic()
+    proc = project.popen("run", "--detach", "--json")
+    out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - began
+    assert proc.returncode == 0, err
+    doc = json.loads(out)
+    watchers.append(int(str(doc["pid"])))
+    return doc, took, proc.pid
+
+
+def _outputs_once(project: Project, repeat: int) -> None:
+    outs = sorted(project.results().glob("*/out.txt"))
+    assert len(outs) == repeat
+    for out in outs:
+        assert out.read_text().strip() == f"result of {out.parent.name}"
+
+
+def test_detached_run_is_followed_from_other_processes(
+    project: Project, tmp_path: Path, watchers: list[int]
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    project.config(CONFIG.format(ledger=ledger, sleep=2, repeat=6))
+    doc, took, cli_pid = _detach(project, watchers)
+    assert took < 2.0, f"run --detach took {took:.2f} s"
+    assert doc["run"] == 1 and doc["ended"] is False
+    pid = int(str(doc["pid"]))
+    # the CLI is gone and the watcher is not its child, nor in its session: closing the
+    # terminal (SIGHUP to its session) or killing the CLI does not reach it
+    assert not _alive(cli_pid)
+    assert _alive(pid)
+    ppid, sid = _stat(pid)
+    assert ppid != cli_pid and ppid != os.getpid()
+    assert sid not in (os.getsid(0), cli_pid, pid)  # setsid, then forked again: no tty ever
+
+    # one watcher per run: a second run --detach names the same watcher
+    again = json.loads(project.cli("run", "--detach", "--json", check=True).stdout)
+    assert again["pid"] == pid and again["run"] == 1
+
+    status = json.loads(project.cli("status", "--json", check=True).stdout)
+    assert status["watcher"]["state"] == "running" and status["watcher"]["pid"] == pid
+    assert len(status["jobs"]) == 6
+
+    attached = project.cli("attach", "--json", timeout=120)
+    assert attached.returncode == 0, attached.stderr
+    summary = json.loads(attached.stdout)
+    assert summary["ok"] is True and summary["counts"] == {"DONE": 6}
+    wait_until(lambda: not _alive(pid), timeout=20, what="the watcher to exit")
+
+    final = json.loads(project.cli("status", "--json", check=True).stdout)
+    assert final["watcher"]["state"] == "ended" and final["watcher"]["exit_code"] == 0
+    assert all(j["state"] == "DONE" and j["fetched"] for j in final["jobs"])
+    _outputs_once(project, 6)
+    assert sorted(set(_lines(ledger))) == sorted(_lines(ledger)) and len(_lines(ledger)) == 6
+
+    # a re-run of the finished config: detached, it finds nothing to do and ends at once
+    doc2, took2, _ = _detach(project, watchers)
+    assert took2 < 2.0, f"re-run of run --detach took {took2:.2f} s"
+    wait_until(
+        lambda: json.loads(project.cli("status", "--json").stdout)["watcher"]["state"] == "ended",
+        timeout=30,
+        what="the re-run's watcher to end",
+    )
+    assert len(_lines(ledger)) == 6  # nothing re-ran
+
+
+def test_sigkilled_watcher_is_restarted_by_attach_and_redoes_nothing(
+    project: Project, tmp_path: Path, watchers: list[int]
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    project.config(CONFIG.format(ledger=ledger, sleep=1.5, repeat=8))
+    doc, _, _ = _detach(project, watchers)
+    pid = int(str(doc["pid"]))
+    files = _files(project)
+    # mid-run: some jobs started, not all finished
+    wait_until(lambda: len(_lines(ledger)) >= 2, timeout=60, what="jobs to start")
+    os.kill(pid, signal.SIGKILL)
+    # its threads exit (and its files close) just after the process shows as a zombie
+    wait_until(lambda: not files.lock_held(), timeout=10, what="the watcher's lock to go")
+    record = files.read()
+    assert record is not None and not record.is_ended
+
+    status = project.cli("status", check=True)
+    assert "watcher not running" in status.stdout and "cloudsend attach" in status.stdout
+
+    attached = project.cli("attach", "--json", timeout=180)
+    assert attached.returncode == 0, attached.stderr
+    assert "restarted" in attached.stdout + attached.stderr or files.read() is not None
+    summary = json.loads(attached.stdout)
+    assert summary["ok"] is True and summary["counts"] == {"DONE": 8}
+    restarted = files.read()
+    assert restarted is not None and restarted.pid != pid and restarted.exit_code == 0
+    watchers.append(restarted.pid)
+    # each job ran exactly once over both watchers; each output came home once
+    ran = _lines(ledger)
+    assert len(ran) == 8 and len(set(ran)) == 8
+    _outputs_once(project, 8)
+
+
+def test_second_run_attaches_to_the_live_watcher(
+    project: Project, tmp_path: Path, watchers: list[int]
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    project.config(CONFIG.format(ledger=ledger, sleep=1, repeat=4))
+    doc, _, _ = _detach(project, watchers)
+    second = project.cli("run", "--json", timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert "attaching" in second.stderr
+    assert json.loads(second.stdout)["counts"] == {"DONE": 4}
+    ran = _lines(ledger)
+    assert len(ran) == 4 and len(set(ran)) == 4  # no rival watcher submitted them again
+    record = _files(project).read()
+    assert record is not None and record.pid == doc["pid"]
+
+
+def test_cancel_from_another_terminal_ends_the_detached_run(
+    project: Project, tmp_path: Path, watchers: list[int]
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    project.config(CONFIG.format(ledger=ledger, sleep=30, repeat=2))
+    doc, _, _ = _detach(project, watchers)
+    wait_until(lambda: len(_lines(ledger)) >= 2, timeout=60, what="jobs to start")
+    project.cli("cancel", "--all", check=True)
+    attached = project.cli("attach", "--json", timeout=60)
+    assert attached.returncode == 0, attached.stderr
+    assert json.loads(attached.stdout)["counts"] == {"CANCELLED": 2}
+    wait_until(lambda: not _alive(int(str(doc["pid"]))), timeout=20, what="the watcher to end")
