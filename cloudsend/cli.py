@@ -194,7 +194,9 @@ def _record_end(owner: Any, summary: RunSummary, error: CloudsendError | None = 
     owner.ended(code, message, summary_doc(summary) if summary is not None else {})
 
 
-def _serve(cfg: Config, files: Any, reset: bool, retry_cancelled: bool) -> int:
+def _serve(
+    cfg: Config, files: Any, reset: bool, retry_cancelled: bool, resume: bool = False
+) -> int:
     """The detached watcher (in the daemon spawned by run --detach or attach): the same
     pipeline as `run`, its progress in watcher.log, its end in watcher.json."""
     from cloudsend.api import SyncClient
@@ -210,7 +212,7 @@ def _serve(cfg: Config, files: Any, reset: bool, retry_cancelled: bool) -> int:
     client: SyncClient | None = None
     try:
         client = SyncClient(cfg, reporter)
-        client.start(reset=reset)
+        client.start(reset=reset, resume=resume)
         owner.opened(client.session.current_run())
         client.deploy()
         client.run(retry_cancelled=retry_cancelled)
@@ -293,7 +295,7 @@ def _attach(cfg: Config, files: Any, as_json: bool) -> None:
             if action == daemon.Action.RESTART:
                 reporter.close()  # no drawing thread across the fork
                 since = time.time()
-                daemon.spawn(files, lambda: _serve(cfg, files, False, False))
+                daemon.spawn(files, lambda: _serve(cfg, files, False, False, resume=True))
                 started = daemon.wait_for_run(files, since)
                 if started is None:
                     raise CloudsendError(
