@@ -30,7 +30,7 @@ environments:
 jobs:
   - env_name: plain
     run_command: >-
-      echo "$CLOUDSEND_JOB_ID" >> {ledger} &&
+      echo "$CLOUDSEND_JOB_ID" >> {ledger} && echo "started $CLOUDSEND_JOB_ID" &&
       sleep {sleep} && echo "result of $CLOUDSEND_JOB_ID" > out.txt
     output_file: out.txt
     repeat: {repeat}
@@ -248,3 +248,31 @@ def test_cancel_from_another_terminal_ends_the_detached_run(
     assert attached.returncode == 0, attached.stderr
     assert json.loads(attached.stdout)["counts"] == {"CANCELLED": 2}
     wait_until(lambda: not _alive(int(str(doc["pid"]))), timeout=20, what="the watcher to end")
+
+
+def test_logs_fetch_and_down_work_from_other_terminals(
+    project: Project, tmp_path: Path, watchers: list[int]
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    _config(project, ledger, 3, 2)
+    doc, _, _ = _detach(project, watchers)
+    follow = project.popen("logs", "0.0", "-f")
+    wait_until(lambda: len(_lines(ledger)) >= 2, timeout=60, what="jobs to start")
+    fetched = project.cli("fetch", check=True)  # beside the watcher's own fetches
+    assert "results:" in fetched.stdout
+    out, err = follow.communicate(timeout=60)  # ends with the job
+    assert follow.returncode == 0, err
+    assert out.startswith("started ")
+    attached = json.loads(project.cli("attach", "--json", timeout=60, check=True).stdout)
+    assert attached["counts"] == {"DONE": 2}
+    _outputs_once(project, 2)
+
+    # a second detached run (its jobs edited: they run again), taken down mid-run
+    _config(project, ledger, 30, 2)
+    doc, _, _ = _detach(project, watchers)
+    wait_until(lambda: len(_lines(ledger)) >= 4, timeout=60, what="the new jobs to start")
+    project.cli("down", "--yes", check=True, timeout=120)
+    wait_until(lambda: not _alive(int(str(doc["pid"]))), timeout=30, what="the watcher to end")
+    status = json.loads(project.cli("status", "--json", check=True).stdout)
+    assert status["watcher"]["state"] == "ended"
+    assert [j["state"] for j in status["jobs"]] == ["CANCELLED", "CANCELLED"]
