@@ -141,7 +141,8 @@ def run(
         click.echo(f"the last watcher (pid {record.pid}) ended before the run: resuming", err=True)
     if detach:
         since = time.time()
-        daemon.spawn(files, lambda: _serve(cfg, files, reset, retry_cancelled))
+        argv = _serve_argv(cfg, reset=reset, retry_cancelled=retry_cancelled)
+        daemon.spawn(files, lambda: _serve(cfg, files, reset, retry_cancelled), argv)
         _detached_note(files, daemon.wait_for_run(files, since), "detached: watched by", as_json)
         return
     owner = daemon.Ownership(files, detached=False)
@@ -248,6 +249,25 @@ def _watcher_line(files: Any) -> dict[str, Any]:
     return {"state": "not running", "pid": None, "note": note}
 
 
+def _serve_argv(cfg: Config, **flags: bool) -> list[str]:
+    """`cloudsend _watch ...`: the daemon in a fresh interpreter (daemon.spawn)."""
+    if cfg.source is None:
+        return []
+    on = [f"--{name.replace('_', '-')}" for name, value in flags.items() if value]
+    return ["_watch", str(cfg.source), *on]
+
+
+@cli.command("_watch", hidden=True)
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--reset", is_flag=True)
+@click.option("--retry-cancelled", is_flag=True)
+@click.option("--resume", is_flag=True)
+def watch_daemon(config: Path, reset: bool, retry_cancelled: bool, resume: bool) -> None:
+    """The detached watcher itself, already daemonized by daemon.spawn (not for users)."""
+    cfg = _load(config)
+    sys.exit(_serve(cfg, _watcher_files(cfg), reset, retry_cancelled, resume))
+
+
 def _detached_note(files: Any, record: Any, how: str, as_json: bool) -> None:
     if record is None:
         raise CloudsendError(
@@ -295,7 +315,8 @@ def _attach(cfg: Config, files: Any, as_json: bool) -> None:
             if action == daemon.Action.RESTART:
                 reporter.close()  # no drawing thread across the fork
                 since = time.time()
-                daemon.spawn(files, lambda: _serve(cfg, files, False, False, resume=True))
+                argv = _serve_argv(cfg, resume=True)
+                daemon.spawn(files, lambda: _serve(cfg, files, False, False, resume=True), argv)
                 started = daemon.wait_for_run(files, since)
                 if started is None:
                     raise CloudsendError(

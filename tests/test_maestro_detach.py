@@ -276,3 +276,36 @@ def test_logs_fetch_and_down_work_from_other_terminals(
     status = json.loads(project.cli("status", "--json", check=True).stdout)
     assert status["watcher"]["state"] == "ended"
     assert [j["state"] for j in status["jobs"]] == ["CANCELLED", "CANCELLED"]
+
+
+def test_with_threads_running_the_daemon_is_a_fresh_interpreter(
+    project: Project, tmp_path: Path, watchers: list[int]
+) -> None:
+    """Forking a process with threads keeps their locks locked in the child: spawn then
+    execs `cloudsend _watch` instead of calling `serve` in the forked copy."""
+    import threading
+
+    from cloudsend.pipeline.daemon import spawn, wait_for_run
+
+    ledger = tmp_path / "ledger.txt"
+    _config(project, ledger, 0, 2)
+    state = project.path / ".cloudsend" / "projects" / "detached"
+    state.mkdir(parents=True)
+    files = WatcherFiles(state)
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait, daemon=True)
+    busy.start()
+    try:
+        since = time.time()
+        spawn(files, lambda: 99, ["_watch", str(project.path / "cloudsend.yaml")])
+    finally:
+        stop.set()
+        busy.join()
+    record = wait_for_run(files, since, timeout=60)
+    assert record is not None
+    watchers.append(record.pid)
+    wait_until(lambda: (files.read() or record).is_ended, timeout=60, what="the run to end")
+    ended = files.read()
+    assert ended is not None and ended.exit_code == 0  # not 99: serve() was not called
+    assert ended.summary["counts"] == {"DONE": 2}
+    assert len(_lines(ledger)) == 2

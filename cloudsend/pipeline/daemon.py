@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -175,11 +176,14 @@ class Ownership:
         self._lock.close()
 
 
-def spawn(files: WatcherFiles, serve: Callable[[], int]) -> int:
+def spawn(files: WatcherFiles, serve: Callable[[], int], argv: Sequence[str] = ()) -> int:
     """Run `serve` in a daemon: double fork, setsid, stdio on watcher.log; the daemon is not
     a child of this process and survives its terminal closing and this process being killed.
     Returns the pid of the intermediate child (already reaped); the daemon exits with what
-    `serve` returns. Call with no thread running (fork keeps only the caller's thread)."""
+    `serve` returns. Fork keeps only the caller's thread (a lock another thread held stays
+    locked in the child): with other threads running and `argv` given, the daemon runs
+    `python -m cloudsend ARGV` in a fresh interpreter instead of `serve`."""
+    fresh = bool(argv) and threading.active_count() > 1
     sys.stdout.flush()
     sys.stderr.flush()
     first = os.fork()
@@ -198,6 +202,8 @@ def spawn(files: WatcherFiles, serve: Callable[[], int]) -> int:
         os.dup2(log, 2)
         os.close(devnull)
         os.close(log)
+        if fresh:
+            os.execv(sys.executable, [sys.executable, "-m", "cloudsend", *argv])
         code = serve()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
