@@ -138,7 +138,7 @@ def run(
         _attach(cfg, files, as_json)
         return
     if action == daemon.Action.RESTART and record is not None:
-        click.echo(f"the last watcher (pid {record.pid}) ended before the run: resuming", err=True)
+        click.echo(f"the last watcher (pid {record.pid}) died mid-run: resuming", err=True)
     if detach:
         since = time.time()
         argv = _serve_argv(cfg, reset=reset, retry_cancelled=retry_cancelled)

@@ -162,6 +162,16 @@ def test_detached_run_is_followed_from_other_processes(
     assert status["watcher"]["state"] == "running" and status["watcher"]["pid"] == pid
     assert len(status["jobs"]) == 6
 
+    # Ctrl-C leaves the run going
+    left = project.popen("attach")
+    wait_until(lambda: _files(project).lock_held(), timeout=5, what="a live watcher")
+    time.sleep(1)
+    left.send_signal(signal.SIGINT)
+    _, err = left.communicate(timeout=30)
+    # (a machine slow enough to be still importing says main()'s words for the same thing)
+    assert left.returncode == 130 and ("goes on" in err or "keep running" in err), err
+    assert _alive(pid)
+
     attached = project.cli("attach", "--json", timeout=120)
     assert attached.returncode == 0, attached.stderr
     summary = json.loads(attached.stdout)
