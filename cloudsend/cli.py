@@ -137,18 +137,19 @@ def run(
         click.echo("a watcher already runs this project's run: attaching", err=True)
         _attach(cfg, files, as_json)
         return
+    resume = action == daemon.Action.RESTART and not reset  # the dead watcher's run goes on
     if action == daemon.Action.RESTART and record is not None:
         click.echo(f"the last watcher (pid {record.pid}) died mid-run: resuming", err=True)
     if detach:
         since = time.time()
-        argv = _serve_argv(cfg, reset=reset, retry_cancelled=retry_cancelled)
-        daemon.spawn(files, lambda: _serve(cfg, files, reset, retry_cancelled), argv)
+        argv = _serve_argv(cfg, reset=reset, retry_cancelled=retry_cancelled, resume=resume)
+        daemon.spawn(files, lambda: _serve(cfg, files, reset, retry_cancelled, resume), argv)
         _detached_note(files, daemon.wait_for_run(files, since), "detached: watched by", as_json)
         return
     owner = daemon.Ownership(files, detached=False)
     client, reporter = _client(cfg, quiet=as_json)
     try:
-        client.start(reset=reset)
+        client.start(reset=reset, resume=resume)
         owner.opened(client.session.current_run())
         client.deploy()
         submitted = client.run(retry_cancelled=retry_cancelled)

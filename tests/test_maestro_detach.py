@@ -195,11 +195,14 @@ def test_detached_run_is_followed_from_other_processes(
     assert len(_lines(ledger)) == 6  # nothing re-ran
 
 
-@pytest.mark.parametrize("recover", [True, False])
-def test_sigkilled_watcher_is_restarted_by_attach_and_redoes_nothing(
-    project: Project, tmp_path: Path, watchers: list[int], recover: bool
+@pytest.mark.parametrize(
+    ("recover", "restarter"), [(True, "attach"), (False, "attach"), (False, "run")]
+)
+def test_sigkilled_watcher_is_restarted_and_redoes_nothing(
+    project: Project, tmp_path: Path, watchers: list[int], recover: bool, restarter: str
 ) -> None:
-    """recover: false opens a new run per `run`; a restarted watcher still resumes its own."""
+    """The next `attach` (or `run`, in its terminal) restarts the watcher. recover: false
+    opens a new run per `run`; a restarted watcher still resumes the dead one's."""
     ledger = tmp_path / "ledger.txt"
     _config(project, ledger, 1.5, 8, recover)
     doc, _, _ = _detach(project, watchers)
@@ -216,13 +219,14 @@ def test_sigkilled_watcher_is_restarted_by_attach_and_redoes_nothing(
     status = project.cli("status", check=True)
     assert "watcher not running" in status.stdout and "cloudsend attach" in status.stdout
 
-    attached = project.cli("attach", "--json", timeout=180)
+    attached = project.cli(restarter, "--json", timeout=180)
     assert attached.returncode == 0, attached.stderr
     summary = json.loads(attached.stdout)
     assert summary["ok"] is True and summary["counts"] == {"DONE": 8}
     assert summary["run"] == 1
     restarted = files.read()
     assert restarted is not None and restarted.pid != pid and restarted.exit_code == 0
+    assert restarted.detached is (restarter == "attach")
     watchers.append(restarted.pid)
     # each job ran exactly once over both watchers; each output came home once
     ran = _lines(ledger)
