@@ -17,6 +17,7 @@ from cloudsend.textsafe import clean
 if TYPE_CHECKING:
     from cloudsend.api import SyncClient
     from cloudsend.config.models import Config
+    from cloudsend.pipeline.daemon import Ownership, WatcherFiles, WatcherRecord
     from cloudsend.pipeline.reporting import RunSummary
 
 CONFIG_NAME = "cloudsend.yaml"  # what CONFIG means when it is left out or a directory
@@ -176,28 +177,28 @@ def run(
     raise_for(summary)
 
 
-def _watcher_files(cfg: Config) -> Any:
+def _watcher_files(cfg: Config) -> WatcherFiles:
     from cloudsend.config.layout import open_project
     from cloudsend.pipeline.daemon import WatcherFiles
 
     return WatcherFiles.of(open_project(cfg))
 
 
-def _record_end(owner: Any, summary: RunSummary, error: CloudsendError | None = None) -> None:
+def _record_end(owner: Ownership, summary: RunSummary) -> None:
     """What the run ended with, for `attach` and `status` in other terminals."""
     from cloudsend.ui import summary_doc
 
-    if error is None:
-        try:
-            raise_for(summary)
-        except CloudsendError as exc:
-            error = exc
+    error: CloudsendError | None = None
+    try:
+        raise_for(summary)
+    except CloudsendError as exc:
+        error = exc
     code, message = (0, "") if error is None else (error.exit_code, f"{error.kind}: {error}")
-    owner.ended(code, message, summary_doc(summary) if summary is not None else {})
+    owner.ended(code, message, summary_doc(summary))
 
 
 def _serve(
-    cfg: Config, files: Any, reset: bool, retry_cancelled: bool, resume: bool = False
+    cfg: Config, files: WatcherFiles, reset: bool, retry_cancelled: bool, resume: bool = False
 ) -> int:
     """The detached watcher (in the daemon spawned by run --detach or attach): the same
     pipeline as `run`, its progress in watcher.log, its end in watcher.json."""
@@ -235,7 +236,7 @@ def _serve(
         owner.release()
 
 
-def _watcher_line(files: Any) -> dict[str, Any]:
+def _watcher_line(files: WatcherFiles) -> dict[str, Any]:
     """`status`'s word on the watcher: "running", "ended", "not running" (a detached one
     died before its run ended) or "none" (never detached), with a note for people."""
     record = files.read()
@@ -269,7 +270,9 @@ def watch_daemon(config: Path, reset: bool, retry_cancelled: bool, resume: bool)
     sys.exit(_serve(cfg, _watcher_files(cfg), reset, retry_cancelled, resume))
 
 
-def _detached_note(files: Any, record: Any, how: str, as_json: bool) -> None:
+def _detached_note(
+    files: WatcherFiles, record: WatcherRecord | None, how: str, as_json: bool
+) -> None:
     if record is None:
         raise CloudsendError(
             "the detached watcher did not start",
@@ -291,7 +294,7 @@ def _detached_note(files: Any, record: Any, how: str, as_json: bool) -> None:
     click.echo("follow it: cloudsend attach · status: cloudsend status")
 
 
-def _attach(cfg: Config, files: Any, as_json: bool) -> None:
+def _attach(cfg: Config, files: WatcherFiles, as_json: bool) -> None:
     """Follow the project's watcher until the run ends, restarting it when it died; Ctrl-C
     leaves it running. Ends with the run's summary and exit code."""
     from cloudsend.pipeline import daemon
