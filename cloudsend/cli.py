@@ -286,9 +286,13 @@ def _detached_note(
              "ended": record.is_ended, "exit_code": record.exit_code}
         )
         return
-    run = f"run {record.run_id}" if record.run_id is not None else "the run"
+    opening = "the run (it opens once the hosts are up)"
+    run = f"run {record.run_id}" if record.run_id is not None else opening
     if record.is_ended:
         click.echo(f"{run} ended (exit {record.exit_code}): `cloudsend attach` shows it")
+        if record.exit_code:  # already failed (no host could start...): say why, as run does
+            click.echo(clean(record.message, 20_000), err=True)
+            sys.exit(record.exit_code)
         return
     click.echo(f"{run} {how} pid {record.pid} (log {files.log})")
     click.echo("follow it: cloudsend attach · status: cloudsend status")
@@ -334,8 +338,10 @@ def _attach(cfg: Config, files: WatcherFiles, as_json: bool) -> None:
             time.sleep(0.5)
         reporter.close()
         assert record is not None
-        if record.run_id is not None:
-            session.run_id = record.run_id
+        if record.run_id is None:  # it ended before opening a run (the hosts could not start)
+            click.echo(clean(record.message or "the watcher ended before the run began"), err=True)
+            sys.exit(record.exit_code or 1)
+        session.run_id = record.run_id
         summary = session.summary()
         done = record.summary  # the watcher's own counters (this process sent nothing)
         summary.files_sent = int(done.get("files_sent", 0))

@@ -323,3 +323,29 @@ def test_with_threads_running_the_daemon_is_a_fresh_interpreter(
     assert ended is not None and ended.exit_code == 0  # not 99: serve() was not called
     assert ended.summary["counts"] == {"DONE": 2}
     assert len(_lines(ledger)) == 2
+
+
+def test_a_watcher_that_fails_at_once_says_why_with_its_exit_code(
+    project: Project, tmp_path: Path, watchers: list[int]
+) -> None:
+    """No host can be used: `run --detach` and `attach` both end with the provision error
+    (exit 3), not with a silent 0."""
+    key = project.write("key", "not a key\n", mode=0o600)
+    project.config(
+        f"""
+        provider: ssh
+        hosts:
+          - {{address: 127.0.0.1, port: 1, user: nobody, key: {key}, cpus: 1}}
+        environments:
+          - name: e
+            command: echo ready
+        jobs:
+          - env_name: e
+            run_command: echo hi
+        """
+    )
+    detached = project.cli("run", "--detach", timeout=60)
+    assert detached.returncode == 3, detached.stdout + detached.stderr
+    assert "could be used" in detached.stderr
+    attached = project.cli("attach", timeout=60)
+    assert attached.returncode == 3 and "could be used" in attached.stderr

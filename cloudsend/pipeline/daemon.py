@@ -218,20 +218,21 @@ def spawn(files: WatcherFiles, serve: Callable[[], int], argv: Sequence[str] = (
         os._exit(code)
 
 
-def wait_for_run(files: WatcherFiles, since: float, timeout: float = 10.0) -> WatcherRecord | None:
-    """The record of a watcher started after `since` (epoch s) once it knows its run (or
-    ended); None if none said so within `timeout` (its log says why)."""
+def wait_for_run(files: WatcherFiles, since: float, timeout: float = 5.0) -> WatcherRecord | None:
+    """The record of the watcher started after `since` (epoch s) once it knows its run (or
+    ended); after `timeout` its record as it is (a provider slow to bring hosts up: the run
+    opens after), None when no watcher recorded itself at all (its log says why)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    latest: WatcherRecord | None = None
+    while True:
         record = files.read()
-        if (
-            record is not None
-            and record.started >= since
-            and (record.run_id is not None or record.is_ended)
-        ):
-            return record
+        if record is not None and record.started >= since:
+            latest = record
+            if record.run_id is not None or record.is_ended:
+                return record
+        if time.monotonic() >= deadline:
+            return latest
         time.sleep(0.02)
-    return None
 
 
 class LogReporter:
