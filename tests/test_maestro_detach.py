@@ -349,3 +349,28 @@ def test_a_watcher_that_fails_at_once_says_why_with_its_exit_code(
     assert "could be used" in detached.stderr
     attached = project.cli("attach", timeout=60)
     assert attached.returncode == 3 and "could be used" in attached.stderr
+
+
+def test_detached_watcher_reruns_the_jobs_a_host_reboot_killed(
+    project: Project, tmp_path: Path, watchers: list[int]
+) -> None:
+    """The same pipeline as `run`: a host "reboots" mid-run (its agent and jobs SIGKILLed)
+    and the detached watcher runs the killed jobs again."""
+    from tests.agent_helpers import processes_under
+
+    ledger = tmp_path / "ledger.txt"
+    _config(project, ledger, 1.5, 4)
+    doc, _, _ = _detach(project, watchers)
+    host_root = project.state_dir() / "hosts" / "local-0-0"
+    wait_until(lambda: len(_lines(ledger)) >= 4, timeout=60, what="jobs to start")
+    victims = processes_under(host_root)
+    assert victims, "nothing runs under the host"
+    for victim in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+    attached = json.loads(project.cli("attach", "--json", timeout=120, check=True).stdout)
+    assert attached["counts"] == {"DONE": 4}
+    ids = _lines(ledger)
+    assert len(set(ids)) == 4 and len(ids) == 6, ids  # the two killed ones started again
+    _outputs_once(project, 4)
+    wait_until(lambda: not _alive(int(str(doc["pid"]))), timeout=20, what="the watcher to end")
