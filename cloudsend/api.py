@@ -76,8 +76,8 @@ class SyncClient:
         self.config = _load(config)
         self.session = Session(self.config, reporter, poll_wait=poll_wait)
 
-    def start(self, reset: bool = False) -> None:
-        self.session.start(reset=reset)
+    def start(self, reset: bool = False, resume: bool = False) -> None:
+        self.session.start(reset=reset, resume=resume)
 
     def deploy(self) -> None:
         self.session.deploy()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from cloudsend.textsafe import clean
 if TYPE_CHECKING:
     from cloudsend.api import SyncClient
     from cloudsend.config.models import Config
+    from cloudsend.pipeline.daemon import Ownership, WatcherFiles, WatcherRecord
     from cloudsend.pipeline.reporting import RunSummary
 
 CONFIG_NAME = "cloudsend.yaml"  # what CONFIG means when it is left out or a directory
@@ -101,20 +103,55 @@ def cli(debug: bool) -> None:
     help="Run the jobs cancelled earlier again (they are not re-run otherwise).",
 )
 @click.option("--yes", "-y", is_flag=True, help="aws: do not ask before creating resources.")
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Watch the run from a background process and return at once (`cloudsend attach` "
+    "follows it; it survives this terminal closing).",
+)
 @JSON_OPT
-def run(config: Path, reset: bool, retry_cancelled: bool, yes: bool, as_json: bool) -> None:
+def run(
+    config: Path, reset: bool, retry_cancelled: bool, yes: bool, detach: bool, as_json: bool
+) -> None:
     """Set up hosts and environments, run every job, watch them, fetch results.
 
     Interrupted? Run it again: DONE jobs are never re-run, files never re-sent, environments
-    never rebuilt unless they changed.
+    never rebuilt unless they changed. With --detach the watching goes on in the background.
     """
+    from cloudsend.pipeline import daemon
     from cloudsend.ui import print_json, print_summary, summary_doc
 
     cfg = _load(config)
     _confirm_plan(cfg, yes)  # `run` creates machines too: same review as `up`
+    files = _watcher_files(cfg)
+    record = files.read()
+    action = daemon.decide(
+        "run-detach" if detach else "run",
+        files.lock_held(),
+        record is not None,
+        record is not None and record.is_ended,
+    )
+    if action == daemon.Action.ATTACH:  # one watcher per run: never a rival
+        if detach:
+            _detached_note(files, files.read(), "already watched by", as_json)
+            return
+        click.echo("a watcher already runs this project's run: attaching", err=True)
+        _attach(cfg, files, as_json)
+        return
+    resume = action == daemon.Action.RESTART and not reset  # the dead watcher's run goes on
+    if action == daemon.Action.RESTART and record is not None:
+        click.echo(f"the last watcher (pid {record.pid}) died mid-run: resuming", err=True)
+    if detach:
+        since = time.time()
+        argv = _serve_argv(cfg, reset=reset, retry_cancelled=retry_cancelled, resume=resume)
+        daemon.spawn(files, lambda: _serve(cfg, files, reset, retry_cancelled, resume), argv)
+        _detached_note(files, daemon.wait_for_run(files, since), "detached: watched by", as_json)
+        return
+    owner = daemon.Ownership(files, detached=False)
     client, reporter = _client(cfg, quiet=as_json)
     try:
-        client.start(reset=reset)
+        client.start(reset=reset, resume=resume)
+        owner.opened(client.session.current_run())
         client.deploy()
         submitted = client.run(retry_cancelled=retry_cancelled)
         unfinished = sum(v.state != JobState.DONE for v in client.session.views())
@@ -122,9 +159,11 @@ def run(config: Path, reset: bool, retry_cancelled: bool, yes: bool, as_json: bo
         client.fetch_results()
         client.finalize()
         summary = client.summary()
+        _record_end(owner, summary)
     finally:
         reporter.close()
         client.close()
+        owner.release()
     if as_json:
         print_json(summary_doc(summary))
     else:
@@ -136,6 +175,207 @@ def run(config: Path, reset: bool, retry_cancelled: bool, yes: bool, as_json: bo
                 f"{cancelled} job(s) CANCELLED: not run again unless you pass --retry-cancelled"
             )
     raise_for(summary)
+
+
+def _watcher_files(cfg: Config) -> WatcherFiles:
+    from cloudsend.config.layout import open_project
+    from cloudsend.pipeline.daemon import WatcherFiles
+
+    return WatcherFiles.of(open_project(cfg))
+
+
+def _record_end(owner: Ownership, summary: RunSummary) -> None:
+    """What the run ended with, for `attach` and `status` in other terminals."""
+    from cloudsend.ui import summary_doc
+
+    error: CloudsendError | None = None
+    try:
+        raise_for(summary)
+    except CloudsendError as exc:
+        error = exc
+    code, message = (0, "") if error is None else (error.exit_code, f"{error.kind}: {error}")
+    owner.ended(code, message, summary_doc(summary))
+
+
+def _serve(
+    cfg: Config, files: WatcherFiles, reset: bool, retry_cancelled: bool, resume: bool = False
+) -> int:
+    """The detached watcher (in the daemon spawned by run --detach or attach): the same
+    pipeline as `run`, its progress in watcher.log, its end in watcher.json."""
+    from cloudsend.api import SyncClient
+    from cloudsend.errors import StateError
+    from cloudsend.pipeline import daemon
+
+    try:
+        owner = daemon.Ownership(files, detached=True)
+    except StateError:  # a rival started first: it watches, this one is not needed
+        return 0
+    reporter = daemon.LogReporter()
+    reporter.phase("watcher", f"pid {os.getpid()}, config {cfg.source}")
+    client: SyncClient | None = None
+    try:
+        client = SyncClient(cfg, reporter)
+        client.start(reset=reset, resume=resume)
+        owner.opened(client.session.current_run())
+        client.deploy()
+        client.run(retry_cancelled=retry_cancelled)
+        client.wait()
+        client.fetch_results()
+        client.finalize()
+        summary = client.summary()
+        _record_end(owner, summary)
+        reporter.phase("ended", f"exit {owner.record.exit_code} {owner.record.message}")
+        return owner.record.exit_code or 0
+    except CloudsendError as exc:  # the run ended with an error: attach shows it
+        reporter.phase("ended", f"{exc.kind}: {exc}")
+        owner.ended(exc.exit_code, f"{exc.kind}: {exc}", {})
+        return exc.exit_code
+    finally:
+        if client is not None:
+            client.close()
+        owner.release()
+
+
+def _watcher_line(files: WatcherFiles) -> dict[str, Any]:
+    """`status`'s word on the watcher: "running", "ended", "not running" (a detached one
+    died before its run ended) or "none" (never detached), with a note for people."""
+    record = files.read()
+    if files.lock_held():
+        pid = files.live_pid()
+        return {"state": "running", "pid": pid, "note": f"watcher: running (pid {pid})"}
+    if record is None:
+        return {"state": "none", "pid": None, "note": ""}
+    if record.is_ended:
+        return {"state": "ended", "pid": None, "exit_code": record.exit_code, "note": ""}
+    note = "watcher not running — `cloudsend attach` restarts it" if record.detached else ""
+    return {"state": "not running", "pid": None, "note": note}
+
+
+def _serve_argv(cfg: Config, **flags: bool) -> list[str]:
+    """`cloudsend _watch ...`: the daemon in a fresh interpreter (daemon.spawn)."""
+    if cfg.source is None:
+        return []
+    on = [f"--{name.replace('_', '-')}" for name, value in flags.items() if value]
+    return ["_watch", str(cfg.source), *on]
+
+
+@cli.command("_watch", hidden=True)
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--reset", is_flag=True)
+@click.option("--retry-cancelled", is_flag=True)
+@click.option("--resume", is_flag=True)
+def watch_daemon(config: Path, reset: bool, retry_cancelled: bool, resume: bool) -> None:
+    """The detached watcher itself, already daemonized by daemon.spawn (not for users)."""
+    cfg = _load(config)
+    sys.exit(_serve(cfg, _watcher_files(cfg), reset, retry_cancelled, resume))
+
+
+def _detached_note(
+    files: WatcherFiles, record: WatcherRecord | None, how: str, as_json: bool
+) -> None:
+    if record is None:
+        raise CloudsendError(
+            "the detached watcher did not start",
+            hint=f"its log says why: {files.log}",
+        )
+    if as_json:
+        from cloudsend.ui import print_json
+
+        print_json(
+            {"run": record.run_id, "pid": record.pid, "log": str(files.log),
+             "ended": record.is_ended, "exit_code": record.exit_code}
+        )
+        return
+    opening = "the run (it opens once the hosts are up)"
+    run = f"run {record.run_id}" if record.run_id is not None else opening
+    if record.is_ended:
+        click.echo(f"{run} ended (exit {record.exit_code}): `cloudsend attach` shows it")
+        if record.exit_code:  # already failed (no host could start...): say why, as run does
+            click.echo(clean(record.message, 20_000), err=True)
+            sys.exit(record.exit_code)
+        return
+    click.echo(f"{run} {how} pid {record.pid} (log {files.log})")
+    click.echo("follow it: cloudsend attach · status: cloudsend status")
+
+
+def _attach(cfg: Config, files: WatcherFiles, as_json: bool) -> None:
+    """Follow the project's watcher until the run ends, restarting it when it died; Ctrl-C
+    leaves it running. Ends with the run's summary and exit code."""
+    from cloudsend.pipeline import daemon
+    from cloudsend.ui import print_json, print_summary
+
+    client, reporter = _client(cfg, quiet=as_json)
+    session = client.session
+    run_id: int | None = None
+    try:
+        while True:
+            record = files.read()
+            held = files.lock_held()
+            ended = record is not None and record.is_ended
+            action = daemon.decide("attach", held, record is not None, ended)
+            if action == daemon.Action.NOTHING:
+                raise CloudsendError(
+                    "no detached run to attach to",
+                    hint="start one with `cloudsend run --detach`",
+                )
+            if action == daemon.Action.OUTCOME:
+                break
+            if action == daemon.Action.RESTART:
+                reporter.close()  # no drawing thread across the fork
+                since = time.time()
+                argv = _serve_argv(cfg, resume=True)
+                daemon.spawn(files, lambda: _serve(cfg, files, False, False, resume=True), argv)
+                started = daemon.wait_for_run(files, since)
+                if started is None:
+                    raise CloudsendError(
+                        "the watcher could not be restarted", hint=f"see {files.log}"
+                    )
+                reporter.notice(f"the watcher had stopped: restarted (pid {started.pid})")
+                continue
+            if record is not None and record.run_id is not None:
+                run_id = session.run_id = record.run_id
+                reporter.progress(session.views())
+            time.sleep(0.5)
+        reporter.close()
+        assert record is not None
+        if record.run_id is None:  # it ended before opening a run (the hosts could not start)
+            click.echo(clean(record.message or "the watcher ended before the run began"), err=True)
+            sys.exit(record.exit_code or 1)
+        session.run_id = record.run_id
+        summary = session.summary()
+        done = record.summary  # the watcher's own counters (this process sent nothing)
+        summary.files_sent = int(done.get("files_sent", 0))
+        summary.bytes_sent = int(done.get("bytes_sent", 0))
+        summary.envs_submitted = int(done.get("envs_submitted", 0))
+        summary.elapsed = float(done.get("elapsed_s", 0.0))
+        summary.env_failures = dict(done.get("env_failures", {}))
+        if as_json:
+            print_json(record.summary or {"run": record.run_id, "exit_code": record.exit_code})
+        else:
+            print_summary(_console(), summary)
+    except KeyboardInterrupt:
+        reporter.close()
+        what = f"run {run_id}" if run_id is not None else "the run"
+        click.echo(f"\ndetached: {what} goes on (`cloudsend attach` follows it again)", err=True)
+        sys.exit(130)
+    finally:
+        reporter.close()
+        client.close()
+    if record.exit_code:
+        click.echo(clean(record.message, 20_000), err=True)
+        sys.exit(record.exit_code)
+
+
+@cli.command()
+@CONFIG_ARG
+@JSON_OPT
+def attach(config: Path, as_json: bool) -> None:
+    """Follow a detached run (`run --detach`) until it ends; Ctrl-C leaves it running.
+
+    A watcher that died (killed, machine rebooted) is restarted and resumes the run: nothing
+    done is redone. Ends with the run's summary and exit code."""
+    cfg = _load(config)
+    _attach(cfg, _watcher_files(cfg), as_json)
 
 
 def raise_for(summary: RunSummary) -> None:
@@ -252,10 +492,11 @@ def status(config: Path, as_json: bool) -> None:
             error = exc.message.splitlines()[0][:300]
         views = session.views()
         hosts = session.store.hosts(session.current_run())
+        watcher = _watcher_line(_watcher_files(client.config))
     finally:
         client.close()
     if as_json:
-        print_json(status_doc(views, hosts, answered, error))
+        print_json({**status_doc(views, hosts, answered, error), "watcher": watcher})
         return
     from rich.text import Text
 
@@ -265,6 +506,8 @@ def status(config: Path, as_json: bool) -> None:
     for h in hosts:
         mark = " (last known)" if h.name not in answered and h.health != "down" else ""
         console.print(Text(clean(f"host {h.name}: {h.health}{mark} {h.detail}".rstrip())))
+    if watcher["note"]:
+        console.print(Text(watcher["note"]), highlight=False)
     if stale or error:
         why = f" ({clean(error, 300)})" if error else ""
         console.print(

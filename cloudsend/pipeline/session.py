@@ -146,8 +146,9 @@ class Session:
 
     # ---- lifecycle -----------------------------------------------------------------------
 
-    def start(self, reset: bool = False) -> None:
-        """Find or create the hosts and open (or resume) the run."""
+    def start(self, reset: bool = False, resume: bool = False) -> None:
+        """Find or create the hosts and open (or resume) the run. `resume`: go on with the
+        latest run whatever `recover` says (a restarted detached watcher: its run is open)."""
         refuse_remote_maestro(self.config)
         self.reporter.phase("up", f"provider {self.provider.name}")
         self.hosts = self.provider.up()
@@ -159,9 +160,10 @@ class Session:
             check_fits([p.unit for p in self.plan.jobs], slots)
         if reset:
             self._reset_hosts()
-        run = self.store.open_run(config_hash(self.config), new=reset or not self.config.recover)
+        fresh = not resume and not self.config.recover
+        run = self.store.open_run(config_hash(self.config), new=reset or fresh)
         self.run_id = run.id
-        self.fresh_run = not reset and not self.config.recover
+        self.fresh_run = not reset and fresh
         if self.fresh_run:
             # nothing of an earlier run goes on: its unfinished jobs are cancelled
             # a failure is a host with no agent yet: nothing of it to cancel
