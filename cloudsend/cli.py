@@ -123,6 +123,9 @@ def run(
 
     cfg = _load(config)
     _confirm_plan(cfg, yes)  # `run` creates machines too: same review as `up`
+    if cfg.maestro == "remote":  # ssh (the gate refuses the rest): the watcher runs there
+        _remote_run(cfg, as_json)
+        return
     files = _watcher_files(cfg)
     record = files.read()
     action = daemon.decide(
@@ -375,6 +378,14 @@ def attach(config: Path, as_json: bool) -> None:
     A watcher that died (killed, machine rebooted) is restarted and resumes the run: nothing
     done is redone. Ends with the run's summary and exit code."""
     cfg = _load(config)
+    if cfg.maestro == "remote":
+        from cloudsend.maestro import control
+
+        doc = control.attach(cfg, lambda line: click.echo(clean(line), err=True))
+        click.echo(control.status_text(cfg, as_json).rstrip())
+        if any(j.get("state") != "DONE" for j in doc.get("jobs") or []):
+            raise JobError("some jobs did not end DONE on the maestro", hint="see the table")
+        return
     _attach(cfg, _watcher_files(cfg), as_json)
 
 
@@ -478,7 +489,13 @@ def status(config: Path, as_json: bool) -> None:
     from cloudsend.pipeline.reporting import stale_jobs
     from cloudsend.ui import jobs_table, print_json, status_doc
 
-    client, _ = _client(config, quiet=True)
+    cfg = _load(config)
+    if cfg.maestro == "remote":  # the maestro's own answer, as it gives it
+        from cloudsend.maestro import control
+
+        click.echo(control.status_text(cfg, as_json).rstrip())
+        return
+    client, _ = _client(cfg, quiet=True)
     session = client.session
     error: str | None = None
     answered: set[str] = set()
@@ -600,7 +617,16 @@ def logs(job: str, config: Path, stream: str, lines: int, follow: bool) -> None:
 )
 def fetch(config: Path, out: Path | None) -> None:
     """Fetch the outputs of every finished job that are not home yet."""
-    client, _ = _client(config, quiet=True)
+    cfg = _load(config)
+    if cfg.maestro == "remote":
+        from cloudsend.maestro import control
+
+        got = control.fetch(cfg)
+        click.echo(f"fetched {len(got.jobs)} job(s), {got.files} file(s), {got.bytes} bytes "
+                   "from the maestro")
+        click.echo(f"results: {got.where}")
+        return
+    client, _ = _client(cfg, quiet=True)
     try:
         client.wakeup()
         where = client.fetch_results(out)
@@ -668,7 +694,14 @@ def down(config: Path, keep: bool, force: bool, yes: bool) -> None:
     provider aws: `pulumi destroy`, then a check that nothing tagged with the stack is left
     (exit 3 listing any leftover). Refuses while results are not all fetched, unless --force.
     """
-    client, reporter = _client(config)
+    cfg = _load(config)
+    if cfg.maestro == "remote":
+        from cloudsend.maestro import control
+
+        control.down(cfg, keep=keep, force=force)
+        click.echo("down")
+        return
+    client, reporter = _client(cfg)
     try:
         unfinished = client.session.unfinished_jobs()
         _confirm_cancel([v.job_id for v in unfinished], yes)
@@ -741,6 +774,25 @@ def schema() -> None:
     from cloudsend.config import config_json_schema
 
     click.echo(json.dumps(config_json_schema(), indent=2))
+
+
+def _remote_run(cfg: Config, as_json: bool) -> None:
+    """maestro: remote (ssh): cloudsend, the run key and the bundle sent, the run detached on
+    the maestro (cloudsend.maestro.control)."""
+    from cloudsend.maestro import control
+
+    started = control.start(cfg)
+    p = started.prepared
+    sent = p.ship.uploaded + p.sent.bytes
+    if as_json:
+        from cloudsend.ui import print_json
+
+        print_json({"run": started.run_id, "maestro": p.run_dir, "bytes_sent": sent,
+                    "seconds": round(started.seconds, 2)})
+        return
+    click.echo(f"run {started.run_id} started on the maestro in {p.run_dir} "
+               f"({sent} bytes sent, {started.seconds:.1f} s)")
+    click.echo("follow it: cloudsend attach · status: cloudsend status · results: cloudsend fetch")
 
 
 def _confirm_plan(cfg: Config, yes: bool) -> None:

@@ -150,6 +150,7 @@ class Session:
         """Find or create the hosts and open (or resume) the run. `resume`: go on with the
         latest run whatever `recover` says (a restarted detached watcher: its run is open)."""
         refuse_remote_maestro(self.config)
+        refuse_watching_here(self.config)
         self.reporter.phase("up", f"provider {self.provider.name}")
         self.hosts = self.provider.up()
         for notice in self.provider.notices():
@@ -601,11 +602,22 @@ class Session:
 
 def refuse_remote_maestro(config: Config) -> None:
     """`maestro: remote` validates and previews (its pieces exist: the run key, shipping
-    cloudsend, the aws maestro's resources), but no watcher runs there yet: running the watcher
-    here instead, or creating a maestro that sits idle and bills, would not be what was asked."""
-    if config.maestro == "remote":
+    cloudsend, the aws maestro's resources), but on aws no watcher runs there yet: creating a
+    maestro that sits idle and bills would not be what was asked. On ssh the CLI's run goes to
+    cloudsend.maestro.control (the watcher runs on the maestro)."""
+    if config.maestro == "remote" and config.provider != "ssh":
         raise ConfigError(
             "maestro: remote is not runnable yet: the watcher cannot run on the maestro "
             "(validate and preview show it; up and run refuse it)",
             hint="use maestro: local (the default) for now",
+        )
+
+
+def refuse_watching_here(config: Config) -> None:
+    """A Session here is a watcher here: with maestro: remote the watcher is the maestro's."""
+    if config.maestro == "remote":
+        raise ConfigError(
+            "maestro: remote: the watcher runs on the maestro, not in this process",
+            hint="`cloudsend run CONFIG` starts it there (cloudsend.maestro.control.start); "
+            "status, attach, fetch and down talk to it",
         )

@@ -1,0 +1,316 @@
+"""The laptop's side of `maestro: remote` on provider ssh: start the run on the maestro, ask
+it how the run goes, bring its results home, take it down.
+
+The maestro runs the bundled config (`maestro: local` there) with its own detached watcher,
+which deploys to the workers with the run key. Everything the laptop needs is derived from
+the config (the maestro's address, its root), so a laptop whose `.cloudsend/` was deleted, or
+another checkout of the same config, talks to the same run. The maestro's results folder is
+the source of truth for results: `fetch` copies each job's folder once it is complete there
+(the maestro fetched it), file by file, skipping files the laptop already holds with the same
+sha256, then marks the job done on the laptop; an interrupted fetch resumes from there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from cloudsend.config.layout import project_paths
+from cloudsend.config.models import Config, MaestroHostConfig
+from cloudsend.errors import ConfigError, TransportError
+from cloudsend.maestro import remote
+from cloudsend.maestro import ship as shipping
+from cloudsend.transport.base import Transport
+
+VENV_LINK = ".cloudsend/venv"  # in the run dir: the venv the run was started with
+FINAL = ("DONE", "ABORTED", "CANCELLED")
+
+
+@dataclass(frozen=True)
+class Started:
+    run_id: int | None  # the maestro's run number
+    output: str  # what the maestro's `run --detach --json` said
+    prepared: remote.Prepared
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Fetched:
+    jobs: list[str] = field(default_factory=list)  # jobs brought home by this call
+    files: int = 0
+    bytes: int = 0
+    where: Path | None = None
+
+
+def _entry(config: Config) -> MaestroHostConfig:
+    entry = config.ssh.maestro_host
+    if config.maestro != "remote" or config.provider != "ssh" or entry is None:
+        raise ConfigError(
+            "this command's remote form needs maestro: remote on provider ssh with maestro_host",
+            hint="set maestro: remote and maestro_host, or use maestro: local",
+        )
+    return entry
+
+
+def run_dir(config: Config) -> str:
+    return f"{_entry(config).root or shipping.DEFAULT_ROOT}/runs/{config.project_name}"
+
+
+def key_dir(config: Config) -> Path:
+    return config.state_dir / "maestro"
+
+
+def wheel_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cloudsend" / "wheels"
+
+
+def _cloudsend(config: Config, *args: str) -> str:
+    """The shell command that runs the maestro's cloudsend on the run's bundled config."""
+    folder = shlex.quote(run_dir(config))
+    argv = " ".join(shlex.quote(a) for a in args)
+    return f"cd {folder} && {VENV_LINK}/bin/cloudsend {argv}"
+
+
+def start(config: Config, transport: Transport | None = None) -> Started:
+    """Prepare the maestro (ship, run key, bundle) and start the run detached there."""
+    from cloudsend.providers.ssh import SshProvider
+
+    begin = time.monotonic()
+    entry = _entry(config)
+    provider = SshProvider(config)
+    hosts = provider.up()  # pins the workers' host keys (sent in the bundle)
+    own = transport is None
+    maestro = transport or remote.maestro_transport(config, entry)
+    try:
+        if provider.unreachable:
+            raise TransportError(
+                "workers not reachable from here: "
+                + "; ".join(f"{n}: {why}" for n, why in provider.unreachable.items()),
+                hint="check the hosts: list and that each worker answers ssh",
+            )
+        prepared = remote.prepare(
+            config,
+            maestro,
+            [h.transport for h in hosts],
+            key_dir=key_dir(config),
+            wheel_cache=wheel_cache(),
+        )
+        link = f"{prepared.run_dir}/{VENV_LINK}"
+        maestro.run(
+            f"ln -sfn {shlex.quote(prepared.venv)} {shlex.quote(link)}",
+            what="link the run to cloudsend's venv on the maestro",
+        )
+        res = maestro.run(
+            _cloudsend(config, "run", "--detach", "--yes", "--json", "cloudsend.yaml"),
+            timeout=120,
+            what="start the run on the maestro",
+        )
+    finally:
+        for h in hosts:
+            h.transport.close()
+        if own:
+            maestro.close()
+    return Started(_run_number(res.stdout), res.stdout, prepared, time.monotonic() - begin)
+
+
+def _run_number(text: str) -> int | None:
+    try:
+        value = _json_tail(text).get("run")
+    except (ValueError, TransportError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _json_tail(text: str) -> dict[str, Any]:
+    """The JSON document at the end of the maestro's output (notes may precede it)."""
+    start = text.find("{")
+    if start < 0:
+        raise TransportError(f"the maestro did not answer with JSON: {text[-300:]!r}")
+    doc = json.loads(text[start:])
+    if not isinstance(doc, dict):
+        raise TransportError("the maestro's status is not a JSON object")
+    return doc
+
+
+def status_text(config: Config, as_json: bool, transport: Transport | None = None) -> str:
+    """The maestro's own `cloudsend status [--json]` output."""
+    maestro = transport or remote.maestro_transport(config, _entry(config))
+    try:
+        args = ["status", "--json", "cloudsend.yaml"] if as_json else ["status", "cloudsend.yaml"]
+        res = maestro.run(_cloudsend(config, *args), check=False, what="ask the maestro")
+    finally:
+        if transport is None:
+            maestro.close()
+    if res.exit_code != 0 and not res.stdout.strip():
+        raise TransportError(
+            f"the maestro's status failed (exit {res.exit_code}): {res.stderr.strip()[-500:]}",
+            hint="`cloudsend run CONFIG` starts the run on the maestro",
+        )
+    return res.stdout
+
+
+def status(config: Config, transport: Transport | None = None) -> dict[str, Any]:
+    return _json_tail(status_text(config, True, transport))
+
+
+def all_final(doc: dict[str, Any]) -> bool:
+    jobs = doc.get("jobs") or []
+    return bool(jobs) and all(j.get("state") in FINAL and j.get("fetched") for j in jobs)
+
+
+def attach(
+    config: Config,
+    say: Callable[[str], None],
+    poll: float = 2.0,
+    transport: Transport | None = None,
+) -> dict[str, Any]:
+    """Follow the maestro's run until every job is final and on the maestro's disk; `say`
+    gets a line each time the counts change. Returns the last status."""
+    maestro = transport or remote.maestro_transport(config, _entry(config))
+    last = ""
+    try:
+        while True:
+            doc = status(config, maestro)
+            jobs = doc.get("jobs") or []
+            counts: dict[str, int] = {}
+            for j in jobs:
+                counts[str(j.get("state"))] = counts.get(str(j.get("state")), 0) + 1
+            line = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+            if line != last:
+                say(f"maestro: {line}")
+                last = line
+            if all_final(doc):
+                return doc
+            time.sleep(poll)
+    finally:
+        if transport is None:
+            maestro.close()
+
+
+_LIST = (
+    "import hashlib, json, os, sys\n"
+    "root = sys.argv[1]; out = {}\n"
+    "if os.path.isdir(root):\n"
+    "    for run in sorted(os.listdir(root)):\n"
+    "        if not run.startswith('run-') or not os.path.isdir(os.path.join(root, run)):\n"
+    "            continue\n"
+    "        for job in sorted(os.listdir(os.path.join(root, run))):\n"
+    "            top = os.path.join(root, run, job); files = {}\n"
+    "            for d, _, names in os.walk(top):\n"
+    "                for n in names:\n"
+    "                    p = os.path.join(d, n)\n"
+    "                    if os.path.islink(p) or not os.path.isfile(p):\n"
+    "                        continue\n"
+    "                    h = hashlib.sha256()\n"
+    "                    with open(p, 'rb') as fh:\n"
+    "                        for b in iter(lambda: fh.read(1 << 20), b''):\n"
+    "                            h.update(b)\n"
+    "                    files[os.path.relpath(p, top)] = [h.hexdigest(), os.path.getsize(p)]\n"
+    "            out[run + '/' + job] = files\n"
+    "print('__cloudsend_results__' + json.dumps(out))\n"
+)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _safe(rel: str) -> bool:
+    parts = PurePosixPath(rel).parts
+    return bool(parts) and not PurePosixPath(rel).is_absolute() and ".." not in parts
+
+
+def fetch(config: Config, transport: Transport | None = None) -> Fetched:
+    """Bring home every job the maestro holds complete and the laptop does not (see the module
+    doc): results land in the laptop's results/<project>/run-N/<job>/, as with maestro: local."""
+    paths = project_paths(config)
+    rel_root = "results/" + paths.results_root.name
+    if paths.results_root.parent.parent == config.base_dir:
+        rel_root = paths.results_root.relative_to(config.base_dir).as_posix()
+    marks = key_dir(config) / "fetched"
+    maestro = transport or remote.maestro_transport(config, _entry(config))
+    got = Fetched(where=paths.results_root)
+    try:
+        complete = {
+            str(j["job_id"]) for j in status(config, maestro).get("jobs") or []
+            if j.get("state") in FINAL and j.get("fetched")
+        }
+        res = maestro.run(
+            f"python3 -c {shlex.quote(_LIST)} {shlex.quote(run_dir(config) + '/' + rel_root)}",
+            what="list the results on the maestro",
+        )
+        listing: dict[str, dict[str, list[Any]]] = json.loads(
+            res.stdout.split("__cloudsend_results__")[-1]
+        )
+        for folder, files in sorted(listing.items()):
+            job = folder.split("/", 1)[1]
+            mark = marks / folder
+            if job not in complete or mark.exists() or not _safe(folder):
+                continue
+            local_dir = paths.results_root / folder
+            for rel, (sha, size) in sorted(files.items()):
+                if not _safe(rel):
+                    continue
+                local = local_dir / rel
+                if local.is_file() and _sha256(local) == sha:
+                    continue  # an earlier, interrupted fetch brought it
+                local.parent.mkdir(parents=True, exist_ok=True)
+                tmp = local.with_name(f".{local.name}.part")
+                maestro.get(f"{run_dir(config)}/{rel_root}/{folder}/{rel}", tmp)
+                if _sha256(tmp) != sha:
+                    tmp.unlink()
+                    raise TransportError(f"{folder}/{rel} changed on the maestro while fetched")
+                os.replace(tmp, local)
+                got = Fetched(got.jobs, got.files + 1, got.bytes + int(size), got.where)
+            local_dir.mkdir(parents=True, exist_ok=True)
+            mark.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            mark.write_text("fetched\n")
+            got.jobs.append(folder)
+    finally:
+        if transport is None:
+            maestro.close()
+    return got
+
+
+def down(config: Config, keep: bool = False, force: bool = False) -> str:
+    """Stop the run on the maestro (its `down` cancels and cleans the workers), then remove the
+    project's run keys from every worker (with the user's key, from here)."""
+    from cloudsend.providers.ssh import SshProvider
+
+    maestro = remote.maestro_transport(config, _entry(config))
+    try:
+        args = ["down", "--yes", "cloudsend.yaml"]
+        if keep:
+            args.insert(1, "--keep")
+        if force:
+            args.insert(1, "--force")
+        res = maestro.run(_cloudsend(config, *args), check=False, what="take the run down")
+    finally:
+        maestro.close()
+    if res.exit_code != 0 and "No such file" not in res.stderr:
+        raise TransportError(
+            f"the maestro's down failed (exit {res.exit_code}): "
+            f"{(res.stderr or res.stdout).strip()[-500:]}",
+            hint="`cloudsend fetch` first, or `down --force` to drop unfetched results",
+        )
+    provider = SshProvider(config)
+    hosts = provider.up()
+    try:
+        provider.down(hosts, keep=keep)
+    finally:
+        for h in hosts:
+            h.transport.close()
+    return res.stdout
