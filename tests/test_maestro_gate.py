@@ -1,6 +1,8 @@
-"""`maestro: remote` validates and previews, but until the watcher runs on the maestro `run`
-and `up` refuse it: running the watcher here instead, or creating a maestro that sits idle and
-bills, would not be what the user asked for (issue 11 in progress)."""
+"""`maestro: remote` validates and previews everywhere; on aws `run` and `up` still refuse it
+(no watcher runtime on the aws maestro yet: creating a maestro that sits idle and bills would
+not be what the user asked for). On ssh the gate is lifted: `run` goes to the maestro
+(tests/test_maestro_remote.py runs it end to end), and a watcher in this process (the API's
+`start`) is refused with a message pointing at `cloudsend run`."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-CONFIG = """
+SSH = """
 project: demo
 provider: ssh
 hosts: [{address: 127.0.0.1, port: 1, key: id_test}]
@@ -21,41 +23,62 @@ jobs:
   - run_command: echo hi
 """
 
+AWS = """
+project: demo
+provider: aws
+region: us-east-1
+instances: [{type: t3.small, number: 1}]
+maestro: remote
+jobs:
+  - run_command: echo hi
+"""
 
-@pytest.mark.parametrize("command", ["run", "up"])
-def test_run_and_up_refuse_a_remote_maestro_before_touching_a_host(
-    tmp_path: Path, command: str
-) -> None:
+
+def _project(tmp_path: Path, text: str) -> None:
     (tmp_path / "id_test").write_text("not really a key\n")
     (tmp_path / "id_test").chmod(0o600)
-    (tmp_path / "cloudsend.yaml").write_text(textwrap.dedent(CONFIG).lstrip())
-    ok = subprocess.run(
-        [sys.executable, "-m", "cloudsend", "validate", "cloudsend.yaml"],
+    (tmp_path / "cloudsend.yaml").write_text(textwrap.dedent(text).lstrip())
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cloudsend", *args],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
+
+
+@pytest.mark.parametrize("command", ["run", "up"])
+def test_aws_run_and_up_refuse_a_remote_maestro_before_touching_anything(
+    tmp_path: Path, command: str
+) -> None:
+    _project(tmp_path, AWS)
+    ok = _cli(tmp_path, "validate", "cloudsend.yaml")
     assert ok.returncode == 0, ok.stderr  # the config itself is fine
-    proc = subprocess.run(
-        [sys.executable, "-m", "cloudsend", command, "cloudsend.yaml", "--yes"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )
+    proc = _cli(tmp_path, command, "cloudsend.yaml", "--yes")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "maestro: remote is not runnable yet" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / ".cloudsend").exists()  # no run opened, no host contacted
+    assert not (tmp_path / ".cloudsend").exists()  # no run opened, no stack touched
 
 
-def test_the_api_refuses_it_too(tmp_path: Path) -> None:
+def test_ssh_run_is_accepted_and_goes_to_the_hosts(tmp_path: Path) -> None:
+    _project(tmp_path, SSH)
+    proc = _cli(tmp_path, "run", "cloudsend.yaml", "--yes")
+    assert "not runnable yet" not in proc.stderr  # the gate is lifted on ssh
+    assert proc.returncode not in (0, 2), proc.stdout + proc.stderr  # port 1: nobody answers
+    assert "could be used" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_api_refuses_a_watcher_here(tmp_path: Path) -> None:
     from cloudsend.api import SyncClient
     from cloudsend.config import load_config
     from cloudsend.errors import ConfigError
 
-    (tmp_path / "id_test").write_text("not really a key\n")
-    (tmp_path / "id_test").chmod(0o600)
-    path = tmp_path / "cloudsend.yaml"
-    path.write_text(textwrap.dedent(CONFIG).lstrip())
-    client = SyncClient(load_config(path))
-    try:
-        with pytest.raises(ConfigError, match="not runnable yet"):
-            client.start()
-    finally:
-        client.close()
+    for text, message in ((AWS, "not runnable yet"), (SSH, "the watcher runs on the maestro")):
+        _project(tmp_path, text)
+        client = SyncClient(load_config(tmp_path / "cloudsend.yaml"))
+        try:
+            with pytest.raises(ConfigError, match=message):
+                client.start()
+        finally:
+            client.close()

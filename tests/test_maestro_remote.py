@@ -108,9 +108,16 @@ def test_remote_maestro_run_status_fetch_down(sshd_factory: Any, tmp_path: Path)
     resent = json.loads(again.stdout[again.stdout.index("{"):])
     assert resent["bytes_sent"] < 2000, resent  # the config only (its known_hosts is re-pinned)
 
+    there = maestro.root / "m" / "runs" / "demo" / "results" / "demo"
+    files = sorted(p.relative_to(there) for p in there.rglob("*") if p.is_file())
+    assert len([f for f in files if f.name == "out.txt"]) == 4, files
     got = _cli(laptop, "fetch", "cloudsend.yaml")
     assert got.returncode == 0, got.stdout + got.stderr
-    assert "fetched 4 job(s), 4 file(s)" in got.stdout, got.stdout
+    assert f"fetched 4 job(s), {len(files)} file(s)" in got.stdout, got.stdout
+    home = laptop / "results" / "demo"
+    assert sorted(p.relative_to(home) for p in home.rglob("*") if p.is_file()) == files
+    for rel in files:  # byte for byte what the maestro holds
+        assert (home / rel).read_bytes() == (there / rel).read_bytes()
     outs = sorted((laptop / "results" / "demo").rglob("out.txt"))
     assert sorted(p.read_text() for p in outs) == [f"job {i}" for i in range(4)]
     second = _cli(laptop, "fetch", "cloudsend.yaml")
