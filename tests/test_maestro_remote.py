@@ -92,6 +92,10 @@ def test_remote_maestro_run_status_fetch_down(sshd_factory: Any, tmp_path: Path)
 
     shutil.rmtree(laptop / ".cloudsend")  # the laptop forgets everything
 
+    follow = _cli(laptop, "attach", "cloudsend.yaml", timeout=300)  # follows to the end
+    assert follow.returncode == 0, follow.stdout + follow.stderr
+    assert "maestro: 4 DONE" in follow.stderr, follow.stderr
+    assert "DONE" in follow.stdout  # the maestro's table
     deadline = time.monotonic() + 300
     doc = _status(laptop)
     while not (doc["jobs"] and all(j["state"] == "DONE" and j["fetched"] for j in doc["jobs"])):
@@ -135,8 +139,19 @@ def test_remote_maestro_run_status_fetch_down(sshd_factory: Any, tmp_path: Path)
     for path in keys_files:
         assert path.read_text() == USER_LINES
     total = time.monotonic() - begin
+    # the same config with maestro: local (watched here, in the foreground), for the figures
+    local = dict(config, maestro="local")
+    del local["maestro_host"]
+    (laptop / "cloudsend.yaml").write_text(yaml.safe_dump(local))
+    shutil.rmtree(laptop / "results")
+    t0 = time.monotonic()
+    here = _cli(laptop, "run", "cloudsend.yaml", "--reset")
+    local_s = time.monotonic() - t0
+    assert here.returncode == 0, here.stdout + here.stderr
+    assert len(sorted((laptop / "results" / "demo").rglob("out.txt"))) == 4
     FIGURES.append(
         f"remote maestro: run returned in {first_s:.1f} s first ({started['bytes_sent']} bytes "
-        f"sent), {again_s:.1f} s re-run ({resent['bytes_sent']} bytes); end to end {total:.1f} s"
+        f"sent), {again_s:.1f} s re-run ({resent['bytes_sent']} bytes); end to end {total:.1f} s; "
+        f"the same run with maestro: local {local_s:.1f} s"
     )
     print("\n" + FIGURES[-1])
