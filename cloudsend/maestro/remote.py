@@ -2,8 +2,7 @@
 key on every worker, the config and files sent. Each step is idempotent, so `prepare` after a
 crash or on a second run only does what is missing (one round trip per step when nothing is).
 
-What is left for the watcher (not here): starting `<venv>/bin/cloudsend run` detached in
-`run_dir` on the maestro, and talking to it from the laptop.
+Starting the watcher there and talking to it from the laptop: cloudsend.maestro.control.
 """
 
 from __future__ import annotations
