@@ -155,3 +155,62 @@ def test_remote_maestro_run_status_fetch_down(sshd_factory: Any, tmp_path: Path)
         f"the same run with maestro: local {local_s:.1f} s"
     )
     print("\n" + FIGURES[-1])
+
+
+# -- the decisions, as tables ---------------------------------------------------------------
+
+LISTING = {
+    "run-1/a": {"out.txt": ["s1", 3], "stdout": ["s2", 0]},
+    "run-1/b": {"out.txt": ["s3", 3]},
+    "run-1/c": {"out.txt": ["s4", 3]},
+    "run-1/../x": {"evil": ["s5", 1]},
+    "run-1/d": {"../../evil": ["s6", 1], "ok": ["s7", 1]},
+}
+
+
+@pytest.mark.parametrize(
+    ("complete", "marked", "have", "expected"),
+    [
+        # nothing here yet: every complete job, every file
+        ({"a", "b"}, set(), {}, {"run-1/a": ["out.txt", "stdout"], "run-1/b": ["out.txt"]}),
+        # c is not complete on the maestro (not fetched there yet): left for later
+        ({"a"}, set(), {}, {"run-1/a": ["out.txt", "stdout"]}),
+        # marked done here: never again
+        ({"a", "b"}, {"run-1/a"}, {}, {"run-1/b": ["out.txt"]}),
+        # a cut fetch: the file already here with the same sha is not copied again
+        ({"a"}, set(), {"run-1/a/out.txt": "s1"}, {"run-1/a": ["stdout"]}),
+        # here with other content: copied again
+        (
+            {"a"}, set(), {"run-1/a/out.txt": "old", "run-1/a/stdout": "s2"},
+            {"run-1/a": ["out.txt"]},
+        ),
+        # all here, not marked: the folder appears with nothing to copy (it gets its marker)
+        ({"b"}, set(), {"run-1/b/out.txt": "s3"}, {"run-1/b": []}),
+        # names that would leave the results folder are left out
+        ({"x", "d", ".."}, set(), {}, {"run-1/d": ["ok"]}),
+    ],
+)
+def test_plan_fetch(
+    complete: set[str], marked: set[str], have: dict[str, str], expected: dict[str, list[str]]
+) -> None:
+    from cloudsend.maestro.control import plan_fetch
+
+    assert plan_fetch(LISTING, complete, marked, have.get) == expected
+
+
+@pytest.mark.parametrize(
+    ("doc", "final"),
+    [
+        ({"jobs": []}, False),
+        ({"jobs": [{"state": "DONE", "fetched": True}]}, True),
+        ({"jobs": [{"state": "DONE", "fetched": False}]}, False),  # not on the maestro's disk
+        ({"jobs": [{"state": "RUNNING", "fetched": False}, {"state": "DONE", "fetched": True}]},
+         False),
+        ({"jobs": [{"state": "ABORTED", "fetched": True}, {"state": "DONE", "fetched": True}]},
+         True),
+    ],
+)
+def test_all_final(doc: dict[str, Any], final: bool) -> None:
+    from cloudsend.maestro.control import all_final
+
+    assert all_final(doc) is final

@@ -16,7 +16,7 @@ import json
 import os
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -233,6 +233,32 @@ def _safe(rel: str) -> bool:
     return bool(parts) and not PurePosixPath(rel).is_absolute() and ".." not in parts
 
 
+Listing = dict[str, dict[str, list[Any]]]  # "run-N/<job>" -> {file: [sha256, size]}
+
+
+def plan_fetch(
+    listing: Listing,
+    complete: Collection[str],
+    marked: Collection[str],
+    have: Callable[[str], str | None],
+) -> dict[str, list[str]]:
+    """What `fetch` copies: for each job folder the maestro holds complete (`complete`: job
+    ids the maestro fetched) and the laptop has not marked done, the files whose sha256 here
+    (`have("run-N/job/file")`, None when absent) differs from the maestro's. A folder with
+    nothing to copy still appears (it gets its marker). Unsafe names are left out."""
+    todo: dict[str, list[str]] = {}
+    for folder, files in sorted(listing.items()):
+        if not _safe(folder) or len(PurePosixPath(folder).parts) != 2:
+            continue
+        if PurePosixPath(folder).parts[1] not in complete or folder in marked:
+            continue
+        todo[folder] = [
+            rel for rel, (sha, _size) in sorted(files.items())
+            if _safe(rel) and have(f"{folder}/{rel}") != sha
+        ]
+    return todo
+
+
 def fetch(config: Config, transport: Transport | None = None) -> Fetched:
     """Bring home every job the maestro holds complete and the laptop does not (see the module
     doc): results land in the laptop's results/<project>/run-N/<job>/, as with maestro: local."""
@@ -241,8 +267,14 @@ def fetch(config: Config, transport: Transport | None = None) -> Fetched:
     if paths.results_root.parent.parent == config.base_dir:
         rel_root = paths.results_root.relative_to(config.base_dir).as_posix()
     marks = key_dir(config) / "fetched"
+    home = paths.results_root
+
+    def have(rel: str) -> str | None:
+        local = home / rel
+        return _sha256(local) if local.is_file() else None
+
     maestro = transport or remote.maestro_transport(config, _entry(config))
-    got = Fetched(where=paths.results_root)
+    got = Fetched(where=home)
     try:
         complete = {
             str(j["job_id"]) for j in status(config, maestro).get("jobs") or []
@@ -252,21 +284,12 @@ def fetch(config: Config, transport: Transport | None = None) -> Fetched:
             f"python3 -c {shlex.quote(_LIST)} {shlex.quote(run_dir(config) + '/' + rel_root)}",
             what="list the results on the maestro",
         )
-        listing: dict[str, dict[str, list[Any]]] = json.loads(
-            res.stdout.split("__cloudsend_results__")[-1]
-        )
-        for folder, files in sorted(listing.items()):
-            job = folder.split("/", 1)[1]
-            mark = marks / folder
-            if job not in complete or mark.exists() or not _safe(folder):
-                continue
-            local_dir = paths.results_root / folder
-            for rel, (sha, size) in sorted(files.items()):
-                if not _safe(rel):
-                    continue
-                local = local_dir / rel
-                if local.is_file() and _sha256(local) == sha:
-                    continue  # an earlier, interrupted fetch brought it
+        listing: Listing = json.loads(res.stdout.split("__cloudsend_results__")[-1])
+        marked = {f for f in listing if _safe(f) and (marks / f).exists()}
+        for folder, files in plan_fetch(listing, complete, marked, have).items():
+            for rel in files:
+                sha, size = listing[folder][rel]
+                local = home / folder / rel
                 local.parent.mkdir(parents=True, exist_ok=True)
                 tmp = local.with_name(f".{local.name}.part")
                 maestro.get(f"{run_dir(config)}/{rel_root}/{folder}/{rel}", tmp)
@@ -275,7 +298,8 @@ def fetch(config: Config, transport: Transport | None = None) -> Fetched:
                     raise TransportError(f"{folder}/{rel} changed on the maestro while fetched")
                 os.replace(tmp, local)
                 got = Fetched(got.jobs, got.files + 1, got.bytes + int(size), got.where)
-            local_dir.mkdir(parents=True, exist_ok=True)
+            (home / folder).mkdir(parents=True, exist_ok=True)
+            mark = marks / folder
             mark.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             mark.write_text("fetched\n")
             got.jobs.append(folder)
