@@ -567,7 +567,14 @@ def logs(job: str, config: Path, stream: str, lines: int, follow: bool) -> None:
             out.write(data)
             last = data[-1:]
 
-    client, _ = _client(config, quiet=True)
+    cfg = _load(config)
+    if cfg.maestro == "remote":  # the maestro's answer (with -f: once the job has ended)
+        from cloudsend.maestro import control
+
+        argv = ["logs", job, "cloudsend.yaml", f"--{stream}", "-n", str(lines)]
+        click.echo(control.forward(cfg, argv + (["-f"] if follow else [])), nl=False)
+        return
+    client, _ = _client(cfg, quiet=True)
     try:
         client.wakeup()
         session = client.session
@@ -652,7 +659,14 @@ def cancel(jobs: tuple[str, ...], config_opt: Path | None, all_jobs: bool) -> No
     jobs, config = _split_config(jobs, config_opt)
     if not jobs and not all_jobs:
         raise click.UsageError("name the jobs to cancel, or pass --all")
-    client, _ = _client(config, quiet=True)
+    cfg = _load(config)
+    if cfg.maestro == "remote":
+        from cloudsend.maestro import control
+
+        argv = ["cancel", *jobs, "cloudsend.yaml"] + (["--all"] if all_jobs else [])
+        click.echo(control.forward(cfg, argv), nl=False)
+        return
+    client, _ = _client(cfg, quiet=True)
     try:
         client.wakeup()
         from cloudsend.pipeline import operations

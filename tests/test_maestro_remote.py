@@ -59,6 +59,7 @@ def test_remote_maestro_run_status_fetch_down(sshd_factory: Any, tmp_path: Path)
     laptop.mkdir()
     (laptop / "job.py").write_text(
         "import sys, time\ntime.sleep(1)\nopen('out.txt', 'w').write('job ' + sys.argv[1])\n"
+        "print('hello', sys.argv[1])\n"
     )
     config = {
         "project": "demo",
@@ -96,6 +97,8 @@ def test_remote_maestro_run_status_fetch_down(sshd_factory: Any, tmp_path: Path)
     assert follow.returncode == 0, follow.stdout + follow.stderr
     assert "maestro: 4 DONE" in follow.stderr, follow.stderr
     assert "DONE" in follow.stdout  # the maestro's table
+    log = _cli(laptop, "logs", "0", "cloudsend.yaml", timeout=120)  # asked of the maestro
+    assert log.returncode == 0 and log.stdout.strip() == "hello 0", log.stdout + log.stderr
     deadline = time.monotonic() + 300
     doc = _status(laptop)
     while not (doc["jobs"] and all(j["state"] == "DONE" and j["fetched"] for j in doc["jobs"])):

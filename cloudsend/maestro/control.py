@@ -156,6 +156,22 @@ def status_text(config: Config, as_json: bool, transport: Transport | None = Non
     return res.stdout
 
 
+def forward(config: Config, argv: list[str], transport: Transport | None = None) -> str:
+    """Run `cloudsend ARGV` on the maestro (its stdout; its error as ours when it fails)."""
+    maestro = transport or remote.maestro_transport(config, _entry(config))
+    try:
+        res = maestro.run(_cloudsend(config, *argv), check=False, what=f"cloudsend {argv[0]}")
+    finally:
+        if transport is None:
+            maestro.close()
+    if res.exit_code != 0:
+        raise TransportError(
+            f"on the maestro: {(res.stderr or res.stdout).strip()[-2000:]}",
+            hint="`cloudsend status CONFIG` shows the maestro's run",
+        )
+    return res.stdout
+
+
 def status(config: Config, transport: Transport | None = None) -> dict[str, Any]:
     return _json_tail(status_text(config, True, transport))
 
