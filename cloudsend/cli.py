@@ -379,7 +379,7 @@ def attach(config: Path, as_json: bool) -> None:
     done is redone. Ends with the run's summary and exit code."""
     cfg = _load(config)
     if cfg.maestro == "remote":
-        from cloudsend.maestro import control
+        from cloudsend.pipeline import maestro_control as control
 
         doc = control.attach(cfg, lambda line: click.echo(clean(line), err=True))
         click.echo(control.status_text(cfg, as_json).rstrip())
@@ -491,7 +491,7 @@ def status(config: Path, as_json: bool) -> None:
 
     cfg = _load(config)
     if cfg.maestro == "remote":  # the maestro's own answer, as it gives it
-        from cloudsend.maestro import control
+        from cloudsend.pipeline import maestro_control as control
 
         click.echo(control.status_text(cfg, as_json).rstrip())
         return
@@ -569,7 +569,7 @@ def logs(job: str, config: Path, stream: str, lines: int, follow: bool) -> None:
 
     cfg = _load(config)
     if cfg.maestro == "remote":  # the maestro's answer (with -f: once the job has ended)
-        from cloudsend.maestro import control
+        from cloudsend.pipeline import maestro_control as control
 
         argv = ["logs", job, "cloudsend.yaml", f"--{stream}", "-n", str(lines)]
         click.echo(control.forward(cfg, argv + (["-f"] if follow else [])), nl=False)
@@ -626,7 +626,7 @@ def fetch(config: Path, out: Path | None) -> None:
     """Fetch the outputs of every finished job that are not home yet."""
     cfg = _load(config)
     if cfg.maestro == "remote":
-        from cloudsend.maestro import control
+        from cloudsend.pipeline import maestro_control as control
 
         got = control.fetch(cfg)
         click.echo(f"fetched {len(got.jobs)} job(s), {got.files} file(s), {got.bytes} bytes "
@@ -661,7 +661,7 @@ def cancel(jobs: tuple[str, ...], config_opt: Path | None, all_jobs: bool) -> No
         raise click.UsageError("name the jobs to cancel, or pass --all")
     cfg = _load(config)
     if cfg.maestro == "remote":
-        from cloudsend.maestro import control
+        from cloudsend.pipeline import maestro_control as control
 
         argv = ["cancel", *jobs, "cloudsend.yaml"] + (["--all"] if all_jobs else [])
         click.echo(control.forward(cfg, argv), nl=False)
@@ -710,7 +710,7 @@ def down(config: Path, keep: bool, force: bool, yes: bool) -> None:
     """
     cfg = _load(config)
     if cfg.maestro == "remote":
-        from cloudsend.maestro import control
+        from cloudsend.pipeline import maestro_control as control
 
         control.down(cfg, keep=keep, force=force)
         click.echo("down")
@@ -792,8 +792,8 @@ def schema() -> None:
 
 def _remote_run(cfg: Config, as_json: bool) -> None:
     """maestro: remote (ssh): cloudsend, the run key and the bundle sent, the run detached on
-    the maestro (cloudsend.maestro.control)."""
-    from cloudsend.maestro import control
+    the maestro (cloudsend.pipeline.maestro_control)."""
+    from cloudsend.pipeline import maestro_control as control
 
     started = control.start(cfg)
     p = started.prepared

@@ -196,7 +196,7 @@ LISTING = {
 def test_plan_fetch(
     complete: set[str], marked: set[str], have: dict[str, str], expected: dict[str, list[str]]
 ) -> None:
-    from cloudsend.maestro.control import plan_fetch
+    from cloudsend.pipeline.maestro_control import plan_fetch
 
     assert plan_fetch(LISTING, complete, marked, have.get) == expected
 
@@ -214,6 +214,6 @@ def test_plan_fetch(
     ],
 )
 def test_all_final(doc: dict[str, Any], final: bool) -> None:
-    from cloudsend.maestro.control import all_final
+    from cloudsend.pipeline.maestro_control import all_final
 
     assert all_final(doc) is final

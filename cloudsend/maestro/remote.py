@@ -2,7 +2,7 @@
 key on every worker, the config and files sent. Each step is idempotent, so `prepare` after a
 crash or on a second run only does what is missing (one round trip per step when nothing is).
 
-Starting the watcher there and talking to it from the laptop: cloudsend.maestro.control.
+Starting the watcher there and talking to it from the laptop: cloudsend.pipeline.maestro_control.
 """
 
 from __future__ import annotations

@@ -604,7 +604,7 @@ def refuse_remote_maestro(config: Config) -> None:
     """`maestro: remote` validates and previews (its pieces exist: the run key, shipping
     cloudsend, the aws maestro's resources), but on aws no watcher runs there yet: creating a
     maestro that sits idle and bills would not be what was asked. On ssh the CLI's run goes to
-    cloudsend.maestro.control (the watcher runs on the maestro)."""
+    cloudsend.pipeline.maestro_control (the watcher runs on the maestro)."""
     if config.maestro == "remote" and config.provider != "ssh":
         raise ConfigError(
             "maestro: remote is not runnable yet: the watcher cannot run on the maestro "
@@ -618,6 +618,6 @@ def refuse_watching_here(config: Config) -> None:
     if config.maestro == "remote":
         raise ConfigError(
             "maestro: remote: the watcher runs on the maestro, not in this process",
-            hint="`cloudsend run CONFIG` starts it there (cloudsend.maestro.control.start); "
+            hint="`cloudsend run CONFIG` starts it there; "
             "status, attach, fetch and down talk to it",
         )
