@@ -54,6 +54,18 @@ _EC2_TRUST_POLICY = (
 )
 
 
+# Hosts (and the maestro) install packages and fetch data: outbound stays open.
+_OPEN_EGRESS: list[aws.ec2.SecurityGroupEgressArgsDict] = [
+    {
+        "protocol": "-1",
+        "from_port": 0,
+        "to_port": 0,
+        "cidr_blocks": ["0.0.0.0/0"],
+        "ipv6_cidr_blocks": ["::/0"],
+    }
+]
+
+
 def _tags(base: dict[str, str], name: str) -> dict[str, str]:
     return {**base, "Name": name}
 
@@ -214,16 +226,7 @@ class Access(pulumi.ComponentResource):
             description="cloudsend: SSH from the allowed ranges only",
             vpc_id=args.vpc_id,
             ingress=ingress,
-            # Hosts install packages and fetch data: outbound stays open.
-            egress=[
-                {
-                    "protocol": "-1",
-                    "from_port": 0,
-                    "to_port": 0,
-                    "cidr_blocks": ["0.0.0.0/0"],
-                    "ipv6_cidr_blocks": ["::/0"],
-                }
-            ],
+            egress=_OPEN_EGRESS,
             tags=_tags(args.tags, f"{name}-sg"),
             opts=child,
         )
@@ -355,15 +358,7 @@ class Maestro(pulumi.ComponentResource):
                     description="SSH",
                 )
             ],
-            egress=[
-                {
-                    "protocol": "-1",
-                    "from_port": 0,
-                    "to_port": 0,
-                    "cidr_blocks": ["0.0.0.0/0"],
-                    "ipv6_cidr_blocks": ["::/0"],
-                }
-            ],
+            egress=_OPEN_EGRESS,
             tags=_tags(args.tags, f"{name}-sg"),
             opts=child,
         )
