@@ -12,7 +12,6 @@ trip; an unchanged bundle costs that round trip only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -26,6 +25,7 @@ from typing import Any
 import yaml
 
 from cloudsend.config.models import GROUPS, Config
+from cloudsend.digest import sha256_file
 from cloudsend.errors import ProvisionError
 from cloudsend.transport.base import Transport
 
@@ -117,13 +117,6 @@ _HASHES = (
 )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 @dataclass(frozen=True)
 class Sent:
@@ -160,11 +153,11 @@ def send_bundle(
         there = json.loads(res.stdout.split("__cloudsend_hashes__")[-1])
         trips, count, size = 1, 0, 0
         for rel, local in sorted(wanted.items()):
-            if there.get(rel) == _sha256(local):
+            if there.get(rel) == sha256_file(local):
                 continue
             transport.put(local, f"{remote_dir}/{rel}")
             trips, count, size = trips + 1, count + 1, size + local.stat().st_size
-        if run_key is not None and there.get(RUN_KEY) != _sha256(run_key):
+        if run_key is not None and there.get(RUN_KEY) != sha256_file(run_key):
             transport.run(f"chmod 600 {shlex.quote(remote_dir + '/' + RUN_KEY)}")
             trips += 1
     return Sent(files=count, bytes=size, round_trips=trips)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cloudsend
+from cloudsend.digest import sha256_file
 from cloudsend.errors import ProvisionError
 from cloudsend.transport.base import Transport
 
@@ -97,13 +98,6 @@ def tree_digest(tree: Path) -> str:
     return digest.hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def build_wheel(cache: Path, tree: Path | None = None) -> Wheel:
     """cloudsend's wheel, built once per source content into `cache/<digest>/`."""
@@ -134,7 +128,7 @@ def build_wheel(cache: Path, tree: Path | None = None) -> Wheel:
         found = sorted(folder.glob("cloudsend-*.whl"))
     path = found[-1]
     version = path.name.split("-")[1]
-    return Wheel(path=path, version=version, sha256=_sha256(path))
+    return Wheel(path=path, version=version, sha256=sha256_file(path))
 
 
 def _have(module: str) -> bool:

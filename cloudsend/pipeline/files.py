@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloudsend.digest import sha256_file
 from cloudsend.providers.base import Host
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

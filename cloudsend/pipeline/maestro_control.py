@@ -23,6 +23,7 @@ from typing import Any
 
 from cloudsend.config.layout import project_paths
 from cloudsend.config.models import Config, MaestroHostConfig
+from cloudsend.digest import sha256_file
 from cloudsend.errors import ConfigError, TransportError
 from cloudsend.maestro import remote
 from cloudsend.maestro import ship as shipping
@@ -234,15 +235,6 @@ _LIST = (
 )
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _safe(rel: str) -> bool:
     parts = PurePosixPath(rel).parts
@@ -287,7 +279,7 @@ def fetch(config: Config, transport: Transport | None = None) -> Fetched:
 
     def have(rel: str) -> str | None:
         local = home / rel
-        return _sha256(local) if local.is_file() else None
+        return sha256_file(local) if local.is_file() else None
 
     maestro = transport or remote.maestro_transport(config, _entry(config))
     got = Fetched(where=home)
@@ -309,7 +301,7 @@ def fetch(config: Config, transport: Transport | None = None) -> Fetched:
                 local.parent.mkdir(parents=True, exist_ok=True)
                 tmp = local.with_name(f".{local.name}.part")
                 maestro.get(f"{run_dir(config)}/{rel_root}/{folder}/{rel}", tmp)
-                if _sha256(tmp) != sha:
+                if sha256_file(tmp) != sha:
                     tmp.unlink()
                     raise TransportError(f"{folder}/{rel} changed on the maestro while fetched")
                 os.replace(tmp, local)
