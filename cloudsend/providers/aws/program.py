@@ -66,6 +66,21 @@ _OPEN_EGRESS: list[aws.ec2.SecurityGroupEgressArgsDict] = [
 ]
 
 
+def _ssh_from(cidrs: Sequence[str]) -> aws.ec2.SecurityGroupIngressArgs:
+    """Port 22 from these ranges only (the workers' and the maestro's groups)."""
+    if not cidrs:
+        # Defence in depth: stack_spec refuses this too. No range must never become "open".
+        raise ConfigError("no SSH source range: refusing to open port 22 to everyone")
+    return aws.ec2.SecurityGroupIngressArgs(
+        protocol="tcp",
+        from_port=22,
+        to_port=22,
+        cidr_blocks=[c for c in cidrs if ":" not in c] or None,
+        ipv6_cidr_blocks=[c for c in cidrs if ":" in c] or None,
+        description="SSH",
+    )
+
+
 def _tags(base: dict[str, str], name: str) -> dict[str, str]:
     return {**base, "Name": name}
 
@@ -196,20 +211,8 @@ class Access(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: AccessArgs, opts: pulumi.ResourceOptions) -> None:
         super().__init__("cloudsend:aws:Access", name, None, opts)
-        if not args.ssh_cidrs:
-            # Defence in depth: stack_spec refuses this too. No range must never become "open".
-            raise ConfigError("no SSH source range: refusing to open port 22 to everyone")
+        ssh = _ssh_from(args.ssh_cidrs)
         child = pulumi.ResourceOptions(parent=self)
-        v4 = [c for c in args.ssh_cidrs if ":" not in c]
-        v6 = [c for c in args.ssh_cidrs if ":" in c]
-        ssh = aws.ec2.SecurityGroupIngressArgs(
-            protocol="tcp",
-            from_port=22,
-            to_port=22,
-            cidr_blocks=v4 or None,
-            ipv6_cidr_blocks=v6 or None,
-            description="SSH",
-        )
         ingress = [ssh]
         if args.maestro_group_id is not None:
             ingress.append(
@@ -338,26 +341,14 @@ class Maestro(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MaestroArgs, opts: pulumi.ResourceOptions) -> None:
         super().__init__("cloudsend:aws:Maestro", name, None, opts)
-        if not args.ssh_cidrs:
-            raise ConfigError("no SSH source range: refusing to open port 22 to everyone")
+        ssh = _ssh_from(args.ssh_cidrs)
         self.args = args
         child = pulumi.ResourceOptions(parent=self)
-        v4 = [c for c in args.ssh_cidrs if ":" not in c]
-        v6 = [c for c in args.ssh_cidrs if ":" in c]
         group = aws.ec2.SecurityGroup(
             f"{name}-sg",
             description="cloudsend maestro: SSH from the allowed ranges only",
             vpc_id=args.vpc_id,
-            ingress=[
-                aws.ec2.SecurityGroupIngressArgs(
-                    protocol="tcp",
-                    from_port=22,
-                    to_port=22,
-                    cidr_blocks=v4 or None,
-                    ipv6_cidr_blocks=v6 or None,
-                    description="SSH",
-                )
-            ],
+            ingress=[ssh],
             egress=_OPEN_EGRESS,
             tags=_tags(args.tags, f"{name}-sg"),
             opts=child,
