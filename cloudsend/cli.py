@@ -163,6 +163,7 @@ def run(
         client.finalize()
         summary = client.summary()
         _record_end(owner, summary)
+        client.session.end_of_run()  # recorded first: on a maestro this stops it last
     finally:
         reporter.close()
         client.close()
@@ -228,6 +229,7 @@ def _serve(
         summary = client.summary()
         _record_end(owner, summary)
         reporter.phase("ended", f"exit {owner.record.exit_code} {owner.record.message}")
+        client.session.end_of_run()  # recorded first: on a maestro this stops it last
         return owner.record.exit_code or 0
     except CloudsendError as exc:  # the run ended with an error: attach shows it
         reporter.phase("ended", f"{exc.kind}: {exc}")

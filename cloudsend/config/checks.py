@@ -14,6 +14,7 @@ import re
 import shlex
 from pathlib import Path, PurePath
 
+from cloudsend import onmaestro
 from cloudsend.config import shellwords
 from cloudsend.config.messages import Issue, KeyPath, did_you_mean, format_path, show
 from cloudsend.config.models import (
@@ -51,6 +52,9 @@ def _check_maestro(config: Config, issues: list[Issue]) -> None:
     """maestro: remote runs the watcher on maestro_host (provider ssh) or on a small instance
     of the stack (provider aws, maestro_type)."""
     entry = config.ssh.maestro_host
+    # on an aws maestro the bundled config says `maestro: local` (the watcher is local there)
+    # and keeps maestro_type: the maestro's own program still declares it
+    on_maestro = (config.base_dir / onmaestro.FILE).is_file()
     if config.maestro == "remote" and config.provider not in ("ssh", "aws"):
         issues.append(
             Issue(
@@ -77,7 +81,7 @@ def _check_maestro(config: Config, issues: list[Issue]) -> None:
                 hint="set maestro: remote, or remove maestro_host",
             )
         )
-    if config.aws.maestro_type is not None and config.maestro != "remote":
+    if config.aws.maestro_type is not None and config.maestro != "remote" and not on_maestro:
         issues.append(
             Issue(
                 ("maestro_type",),

@@ -498,6 +498,37 @@ class Session:
             # a host that does not answer keeps its idle agent (`down` stops it)
             self.each_host(lambda host: AgentClient(host).stop())
 
+    def end_of_run(self) -> list[str]:
+        """auto_stop's last word, once the run's end is recorded (a restarted maestro must
+        find it ended): every job final and home, the workers not stopped yet are stopped,
+        then, on a remote maestro (aws), the maestro itself. Returns what was stopped."""
+        from cloudsend.scheduling.maestro_end import StopMaestro, StopWorkers, end_of_run
+
+        machines = self.provider.machines
+        if machines is None or not on_the_maestro(self.config):
+            return []  # elsewhere the watch loop's auto_stop is the whole of it
+        steps = end_of_run(
+            auto_stop=self.config.auto_stop,
+            jobs=[(v.state, v.fetched) for v in self.views()],
+            workers=[h.name for h in self.hosts if h.name not in self.state.stopped],
+            maestro_here=True,
+        )
+        done: list[str] = []
+        for step in steps:
+            try:
+                if isinstance(step, StopWorkers):
+                    off = machines.stop(list(step.names))
+                    self.state.stopped.update(off.stopped + off.terminated)
+                    done += off.stopped + off.terminated
+                elif isinstance(step, StopMaestro):
+                    self.reporter.notice("auto_stop: every result is on the maestro: stopping it")
+                    stopped = machines.stop_maestro()
+                    done += [stopped] if stopped else []
+            except CloudsendError as exc:  # the maestro stays up: it must not leave them on
+                self.reporter.notice(f"auto_stop failed: {exc.message}")
+                break
+        return done
+
     def unfetched(self) -> list[JobView]:
         """Finished jobs whose results have not come home (down would lose them)."""
         run = self.store.latest_run()
@@ -605,6 +636,8 @@ def refuse_remote_maestro(config: Config) -> None:
     cloudsend, the aws maestro's resources), but on aws no watcher runs there yet: creating a
     maestro that sits idle and bills would not be what was asked. On ssh the CLI's run goes to
     cloudsend.pipeline.maestro_control (the watcher runs on the maestro)."""
+    if on_the_maestro(config):
+        return  # the laptop sent this run here: this process is the maestro's watcher
     if config.maestro == "remote" and config.provider != "ssh":
         raise ConfigError(
             "maestro: remote is not runnable yet: the watcher cannot run on the maestro "
@@ -615,9 +648,16 @@ def refuse_remote_maestro(config: Config) -> None:
 
 def refuse_watching_here(config: Config) -> None:
     """A Session here is a watcher here: with maestro: remote the watcher is the maestro's."""
-    if config.maestro == "remote":
+    if config.maestro == "remote" and not on_the_maestro(config):
         raise ConfigError(
             "maestro: remote: the watcher runs on the maestro, not in this process",
             hint="`cloudsend run CONFIG` starts it there; "
             "status, attach, fetch and down talk to it",
         )
+
+
+def on_the_maestro(config: Config) -> bool:
+    """This run dir is a remote maestro's (aws): the laptop's run left its contract here."""
+    from cloudsend import onmaestro
+
+    return (config.base_dir / onmaestro.FILE).is_file()

@@ -163,6 +163,12 @@ class Machines(Protocol):
         """Provision these hosts' machines again (same names); returns the new hosts."""
         ...
 
+    def stop_maestro(self) -> str | None:
+        """auto_stop's last step on a remote maestro: stop the machine this watcher runs on
+        (aws: the stack's maestro); returns its id, None where the watcher's machine is not
+        the provider's (the laptop, ssh)."""
+        ...
+
 
 class Provider(Protocol):
     name: str

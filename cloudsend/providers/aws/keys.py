@@ -63,6 +63,23 @@ def stack_key(project: str, stack: str, keys_dir: Path | None = None) -> KeyPair
     return KeyPair(private_path=path, public_openssh=public)
 
 
+def bundled_key(path: Path) -> KeyPair:
+    """A key the laptop sent (the run key in a maestro's bundle): checked like the stack key
+    (0600, ed25519), never created here; a missing one names who sends it."""
+    if not path.is_file():
+        raise ProvisionError(
+            f"the run key {path} is missing on the maestro",
+            hint="`cloudsend run CONFIG` on the laptop sends it with the run's bundle",
+        )
+    public = (
+        _load(path)
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    return KeyPair(private_path=path, public_openssh=public)
+
+
 def private_openssh(pair: KeyPair) -> str:
     """The private key's text (for the stack's secret output only; never printed)."""
     return pair.private_path.read_text()

@@ -32,11 +32,13 @@ class AwsMachines:
         replace: Callable[[list[str]], list[Host]],
         *,
         profile: str | None = None,  # for the credentials message only
+        stop_self: Callable[[], str] | None = None,  # on the maestro: stop this machine
     ) -> None:
         self._monitor = monitor
         self._session = session
         self._replace = replace
         self._profile = profile
+        self._stop_self = stop_self
 
     def poll(self) -> Reaction:
         return self.poll_instances().hosts()
@@ -67,3 +69,9 @@ class AwsMachines:
 
     def replace(self, names: list[str]) -> list[Host]:
         return self._replace(names)
+
+    def stop_maestro(self) -> str | None:
+        if self._stop_self is None:
+            return None  # the watcher runs on the laptop: nothing of the stack to stop there
+        with credentials_errors(self._profile):
+            return self._stop_self()

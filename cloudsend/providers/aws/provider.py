@@ -5,6 +5,11 @@ preview()  resource changes (Pulumi engine) and the hourly cost
 offline()  declared resources under Pulumi's mock runtime, and the cost: no CLI, no account
 up()       pulumi up, then one SSH host per instance (Fabric, the stack's key)
 down()     pulumi destroy, then a boto3 check that nothing tagged with the stack remains
+
+On the stack's maestro (a run dir holding .cloudsend/on_maestro.json: maestro_side.py) the
+laptop made the stack: up() runs no Pulumi, the hosts come from the contract's outputs (private
+IPs, the run key), boto3 uses the instance profile, and a lost worker is re-created here only
+when Pulumi runs here (a shared state backend).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ def _credentials(method: Callable[P, R]) -> Callable[P, R]:
 
         provider = args[0]
         assert isinstance(provider, AwsProvider)
-        with credentials_errors(provider.config.aws.profile):
+        with credentials_errors(provider.profile):
             return method(*args, **kwargs)
 
     return wrapper
@@ -99,6 +104,20 @@ class AwsProvider:
         # hosts whose machines ran out their eco_life during this run: `up` (a replacement of
         # other hosts) leaves them out instead of re-creating them with a new eco_life
         self.retired: set[str] = set()
+        from cloudsend.providers.aws.maestro_side import MaestroSide
+
+        # set when this runs ON the stack's maestro (the laptop's run sent the contract)
+        self.side: MaestroSide | None = MaestroSide.find(config.base_dir)
+
+    @property
+    def profile(self) -> str | None:
+        """The AWS profile boto3 and Pulumi use: the config's, except on the maestro, where
+        credentials come from its instance profile (boto3's default chain)."""
+        return None if self.side is not None else self.config.aws.profile
+
+    def _on_maestro_type(self) -> str | None:
+        """On the maestro: its type, so the spec declares it even under `maestro: local`."""
+        return self.side.maestro_type if self.side is not None else None
 
     @property
     def machines(self) -> AwsMachines:
@@ -107,7 +126,11 @@ class AwsProvider:
             from cloudsend.providers.aws.machines import AwsMachines
 
             self._machines = AwsMachines(
-                self._monitor, self.session, self._replace, profile=self.config.aws.profile
+                self._monitor,
+                self.session,
+                self._replace,
+                profile=self.profile,
+                stop_self=self._stop_self if self.side is not None else None,
             )
         return self._machines
 
@@ -120,8 +143,9 @@ class AwsProvider:
         if self._session is None:
             from cloudsend.providers.aws.session import aws_session, check_credentials
 
-            session = aws_session(self.config.aws.profile, self.config.aws.region)
-            check_credentials(session, self.config.aws.profile)
+            region = self.config.aws.region or (self.side.contract.region if self.side else None)
+            session = aws_session(self.profile, region)
+            check_credentials(session, self.profile)
             self._session = session
         return self._session
 
@@ -135,13 +159,24 @@ class AwsProvider:
         if offline:  # nothing is deployed: no key is made (`up` makes it)
             cidrs = list(self.config.aws.ssh_cidrs) or [OFFLINE_CIDR]
             return stack_spec(
-                self.config, public_key=OFFLINE_PUBLIC_KEY, ssh_cidrs=cidrs, default_region=region
+                self.config,
+                public_key=OFFLINE_PUBLIC_KEY,
+                ssh_cidrs=cidrs,
+                default_region=region,
+                on_maestro_type=self._on_maestro_type(),
             )
         from cloudsend.providers.aws import ami
         from cloudsend.providers.aws.session import caller_cidr
 
         shared = self.shared_state()
         private_key: str | None = None
+        if self.side is not None and (shared is None or shared.private_key is None):
+            # a key made here would replace the key pair and, with it, every instance
+            raise ProvisionError(
+                "the maestro cannot plan the stack: its key is not in the stack's outputs "
+                "(only a shared state backend keeps it there)",
+                hint="run `cloudsend up CONFIG` on the laptop",
+            )
         if shared is None:
             key = stack_key(self.project, self.stack)
             cidrs = list(self.config.aws.ssh_cidrs) or [caller_cidr()]
@@ -156,10 +191,16 @@ class AwsProvider:
             else:
                 key = stack_key(self.project, self.stack)
             private_key = private_openssh(key)
-            caller = None if self.config.aws.ssh_cidrs else caller_cidr()
+            # the maestro is no caller: its own address must not join the SSH ranges
+            asks = not self.config.aws.ssh_cidrs and self.side is None
+            caller = caller_cidr() if asks else None
             cidrs = shared_ssh_cidrs(self.config.aws.ssh_cidrs, shared.ssh_cidrs, caller)
         draft = stack_spec(
-            self.config, public_key=key.public_openssh, ssh_cidrs=cidrs, default_region=region
+            self.config,
+            public_key=key.public_openssh,
+            ssh_cidrs=cidrs,
+            default_region=region,
+            on_maestro_type=self._on_maestro_type(),
         )
         wanted = {(i.region, i.type) for i in draft.instances if i.ami is None}
         amis = ami.ubuntu_amis(self.session(), wanted) if wanted else None
@@ -177,7 +218,10 @@ class AwsProvider:
             amis=amis,
             default_region=region,
             private_key=private_key,
+            on_maestro_type=self._on_maestro_type(),
         )
+        if self.side is not None:  # the laptop's profile does not exist here
+            spec = dataclasses.replace(spec, profile=None)
         sized = {(i.region, i.type) for i in spec.instances if i.cpus is not None}
         if sized:
             from cloudsend.providers.aws.cpus import fit_cpu_options, vcpu_info
@@ -218,13 +262,14 @@ class AwsProvider:
         us-east-1: the same for plan, down, the monitor and the leak check (offline too)."""
         from cloudsend.providers.aws.session import resolve_region
 
+        configured = self.config.aws.region or (self.side.contract.region if self.side else None)
         try:
-            return resolve_region(self.config.aws.region, self.config.aws.profile)
+            return resolve_region(configured, self.profile)
         except ProvisionError:
             if not offline:
                 raise
             # a reviewer without the team's profile still gets an offline preview
-            return resolve_region(self.config.aws.region, None)
+            return resolve_region(configured, None)
 
     def cost(self, spec: Any, *, live: bool = True) -> tuple[Any, list[str]]:
         from cloudsend.providers.aws.costs import estimate
@@ -248,7 +293,7 @@ class AwsProvider:
     def _engine(self, program: Callable[[], None], region: str | None = None) -> Any:
         from cloudsend.providers.aws.engine import Engine, backend_for_profile
 
-        profile = self.config.aws.profile
+        profile = self.profile
         backend = self.config.aws.state_backend
         return Engine(
             self.project,
@@ -284,6 +329,8 @@ class AwsProvider:
             return Preview(
                 "aws", len(spec.instances), resources=resources, cost=cost, warnings=notes
             )
+        if self.side is not None:  # the laptop's `run` made the stack and showed its plan
+            return Preview("aws", len(self.side.outputs.get("instances") or {}))
         spec = self.plan()
         cost, warnings = self.cost(spec)
         if enforce_budget:
@@ -322,7 +369,14 @@ class AwsProvider:
 
     @_credentials
     def up(self, *, refresh: bool = False) -> list[Host]:
-        """pulumi up, refreshing first when asked or when an instance of the stack is gone."""
+        """pulumi up, refreshing first when asked or when an instance of the stack is gone.
+        On the maestro: the hosts of the laptop's up (stopped ones started), no Pulumi."""
+        if self.side is not None:
+            return self._hosts(self.side.outputs, wake=True)
+        return self._engine_up(refresh=refresh)
+
+    @_credentials
+    def _engine_up(self, *, refresh: bool = False) -> list[Host]:
         spec = self.active(self.plan())
         cost, _ = self.cost(spec)
         self.check_budget(cost)
@@ -348,11 +402,14 @@ class AwsProvider:
     def attach(self) -> list[Host]:
         """The stack's running instances as hosts, creating and starting nothing: `down`
         comes through here and needs no stopped machine started (nor waited for over SSH)."""
+        if self.side is not None:
+            return self._hosts(self.side.outputs)
         return self._hosts(self.engine(self.plan()).outputs())
 
-    def _live(self, instances: dict[str, Any], wake: bool) -> dict[str, Any]:
-        """{name: InstanceInfo} of the outputs' instances as EC2 sees them now; with `wake`,
-        stopped ones (auto_stop) are started first and waited for until running."""
+    def _live(self, instances: dict[str, Any], wake: bool) -> dict[str, Any] | None:
+        """{name: InstanceInfo} of the outputs' instances as EC2 sees them now (None: EC2 did
+        not answer); with `wake`, stopped ones (auto_stop) are started first and waited for
+        until running. On the maestro by name: its outputs may predate a re-created worker."""
         from cloudsend.providers.aws.power import power_on
 
         try:
@@ -360,39 +417,64 @@ class AwsProvider:
         except CloudsendError:
             if wake:
                 raise
-            return {}  # attach: SSH alone still tells who answers
-        live = {n: i for n, i in seen.items() if n in instances and i.id == instances[n].get("id")}
+            return None  # attach: SSH alone still tells who answers
+        by_name = self.side is not None
+        live = {
+            n: i
+            for n, i in seen.items()
+            if n in instances and (by_name or i.id == instances[n].get("id"))
+        }
         if wake and power_on(self.session(), live.values()):
             seen = self._monitor().instances()  # started: new state, new public IP
             live = {n: seen[n] for n in live if n in seen}
         return live
 
     def _hosts(self, outputs: dict[str, Any], wake: bool = False) -> list[Host]:
-        from cloudsend.providers.aws.keys import stack_key
+        from cloudsend.providers.aws.keys import bundled_key, stack_key
         from cloudsend.transport.ssh import SshTarget, SshTransport
 
-        key = stack_key(self.project, self.stack)
+        if self.side is not None:  # the run key the laptop sent (never the stack key)
+            key = bundled_key(self.side.key_path)
+        else:
+            key = stack_key(self.project, self.stack)
         known = self.config.state_dir / "known_hosts"
         instances = outputs.get("instances") or {}
         if not instances:
             raise ProvisionError(
                 f"stack {self.stack} has no instances", hint="run `cloudsend up` first"
             )
-        live = self._live(instances, wake)
+        answered = self._live(instances, wake)
+        live = answered or {}
         hosts: list[Host] = []
         self.unreachable = {}
         for name, inst in sorted(instances.items()):
             info = live.get(name)
+            if self.side is not None and answered is not None and info is None:
+                # EC2 forgets a terminated instance after an hour: no sshd to wait for
+                self.unreachable[name] = f"instance {inst.get('id')} is gone" + self._lost_note(
+                    name, "missing"
+                )
+                continue
             if info is not None and info.state not in ("pending", "running"):
                 # no sshd to wait for on a machine that is off
                 self.unreachable[name] = f"instance {info.id} is {info.state}" + (
-                    " (`cloudsend run` starts it again)" if info.state == "stopped" else ""
+                    " (`cloudsend run` starts it again)"
+                    if info.state == "stopped"
+                    else self._lost_note(name, info.kind or "terminated")
                 )
                 continue
-            # A stopped-then-started instance has a new public IP; the outputs keep the old.
-            address = (info.public_ip or info.private_ip if info else None) or (
-                inst.get("public_ip") or inst.get("private_ip")
-            )
+            if self.side is not None:
+                # inside the VPC: the private IP, the same across stop/start (the outputs'
+                # unless the instance is not the one they recorded: a re-created worker)
+                recorded = info is None or info.id == inst.get("id")
+                address = (inst.get("private_ip") if recorded else None) or (
+                    info.private_ip if info else None
+                ) or inst.get("private_ip") or inst.get("public_ip")
+            else:
+                # A stopped-then-started instance has a new public IP; the outputs keep the old.
+                address = (info.public_ip or info.private_ip if info else None) or (
+                    inst.get("public_ip") or inst.get("private_ip")
+                )
             target = SshTarget(
                 name=name,
                 address=address,
@@ -430,6 +512,27 @@ class AwsProvider:
             )
         return hosts
 
+    def _lost_note(self, name: str, kind: str) -> str:
+        """On the maestro: what becomes of a worker whose machine is gone (`status` shows it)."""
+        if self.side is None:
+            return ""
+        from cloudsend.providers.aws.maestro_side import LostWorker, lost_worker, recreation_waits
+
+        decision = lost_worker(
+            kind, on_maestro=True, pulumi_here=self.side.pulumi_here, retired=name in self.retired
+        )
+        if decision is LostWorker.LEAVE_TO_LAPTOP:
+            return f": {recreation_waits(name)}"
+        if decision is LostWorker.RETIRE:
+            return ": not re-created (its eco_life ran out)"
+        return ": the maestro re-creates it"
+
+    def _stop_self(self) -> str:
+        from cloudsend.providers.aws.maestro_side import stop_maestro
+
+        assert self.side is not None
+        return stop_maestro(self.session(), self.side)
+
     @staticmethod
     def _wait_for_ssh(transport: Any) -> dict[str, Any]:
         deadline = time.monotonic() + SSH_READY_TIMEOUT
@@ -465,6 +568,8 @@ class AwsProvider:
         if keep:
             self._stop_for_keep()
             return
+        if self.side is not None:
+            return  # the laptop's `cloudsend down` destroys the stack, this maestro with it
         from cloudsend.providers.aws.leaks import leftovers
 
         spec = self.plan(offline=True)  # destroy needs the program, not fresh lookups
@@ -484,6 +589,8 @@ class AwsProvider:
 
         alive = ("pending", "running")
         infos = [i for i in self._monitor().instances().values() if i.state in alive]
+        if self.side is not None:  # the maestro keeps itself up: it answers the laptop
+            infos = [i for i in infos if i.id != self.side.contract.instance_id]
         spot = sorted(i.name for i in infos if i.spot)
         if spot:  # the config has none (check_down), the stack still does: never terminate them
             raise ProvisionError(
@@ -508,7 +615,29 @@ class AwsProvider:
         except those that ran out their eco_life (retired: eco_life caps what they cost)."""
         wanted = set(names)
         self.retire_expired(wanted)
-        return [h for h in self.up(refresh=True) if h.name in wanted]
+        if self.side is not None:
+            from cloudsend.providers.aws.maestro_side import (
+                LostWorker,
+                RecreationDeferred,
+                lost_worker,
+            )
+
+            infos = self._monitor().instances()
+            pulumi_here = self.side.pulumi_here
+            left = [
+                n
+                for n in sorted(wanted)
+                if lost_worker(
+                    infos[n].kind or "terminated" if n in infos else "missing",
+                    on_maestro=True,
+                    pulumi_here=pulumi_here,
+                    retired=n in self.retired,
+                )
+                is LostWorker.LEAVE_TO_LAPTOP
+            ]
+            if left:
+                raise RecreationDeferred(left)
+        return [h for h in self._engine_up(refresh=True) if h.name in wanted]
 
     def active(self, spec: Any) -> Any:
         """`spec` without the retired hosts' instances (what `up` declares)."""

@@ -202,6 +202,7 @@ def stack_spec(
     now: datetime | None = None,
     default_region: str | None = None,
     private_key: str | None = None,
+    on_maestro_type: str | None = None,
 ) -> StackSpec:
     """Build the StackSpec of `config` (raises ConfigError naming the key on bad values).
 
@@ -213,6 +214,9 @@ def stack_spec(
     `now`: the clock for eco_life deadlines (UTC; default: the current time).
     `default_region`: the credential chain's region, used when the config names none.
     `private_key`: the stack key's private half, exported as a secret output (see StackSpec).
+    `on_maestro_type`: set when this runs ON the stack's maestro (its config says `maestro:
+    local`, the watcher being local there): the maestro is declared all the same, of this type
+    unless the config's maestro_type says otherwise; a program without it would destroy it.
     """
     project = project_slug(config)
     stack = stack_name(config)
@@ -248,7 +252,7 @@ def stack_spec(
                 _instance(entry, where, f"{project}-{index}-{n}", index, inst_region, amis, when)
             )
     default = region or instances[0].region
-    maestro = _maestro(config, project, default, amis)
+    maestro = _maestro(config, project, default, amis, on_maestro_type)
     if maestro is not None:
         others = sorted({i.region for i in instances} - {default})
         if others:
@@ -287,11 +291,16 @@ def check_instance_type(value: str, where: str) -> str:
 
 
 def _maestro(
-    config: Config, project: str, region: str, amis: Mapping[Any, str] | None
+    config: Config,
+    project: str,
+    region: str,
+    amis: Mapping[Any, str] | None,
+    on_maestro_type: str | None = None,
 ) -> MaestroSpec | None:
-    if config.maestro != "remote":
+    if config.maestro != "remote" and on_maestro_type is None:
         return None
-    itype = check_instance_type(config.aws.maestro_type or DEFAULT_MAESTRO_TYPE, "maestro_type")
+    wanted = config.aws.maestro_type or on_maestro_type or DEFAULT_MAESTRO_TYPE
+    itype = check_instance_type(wanted, "maestro_type")
     return MaestroSpec(
         name=f"{project}-maestro",
         type=itype,
