@@ -166,7 +166,7 @@ def ec2_recorder(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, dict[s
         def hook(model: Any, params: dict[str, Any], **_: Any) -> None:
             calls.append((service, model.name, dict(params)))
 
-        made.meta.events.register("before-call", hook)
+        made.meta.events.register("provide-client-params", hook)
         return made
 
     monkeypatch.setattr(boto3.session.Session, "client", client)
