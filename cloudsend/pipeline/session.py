@@ -635,7 +635,9 @@ def refuse_remote_maestro(config: Config) -> None:
     """`maestro: remote` validates and previews (its pieces exist: the run key, shipping
     cloudsend, the aws maestro's resources), but on aws no watcher runs there yet: creating a
     maestro that sits idle and bills would not be what was asked. On ssh the CLI's run goes to
-    cloudsend.pipeline.maestro_control (the watcher runs on the maestro)."""
+    cloudsend.pipeline.maestro_control (the watcher runs on the maestro). In a run dir the
+    laptop handed to an aws maestro (on_maestro.json) nothing is refused: that watcher is the
+    maestro's own."""
     if on_the_maestro(config):
         return  # the laptop sent this run here: this process is the maestro's watcher
     if config.maestro == "remote" and config.provider != "ssh":

@@ -378,7 +378,8 @@ class AwsProvider:
     @_credentials
     def _engine_up(self, *, refresh: bool = False) -> list[Host]:
         spec = self.active(self.plan())
-        cost, _ = self.cost(spec)
+        # the maestro's role reads no price list: its budget check uses the bundled prices
+        cost, _ = self.cost(spec, live=self.side is None)
         self.check_budget(cost)
         engine = self.engine(spec)
         if refresh or self._instances_gone(engine):
