@@ -629,7 +629,7 @@ class AwsProvider:
                 n
                 for n in sorted(wanted)
                 if lost_worker(
-                    infos[n].kind or "terminated" if n in infos else "missing",
+                    (infos[n].kind or "terminated") if n in infos else "missing",
                     on_maestro=True,
                     pulumi_here=pulumi_here,
                     retired=n in self.retired,
