@@ -634,3 +634,37 @@ def test_a_torn_contract_is_one_clear_error(project: Project) -> None:
     with pytest.raises(CloudsendError, match="on_maestro.json cannot be read"):
         AwsProvider(load_config(path))
 
+
+
+def test_a_failed_worker_stop_keeps_the_maestro_up(
+    project: Project, moto_aws: Any, maestro_home: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, no_pulumi: None,
+) -> None:
+    """The end of a run carries its steps out in order and stops at the first failure: a
+    worker that could not be stopped keeps the maestro up (nothing else would see it off)."""
+    from cloudsend.pipeline.session import Session, config_hash
+    from cloudsend.providers.aws import power
+    from cloudsend.providers.base import Host
+    from cloudsend.transport.local import LocalTransport
+
+    handover = Handover(project, moto_aws, [], tmp_path, pulumi_here=False)
+    worker = moto_aws.run_instances(1, TAGS, names=[WORKERS[0]])[0]
+    session = Session(load_config(project.config(config_text())))
+    try:
+        session.run_id = session.store.open_run(config_hash(session.config), new=True).id
+        session.hosts = [Host(WORKERS[0], 1, "/nowhere", "python3", LocalTransport())]
+        real = power.power_off
+
+        def denied(*args: Any, **kwargs: Any) -> Any:
+            raise ProvisionError("could not stop idle instance(s): UnauthorizedOperation")
+
+        monkeypatch.setattr(power, "power_off", denied)
+        assert session.end_of_run() == []
+        assert moto_aws.state(worker) == "running"
+        assert handover.state(handover.maestro_id) == "running"
+        monkeypatch.setattr(power, "power_off", real)
+        assert session.end_of_run() == [WORKERS[0], handover.maestro_id]
+    finally:
+        session.close()
+    assert moto_aws.state(worker) == "stopped"
+    assert handover.state(handover.maestro_id) == "stopped"
