@@ -668,3 +668,75 @@ def test_a_failed_worker_stop_keeps_the_maestro_up(
         session.close()
     assert moto_aws.state(worker) == "stopped"
     assert handover.state(handover.maestro_id) == "stopped"
+
+
+def _event(kind: str, instance: str, name: str) -> Any:
+    from cloudsend.providers.aws.monitor import InstanceEvent
+
+    return InstanceEvent(kind, instance, name, kind)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        ([("running", "i-new", "w1")], ["w1"]),  # the laptop's up made a new one
+        ([("running", "i-1", "w1")], []),  # started again under its own id
+        ([("terminated", "i-new", "w1")], []),
+        ([("running", "i-new", "stranger")], []),  # not a worker of this run
+        ([("running", "i-new", "w1"), ("running", "i-newer", "w1")], ["w1"]),
+        ([("running", "i-a", "w0"), ("running", "i-new", "w1")], ["w0", "w1"]),
+    ],
+)
+def test_which_workers_rejoin_after_the_laptops_up(
+    events: list[tuple[str, str, str]], expected: list[str]
+) -> None:
+    from cloudsend.providers.aws.maestro_side import rejoined
+
+    recorded = {"w0": "i-0", "w1": "i-1"}
+    assert rejoined([_event(*e) for e in events], recorded) == expected
+
+
+def test_a_worker_the_laptop_recreates_rejoins_the_maestros_run(
+    sshd_factory: Any, project: Project, moto_aws: Any, maestro_home: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, no_pulumi: None, workers_clean: None,
+) -> None:
+    """file:// maestro: a terminated worker's replace is refused; once the laptop's `cloudsend
+    up` has made it again (a new instance under its name, the contract sent again), the
+    maestro's next poll asks for it and its replace returns it as a host, reached over SSH."""
+    from cloudsend.providers.aws import provider as aws_provider
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    monkeypatch.setattr(aws_provider, "SSH_READY_TIMEOUT", 20.0)
+    hosts = sshd_factory(1, user="ubuntu") + sshd_factory(1)
+    handover = Handover(project, moto_aws, hosts, tmp_path, pulumi_here=False)
+    provider = AwsProvider(load_config(project.config(config_text())))
+    for h in provider.up():
+        h.transport.close()
+    machines = provider.machines
+    assert not machines.poll()  # the baseline
+    victim = WORKERS[1]
+    hosts[1].kill()
+    moto_aws.terminate(handover.ids[victim])
+    lost = machines.poll()
+    assert lost.replace == [victim] and lost.lost_hosts == [victim]
+    with pytest.raises(RecreationDeferred):
+        machines.replace([victim])
+    assert not machines.poll()  # nothing new meanwhile
+
+    # the laptop's `cloudsend up`: a new instance under the name, the contract sent again
+    new_id = moto_aws.run_instances(1, TAGS, names=[victim])[0]
+    hosts[1].start()
+    outputs = json.loads(json.dumps(handover.outputs))
+    outputs["instances"][victim]["id"] = new_id
+    write(project.path, OnAwsMaestro(instance_id=handover.maestro_id, region="us-east-1",
+                                     stack=PROJECT, outputs=outputs))
+    back = machines.poll()
+    assert back.replace == [victim] and back.lost_hosts == []
+    again = machines.replace([victim])
+    try:
+        assert [h.name for h in again] == [victim]
+        assert again[0].transport.run("true").ok
+    finally:
+        for h in again:
+            h.transport.close()
+    assert not machines.poll()  # adopted: not asked for again

@@ -33,12 +33,16 @@ class AwsMachines:
         *,
         profile: str | None = None,  # for the credentials message only
         stop_self: Callable[[], str] | None = None,  # on the maestro: stop this machine
+        # on a maestro without Pulumi: host name → the instance id the run knows it by; a
+        # worker seen running under another id (the laptop re-created it) is to be replaced
+        recorded: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self._monitor = monitor
         self._session = session
         self._replace = replace
         self._profile = profile
         self._stop_self = stop_self
+        self._recorded = recorded
 
     def poll(self) -> Reaction:
         return self.poll_instances().hosts()
@@ -46,7 +50,15 @@ class AwsMachines:
     def poll_instances(self) -> InstanceReaction:
         """poll() in EC2's terms (instance ids to start)."""
         with credentials_errors(self._profile):
-            return plan_reaction(self._monitor().poll())
+            events = self._monitor().poll()
+        reaction = plan_reaction(events)
+        if self._recorded is not None:
+            from cloudsend.providers.aws.maestro_side import rejoined
+
+            for name in rejoined(events, self._recorded()):
+                if name not in reaction.replace:
+                    reaction.replace.append(name)
+        return reaction
 
     def start(self, names: list[str]) -> list[str]:
         """Start the stopped machines of these hosts (all of them: the caller decides which);

@@ -11,14 +11,16 @@ here). With that file present, AwsProvider is the maestro's:
   chain: the config's `profile:` names a profile of the laptop, not of this machine);
 - a lost worker is re-created here only when Pulumi runs here (`pulumi_here`, a shared state
   backend); with a file:// backend its jobs go to the remaining workers and re-creation waits
-  for `cloudsend up` from the laptop (`lost_worker`, a pure decision);
+  for `cloudsend up` from the laptop (`lost_worker`, a pure decision); the worker that `up`
+  makes joins the run when the maestro's poll sees it (`rejoined`), at the address of the
+  contract the laptop sent again, else at its private IP;
 - auto_stop stops the workers and then this machine (`stop_maestro`), once every result is on
   its disk (scheduling.maestro_end decides when).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -30,6 +32,8 @@ from cloudsend.onmaestro import OnAwsMaestro
 
 if TYPE_CHECKING:
     from boto3.session import Session
+
+    from cloudsend.providers.aws.monitor import InstanceEvent
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,19 @@ def lost_worker(
     if not on_maestro or pulumi_here:
         return LostWorker.RECREATE_HERE
     return LostWorker.LEAVE_TO_LAPTOP
+
+
+def rejoined(events: Iterable[InstanceEvent], recorded: Mapping[str, str]) -> list[str]:
+    """Workers whose machine runs again under an instance id the run does not know
+    (`recorded`: host name → the instance id the run reaches it on): the laptop's `cloudsend
+    up` re-created them. Pure; a worker started again under its own id is not one."""
+    names: list[str] = []
+    for event in events:
+        known = recorded.get(event.name)
+        new = event.kind == "running" and known is not None and event.instance_id != known
+        if new and event.name not in names:
+            names.append(event.name)
+    return names
 
 
 def recreation_waits(host: str) -> str:

@@ -108,6 +108,7 @@ class AwsProvider:
 
         # set when this runs ON the stack's maestro (the laptop's run sent the contract)
         self.side: MaestroSide | None = MaestroSide.find(config.base_dir)
+        self._adopted: dict[str, str] = {}  # maestro: worker → instance id it rejoined under
 
     @property
     def profile(self) -> str | None:
@@ -131,6 +132,7 @@ class AwsProvider:
                 self._replace,
                 profile=self.profile,
                 stop_self=self._stop_self if self.side is not None else None,
+                recorded=self._recorded_ids if self.side and not self.side.pulumi_here else None,
             )
         return self._machines
 
@@ -528,6 +530,30 @@ class AwsProvider:
             return ": not re-created (its eco_life ran out)"
         return ": the maestro re-creates it"
 
+    def _recorded_ids(self) -> dict[str, str]:
+        """Maestro: host name → the instance id the run reaches it on (the contract's, or
+        the one it rejoined under)."""
+        assert self.side is not None
+        instances = self.side.outputs.get("instances") or {}
+        ids = {n: str(i.get("id")) for n, i in instances.items() if i.get("id")}
+        return {**ids, **self._adopted}
+
+    def _rejoin(self, names: list[str]) -> list[Host]:
+        """Maestro without Pulumi: the workers the laptop's `up` re-created, as hosts, at the
+        address of the contract it sent again (else their private IP)."""
+        from cloudsend.providers.aws.maestro_side import MaestroSide
+
+        assert self.side is not None
+        self.side = MaestroSide.find(self.config.base_dir) or self.side  # maybe sent again
+        instances = self.side.outputs.get("instances") or {}
+        infos = self._monitor().instances()
+        wanted = {n: instances[n] for n in names if n in instances}
+        if not wanted:
+            return []
+        hosts = self._hosts({"instances": wanted})
+        self._adopted.update({h.name: infos[h.name].id for h in hosts if h.name in infos})
+        return hosts
+
     def _stop_self(self) -> str:
         from cloudsend.providers.aws.maestro_side import stop_maestro
 
@@ -625,6 +651,9 @@ class AwsProvider:
 
             infos = self._monitor().instances()
             pulumi_here = self.side.pulumi_here
+            back = [n for n in sorted(wanted) if n in infos and infos[n].kind == "running"]
+            if back and not pulumi_here:  # re-created by the laptop's `cloudsend up`
+                return self._rejoin(back)  # any still gone stay the laptop's (status says so)
             left = [
                 n
                 for n in sorted(wanted)
