@@ -467,6 +467,10 @@ def up(config: Path, reset: bool, yes: bool) -> None:
     """
 
     cfg = _load(config)
+    if cfg.maestro == "remote":  # before any preview: `run` creates the machines there
+        from cloudsend.pipeline.session import refuse_watching_here
+
+        refuse_watching_here(cfg)
     _confirm_plan(cfg, yes)
     client, reporter = _client(cfg)
     try:
@@ -628,7 +632,7 @@ def fetch(config: Path, out: Path | None) -> None:
     if cfg.maestro == "remote":
         from cloudsend.pipeline import maestro_control as control
 
-        got = control.fetch(cfg)
+        got = control.fetch(cfg, say=lambda line: click.echo(clean(line), err=True))
         click.echo(f"fetched {len(got.jobs)} job(s), {got.files} file(s), {got.bytes} bytes "
                    "from the maestro")
         click.echo(f"results: {got.where}")
@@ -712,7 +716,8 @@ def down(config: Path, keep: bool, force: bool, yes: bool) -> None:
     if cfg.maestro == "remote":
         from cloudsend.pipeline import maestro_control as control
 
-        control.down(cfg, keep=keep, force=force)
+        say = lambda line: click.echo(clean(line), err=True)  # noqa: E731
+        control.down(cfg, keep=keep, force=force, say=say)
         click.echo("down")
         return
     client, reporter = _client(cfg)
@@ -795,7 +800,7 @@ def _remote_run(cfg: Config, as_json: bool) -> None:
     the maestro (cloudsend.pipeline.maestro_control)."""
     from cloudsend.pipeline import maestro_control as control
 
-    started = control.start(cfg)
+    started = control.start(cfg, say=lambda line: click.echo(clean(line), err=True))
     p = started.prepared
     sent = p.ship.uploaded + p.sent.bytes
     if as_json:

@@ -99,6 +99,7 @@ class AwsProvider:
         # hosts whose machines ran out their eco_life during this run: `up` (a replacement of
         # other hosts) leaves them out instead of re-creating them with a new eco_life
         self.retired: set[str] = set()
+        self.last_outputs: dict[str, Any] = {}  # what the last `up` exported (the maestro too)
 
     @property
     def machines(self) -> AwsMachines:
@@ -332,6 +333,7 @@ class AwsProvider:
             # auto_stop of a spot one, by hand): without a refresh `up` sees nothing to create.
             engine.refresh()
         outputs = engine.up()
+        self.last_outputs = dict(outputs)
         return self._hosts(outputs, wake=True)
 
     def _instances_gone(self, engine: Any) -> bool:
@@ -369,6 +371,7 @@ class AwsProvider:
 
     def _hosts(self, outputs: dict[str, Any], wake: bool = False) -> list[Host]:
         from cloudsend.providers.aws.keys import stack_key
+        from cloudsend.providers.aws.monitor import reachable_address
         from cloudsend.transport.ssh import SshTarget, SshTransport
 
         key = stack_key(self.project, self.stack)
@@ -390,7 +393,7 @@ class AwsProvider:
                 )
                 continue
             # A stopped-then-started instance has a new public IP; the outputs keep the old.
-            address = (info.public_ip or info.private_ip if info else None) or (
+            address = (reachable_address(info) if info else None) or (
                 inst.get("public_ip") or inst.get("private_ip")
             )
             target = SshTarget(
