@@ -136,7 +136,8 @@ def stack(
     worker_keys = [_worker_home(h) for h in workers]
     key = stack_key(provider.project, provider.stack)
     for host in [maestro, *workers]:  # EC2 installs the stack's key at boot
-        host.authorized_keys.write_text(host.authorized_keys.read_text() + key.public_openssh + "\n")
+        text = host.authorized_keys.read_text()
+        host.authorized_keys.write_text(text + key.public_openssh + "\n")
 
     names = [i.name for i in spec.instances]
     worker_ids = moto_aws.run_instances(len(names), dict(spec.tags), names=names)
