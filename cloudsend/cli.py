@@ -467,11 +467,17 @@ def up(config: Path, reset: bool, yes: bool) -> None:
     """
 
     cfg = _load(config)
-    if cfg.maestro == "remote":  # before any preview: `run` creates the machines there
+    if cfg.maestro == "remote" and cfg.provider != "aws":  # before any preview
         from cloudsend.pipeline.session import refuse_watching_here
 
         refuse_watching_here(cfg)
     _confirm_plan(cfg, yes)
+    if cfg.maestro == "remote":  # aws: the stack made whole, the maestro told; no run started
+        from cloudsend.pipeline import maestro_aws
+
+        done = maestro_aws.up(cfg, say=lambda line: click.echo(clean(line), err=True))
+        click.echo(f"hosts ready; the maestro has the stack's outputs in {done.run_dir}")
+        return
     client, reporter = _client(cfg)
     try:
         client.start(reset=reset)

@@ -318,6 +318,27 @@ def test_run_creates_the_stack_prepares_the_maestro_and_starts_the_run_there(
     assert (stack.maestro_id, "running") in stack.asked
 
 
+@pytest.mark.slow
+def test_up_makes_the_stack_whole_and_tells_the_maestro_without_starting_a_run(
+    stack: Stack, moto_aws: Any
+) -> None:
+    """What a file:// stack's maestro waits for after a spot worker was lost: the laptop's
+    `up` (pulumi up from here) and a fresh on_maestro.json, the run key on every worker."""
+    from cloudsend import onmaestro
+    from cloudsend.pipeline import maestro_aws
+
+    said: list[str] = []
+    prepared = maestro_aws.up(stack.config, say=said.append)
+    assert said == [] and "up" in stack.stub.calls
+    assert not any("run --detach" in c for c in stack.commands), stack.commands
+    assert prepared.run_dir == str(stack.run_dir)
+    side = onmaestro.read(stack.run_dir)
+    assert side is not None and side.outputs == stack.stub.outputs()
+    assert len(prepared.keys_added) == 2  # the run key went onto both workers
+    again = maestro_aws.up(stack.config, say=said.append)
+    assert again.keys_added == () and again.sent.files == 0  # nothing new to tell it
+
+
 # -- fetch and status on a stopped maestro ----------------------------------------------------
 
 

@@ -1,8 +1,8 @@
 """`maestro: remote` validates and previews everywhere; `run` goes to the maestro on ssh
 (tests/test_maestro_remote.py runs it end to end) and on aws (tests/test_maestro_aws_laptop.py);
-`up` alone is refused before any preview (`run` creates the machines and prepares the
-maestro), and a watcher in this process (the API's `start`) is refused with a message pointing
-at `cloudsend run`."""
+`up` alone is refused on ssh before anything is touched (on aws it makes the stack whole
+and tells the maestro), and a watcher in this process (the API's `start`) is refused with a
+message pointing at `cloudsend run`."""
 
 from __future__ import annotations
 
@@ -47,9 +47,9 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("text", [AWS, SSH])
-def test_up_refuses_a_remote_maestro_before_touching_anything(tmp_path: Path, text: str) -> None:
-    _project(tmp_path, text)
+def test_ssh_up_refuses_a_remote_maestro_before_touching_anything(tmp_path: Path) -> None:
+    # (aws: `up` makes the stack whole and tells the maestro: tests/test_maestro_aws_laptop.py)
+    _project(tmp_path, SSH)
     ok = _cli(tmp_path, "validate", "cloudsend.yaml")
     assert ok.returncode == 0, ok.stderr  # the config itself is fine
     proc = _cli(tmp_path, "up", "cloudsend.yaml", "--yes")

@@ -20,8 +20,9 @@ whole stack from here and checks that nothing tagged with it is left.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,9 @@ from cloudsend.errors import CloudsendError, ProvisionError, StateError, Transpo
 from cloudsend.maestro import bundle as bundling
 from cloudsend.maestro import remote
 from cloudsend.maestro import ship as shipping
+from cloudsend.maestro.remote import Prepared
 from cloudsend.pipeline import maestro_control as control
+from cloudsend.transport.base import Transport
 
 if TYPE_CHECKING:
     from cloudsend.providers.aws.monitor import InstanceInfo
@@ -215,9 +218,11 @@ def plan_bundle(config: Config, side: onmaestro.OnAwsMaestro) -> bundling.Bundle
     return bundling.Bundle(config=data, files={**planned.files, onmaestro.FILE: path})
 
 
-def start(config: Config, say: Say) -> control.Started:
-    """`cloudsend run` (aws, maestro: remote): see the module doc."""
-    begin = time.monotonic()
+@contextlib.contextmanager
+def _ready(config: Config, say: Say) -> Iterator[tuple[control.Endpoint, Transport, Prepared]]:
+    """AwsProvider.up() (workers and maestro; a stopped maestro is started), then the maestro
+    prepared: cloudsend shipped, the run key on every worker, the bundle sent with a fresh
+    on_maestro.json. Yields the maestro's endpoint, an open transport to it and what was done."""
     provider = _provider(config)
     hosts = provider.up()  # the workers (woken when stopped) and the maestro; host keys pinned
     try:
@@ -254,12 +259,27 @@ def start(config: Config, say: Say) -> control.Started:
                 bundle=plan_bundle(config, side),
                 extras=EXTRAS,
             )
-            return control.launch(config, point, to_maestro, prepared, begin)
+            yield point, to_maestro, prepared
         finally:
             to_maestro.close()
     finally:
         for h in hosts:
             h.transport.close()
+
+
+def start(config: Config, say: Say) -> control.Started:
+    """`cloudsend run` (aws, maestro: remote): see the module doc."""
+    begin = time.monotonic()
+    with _ready(config, say) as (point, to_maestro, prepared):
+        return control.launch(config, point, to_maestro, prepared, begin)
+
+
+def up(config: Config, say: Say) -> Prepared:
+    """`cloudsend up` (aws, maestro: remote): the stack made whole (an interrupted worker
+    re-created) and the maestro told (fresh on_maestro.json, the run key on the new worker);
+    no run is started. What a file:// stack's maestro waits for to use a re-created worker."""
+    with _ready(config, say) as (_point, _to_maestro, prepared):
+        return prepared
 
 
 def fetch(config: Config, say: Say) -> control.Fetched:
