@@ -395,16 +395,20 @@ def test_down_refuses_to_lose_results_then_cancels_and_destroys_the_stack(
     from cloudsend.pipeline import maestro_control as control
 
     jobs = _ship_and_place(stack, jobs_done=1)  # one DONE on the maestro, one never run
+    moto_aws.stop(stack.maestro_id)  # stopped: down starts it to check what is home
     said: list[str] = []
     with pytest.raises(StateError) as refused:
         control.down(stack.config, say=said.append)
     assert f"run-1/{jobs[0]}" in refused.value.message and "--force" in (refused.value.hint or "")
     assert not stack.stub.destroyed
+    checking = f"starting the maestro {stack.maestro_id} to check that every result is home"
+    assert said == [checking, "stopping it again"]  # refused: left as it was found
+    assert moto_aws.state(stack.maestro_id) == "stopped"
     control.fetch(stack.config)
-    moto_aws.stop(stack.maestro_id)  # stopped: down starts it to check what is home
+    said.clear()
     stack.commands.clear()
     control.down(stack.config, say=said.append)
-    assert said[0] == f"starting the maestro {stack.maestro_id} to check that every result is home"
+    assert said[0] == checking
     assert any("cloudsend cancel --all cloudsend.yaml" in c for c in stack.commands), stack.commands
     assert stack.stub.destroyed  # then the laptop's own destroy of the whole stack
     assert {moto_aws.state(i) for i in [stack.maestro_id, *stack.worker_ids]} == {"terminated"}
@@ -491,3 +495,28 @@ def test_a_stack_without_a_maestro_is_one_clear_message(
     assert "has no maestro yet" in proc.stderr and "cloudsend run CONFIG" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not json.dumps(proc.stdout).count("{")  # nothing half-printed
+
+
+def test_a_shared_stack_reaches_the_maestro_with_the_stack_key_from_its_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A teammate (another machine, nothing of the first user's) reaches the maestro with the
+    stack key the stack keeps as a secret output, installed into their ~/.cloudsend/keys/."""
+    from cloudsend.config import load_config
+    from cloudsend.pipeline import maestro_aws
+    from cloudsend.providers.aws.keys import private_openssh, stack_key
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    monkeypatch.setenv("HOME", str(tmp_path / "first"))
+    (tmp_path / "cloudsend.yaml").write_text(CONFIG)
+    provider = AwsProvider(load_config(tmp_path / "cloudsend.yaml"))
+    secret = private_openssh(stack_key(provider.project, provider.stack))
+    monkeypatch.setenv("HOME", str(tmp_path / "teammate"))
+    maestro = maestro_aws.Maestro("i-1", "us-east-1", "ubuntu", 22, "10.0.0.5", "running", "x")
+    point = maestro_aws.endpoint_of(provider, {"stack_key": secret}, maestro)
+    assert point.key is not None and str(point.key).startswith(str(tmp_path / "teammate"))
+    assert point.key.read_text() == secret and point.instance == "i-1"
+    assert (point.address, point.user, point.port) == ("x", "ubuntu", 22)
+    stopped = maestro_aws.Maestro("i-1", "us-east-1", "ubuntu", 22, "10.0.0.5", "stopped", None)
+    with pytest.raises(maestro_aws.MaestroStopped, match="is stopped"):
+        maestro_aws.endpoint_of(provider, {}, stopped)

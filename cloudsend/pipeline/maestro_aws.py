@@ -326,7 +326,8 @@ def _stop_the_run(
     config: Config, provider: AwsProvider, outputs: dict[str, Any], force: bool, say: Say
 ) -> None:
     """Before the destroy: refuse while results would be lost (unless force), then ask the
-    maestro to cancel its run (the destroy ends it anyway: a failure is only said)."""
+    maestro to cancel its run (the destroy ends it anyway: a failure is only said). A maestro
+    started here to check is stopped again when down refuses."""
     maestro = look(provider, outputs)
     woken = False
     if maestro.stopped and not force:
@@ -336,6 +337,24 @@ def _stop_the_run(
     if maestro.state != "running":
         say(f"the maestro {maestro.id} is {maestro.state}: destroying it with the stack")
         return
+    try:
+        _check_and_cancel(config, provider, outputs, maestro, force, woken, say)
+    except BaseException:
+        if woken:
+            say("stopping it again")
+            sleep(provider, maestro)
+        raise
+
+
+def _check_and_cancel(
+    config: Config,
+    provider: AwsProvider,
+    outputs: dict[str, Any],
+    maestro: Maestro,
+    force: bool,
+    woken: bool,
+    say: Say,
+) -> None:
     point = endpoint_of(provider, outputs, maestro)
     try:
         with point.transport(config) as to_maestro:
@@ -345,9 +364,6 @@ def _stop_the_run(
                 held = control.holding(config, point, to_maestro)
                 lost = lost_by_down(held.todo, held.unfinished)
                 if lost:
-                    if woken:
-                        say("stopping it again")
-                        sleep(provider, maestro)
                     raise StateError(
                         f"{len(lost)} job(s) have results not home yet (e.g. {lost[0]}); "
                         "down destroys the maestro and would lose them",
@@ -364,8 +380,8 @@ def _stop_the_run(
     except TransportError as exc:
         if not force:
             raise TransportError(
-                f"the maestro {maestro.id} does not answer ({exc.message.splitlines()[0]}): "
-                "cannot tell whether every result is home",
+                f"cannot ask the maestro {maestro.id} whether every result is home "
+                f"({exc.message.splitlines()[0]})",
                 hint="try again, or `cloudsend down --force` to destroy it with its results",
             ) from exc
         say(f"the maestro {maestro.id} does not answer: destroying it with its run")
