@@ -1,5 +1,7 @@
 """The laptop's side of `maestro: remote` on provider ssh: start the run on the maestro, ask
-it how the run goes, bring its results home, take it down.
+it how the run goes, bring its results home, take it down. On provider aws the same talk goes
+to the stack's maestro instance (its `Endpoint` from the stack's outputs and EC2); what differs
+there (creating it, starting a stopped one to fetch, destroying it) is pipeline.maestro_aws.
 
 The maestro runs the bundled config (`maestro: local` there) with its own detached watcher,
 which deploys to the workers with the run key. Everything the laptop needs is derived from
