@@ -469,7 +469,17 @@ def up(config: Path, reset: bool, yes: bool) -> None:
     """
 
     cfg = _load(config)
+    if cfg.maestro == "remote" and cfg.provider != "aws":  # before any preview
+        from cloudsend.pipeline.session import refuse_watching_here
+
+        refuse_watching_here(cfg)
     _confirm_plan(cfg, yes)
+    if cfg.maestro == "remote":  # aws: the stack made whole, the maestro told; no run started
+        from cloudsend.pipeline import maestro_aws
+
+        done = maestro_aws.up(cfg, say=lambda line: click.echo(clean(line), err=True))
+        click.echo(f"hosts ready; the maestro has the stack's outputs in {done.run_dir}")
+        return
     client, reporter = _client(cfg)
     try:
         client.start(reset=reset)
@@ -630,7 +640,7 @@ def fetch(config: Path, out: Path | None) -> None:
     if cfg.maestro == "remote":
         from cloudsend.pipeline import maestro_control as control
 
-        got = control.fetch(cfg)
+        got = control.fetch(cfg, say=lambda line: click.echo(clean(line), err=True))
         click.echo(f"fetched {len(got.jobs)} job(s), {got.files} file(s), {got.bytes} bytes "
                    "from the maestro")
         click.echo(f"results: {got.where}")
@@ -714,7 +724,8 @@ def down(config: Path, keep: bool, force: bool, yes: bool) -> None:
     if cfg.maestro == "remote":
         from cloudsend.pipeline import maestro_control as control
 
-        control.down(cfg, keep=keep, force=force)
+        say = lambda line: click.echo(clean(line), err=True)  # noqa: E731
+        control.down(cfg, keep=keep, force=force, say=say)
         click.echo("down")
         return
     client, reporter = _client(cfg)
@@ -797,7 +808,7 @@ def _remote_run(cfg: Config, as_json: bool) -> None:
     the maestro (cloudsend.pipeline.maestro_control)."""
     from cloudsend.pipeline import maestro_control as control
 
-    started = control.start(cfg)
+    started = control.start(cfg, say=lambda line: click.echo(clean(line), err=True))
     p = started.prepared
     sent = p.ship.uploaded + p.sent.bytes
     if as_json:

@@ -1,8 +1,8 @@
-"""`maestro: remote` validates and previews everywhere; on aws `run` and `up` still refuse it
-(no watcher runtime on the aws maestro yet: creating a maestro that sits idle and bills would
-not be what the user asked for). On ssh the gate is lifted: `run` goes to the maestro
-(tests/test_maestro_remote.py runs it end to end), and a watcher in this process (the API's
-`start`) is refused with a message pointing at `cloudsend run`."""
+"""`maestro: remote` validates and previews everywhere; `run` goes to the maestro on ssh
+(tests/test_maestro_remote.py runs it end to end) and on aws (tests/test_maestro_aws_laptop.py);
+`up` alone is refused on ssh before anything is touched (on aws it makes the stack whole
+and tells the maestro), and a watcher in this process (the API's `start`) is refused with a
+message pointing at `cloudsend run`."""
 
 from __future__ import annotations
 
@@ -47,18 +47,25 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("command", ["run", "up"])
-def test_aws_run_and_up_refuse_a_remote_maestro_before_touching_anything(
-    tmp_path: Path, command: str
-) -> None:
-    _project(tmp_path, AWS)
+def test_ssh_up_refuses_a_remote_maestro_before_touching_anything(tmp_path: Path) -> None:
+    # (aws: `up` makes the stack whole and tells the maestro: tests/test_maestro_aws_laptop.py)
+    _project(tmp_path, SSH)
     ok = _cli(tmp_path, "validate", "cloudsend.yaml")
     assert ok.returncode == 0, ok.stderr  # the config itself is fine
-    proc = _cli(tmp_path, command, "cloudsend.yaml", "--yes")
+    proc = _cli(tmp_path, "up", "cloudsend.yaml", "--yes")
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "maestro: remote is not runnable yet" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "the watcher runs on the maestro" in proc.stderr
+    assert "cloudsend run CONFIG" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / ".cloudsend").exists()  # no run opened, no stack touched
+
+
+def test_the_gate_lets_aws_and_ssh_through(tmp_path: Path) -> None:
+    from cloudsend.config import load_config
+    from cloudsend.pipeline.session import refuse_remote_maestro
+
+    for text in (AWS, SSH):  # `run` goes on to the maestro: no refusal
+        _project(tmp_path, text)
+        refuse_remote_maestro(load_config(tmp_path / "cloudsend.yaml"))
 
 
 def test_ssh_run_is_accepted_and_goes_to_the_hosts(tmp_path: Path) -> None:
@@ -74,7 +81,8 @@ def test_the_api_refuses_a_watcher_here(tmp_path: Path) -> None:
     from cloudsend.config import load_config
     from cloudsend.errors import ConfigError
 
-    for text, message in ((AWS, "not runnable yet"), (SSH, "the watcher runs on the maestro")):
+    for text, message in ((AWS, "the watcher runs on the maestro"),
+                          (SSH, "the watcher runs on the maestro")):
         _project(tmp_path, text)
         client = SyncClient(load_config(tmp_path / "cloudsend.yaml"))
         try:

@@ -73,21 +73,30 @@ def prepare(
     key_dir: Path,
     wheel_cache: Path,
     sources: Sequence[str] | None = None,
+    root: str | None = None,
+    bundle: bundling.Bundle | None = None,
+    extras: tuple[str, ...] = (),
 ) -> Prepared:
     """Ship cloudsend, install the run key on `workers` (restricted to `sources`, default
-    the maestro_host address: see runkey.maestro_sources) and send the run's bundle."""
+    the maestro_host address: see runkey.maestro_sources) and send the run's bundle
+    (default plan_bundle(config)). `root`: cloudsend's folder on the maestro (default
+    maestro_host's; aws passes it, with the maestro's private address as `sources` and
+    the `aws` extra in `extras`)."""
     start = time.monotonic()
-    entry = config.ssh.maestro_host
-    assert entry is not None, "prepare needs maestro_host (the config checks refuse it)"
+    entry = config.ssh.maestro_host  # ssh: where the maestro is and its root
     project = config.project_name
     key = runkey.make_run_key(key_dir, project, run_id(key_dir))
-    shipped = shipping.ship(
-        maestro, shipping.build_wheel(wheel_cache), entry.root or shipping.DEFAULT_ROOT
-    )
-    allowed = runkey.maestro_sources(entry.address) if sources is None else list(sources)
-    added = tuple(w.name for w in workers if runkey.install(w, key, allowed))
+    if root is None:
+        assert entry is not None, "prepare needs maestro_host (the config checks refuse it)"
+        root = entry.root or shipping.DEFAULT_ROOT
+    shipped = shipping.ship(maestro, shipping.build_wheel(wheel_cache), root, extras)
+    if sources is None:
+        assert entry is not None
+        sources = runkey.maestro_sources(entry.address)
+    added = tuple(w.name for w in workers if runkey.install(w, key, list(sources)))
     run_dir = f"{shipped.root}/runs/{project}"
-    sent = bundling.send_bundle(maestro, bundling.plan_bundle(config), run_dir, key.private)
+    planned = bundle if bundle is not None else bundling.plan_bundle(config)
+    sent = bundling.send_bundle(maestro, planned, run_dir, key.private)
     return Prepared(
         venv=shipped.venv,
         run_dir=run_dir,

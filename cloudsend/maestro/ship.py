@@ -147,9 +147,17 @@ def _quoted(path: str) -> str:
     return shlex.quote(path)
 
 
-def _look_script(root: str, wheel: Wheel) -> str:
+shell_path = _quoted  # the same quoting for the laptop's commands in the maestro's run dir
+
+
+def _folder(wheel: Wheel, extras: tuple[str, ...]) -> str:
+    """The venv's folder name: one per version, wheel content and extras (aws: `[aws]`)."""
+    return wheel.key + "".join(f"+{extra}" for extra in extras)
+
+
+def _look_script(root: str, wheel: Wheel, extras: tuple[str, ...] = ()) -> str:
     """One round trip: the venv is ready (`done`), or what is missing: python, the wheel."""
-    d = f"{_quoted(root)}/cloudsend/{wheel.key}"
+    d = f"{_quoted(root)}/cloudsend/{_folder(wheel, extras)}"
     return (
         f"d={d}; printf '%s\\n' {_MARK}; "
         'if [ -f "$d/done" ]; then printf "done\\n%s\\n" "$d"; exit 0; fi; '
@@ -161,12 +169,13 @@ def _look_script(root: str, wheel: Wheel) -> str:
     )
 
 
-def _install_script(folder: str, wheel: Wheel) -> str:
+def _install_script(folder: str, wheel: Wheel, extras: tuple[str, ...] = ()) -> str:
     """Under the maestro's lock: a clean venv, the wheel and its dependencies, a check that
     cloudsend runs, then the marker (tmp + rename). Left-over upload temps are removed. Its
     output goes to install.log there (shown when it fails)."""
     d = shlex.quote(folder)
     whl = shlex.quote(wheel.path.name)
+    wanted = shlex.quote(f"[{','.join(extras)}]" if extras else "")
     inner = (
         "set -e; cd \"$1\"; "
         "[ -f done ] && exit 0; "
@@ -175,23 +184,30 @@ def _install_script(folder: str, wheel: Wheel) -> str:
         "rm -rf venv ./*.part-*; "
         "python3 -m venv venv; "
         "venv/bin/python -m pip install -q --disable-pip-version-check "
-        "--no-input \"./$2\"; "
+        "--no-input \"./$2$3\"; "
         "venv/bin/cloudsend --version; "
         "echo \"$2\" > done.tmp; mv -f done.tmp done"
     )
-    return f"mkdir -p {d} && flock {d}/.lock sh -c {shlex.quote(inner)} ship {d} {whl}"
+    return (
+        f"mkdir -p {d} && flock {d}/.lock sh -c {shlex.quote(inner)} ship {d} {whl} {wanted}"
+    )
 
 
-def ship(transport: Transport, wheel: Wheel, root: str = DEFAULT_ROOT) -> ShipReport:
-    """Make `<root>/cloudsend/<key>/venv` on the maestro hold this cloudsend (see above)."""
+def ship(
+    transport: Transport, wheel: Wheel, root: str = DEFAULT_ROOT, extras: tuple[str, ...] = ()
+) -> ShipReport:
+    """Make `<root>/cloudsend/<key>/venv` on the maestro hold this cloudsend (see above),
+    with its `extras` (an aws maestro: `("aws",)`, what provider aws needs there)."""
     start = time.monotonic()
-    res = transport.run(_look_script(root, wheel), what="look for cloudsend on the maestro")
+    res = transport.run(
+        _look_script(root, wheel, extras), what="look for cloudsend on the maestro"
+    )
     lines = res.stdout.split(_MARK + "\n")[-1].splitlines()
     if len(lines) < 2 or lines[0] not in ("done", "todo"):
         raise ProvisionError(f"{transport.name}: unexpected answer {res.stdout[-300:]!r}")
     folder = lines[1]
     venv = f"{folder}/venv"
-    absolute_root = folder[: -len(f"/cloudsend/{wheel.key}")]
+    absolute_root = folder[: -len(f"/cloudsend/{_folder(wheel, extras)}")]
     if lines[0] == "done":
         return ShipReport(venv, absolute_root, False, 0, 1, time.monotonic() - start)
     python, remote_sha = (lines[2:4] + ["none", "none"])[:2]
@@ -207,7 +223,7 @@ def ship(transport: Transport, wheel: Wheel, root: str = DEFAULT_ROOT) -> ShipRe
         transport.put(wheel.path, f"{folder}/{wheel.path.name}")
         trips, uploaded = trips + 1, wheel.path.stat().st_size
     done = transport.run(
-        _install_script(folder, wheel),
+        _install_script(folder, wheel, extras),
         check=False,
         timeout=1800,
         what="install cloudsend on the maestro",

@@ -1,5 +1,7 @@
 """The laptop's side of `maestro: remote` on provider ssh: start the run on the maestro, ask
-it how the run goes, bring its results home, take it down.
+it how the run goes, bring its results home, take it down. On provider aws the same talk goes
+to the stack's maestro instance (its `Endpoint` from the stack's outputs and EC2); what differs
+there (creating it, starting a stopped one to fetch, destroying it) is pipeline.maestro_aws.
 
 The maestro runs the bundled config (`maestro: local` there) with its own detached watcher,
 which deploys to the workers with the run key. Everything the laptop needs is derived from
@@ -12,14 +14,15 @@ sha256, then marks the job done on the laptop; an interrupted fetch resumes from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudsend.config.layout import project_paths
 from cloudsend.config.models import Config, MaestroHostConfig
@@ -28,6 +31,9 @@ from cloudsend.errors import ConfigError, TransportError
 from cloudsend.maestro import remote
 from cloudsend.maestro import ship as shipping
 from cloudsend.transport.base import Transport
+
+if TYPE_CHECKING:  # fabric is imported lazily
+    from cloudsend.transport.ssh import SshTransport
 
 VENV_LINK = ".cloudsend/venv"  # in the run dir: the venv the run was started with
 FINAL = ("DONE", "ABORTED", "CANCELLED")
@@ -49,18 +55,74 @@ class Fetched:
     where: Path | None = None
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """The maestro as this machine reaches it: on ssh from `maestro_host`, on aws from the
+    stack's outputs and EC2 (pipeline.maestro_aws: its address changes when it is started
+    again, and it is reached with the stack's key). `root` is cloudsend's folder there
+    (absolute, or ~/...); `instance` the maestro's machine id on aws ("" on ssh)."""
+
+    name: str  # in messages: "maestro <address>" or "maestro <instance id>"
+    address: str
+    port: int
+    user: str | None
+    key: Path | None
+    root: str = shipping.DEFAULT_ROOT
+    instance: str = ""
+    user_known_hosts: bool = False  # also trust the user's own known_hosts (maestro_host)
+
+    def run_dir(self, project: str) -> str:
+        return f"{self.root}/runs/{project}"
+
+    def transport(self, config: Config) -> SshTransport:
+        from cloudsend.transport.ssh import SshTarget, SshTransport
+
+        return SshTransport(
+            SshTarget(
+                name=self.name,
+                address=self.address,
+                port=self.port,
+                user=self.user,
+                key=self.key,
+                known_hosts=config.state_dir / "known_hosts",
+                host_key_policy=config.ssh.host_key_policy,
+                user_known_hosts=self.user_known_hosts,
+            )
+        )
+
+
 def _entry(config: Config) -> MaestroHostConfig:
     entry = config.ssh.maestro_host
     if config.maestro != "remote" or config.provider != "ssh" or entry is None:
         raise ConfigError(
-            "this command's remote form needs maestro: remote on provider ssh with maestro_host",
+            "this command's remote form needs maestro: remote (provider ssh with maestro_host, "
+            "or provider aws)",
             hint="set maestro: remote and maestro_host, or use maestro: local",
         )
     return entry
 
 
+def endpoint(config: Config) -> Endpoint:
+    """Where the maestro is now (aws: asks the stack and EC2; a stopped maestro is refused
+    there with what to do)."""
+    if config.provider == "aws" and config.maestro == "remote":
+        from cloudsend.pipeline import maestro_aws
+
+        return maestro_aws.endpoint(config)
+    entry = _entry(config)
+    return Endpoint(
+        name=f"maestro {entry.address}",
+        address=entry.address,
+        port=entry.port,
+        user=entry.user,
+        key=entry.key,
+        root=entry.root or shipping.DEFAULT_ROOT,
+        user_known_hosts=True,
+    )
+
+
 def run_dir(config: Config) -> str:
-    return f"{_entry(config).root or shipping.DEFAULT_ROOT}/runs/{config.project_name}"
+    return endpoint(config).run_dir(config.project_name)
 
 
 def key_dir(config: Config) -> Path:
@@ -72,23 +134,35 @@ def wheel_cache() -> Path:
     return Path(base) / "cloudsend" / "wheels"
 
 
-def _cloudsend(config: Config, *args: str) -> str:
+def _sftp_path(path: str) -> str:
+    """A maestro path for SFTP, which starts in the login's home: ~/x is x there."""
+    return path[2:] if path.startswith("~/") else path
+
+
+def _cloudsend(point: Endpoint, config: Config, *args: str) -> str:
     """The shell command that runs the maestro's cloudsend on the run's bundled config."""
-    folder = shlex.quote(run_dir(config))
+    folder = shipping.shell_path(point.run_dir(config.project_name))
     argv = " ".join(shlex.quote(a) for a in args)
     return f"cd {folder} && {VENV_LINK}/bin/cloudsend {argv}"
 
 
-def start(config: Config, transport: Transport | None = None) -> Started:
-    """Prepare the maestro (ship, run key, bundle) and start the run detached there."""
+def start(
+    config: Config, transport: Transport | None = None, say: Callable[[str], None] | None = None
+) -> Started:
+    """Prepare the maestro (ship, run key, bundle) and start the run detached there (aws:
+    pipeline.maestro_aws, which creates the maestro with the workers first)."""
+    if config.provider == "aws":
+        from cloudsend.pipeline import maestro_aws
+
+        return maestro_aws.start(config, say or (lambda _line: None))
     from cloudsend.providers.ssh import SshProvider
 
     begin = time.monotonic()
-    entry = _entry(config)
+    point = endpoint(config)
     provider = SshProvider(config)
     hosts = provider.up()  # pins the workers' host keys (sent in the bundle)
     own = transport is None
-    maestro = transport or remote.maestro_transport(config, entry)
+    maestro = transport or point.transport(config)
     try:
         if provider.unreachable:
             raise TransportError(
@@ -103,22 +177,45 @@ def start(config: Config, transport: Transport | None = None) -> Started:
             key_dir=key_dir(config),
             wheel_cache=wheel_cache(),
         )
-        link = f"{prepared.run_dir}/{VENV_LINK}"
-        maestro.run(
-            f"ln -sfn {shlex.quote(prepared.venv)} {shlex.quote(link)}",
-            what="link the run to cloudsend's venv on the maestro",
-        )
-        res = maestro.run(
-            _cloudsend(config, "run", "--detach", "--yes", "--json", "cloudsend.yaml"),
-            timeout=120,
-            what="start the run on the maestro",
-        )
+        return launch(config, point, maestro, prepared, begin)
     finally:
         for h in hosts:
             h.transport.close()
         if own:
             maestro.close()
+
+
+def launch(
+    config: Config, point: Endpoint, maestro: Transport, prepared: remote.Prepared, begin: float
+) -> Started:
+    """The prepared maestro starts the run detached (its cloudsend, on the bundled config)."""
+    link = f"{prepared.run_dir}/{VENV_LINK}"
+    maestro.run(
+        f"ln -sfn {shlex.quote(prepared.venv)} {shlex.quote(link)}",
+        what="link the run to cloudsend's venv on the maestro",
+    )
+    res = maestro.run(
+        _cloudsend(point, config, "run", "--detach", "--yes", "--json", "cloudsend.yaml"),
+        timeout=120,
+        what="start the run on the maestro",
+    )
     return Started(_run_number(res.stdout), res.stdout, prepared, time.monotonic() - begin)
+
+
+@contextlib.contextmanager
+def _talk(
+    config: Config, transport: Transport | None, where: Endpoint | None
+) -> Iterator[tuple[Endpoint, Transport]]:
+    """The maestro's endpoint and a transport to it (closed after unless given)."""
+    point = where or endpoint(config)
+    if transport is not None:
+        yield point, transport
+        return
+    maestro = point.transport(config)
+    try:
+        yield point, maestro
+    finally:
+        maestro.close()
 
 
 def _run_number(text: str) -> int | None:
@@ -140,15 +237,17 @@ def _json_tail(text: str) -> dict[str, Any]:
     return doc
 
 
-def status_text(config: Config, as_json: bool, transport: Transport | None = None) -> str:
+def status_text(
+    config: Config,
+    as_json: bool,
+    transport: Transport | None = None,
+    *,
+    where: Endpoint | None = None,
+) -> str:
     """The maestro's own `cloudsend status [--json]` output."""
-    maestro = transport or remote.maestro_transport(config, _entry(config))
-    try:
+    with _talk(config, transport, where) as (point, maestro):
         args = ["status", "--json", "cloudsend.yaml"] if as_json else ["status", "cloudsend.yaml"]
-        res = maestro.run(_cloudsend(config, *args), check=False, what="ask the maestro")
-    finally:
-        if transport is None:
-            maestro.close()
+        res = maestro.run(_cloudsend(point, config, *args), check=False, what="ask the maestro")
     if res.exit_code != 0 and not res.stdout.strip():
         raise TransportError(
             f"the maestro's status failed (exit {res.exit_code}): {res.stderr.strip()[-500:]}",
@@ -157,14 +256,18 @@ def status_text(config: Config, as_json: bool, transport: Transport | None = Non
     return res.stdout
 
 
-def forward(config: Config, argv: list[str], transport: Transport | None = None) -> str:
+def forward(
+    config: Config,
+    argv: list[str],
+    transport: Transport | None = None,
+    *,
+    where: Endpoint | None = None,
+) -> str:
     """Run `cloudsend ARGV` on the maestro (its stdout; its error as ours when it fails)."""
-    maestro = transport or remote.maestro_transport(config, _entry(config))
-    try:
-        res = maestro.run(_cloudsend(config, *argv), check=False, what=f"cloudsend {argv[0]}")
-    finally:
-        if transport is None:
-            maestro.close()
+    with _talk(config, transport, where) as (point, maestro):
+        res = maestro.run(
+            _cloudsend(point, config, *argv), check=False, what=f"cloudsend {argv[0]}"
+        )
     if res.exit_code != 0:
         raise TransportError(
             f"on the maestro: {(res.stderr or res.stdout).strip()[-2000:]}",
@@ -173,8 +276,10 @@ def forward(config: Config, argv: list[str], transport: Transport | None = None)
     return res.stdout
 
 
-def status(config: Config, transport: Transport | None = None) -> dict[str, Any]:
-    return _json_tail(status_text(config, True, transport))
+def status(
+    config: Config, transport: Transport | None = None, *, where: Endpoint | None = None
+) -> dict[str, Any]:
+    return _json_tail(status_text(config, True, transport, where=where))
 
 
 def all_final(doc: dict[str, Any]) -> bool:
@@ -187,14 +292,15 @@ def attach(
     say: Callable[[str], None],
     poll: float = 2.0,
     transport: Transport | None = None,
+    *,
+    where: Endpoint | None = None,
 ) -> dict[str, Any]:
     """Follow the maestro's run until every job is final and on the maestro's disk; `say`
     gets a line each time the counts change. Returns the last status."""
-    maestro = transport or remote.maestro_transport(config, _entry(config))
     last = ""
-    try:
+    with _talk(config, transport, where) as (point, maestro):
         while True:
-            doc = status(config, maestro)
+            doc = status(config, maestro, where=point)
             jobs = doc.get("jobs") or []
             counts: dict[str, int] = {}
             for j in jobs:
@@ -206,9 +312,6 @@ def attach(
             if all_final(doc):
                 return doc
             time.sleep(poll)
-    finally:
-        if transport is None:
-            maestro.close()
 
 
 _LIST = (
@@ -267,71 +370,109 @@ def plan_fetch(
     return todo
 
 
-def fetch(config: Config, transport: Transport | None = None) -> Fetched:
-    """Bring home every job the maestro holds complete and the laptop does not (see the module
-    doc): results land in the laptop's results/<project>/run-N/<job>/, as with maestro: local."""
+@dataclass(frozen=True)
+class Holding:
+    """What the maestro holds of the run's results, against what this machine has."""
+
+    rel_root: str  # the results folder, relative to the run dir (as on this machine)
+    home: Path  # this machine's results/<project>/
+    marks: Path  # this machine's markers of the job folders fetched from this maestro
+    listing: Listing
+    todo: dict[str, list[str]]  # plan_fetch: job folders to bring home (their files)
+    unfinished: list[str]  # final jobs the maestro has not fetched from their worker yet
+
+
+def holding(config: Config, point: Endpoint, maestro: Transport) -> Holding:
+    """Ask the maestro (its status, its results folder) what `fetch` would bring home."""
     paths = project_paths(config)
     rel_root = "results/" + paths.results_root.name
     if paths.results_root.parent.parent == config.base_dir:
         rel_root = paths.results_root.relative_to(config.base_dir).as_posix()
     marks = key_dir(config) / "fetched"
+    if point.instance:  # a maestro made again (aws) numbers its runs from 1 again
+        marks = marks / point.instance
     home = paths.results_root
 
     def have(rel: str) -> str | None:
         local = home / rel
         return sha256_file(local) if local.is_file() else None
 
-    maestro = transport or remote.maestro_transport(config, _entry(config))
-    got = Fetched(where=home)
-    try:
-        complete = {
-            str(j["job_id"]) for j in status(config, maestro).get("jobs") or []
-            if j.get("state") in FINAL and j.get("fetched")
-        }
-        res = maestro.run(
-            f"python3 -c {shlex.quote(_LIST)} {shlex.quote(run_dir(config) + '/' + rel_root)}",
-            what="list the results on the maestro",
-        )
-        listing: Listing = json.loads(res.stdout.split("__cloudsend_results__")[-1])
-        marked = {f for f in listing if _safe(f) and (marks / f).exists()}
-        for folder, files in plan_fetch(listing, complete, marked, have).items():
+    jobs = status(config, maestro, where=point).get("jobs") or []
+    complete = {str(j["job_id"]) for j in jobs if j.get("state") in FINAL and j.get("fetched")}
+    unfinished = [
+        str(j["job_id"]) for j in jobs
+        if j.get("state") in FINAL and j.get("state") != "CANCELLED" and not j.get("fetched")
+    ]
+    results = shipping.shell_path(point.run_dir(config.project_name) + "/" + rel_root)
+    res = maestro.run(
+        f"python3 -c {shlex.quote(_LIST)} {results}", what="list the results on the maestro"
+    )
+    listing: Listing = json.loads(res.stdout.split("__cloudsend_results__")[-1])
+    marked = {f for f in listing if _safe(f) and (marks / f).exists()}
+    todo = plan_fetch(listing, complete, marked, have)
+    return Holding(rel_root, home, marks, listing, todo, unfinished)
+
+
+def fetch(
+    config: Config,
+    transport: Transport | None = None,
+    *,
+    where: Endpoint | None = None,
+    say: Callable[[str], None] | None = None,
+) -> Fetched:
+    """Bring home every job the maestro holds complete and the laptop does not (see the module
+    doc): results land in the laptop's results/<project>/run-N/<job>/, as with maestro: local.
+    aws: pipeline.maestro_aws.fetch (a stopped maestro is started for it, then stopped)."""
+    if config.provider == "aws" and transport is None and where is None:
+        from cloudsend.pipeline import maestro_aws
+
+        return maestro_aws.fetch(config, say or (lambda _line: None))
+    with _talk(config, transport, where) as (point, maestro):
+        held = holding(config, point, maestro)
+        home, there = held.home, point.run_dir(config.project_name) + "/" + held.rel_root
+        got = Fetched(where=home)
+        for folder, files in held.todo.items():
             for rel in files:
-                sha, size = listing[folder][rel]
+                sha, size = held.listing[folder][rel]
                 local = home / folder / rel
                 local.parent.mkdir(parents=True, exist_ok=True)
                 tmp = local.with_name(f".{local.name}.part")
-                maestro.get(f"{run_dir(config)}/{rel_root}/{folder}/{rel}", tmp)
+                maestro.get(_sftp_path(f"{there}/{folder}/{rel}"), tmp)
                 if sha256_file(tmp) != sha:
                     tmp.unlink()
                     raise TransportError(f"{folder}/{rel} changed on the maestro while fetched")
                 os.replace(tmp, local)
                 got = Fetched(got.jobs, got.files + 1, got.bytes + int(size), got.where)
             (home / folder).mkdir(parents=True, exist_ok=True)
-            mark = marks / folder
+            mark = held.marks / folder
             mark.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             mark.write_text("fetched\n")
             got.jobs.append(folder)
-    finally:
-        if transport is None:
-            maestro.close()
     return got
 
 
-def down(config: Config, keep: bool = False, force: bool = False) -> str:
+def down(
+    config: Config,
+    keep: bool = False,
+    force: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> str:
     """Stop the run on the maestro (its `down` cancels and cleans the workers), then remove the
-    project's run keys from every worker (with the user's key, from here)."""
+    project's run keys from every worker (with the user's key, from here). aws:
+    pipeline.maestro_aws.down (the maestro is destroyed with the stack)."""
+    if config.provider == "aws":
+        from cloudsend.pipeline import maestro_aws
+
+        return maestro_aws.down(config, keep=keep, force=force, say=say or (lambda _l: None))
     from cloudsend.providers.ssh import SshProvider
 
-    maestro = remote.maestro_transport(config, _entry(config))
-    try:
+    with _talk(config, None, None) as (point, maestro):
         args = ["down", "--yes", "cloudsend.yaml"]
         if keep:
             args.insert(1, "--keep")
         if force:
             args.insert(1, "--force")
-        res = maestro.run(_cloudsend(config, *args), check=False, what="take the run down")
-    finally:
-        maestro.close()
+        res = maestro.run(_cloudsend(point, config, *args), check=False, what="take the run down")
     if res.exit_code != 0 and "No such file" not in res.stderr:
         raise TransportError(
             f"the maestro's down failed (exit {res.exit_code}): "

@@ -632,19 +632,17 @@ class Session:
 
 
 def refuse_remote_maestro(config: Config) -> None:
-    """`maestro: remote` validates and previews (its pieces exist: the run key, shipping
-    cloudsend, the aws maestro's resources), but on aws no watcher runs there yet: creating a
-    maestro that sits idle and bills would not be what was asked. On ssh the CLI's run goes to
-    cloudsend.pipeline.maestro_control (the watcher runs on the maestro). In a run dir the
+    """`maestro: remote` runs on ssh (maestro_host) and aws (an instance of the stack): the
+    CLI's run goes to cloudsend.pipeline.maestro_control, which starts the watcher there. Any
+    other provider is refused (the config checks refuse local already). In a run dir the
     laptop handed to an aws maestro (on_maestro.json) nothing is refused: that watcher is the
     maestro's own."""
     if on_the_maestro(config):
         return  # the laptop sent this run here: this process is the maestro's watcher
-    if config.maestro == "remote" and config.provider != "ssh":
+    if config.maestro == "remote" and config.provider not in ("ssh", "aws"):
         raise ConfigError(
-            "maestro: remote is not runnable yet: the watcher cannot run on the maestro "
-            "(validate and preview show it; up and run refuse it)",
-            hint="use maestro: local (the default) for now",
+            f"maestro: remote is not runnable on provider {config.provider}",
+            hint="use maestro: local (the default), or provider ssh or aws",
         )
 
 

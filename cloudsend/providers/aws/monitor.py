@@ -165,6 +165,13 @@ def plan_reaction(events: Iterable[InstanceEvent]) -> InstanceReaction:
     return reaction
 
 
+def reachable_address(info: InstanceInfo) -> str | None:
+    """Where this machine connects to the instance: the public IP EC2 reports now (an
+    instance started again has a new one), else its private IP. The one place a live EC2
+    address becomes an SSH address (tests map moto's fake internet addresses here)."""
+    return info.public_ip or info.private_ip
+
+
 def _tag(tags: Sequence[dict[str, str]] | None, key: str) -> str | None:
     for tag in tags or ():
         if tag.get("Key") == key:

@@ -119,6 +119,7 @@ class AwsProvider:
     def _on_maestro_type(self) -> str | None:
         """On the maestro: its type, so the spec declares it even under `maestro: local`."""
         return self.side.maestro_type if self.side is not None else None
+        self.last_outputs: dict[str, Any] = {}  # what the last `up` exported (the maestro too)
 
     @property
     def machines(self) -> AwsMachines:
@@ -389,6 +390,7 @@ class AwsProvider:
             # auto_stop of a spot one, by hand): without a refresh `up` sees nothing to create.
             engine.refresh()
         outputs = engine.up()
+        self.last_outputs = dict(outputs)
         return self._hosts(outputs, wake=True)
 
     def _instances_gone(self, engine: Any) -> bool:
@@ -434,6 +436,7 @@ class AwsProvider:
 
     def _hosts(self, outputs: dict[str, Any], wake: bool = False) -> list[Host]:
         from cloudsend.providers.aws.keys import bundled_key, stack_key
+        from cloudsend.providers.aws.monitor import reachable_address
         from cloudsend.transport.ssh import SshTarget, SshTransport
 
         if self.side is not None:  # the run key the laptop sent (never the stack key)
@@ -475,7 +478,7 @@ class AwsProvider:
                 ) or inst.get("private_ip") or inst.get("public_ip")
             else:
                 # A stopped-then-started instance has a new public IP; the outputs keep the old.
-                address = (info.public_ip or info.private_ip if info else None) or (
+                address = (reachable_address(info) if info else None) or (
                     inst.get("public_ip") or inst.get("private_ip")
                 )
             target = SshTarget(

@@ -1,0 +1,521 @@
+"""`maestro: remote` on provider aws, from the laptop's side (issue 11 part 3): `run` creates the
+stack (workers and maestro) and prepares the maestro, `fetch` on a stopped maestro starts it,
+fetches each result once and stops it again, `status` on a stopped maestro says so, `down`
+refuses while results would be lost, cancels the maestro's run and destroys the stack.
+
+No AWS account and no Pulumi CLI here, so: the Pulumi engine is tests/test_aws_provider_hosts.py's
+EngineStub returning the stack's outputs; boto3 talks to a real moto server, where the maestro
+and the workers exist as instances (start/stop are real there); the machines cloudsend SSHes
+into are real sshd daemons on loopback (the outputs carry their `port`, as a test stack may).
+
+One narrow seam: moto's public IPs are fake internet addresses that must never be connected
+to, so where the laptop turns a live EC2 instance into an SSH address
+(providers.aws.monitor.reachable_address, read after every start) the test maps moto's instance
+ids onto the loopback sshd hosts. The outputs' own public IPs are TEST-NET-1 addresses
+(192.0.2.0/24, never routed): code that used them instead of EC2's live answer would fail.
+
+The maestro logs in as a test user whose home holds cloudsend's venv (shipped with the `aws`
+extra once per session, ~1 min; removed at the end); its sshd sets AWS_EC2_METADATA_DISABLED
+(it is not an EC2 instance: its boto3 has no instance profile to look for).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Project
+from tests.test_aws_provider_hosts import EngineStub
+from tests.test_maestro_ship import USER_LINES, _reads_home_authorized_keys
+
+MAESTRO_USER = "csawsmaestro"
+WORKER_USERS = ("csawsw0", "csawsw1")
+NOWHERE = "192.0.2.{}"  # TEST-NET-1: the outputs' public IPs, never to be used
+
+CONFIG = """
+project: awsl
+provider: aws
+region: us-east-1
+maestro: remote
+ssh_cidrs: [198.51.100.7/32]
+instances:
+  - {type: t3.micro, number: 2, img_id: ami-12345678}
+jobs:
+  - run_command: echo hi > out.txt
+    output_file: out.txt
+    repeat: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def maestro_home() -> Iterator[Path]:
+    """The maestro user's home; cloudsend's folder in it is removed when the module ends."""
+    yield Path("/home") / MAESTRO_USER
+    with_user = Path("/home") / MAESTRO_USER / ".cloudsend"
+    shutil.rmtree(with_user, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def wheel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("xdg-cache")
+
+
+def _no_instance_metadata(host: Any) -> None:
+    write = host._write_config
+
+    def more() -> None:
+        write()
+        with host.config_path.open("a") as fh:
+            fh.write("SetEnv AWS_EC2_METADATA_DISABLED=true\n")
+
+    host._write_config = more
+    host.restart()
+
+
+def _worker_home(host: Any) -> Path:
+    _reads_home_authorized_keys(host)
+    account = pwd.getpwnam(host.user)
+    ssh_dir = Path(account.pw_dir) / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text(USER_LINES)
+    for path in (ssh_dir, ssh_dir / "authorized_keys"):
+        os.chown(path, account.pw_uid, account.pw_gid)
+    return ssh_dir / "authorized_keys"
+
+
+@dataclass
+class Stack:
+    config: Any
+    provider: Any
+    stub: EngineStub
+    maestro_id: str
+    maestro_private_ip: str
+    worker_ids: list[str]
+    worker_keys: list[Path]  # each worker's ~/.ssh/authorized_keys
+    run_dir: Path  # the run's folder on the maestro
+    asked: list[tuple[str, str]] = field(default_factory=list)  # seam calls: (id, state)
+    commands: list[str] = field(default_factory=list)  # what ran on the maestro
+
+
+@pytest.fixture
+def stack(
+    sshd_factory: Any,
+    moto_aws: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    project: Project,
+    maestro_home: Path,
+    wheel_cache: Path,
+) -> Stack:
+    from cloudsend.config import load_config
+    from cloudsend.pipeline import maestro_control as control
+    from cloudsend.providers.aws import monitor
+    from cloudsend.providers.aws.keys import stack_key
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the laptop's stack key lives there
+    monkeypatch.setenv("XDG_CACHE_HOME", str(wheel_cache))  # cloudsend's wheel, built once
+    config = load_config(project.config(CONFIG))
+    provider = AwsProvider(config)
+    spec = provider.plan(offline=True)
+    assert spec.maestro is not None
+    maestro = sshd_factory(1, user=MAESTRO_USER)[0]
+    _no_instance_metadata(maestro)
+    workers = [sshd_factory(1, user=user)[0] for user in WORKER_USERS]
+    worker_keys = [_worker_home(h) for h in workers]
+    key = stack_key(provider.project, provider.stack)
+    for host in [maestro, *workers]:  # EC2 installs the stack's key at boot
+        text = host.authorized_keys.read_text()
+        host.authorized_keys.write_text(text + key.public_openssh + "\n")
+
+    names = [i.name for i in spec.instances]
+    worker_ids = moto_aws.run_instances(len(names), dict(spec.tags), names=names)
+    maestro_id = moto_aws.run_instances(
+        1, {**spec.tags, "cloudsend:role": "maestro"}, names=[spec.maestro.name]
+    )[0]
+    private = {i: moto_aws.instance(i).private_ip_address for i in [*worker_ids, maestro_id]}
+    outputs = {
+        "instances": {
+            name: {
+                "id": ident, "public_ip": NOWHERE.format(10 + n), "private_ip": private[ident],
+                "region": "us-east-1", "user": host.user, "port": host.port,
+            }
+            for n, (name, ident, host) in enumerate(zip(names, worker_ids, workers, strict=True))
+        },
+        "maestro": {
+            "id": maestro_id, "public_ip": NOWHERE.format(99), "private_ip": private[maestro_id],
+            "region": "us-east-1", "user": MAESTRO_USER, "port": maestro.port,
+            "type": spec.maestro.type,
+        },
+    }
+
+    def destroyed() -> None:  # as pulumi destroy would
+        for ident in [*worker_ids, maestro_id]:
+            moto_aws.terminate(ident)
+
+    stub = EngineStub(outputs, on_destroy=destroyed)
+    monkeypatch.setattr(AwsProvider, "engine", lambda self, spec: stub)
+    made = Stack(
+        config, provider, stub, maestro_id, private[maestro_id], worker_ids, worker_keys,
+        maestro_home / ".cloudsend" / "maestro" / "runs" / "awsl",
+    )
+    shutil.rmtree(made.run_dir, ignore_errors=True)  # an earlier test's run (the venv stays)
+    loopback = {ident: "127.0.0.1" for ident in [*worker_ids, maestro_id]}
+
+    def reachable(info: Any) -> str:  # the seam (see the module doc)
+        made.asked.append((info.id, info.state))
+        return loopback[info.id]
+
+    monkeypatch.setattr(monitor, "reachable_address", reachable)
+    real = control.Endpoint.transport
+
+    def recording(self: Any, config: Any) -> Any:
+        transport = real(self, config)
+        run = transport.run
+
+        def run_and_record(command: str, *args: Any, **kwargs: Any) -> Any:
+            made.commands.append(command)
+            return run(command, *args, **kwargs)
+
+        transport.run = run_and_record  # type: ignore[method-assign]
+        return transport
+
+    monkeypatch.setattr(control.Endpoint, "transport", recording)
+    return made
+
+
+def _ship_and_place(stack: Stack, jobs_done: int) -> list[str]:
+    """What a finished run leaves on the maestro, made here: cloudsend shipped, the bundle
+    sent, and a store whose first `jobs_done` jobs are DONE and fetched there with their
+    results in the run's results folder. Returns the job ids."""
+    from cloudsend.config import load_config
+    from cloudsend.config.layout import open_project
+    from cloudsend.maestro import bundle as bundling
+    from cloudsend.maestro import ship as shipping
+    from cloudsend.pipeline import maestro_aws
+    from cloudsend.pipeline import maestro_control as control
+    from cloudsend.pipeline.files import FileIndex
+    from cloudsend.pipeline.plan import build_plan
+    from cloudsend.pipeline.session import config_hash
+    from cloudsend.state import NewJob, Store
+
+    provider, outputs = stack.provider, stack.stub.outputs()
+    machine = maestro_aws.look(provider, outputs)
+    point = maestro_aws.endpoint_of(provider, outputs, machine)
+    with point.transport(stack.config) as to_maestro:
+        shipped = shipping.ship(
+            to_maestro, shipping.build_wheel(control.wheel_cache()), point.root,
+            maestro_aws.EXTRAS,
+        )
+        side = maestro_aws.on_maestro(provider, outputs, machine)
+        bundle = maestro_aws.plan_bundle(stack.config, side)
+        bundling.send_bundle(to_maestro, bundle, str(stack.run_dir))
+        to_maestro.run(f"ln -sfn {shipped.venv} {stack.run_dir}/.cloudsend/venv")
+    there = load_config(stack.run_dir / "cloudsend.yaml")  # as the maestro loads it
+    plan = build_plan(there, FileIndex())
+    paths = open_project(there)
+    jobs = [p.job_id for p in plan.jobs]
+    with Store(paths.state_db) as store:
+        run = store.open_run(config_hash(there))
+        store.add_jobs(run.id, [
+            NewJob(p.job_id, p.unit.index, p.unit.rep, None, p.unit.cpus, p.job_id)
+            for p in plan.jobs
+        ])
+        for job in jobs[:jobs_done]:
+            store.record_submission(run.id, job, "awsl-0-0", 1)
+            store.update_states(run.id, [(job, "RUNNING", None, None)])
+            store.update_states(run.id, [(job, "DONE", 0, None)])
+            folder = paths.results_dir(run.id) / job
+            folder.mkdir(parents=True)
+            (folder / "out.txt").write_text(f"hi from {job}\n")
+            store.record_fetch(run.id, job, 1, [("out.txt", len(f"hi from {job}\n"))])
+    account = pwd.getpwnam(MAESTRO_USER)
+    for path in [stack.run_dir, *stack.run_dir.rglob("*")]:
+        os.lchown(path, account.pw_uid, account.pw_gid)
+    return jobs
+
+
+# -- run ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_run_creates_the_stack_prepares_the_maestro_and_starts_the_run_there(
+    stack: Stack, moto_aws: Any
+) -> None:
+    from cloudsend import onmaestro
+    from cloudsend.config import load_config
+    from cloudsend.errors import TransportError
+    from cloudsend.pipeline import maestro_control as control
+
+    moto_aws.stop(stack.maestro_id)  # auto_stop of an earlier run: `run` starts it again
+    said: list[str] = []
+    try:
+        started = control.start(stack.config, say=said.append)
+        outcome = f"run {started.run_id}"
+    except TransportError as exc:
+        # In this branch cloudsend on an AWS maestro cannot watch yet (the maestro-side
+        # provider is the other half of part 3): its `run --detach` fails there, with its own
+        # message, after everything below was sent.
+        outcome = exc.message
+        assert "start the run on the maestro" in outcome, outcome
+    print("\nthe maestro's run:", outcome[:300])
+    assert said == [f"starting the maestro {stack.maestro_id}"]
+    assert moto_aws.state(stack.maestro_id) == "running"
+    assert "up" in stack.stub.calls
+    # the started command: the maestro's own cloudsend, detached, on the bundled config
+    run_dir = str(stack.run_dir).replace(str(Path("/home") / MAESTRO_USER), "~", 1)
+    assert stack.commands[-1] == (
+        f"cd \"$HOME\"/{run_dir[2:]} && .cloudsend/venv/bin/cloudsend run --detach --yes "
+        "--json cloudsend.yaml"
+    )
+    # the bundle on the maestro's disk: the config as the maestro loads it ...
+    there = load_config(stack.run_dir / "cloudsend.yaml")
+    assert there.provider == "aws" and there.maestro == "local"
+    assert there.aws.profile is None
+    # ... the contract for cloudsend there (nothing secret in it) ...
+    side = onmaestro.read(stack.run_dir)
+    assert side is not None
+    assert (side.instance_id, side.region, side.stack) == (
+        stack.maestro_id, "us-east-1", stack.provider.stack
+    )
+    assert side.outputs == stack.stub.outputs() and not side.pulumi_here  # file:// backend
+    assert side.key == onmaestro.RUN_KEY
+    # ... and the run key (0600), whose public half is on each worker, for the maestro's
+    # private address only (it reaches the workers inside the VPC); the user's lines kept
+    private = stack.run_dir / onmaestro.RUN_KEY
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    from cryptography.hazmat.primitives import serialization
+
+    loaded = serialization.load_ssh_private_key(private.read_bytes(), password=None)
+    line = loaded.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    ).decode()
+    for path in stack.worker_keys:
+        text = path.read_text()
+        assert text.startswith(USER_LINES), text
+        ours = [t for t in text.splitlines() if line in t]
+        assert len(ours) == 1 and ours[0].startswith(f'from="{stack.maestro_private_ip}",')
+    # cloudsend's venv there has what provider aws needs
+    venv = stack.run_dir / ".cloudsend" / "venv"
+    check = subprocess.run(
+        ["sudo", "-u", MAESTRO_USER, str(venv / "bin" / "python"), "-c",
+         "import boto3, pulumi, cloudsend; print('ok')"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert check.stdout.strip() == "ok", check.stderr
+    # the maestro was reached at EC2's live address (through the seam), after its start
+    assert (stack.maestro_id, "running") in stack.asked
+
+
+@pytest.mark.slow
+def test_up_makes_the_stack_whole_and_tells_the_maestro_without_starting_a_run(
+    stack: Stack, moto_aws: Any
+) -> None:
+    """What a file:// stack's maestro waits for after a spot worker was lost: the laptop's
+    `up` (pulumi up from here) and a fresh on_maestro.json, the run key on every worker."""
+    from cloudsend import onmaestro
+    from cloudsend.pipeline import maestro_aws
+
+    said: list[str] = []
+    prepared = maestro_aws.up(stack.config, say=said.append)
+    assert said == [] and "up" in stack.stub.calls
+    assert not any("run --detach" in c for c in stack.commands), stack.commands
+    assert prepared.run_dir == str(stack.run_dir)
+    side = onmaestro.read(stack.run_dir)
+    assert side is not None and side.outputs == stack.stub.outputs()
+    assert len(prepared.keys_added) == 2  # the run key went onto both workers
+    again = maestro_aws.up(stack.config, say=said.append)
+    assert again.keys_added == () and again.sent.files == 0  # nothing new to tell it
+
+
+# -- fetch and status on a stopped maestro ----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_fetch_starts_a_stopped_maestro_fetches_once_and_stops_it_again(
+    stack: Stack, moto_aws: Any
+) -> None:
+    from cloudsend.config.layout import project_paths
+    from cloudsend.pipeline import maestro_aws
+    from cloudsend.pipeline import maestro_control as control
+
+    jobs = _ship_and_place(stack, jobs_done=2)
+    moto_aws.stop(stack.maestro_id)  # auto_stop: every result is on its disk
+    # status cannot read a stopped maestro: it says so, and starts nothing
+    with pytest.raises(maestro_aws.MaestroStopped) as stopped:
+        control.status_text(stack.config, True)
+    assert f"the maestro {stack.maestro_id} is stopped" in stopped.value.message
+    assert "`cloudsend fetch CONFIG` starts it" in (stopped.value.hint or "")
+    assert moto_aws.state(stack.maestro_id) == "stopped"
+
+    said: list[str] = []
+    stack.asked.clear()
+    got = control.fetch(stack.config, say=said.append)
+    assert said == [f"starting the maestro {stack.maestro_id} to fetch", "stopping it again"]
+    assert moto_aws.state(stack.maestro_id) == "stopped"
+    assert (stack.maestro_id, "running") in stack.asked  # its new address, read after the start
+    assert sorted(got.jobs) == sorted(f"run-1/{j}" for j in jobs)
+    home = project_paths(stack.config).results_root
+    for job in jobs:
+        assert (home / "run-1" / job / "out.txt").read_text() == f"hi from {job}\n"
+    # exactly once: a second fetch brings nothing (and stops the maestro it started again)
+    said.clear()
+    again = control.fetch(stack.config, say=said.append)
+    assert (again.jobs, again.files) == ([], 0)
+    assert said == [f"starting the maestro {stack.maestro_id} to fetch", "stopping it again"]
+    assert moto_aws.state(stack.maestro_id) == "stopped"
+    # a maestro that runs is left running
+    moto_aws.client("ec2").start_instances(InstanceIds=[stack.maestro_id])
+    said.clear()
+    control.fetch(stack.config, say=said.append)
+    assert said == [] and moto_aws.state(stack.maestro_id) == "running"
+    doc = control.status(stack.config)  # and status asks the maestro's own cloudsend
+    assert sorted(j["job_id"] for j in doc["jobs"]) == sorted(jobs)
+
+
+# -- down -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_down_refuses_to_lose_results_then_cancels_and_destroys_the_stack(
+    stack: Stack, moto_aws: Any
+) -> None:
+    from cloudsend.errors import StateError
+    from cloudsend.pipeline import maestro_control as control
+
+    jobs = _ship_and_place(stack, jobs_done=1)  # one DONE on the maestro, one never run
+    moto_aws.stop(stack.maestro_id)  # stopped: down starts it to check what is home
+    said: list[str] = []
+    with pytest.raises(StateError) as refused:
+        control.down(stack.config, say=said.append)
+    assert f"run-1/{jobs[0]}" in refused.value.message and "--force" in (refused.value.hint or "")
+    assert not stack.stub.destroyed
+    checking = f"starting the maestro {stack.maestro_id} to check that every result is home"
+    assert said == [checking, "stopping it again"]  # refused: left as it was found
+    assert moto_aws.state(stack.maestro_id) == "stopped"
+    control.fetch(stack.config)
+    said.clear()
+    stack.commands.clear()
+    control.down(stack.config, say=said.append)
+    assert said[0] == checking
+    assert any("cloudsend cancel --all cloudsend.yaml" in c for c in stack.commands), stack.commands
+    assert stack.stub.destroyed  # then the laptop's own destroy of the whole stack
+    assert {moto_aws.state(i) for i in [stack.maestro_id, *stack.worker_ids]} == {"terminated"}
+
+
+@pytest.mark.slow
+def test_down_force_destroys_a_stopped_maestro_without_starting_it(
+    stack: Stack, moto_aws: Any
+) -> None:
+    from cloudsend.pipeline import maestro_control as control
+
+    moto_aws.stop(stack.maestro_id)
+    said: list[str] = []
+    control.down(stack.config, force=True, say=said.append)
+    assert said == [f"the maestro {stack.maestro_id} is stopped: destroying it with the stack"]
+    assert stack.stub.destroyed and (stack.maestro_id, "running") not in stack.asked
+
+
+# -- the decisions ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("todo", "unfetched", "expected"),
+    [
+        ({}, [], []),  # everything home
+        ({"run-1/a": []}, [], []),  # its files are all here already: only the marker lacks
+        ({"run-1/a": ["out.txt"], "run-1/b": []}, [], ["run-1/a"]),
+        ({}, ["c"], ["c (still on its worker)"]),  # the maestro had not fetched it yet
+        ({"run-1/a": ["x"]}, ["d", "c"], ["run-1/a", "c (still on its worker)",
+                                         "d (still on its worker)"]),
+    ],
+)
+def test_lost_by_down(
+    todo: dict[str, list[str]], unfetched: list[str], expected: list[str]
+) -> None:
+    from cloudsend.pipeline.maestro_aws import lost_by_down
+
+    assert lost_by_down(todo, unfetched) == expected
+
+
+def test_on_maestro_never_carries_the_stack_key(tmp_path: Path) -> None:
+    from cloudsend.config import load_config
+    from cloudsend.pipeline import maestro_aws
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    (tmp_path / "cloudsend.yaml").write_text(
+        CONFIG + "state_backend: s3://team-bucket/state\nsecrets_provider: awskms://alias/x\n"
+    )
+    provider = AwsProvider(load_config(tmp_path / "cloudsend.yaml"))
+    maestro = maestro_aws.Maestro("i-1", "us-east-1", "ubuntu", 22, "10.0.0.5", "running", "x")
+    outputs = {"instances": {}, "maestro": {"id": "i-1"}, "stack_key": "-----BEGIN OPENSSH",
+               "ssh_cidrs": ["198.51.100.7/32"]}
+    side = maestro_aws.on_maestro(provider, outputs, maestro)
+    assert side.pulumi_here  # a shared backend: Pulumi runs on the maestro too
+    assert "stack_key" not in side.outputs and "BEGIN" not in side.to_json()
+    assert side.outputs["ssh_cidrs"] == ["198.51.100.7/32"]
+
+
+# -- the CLI's error paths ------------------------------------------------------------------
+
+_WITH_STUB = """
+import sys
+from cloudsend.providers.aws.provider import AwsProvider
+from tests.test_aws_provider_hosts import EngineStub
+AwsProvider.engine = lambda self, spec: EngineStub({})  # no pulumi CLI here: an empty stack
+from cloudsend.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("command", ["fetch", "status", "logs"])
+def test_a_stack_without_a_maestro_is_one_clear_message(
+    tmp_path: Path, moto_aws: Any, command: str
+) -> None:
+    (tmp_path / "cloudsend.yaml").write_text(CONFIG)
+    argv = [command, "cloudsend.yaml"] if command != "logs" else ["logs", "0", "cloudsend.yaml"]
+    env = {**os.environ, "HOME": str(tmp_path / "home"),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])}
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITH_STUB, *argv],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 7, proc.stdout + proc.stderr  # StateError
+    assert "has no maestro yet" in proc.stderr and "cloudsend run CONFIG" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""  # nothing half-printed
+
+
+def test_a_shared_stack_reaches_the_maestro_with_the_stack_key_from_its_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A teammate (another machine, nothing of the first user's) reaches the maestro with the
+    stack key the stack keeps as a secret output, installed into their ~/.cloudsend/keys/."""
+    from cloudsend.config import load_config
+    from cloudsend.pipeline import maestro_aws
+    from cloudsend.providers.aws.keys import private_openssh, stack_key
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    monkeypatch.setenv("HOME", str(tmp_path / "first"))
+    (tmp_path / "cloudsend.yaml").write_text(CONFIG)
+    provider = AwsProvider(load_config(tmp_path / "cloudsend.yaml"))
+    secret = private_openssh(stack_key(provider.project, provider.stack))
+    monkeypatch.setenv("HOME", str(tmp_path / "teammate"))
+    maestro = maestro_aws.Maestro("i-1", "us-east-1", "ubuntu", 22, "10.0.0.5", "running", "x")
+    point = maestro_aws.endpoint_of(provider, {"stack_key": secret}, maestro)
+    assert point.key is not None and str(point.key).startswith(str(tmp_path / "teammate"))
+    assert point.key.read_text() == secret and point.instance == "i-1"
+    assert (point.address, point.user, point.port) == ("x", "ubuntu", 22)
+    stopped = maestro_aws.Maestro("i-1", "us-east-1", "ubuntu", 22, "10.0.0.5", "stopped", None)
+    with pytest.raises(maestro_aws.MaestroStopped, match="is stopped"):
+        maestro_aws.endpoint_of(provider, {}, stopped)
