@@ -17,6 +17,7 @@ import os
 import shlex
 import time
 from collections.abc import Callable, Collection
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -24,10 +25,11 @@ from typing import Any
 from cloudsend.config.layout import project_paths
 from cloudsend.config.models import Config, MaestroHostConfig
 from cloudsend.digest import sha256_file
-from cloudsend.errors import ConfigError, TransportError
+from cloudsend.errors import CloudsendError, ConfigError, TransportError
 from cloudsend.maestro import remote
 from cloudsend.maestro import ship as shipping
-from cloudsend.transport.base import Transport
+from cloudsend.pipeline import daemon
+from cloudsend.transport.base import RemoteFile, Result, Transport
 
 VENV_LINK = ".cloudsend/venv"  # in the run dir: the venv the run was started with
 FINAL = ("DONE", "ABORTED", "CANCELLED")
@@ -79,16 +81,192 @@ def _cloudsend(config: Config, *args: str) -> str:
     return f"cd {folder} && {VENV_LINK}/bin/cloudsend {argv}"
 
 
+# -- the maestro's two kinds of failure: not reached, or reached and answering an error ---------
+
+
+class MaestroUnreachable(TransportError):
+    """The laptop could not reach the maestro (refused, no answer, link lost): the run goes
+    on there and on the workers without the laptop; nothing is lost."""
+
+
+class MaestroAnswered(CloudsendError):
+    """The maestro was reached and its cloudsend answered with an error (its exit code)."""
+
+    kind = "error on the maestro"
+
+    def __init__(self, message: str, *, exit_code: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = exit_code if 0 < exit_code < 256 else 1
+
+
+UNREACHABLE_HINT = (
+    "jobs keep running on the workers and the maestro's watcher goes on without this "
+    "machine; nothing is lost. Check that the maestro is up and answers ssh, then run this "
+    "again"
+)
+
+
+class MaestroTransport:
+    """A transport to the maestro whose failures say which kind they are: any TransportError
+    of the link becomes MaestroUnreachable naming the maestro and its address; a command
+    that ran and failed (check=True) becomes MaestroAnswered."""
+
+    def __init__(self, inner: Transport, where: str, label: str = "") -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.where = where  # user@address:port
+        self.label = label  # how the inner transport names the maestro in its messages
+
+    def unreachable(self, exc: TransportError) -> MaestroUnreachable:
+        detail = exc.message.replace(f" on {self.label}", "") if self.label else exc.message
+        return MaestroUnreachable(
+            f"could not reach the maestro {self.where} (maestro_host): {detail}",
+            hint=UNREACHABLE_HINT,
+        )
+
+    def run(
+        self,
+        command: str,
+        *,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+        what: str | None = None,
+    ) -> Result:
+        try:
+            res = self.inner.run(command, stdin=stdin, timeout=timeout, check=False, what=what)
+        except TransportError as exc:
+            raise self.unreachable(exc) from exc
+        if check and not res.ok:
+            raise MaestroAnswered(
+                f"the maestro {self.where} answered with an error (exit {res.exit_code}) "
+                f"during {what or command[:200]}: {res.tail()}",
+                exit_code=res.exit_code,
+                hint="run with --debug for the full output",
+            )
+        return res
+
+    def put(self, local: Path, remote_path: str) -> None:
+        try:
+            self.inner.put(local, remote_path)
+        except TransportError as exc:
+            raise self.unreachable(exc) from exc
+
+    def get(
+        self, remote_path: str, local: Path, progress: Callable[[int], None] | None = None
+    ) -> None:
+        try:
+            self.inner.get(remote_path, local, progress)
+        except TransportError as exc:
+            raise self.unreachable(exc) from exc
+
+    def reading(self, remote_path: str) -> AbstractContextManager[RemoteFile]:
+        return self.inner.reading(remote_path)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _maestro(config: Config) -> MaestroTransport:
+    inner = remote.maestro_transport(config, _entry(config))
+    t = inner.target
+    return MaestroTransport(inner, f"{t.user}@{t.address}:{t.port}", t.label)
+
+
+# -- a dead watcher on the maestro: restarted by the laptop's next status/attach/fetch -----------
+
+REVIVING = ("status", "attach", "fetch")  # the laptop calls that restart a dead watcher
+
+
+@dataclass(frozen=True)
+class WatcherProbe:
+    """The maestro's watcher files, as daemon.decide takes them."""
+
+    held: bool  # a watcher lives (holds watcher.lock)
+    recorded: bool  # a watcher.json exists
+    ended: bool  # it recorded how the run ended
+
+
+def revive(command: str, probe: WatcherProbe | None) -> bool:
+    """Whether the laptop's `command` restarts the maestro's watcher: when the maestro's own
+    `attach` would (daemon.decide: a watcher recorded, not ended, not alive: it died mid-run),
+    for the calls that need it going (status, attach, fetch; not logs, cancel, down)."""
+    if command not in REVIVING or probe is None:
+        return False
+    action = daemon.decide("attach", probe.held, probe.recorded, probe.ended)
+    return action == daemon.Action.RESTART
+
+
+_PROBE_MARK = "__cloudsend_watcher__"
+# stdlib only, run by the maestro's own python3 before its cloudsend (one round trip): the
+# same files and tests as daemon.WatcherFiles (lock_held, read, is_ended)
+_PROBE = (
+    "import fcntl, json, os, sys\n"
+    "d = sys.argv[1]; out = {'held': False, 'recorded': False, 'ended': False}\n"
+    "if os.path.isdir(d):\n"
+    "    try:\n"
+    "        with open(os.path.join(d, 'watcher.json')) as fh:\n"
+    "            rec = json.load(fh)\n"
+    "        out['recorded'] = isinstance(rec, dict)\n"
+    "        out['ended'] = out['recorded'] and rec.get('exit_code') is not None\n"
+    "    except (OSError, ValueError):\n"
+    "        pass\n"
+    "    with open(os.path.join(d, 'watcher.lock'), 'ab') as fh:\n"
+    "        try:\n"
+    "            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+    "        except BlockingIOError:\n"
+    "            out['held'] = True\n"
+    "print('" + _PROBE_MARK + "' + json.dumps(out), flush=True)\n"
+)
+
+
+def _probed(config: Config, command: str) -> str:
+    """`command` (a shell line) preceded by the probe of the maestro's watcher files."""
+    state = f"{run_dir(config)}/.cloudsend/projects/{config.project_name}"
+    probe = f"python3 -c {shlex.quote(_PROBE)} {shlex.quote(state)} 2>/dev/null"
+    return f"{probe}; {command}"
+
+
+def _split_probe(stdout: str) -> tuple[WatcherProbe | None, str]:
+    """(the probe's answer, the rest of the output)."""
+    head, sep, rest = stdout.partition(_PROBE_MARK)
+    if not sep:
+        return None, stdout
+    line, _, rest = rest.partition("\n")
+    try:
+        doc = json.loads(line)
+        probe = WatcherProbe(bool(doc["held"]), bool(doc["recorded"]), bool(doc["ended"]))
+    except (ValueError, KeyError, TypeError):
+        probe = None
+    return probe, head + rest
+
+
+def restart_watcher(config: Config, maestro: Transport) -> int | None:
+    """Restart the maestro's watcher with the maestro's own `run --detach` (daemon.decide
+    there: a dead watcher's run resumes from its store, a live one is attached to, never a
+    rival). Returns the new watcher's pid."""
+    res = maestro.run(
+        _cloudsend(config, "run", "--detach", "--yes", "--json", "cloudsend.yaml"),
+        timeout=120,
+        what="restart the watcher on the maestro",
+    )
+    try:
+        pid = _json_tail(res.stdout).get("pid")
+    except (ValueError, CloudsendError):
+        return None
+    return pid if isinstance(pid, int) else None
+
+
 def start(config: Config, transport: Transport | None = None) -> Started:
     """Prepare the maestro (ship, run key, bundle) and start the run detached there."""
     from cloudsend.providers.ssh import SshProvider
 
     begin = time.monotonic()
-    entry = _entry(config)
+    _entry(config)  # refuses a config without maestro_host
     provider = SshProvider(config)
     hosts = provider.up()  # pins the workers' host keys (sent in the bundle)
     own = transport is None
-    maestro = transport or remote.maestro_transport(config, entry)
+    maestro = transport or _maestro(config)
     try:
         if provider.unreachable:
             raise TransportError(
@@ -133,48 +311,79 @@ def _json_tail(text: str) -> dict[str, Any]:
     """The JSON document at the end of the maestro's output (notes may precede it)."""
     start = text.find("{")
     if start < 0:
-        raise TransportError(f"the maestro did not answer with JSON: {text[-300:]!r}")
+        raise MaestroAnswered(
+            f"the maestro did not answer with JSON: {text[-300:]!r}", exit_code=1
+        )
     doc = json.loads(text[start:])
     if not isinstance(doc, dict):
-        raise TransportError("the maestro's status is not a JSON object")
+        raise MaestroAnswered("the maestro's status is not a JSON object", exit_code=1)
     return doc
 
 
-def status_text(config: Config, as_json: bool, transport: Transport | None = None) -> str:
-    """The maestro's own `cloudsend status [--json]` output."""
-    maestro = transport or remote.maestro_transport(config, _entry(config))
+def status_text(
+    config: Config,
+    as_json: bool,
+    transport: Transport | None = None,
+    *,
+    command: str = "status",
+    say: Callable[[str], None] | None = None,
+) -> str:
+    """The maestro's own `cloudsend status [--json]` output. A watcher that died mid-run there
+    is restarted first (see `revive`); `say` hears it (default: a note atop the text form)."""
+    maestro = transport or _maestro(config)
+    args = ["status", "--json", "cloudsend.yaml"] if as_json else ["status", "cloudsend.yaml"]
+    note = ""
     try:
-        args = ["status", "--json", "cloudsend.yaml"] if as_json else ["status", "cloudsend.yaml"]
-        res = maestro.run(_cloudsend(config, *args), check=False, what="ask the maestro")
+        res = maestro.run(_probed(config, _cloudsend(config, *args)), check=False,
+                          what="ask the maestro")
+        probe, out = _split_probe(res.stdout)
+        if revive(command, probe):
+            pid = restart_watcher(config, maestro)
+            note = f"note: the maestro's watcher had stopped mid-run: restarted (pid {pid})"
+            if say is not None:
+                say(note)
+            res = maestro.run(_cloudsend(config, *args), check=False, what="ask the maestro")
+            out = res.stdout
     finally:
         if transport is None:
             maestro.close()
-    if res.exit_code != 0 and not res.stdout.strip():
-        raise TransportError(
+    if res.exit_code != 0 and not out.strip():
+        raise MaestroAnswered(
             f"the maestro's status failed (exit {res.exit_code}): {res.stderr.strip()[-500:]}",
+            exit_code=res.exit_code,
             hint="`cloudsend run CONFIG` starts the run on the maestro",
         )
-    return res.stdout
+    if note and say is None and not as_json:
+        return f"{note}\n{out}"
+    return out
 
 
 def forward(config: Config, argv: list[str], transport: Transport | None = None) -> str:
     """Run `cloudsend ARGV` on the maestro (its stdout; its error as ours when it fails)."""
-    maestro = transport or remote.maestro_transport(config, _entry(config))
+    maestro = transport or _maestro(config)
     try:
         res = maestro.run(_cloudsend(config, *argv), check=False, what=f"cloudsend {argv[0]}")
     finally:
         if transport is None:
             maestro.close()
     if res.exit_code != 0:
-        raise TransportError(
-            f"on the maestro: {(res.stderr or res.stdout).strip()[-2000:]}",
-            hint="`cloudsend status CONFIG` shows the maestro's run",
+        said = (res.stderr or res.stdout).strip()[-2000:]
+        raise MaestroAnswered(  # its own message (and hint) as it gave it
+            said,
+            exit_code=res.exit_code,
+            hint=None if "hint:" in said else "`cloudsend status CONFIG` shows the maestro's run",
         )
     return res.stdout
 
 
-def status(config: Config, transport: Transport | None = None) -> dict[str, Any]:
-    return _json_tail(status_text(config, True, transport))
+def status(
+    config: Config,
+    transport: Transport | None = None,
+    *,
+    command: str = "status",
+    say: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    return _json_tail(status_text(config, True, transport, command=command, say=say))
 
 
 def all_final(doc: dict[str, Any]) -> bool:
@@ -190,11 +399,11 @@ def attach(
 ) -> dict[str, Any]:
     """Follow the maestro's run until every job is final and on the maestro's disk; `say`
     gets a line each time the counts change. Returns the last status."""
-    maestro = transport or remote.maestro_transport(config, _entry(config))
+    maestro = transport or _maestro(config)
     last = ""
     try:
         while True:
-            doc = status(config, maestro)
+            doc = status(config, maestro, command="attach", say=say)
             jobs = doc.get("jobs") or []
             counts: dict[str, int] = {}
             for j in jobs:
@@ -281,11 +490,11 @@ def fetch(config: Config, transport: Transport | None = None) -> Fetched:
         local = home / rel
         return sha256_file(local) if local.is_file() else None
 
-    maestro = transport or remote.maestro_transport(config, _entry(config))
+    maestro = transport or _maestro(config)
     got = Fetched(where=home)
     try:
         complete = {
-            str(j["job_id"]) for j in status(config, maestro).get("jobs") or []
+            str(j["job_id"]) for j in status(config, maestro, command="fetch").get("jobs") or []
             if j.get("state") in FINAL and j.get("fetched")
         }
         res = maestro.run(
@@ -322,7 +531,7 @@ def down(config: Config, keep: bool = False, force: bool = False) -> str:
     project's run keys from every worker (with the user's key, from here)."""
     from cloudsend.providers.ssh import SshProvider
 
-    maestro = remote.maestro_transport(config, _entry(config))
+    maestro = _maestro(config)
     try:
         args = ["down", "--yes", "cloudsend.yaml"]
         if keep:
@@ -333,9 +542,10 @@ def down(config: Config, keep: bool = False, force: bool = False) -> str:
     finally:
         maestro.close()
     if res.exit_code != 0 and "No such file" not in res.stderr:
-        raise TransportError(
+        raise MaestroAnswered(
             f"the maestro's down failed (exit {res.exit_code}): "
             f"{(res.stderr or res.stdout).strip()[-500:]}",
+            exit_code=res.exit_code,
             hint="`cloudsend fetch` first, or `down --force` to drop unfetched results",
         )
     provider = SshProvider(config)
