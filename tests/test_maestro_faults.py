@@ -218,7 +218,14 @@ def test_worker_terminated_watcher_killed_teammate_fetches(
     assert mine.returncode == 0 and _fetch_count(mine.stdout) == 12, mine.stdout + mine.stderr
     _check_results(r.laptop, job_ids)
 
-    victim.start()  # the terminated worker's address answers again (its disk is gone)
+    # down while the terminated worker is gone: the others are cleaned, it is named
+    partial = _cli(r.laptop, "down", "cloudsend.yaml", "--yes")
+    assert partial.returncode == 3, partial.stdout + partial.stderr
+    assert f"{gone}: the run key stays in its authorized_keys" in partial.stderr, partial.stderr
+    assert "Traceback" not in partial.stderr
+    for w, path in zip(r.workers, r.keys_files, strict=True):
+        assert (path.read_text() == USER_LINES) is (w is not victim), path
+    victim.start()  # its address answers again (its disk is gone): down again
     down = _cli(r.laptop, "down", "cloudsend.yaml", "--yes")
     assert down.returncode == 0, down.stdout + down.stderr
     for path in r.keys_files:
@@ -446,3 +453,21 @@ def test_maestro_answered_keeps_its_exit_code(code: int, expected: int) -> None:
     err = MaestroAnswered("x", exit_code=code)
     assert err.exit_code == expected and not isinstance(err, TransportError)
     assert issubclass(MaestroUnreachable, TransportError) and MaestroUnreachable.exit_code == 4
+
+
+@pytest.mark.parametrize(
+    ("code", "said", "expected"),
+    [
+        (0, "", "keys"),
+        (127, "sh: 1: .cloudsend/venv/bin/cloudsend: No such file", "keys"),  # never ran there
+        (3, "provision error: down did not clean 1 host(s); their agents or folders may remain",
+         "keys, then report"),  # a worker unreachable: the others still lose the key
+        (7, "state error: 2 finished job(s) have results not fetched yet", "stop"),
+        (1, "error: down would cancel 3 job(s) not finished", "stop"),
+        (3, "provision error: none of the 2 ssh host(s) could be used", "stop"),
+    ],
+)
+def test_after_maestro_down(code: int, said: str, expected: str) -> None:
+    from cloudsend.pipeline.maestro_control import after_maestro_down
+
+    assert after_maestro_down(code, said) == expected

@@ -12,6 +12,7 @@ sha256, then marks the job done on the laptop; an interrupted fetch resumes from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -20,7 +21,7 @@ from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from cloudsend.config.layout import project_paths
 from cloudsend.config.models import Config, MaestroHostConfig
@@ -29,6 +30,7 @@ from cloudsend.errors import CloudsendError, ConfigError, TransportError
 from cloudsend.maestro import remote
 from cloudsend.maestro import ship as shipping
 from cloudsend.pipeline import daemon
+from cloudsend.providers.base import Host, HostsNotCleaned
 from cloudsend.transport.base import RemoteFile, Result, Transport
 
 VENV_LINK = ".cloudsend/venv"  # in the run dir: the venv the run was started with
@@ -526,9 +528,26 @@ def fetch(config: Config, transport: Transport | None = None) -> Fetched:
     return got
 
 
+DownStep = Literal["keys", "keys, then report", "stop"]
+
+
+def after_maestro_down(exit_code: int, said: str) -> DownStep:
+    """What the laptop's `down` does once the maestro's own `down` answered: remove the run
+    key from the workers ("keys": it went down, or nothing ever ran there), also when some
+    workers were not cleaned (unreachable: "keys, then report" them), but not when the
+    maestro refused (results not fetched, jobs left unconfirmed: the run goes on, "stop")."""
+    if exit_code == 0 or "No such file" in said:
+        return "keys"
+    if exit_code == HostsNotCleaned.exit_code and "down did not clean" in said:
+        return "keys, then report"
+    return "stop"
+
+
 def down(config: Config, keep: bool = False, force: bool = False) -> str:
     """Stop the run on the maestro (its `down` cancels and cleans the workers), then remove the
-    project's run keys from every worker (with the user's key, from here)."""
+    project's run keys from every worker (with the user's key, from here). A worker that does
+    not answer keeps the run key: HostsNotCleaned names it (and any the maestro could not
+    clean), after every other worker was cleaned; `down` again once it answers."""
     from cloudsend.providers.ssh import SshProvider
 
     maestro = _maestro(config)
@@ -541,18 +560,39 @@ def down(config: Config, keep: bool = False, force: bool = False) -> str:
         res = maestro.run(_cloudsend(config, *args), check=False, what="take the run down")
     finally:
         maestro.close()
-    if res.exit_code != 0 and "No such file" not in res.stderr:
+    said = (res.stderr or res.stdout).strip()
+    step = after_maestro_down(res.exit_code, res.stderr)
+    if step == "stop":
         raise MaestroAnswered(
-            f"the maestro's down failed (exit {res.exit_code}): "
-            f"{(res.stderr or res.stdout).strip()[-500:]}",
+            f"the maestro's down failed (exit {res.exit_code}): {said[-500:]}",
             exit_code=res.exit_code,
             hint="`cloudsend fetch` first, or `down --force` to drop unfetched results",
         )
     provider = SshProvider(config)
     hosts = provider.up()
+    failed: dict[str, str] = {}
     try:
+        if step == "keys, then report":  # what the maestro could not stop, stopped from here
+            _stop_agents(hosts)
         provider.down(hosts, keep=keep)
+    except HostsNotCleaned as exc:
+        failed.update(exc.hosts)
     finally:
         for h in hosts:
             h.transport.close()
+    for name, why in provider.unreachable.items():
+        failed[name] = f"the run key stays in its authorized_keys: {why.splitlines()[0][:200]}"
+    if failed:
+        raise HostsNotCleaned(failed)
     return res.stdout
+
+
+def _stop_agents(hosts: list[Host]) -> None:
+    """Stop the project's agent (and its jobs) on each host, with the user's key: after a
+    maestro's down that left some workers (the maestro reaches them with the run key only,
+    which a first down may have removed already). No agent there is fine."""
+    from cloudsend.pipeline.agent_client import AgentClient
+
+    for host in hosts:
+        with contextlib.suppress(CloudsendError):
+            AgentClient(host).stop(kill_jobs=True)
