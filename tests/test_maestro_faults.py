@@ -285,7 +285,10 @@ def test_maestro_unreachable_then_back(sshd_factory: Any, tmp_path: Path, ledger
     r.maestro.thaw()
     _one_message(frozen, where)
 
-    doc = _status(r.laptop)  # back: the dead watcher is restarted, resumes, collects
+    back = _cli(r.laptop, "status", "cloudsend.yaml", timeout=120)  # back: the dead watcher
+    assert back.returncode == 0, back.stdout + back.stderr  # is restarted, resumes, collects
+    assert back.stdout.startswith("note: the maestro's watcher had stopped mid-run: restarted")
+    doc = _status(r.laptop)
     # restarted (it may have collected everything and ended already: the workers had done)
     assert doc["watcher"]["state"] in ("running", "ended"), doc["watcher"]
     assert json.loads((r.watcher_dir / "watcher.json").read_text())["pid"] != old
