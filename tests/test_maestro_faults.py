@@ -474,3 +474,80 @@ def test_after_maestro_down(code: int, said: str, expected: str) -> None:
     from cloudsend.pipeline.maestro_control import after_maestro_down
 
     assert after_maestro_down(code, said) == expected
+
+
+# -- the restart through the maestro's shell, with this machine as the maestro (no sshd) ------
+
+_FAKE_CLOUDSEND = """#!/bin/sh
+echo "$*" >> calls.log
+case "$1" in
+  run) if [ -f fail ]; then
+         echo "the last watcher (pid 1) died mid-run: resuming" >&2
+         printf "provision error: none of the 2 ssh host(s) could be used\\n  hint: check\\n" >&2
+         exit 3
+       fi
+       echo '{"run": 1, "pid": 4242, "ended": false}' ;;
+  status) if [ "$2" = --json ]; then echo '{"jobs": [], "watcher": {}}'; else echo TABLE; fi ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(
+    ("record", "hold_lock", "fail", "restarted"),
+    [
+        ({"exit_code": None}, False, False, True),  # died mid-run: restarted, then asked
+        ({"exit_code": None}, False, True, True),  # restart refused: the status still shows
+        ({"exit_code": 0}, False, False, False),  # ended: left alone
+        ({"exit_code": None}, True, False, False),  # alive (holds the lock): left alone
+        (None, False, False, False),  # never started
+    ],
+)
+def test_status_restarts_a_dead_watcher_on_the_maestro(
+    tmp_path: Path, record: dict[str, Any] | None, hold_lock: bool, fail: bool, restarted: bool
+) -> None:
+    import fcntl
+
+    from cloudsend.config import load_config
+    from cloudsend.pipeline import maestro_control as control
+    from cloudsend.transport.local import LocalTransport
+
+    key = tmp_path / "id"
+    key.write_text("not used\n")
+    config = load_config(
+        {"project": PROJECT, "provider": "ssh", "maestro": "remote",
+         "maestro_host": {"address": "127.0.0.1", "key": str(key), "root": str(tmp_path / "m")},
+         "hosts": [{"address": "127.0.0.1", "key": str(key)}]},
+        base_dir=tmp_path,
+    )
+    run_dir = Path(control.run_dir(config))
+    (run_dir / ".cloudsend" / "venv" / "bin").mkdir(parents=True)
+    fake = run_dir / ".cloudsend" / "venv" / "bin" / "cloudsend"
+    fake.write_text(_FAKE_CLOUDSEND)
+    fake.chmod(0o755)
+    watcher = run_dir / ".cloudsend" / "projects" / PROJECT
+    watcher.mkdir(parents=True)
+    if record is not None:
+        (watcher / "watcher.json").write_text(json.dumps({"pid": 1, "detached": True,
+                                                          "started": 0.0, **record}))
+    if fail:
+        (run_dir / "fail").touch()
+    said: list[str] = []
+    with open(watcher / "watcher.lock", "ab") as lock:
+        if hold_lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        text = control.status_text(config, False, LocalTransport())
+        doc = control.status(config, LocalTransport(), command="attach", say=said.append)
+    calls = (run_dir / "calls.log").read_text().splitlines()
+    runs = [c for c in calls if c.startswith("run ")]
+    assert len(runs) == (2 if restarted else 0), calls  # once per call: status, then attach
+    assert text.endswith("TABLE\n") and doc == {"jobs": [], "watcher": {}}
+    if not restarted:
+        assert not text.startswith("note:") and not said
+    elif fail:
+        assert text.startswith("note: the maestro's watcher had stopped mid-run and could not be "
+                               "restarted: provision error: none of the 2 ssh host(s)"), text
+        assert len(said) == 1 and said[0] in text
+    else:
+        assert text.startswith("note: the maestro's watcher had stopped mid-run: restarted "
+                               "(pid 4242)\nTABLE"), text
+        assert said == ["note: the maestro's watcher had stopped mid-run: restarted (pid 4242)"]

@@ -250,8 +250,11 @@ def restart_watcher(config: Config, maestro: Transport) -> int | None:
     res = maestro.run(
         _cloudsend(config, "run", "--detach", "--yes", "--json", "cloudsend.yaml"),
         timeout=120,
+        check=False,
         what="restart the watcher on the maestro",
     )
+    if not res.ok:
+        raise MaestroAnswered(res.tail(5), exit_code=res.exit_code)
     try:
         pid = _json_tail(res.stdout).get("pid")
     except (ValueError, CloudsendError):
@@ -340,8 +343,13 @@ def status_text(
                           what="ask the maestro")
         probe, out = _split_probe(res.stdout)
         if revive(command, probe):
-            pid = restart_watcher(config, maestro)
-            note = f"note: the maestro's watcher had stopped mid-run: restarted (pid {pid})"
+            try:
+                pid = restart_watcher(config, maestro)
+                note = f"note: the maestro's watcher had stopped mid-run: restarted (pid {pid})"
+            except MaestroAnswered as exc:  # the status still shows; the note says why
+                why = [ln for ln in exc.message.splitlines() if not ln.strip().startswith("hint:")]
+                note = ("note: the maestro's watcher had stopped mid-run and could not be "
+                        f"restarted: {(why or [''])[-1].strip()[:300]}")
             if say is not None:
                 say(note)
             res = maestro.run(_cloudsend(config, *args), check=False, what="ask the maestro")
