@@ -390,7 +390,7 @@ def test_laptop_run_killed_while_shipping_then_resumed(
     ],
 )
 def test_revive(command: str, probe: tuple[bool, bool, bool] | None, expected: bool) -> None:
-    from cloudsend.pipeline.maestro_control import WatcherProbe, revive
+    from cloudsend.pipeline.maestro_link import WatcherProbe, revive
 
     assert revive(command, None if probe is None else WatcherProbe(*probe)) is expected
 
@@ -405,9 +405,9 @@ def test_revive(command: str, probe: tuple[bool, bool, bool] | None, expected: b
     ],
 )
 def test_split_probe(stdout: str, probe: tuple[bool, bool, bool] | None, rest: str) -> None:
-    from cloudsend.pipeline.maestro_control import WatcherProbe, _split_probe
+    from cloudsend.pipeline.maestro_link import WatcherProbe, split_probe
 
-    assert _split_probe(stdout) == (None if probe is None else WatcherProbe(*probe), rest)
+    assert split_probe(stdout) == (None if probe is None else WatcherProbe(*probe), rest)
 
 
 def _look(*lines: str) -> str:
@@ -451,7 +451,7 @@ def test_plan_ship_refuses(answer: str, message: str) -> None:
 @pytest.mark.parametrize(("code", "expected"), [(2, 2), (6, 6), (0, 1), (-1, 1), (300, 1)])
 def test_maestro_answered_keeps_its_exit_code(code: int, expected: int) -> None:
     from cloudsend.errors import TransportError
-    from cloudsend.pipeline.maestro_control import MaestroAnswered, MaestroUnreachable
+    from cloudsend.pipeline.maestro_link import MaestroAnswered, MaestroUnreachable
 
     err = MaestroAnswered("x", exit_code=code)
     assert err.exit_code == expected and not isinstance(err, TransportError)
