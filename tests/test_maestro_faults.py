@@ -43,6 +43,20 @@ def wheel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.fixture(scope="module")
+def maestro_root() -> Iterator[Path]:
+    """A cloudsend root on "the maestro" (this machine) shared by tests with different
+    projects and maestro sshds: cloudsend's venv is installed there once for the module."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="cloudsend-maestro-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture
 def ledger(wheel_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A file every worker's user may append to (jobs record each execution there)."""
@@ -68,14 +82,16 @@ class Remote:
     laptop: Path
     config: dict[str, Any]
     ledger: Path
+    root: Path  # cloudsend's root on the maestro (maestro_host.root)
+    project: str
 
     @property
     def run_dir(self) -> Path:
-        return self.maestro.root / "m" / "runs" / PROJECT
+        return self.root / "runs" / self.project
 
     @property
     def watcher_dir(self) -> Path:
-        return self.run_dir / ".cloudsend" / "projects" / PROJECT
+        return self.run_dir / ".cloudsend" / "projects" / self.project
 
     def watcher_pid(self) -> int | None:
         try:
@@ -106,21 +122,25 @@ class Remote:
 
 def remote_project(
     sshd_factory: Any, tmp_path: Path, ledger: Path, *, workers: int, jobs: int, sleep: float,
-    cpus: int = 2, lost_after: float = 5,
+    cpus: int = 2, lost_after: float = 5, root: Path | None = None, project: str = PROJECT,
 ) -> Remote:
+    """A laptop folder with a remote-maestro config: a fresh maestro (its cloudsend root
+    `root`, default its own: a shared one holds cloudsend's venv already), `workers` fresh
+    workers, `jobs` runs of JOB."""
     maestro = sshd_factory(1)[0]
+    root = root or maestro.root / "m"
     hosts = [sshd_factory(1, user=f"csfault{i}")[0] for i in range(workers)]
     keys_files = [_worker_home(h) for h in hosts]
     laptop = tmp_path / "laptop"
     laptop.mkdir()
     config = {
-        "project": PROJECT,
+        "project": project,
         "provider": "ssh",
         "maestro": "remote",
         "host_lost_after": lost_after,
         "maestro_host": {
             "address": "127.0.0.1", "port": maestro.port, "key": str(maestro.key),
-            "root": str(maestro.root / "m"),
+            "root": str(root),
         },
         "hosts": [
             {"address": "127.0.0.1", "port": h.port, "user": h.user, "key": str(h.key),
@@ -133,7 +153,7 @@ def remote_project(
         ],
     }
     (laptop / "cloudsend.yaml").write_text(yaml.safe_dump(config))
-    return Remote(maestro, hosts, keys_files, laptop, config, ledger)
+    return Remote(maestro, hosts, keys_files, laptop, config, ledger, root, project)
 
 
 def _running_on(host: Any) -> bool:
@@ -145,9 +165,9 @@ def _fetch_count(out: str) -> int:
     return int(head.split(" job(s)", 1)[0])
 
 
-def _check_results(folder: Path, job_ids: set[str]) -> None:
+def _check_results(folder: Path, job_ids: set[str], project: str) -> None:
     """Every job's output in folder's results, once, with its own content."""
-    outs = sorted((folder / "results" / PROJECT).rglob("out.txt"))
+    outs = sorted((folder / "results" / project).rglob("out.txt"))
     assert sorted(p.parent.name for p in outs) == sorted(job_ids), outs
     for out in outs:
         assert out.read_text().strip() == out.parent.name
@@ -155,10 +175,11 @@ def _check_results(folder: Path, job_ids: set[str]) -> None:
 
 @pytest.mark.slow
 def test_worker_terminated_watcher_killed_teammate_fetches(
-    sshd_factory: Any, tmp_path: Path, ledger: Path
+    sshd_factory: Any, tmp_path: Path, ledger: Path, maestro_root: Path
 ) -> None:
     begin = time.monotonic()
-    r = remote_project(sshd_factory, tmp_path, ledger, workers=3, jobs=12, sleep=4)
+    r = remote_project(sshd_factory, tmp_path, ledger, workers=3, jobs=12, sleep=4,
+                       root=maestro_root, project="terminated")
     first = _cli(r.laptop, "run", "--json", "cloudsend.yaml")
     assert first.returncode == 0, first.stdout + first.stderr
     shutil.rmtree(r.laptop / ".cloudsend")  # the laptop forgets everything
@@ -211,12 +232,12 @@ def test_worker_terminated_watcher_killed_teammate_fetches(
     assert sorted(j["job_id"] for j in seen["jobs"]) == sorted(job_ids)
     got = _cli(mate, "fetch", "cloudsend.yaml")
     assert got.returncode == 0 and _fetch_count(got.stdout) == 12, got.stdout + got.stderr
-    _check_results(mate, job_ids)
+    _check_results(mate, job_ids, r.project)
     again = _cli(mate, "fetch", "cloudsend.yaml")
     assert again.returncode == 0 and _fetch_count(again.stdout) == 0, again.stdout
     mine = _cli(r.laptop, "fetch", "cloudsend.yaml")  # the first laptop, independently
     assert mine.returncode == 0 and _fetch_count(mine.stdout) == 12, mine.stdout + mine.stderr
-    _check_results(r.laptop, job_ids)
+    _check_results(r.laptop, job_ids, r.project)
 
     # down while the terminated worker is gone: the others are cleaned, it is named
     partial = _cli(r.laptop, "down", "cloudsend.yaml", "--yes")
@@ -245,9 +266,12 @@ def _one_message(proc: subprocess.CompletedProcess[str], where: str) -> None:
 
 
 @pytest.mark.slow
-def test_maestro_unreachable_then_back(sshd_factory: Any, tmp_path: Path, ledger: Path) -> None:
+def test_maestro_unreachable_then_back(
+    sshd_factory: Any, tmp_path: Path, ledger: Path, maestro_root: Path
+) -> None:
     begin = time.monotonic()
-    r = remote_project(sshd_factory, tmp_path, ledger, workers=2, jobs=6, sleep=4, cpus=1)
+    r = remote_project(sshd_factory, tmp_path, ledger, workers=2, jobs=6, sleep=4, cpus=1,
+                       root=maestro_root, project="unreachable")
     first = _cli(r.laptop, "run", "--json", "cloudsend.yaml")
     assert first.returncode == 0, first.stdout + first.stderr
     where = f"root@127.0.0.1:{r.maestro.port}"
@@ -302,7 +326,7 @@ def test_maestro_unreachable_then_back(sshd_factory: Any, tmp_path: Path, ledger
     assert Counter(j for j, _ in lines) == Counter(dict.fromkeys(ids, 1)), lines  # nothing redone
     got = _cli(r.laptop, "fetch", "cloudsend.yaml")
     assert got.returncode == 0 and _fetch_count(got.stdout) == 6, got.stdout + got.stderr
-    _check_results(r.laptop, ids)
+    _check_results(r.laptop, ids, r.project)
     TIMES["maestro unreachable then back"] = time.monotonic() - begin
     print(f"\n{TIMES}\nlaptop calls while the maestro is unreachable (s): {timed}")
 
@@ -320,7 +344,7 @@ def test_laptop_run_killed_while_shipping_then_resumed(
     begin = time.monotonic()
     r = remote_project(sshd_factory, tmp_path, ledger, workers=1, jobs=2, sleep=0.2)
     wheel = shipping.build_wheel(Path(os.environ["XDG_CACHE_HOME"]) / "cloudsend" / "wheels")
-    folder = r.maestro.root / "m" / "cloudsend" / wheel.key
+    folder = r.root / "cloudsend" / wheel.key
     proc = subprocess.Popen(
         [sys.executable, "-m", "cloudsend", "run", "--json", "cloudsend.yaml"],
         cwd=r.laptop, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
