@@ -575,3 +575,36 @@ def test_status_restarts_a_dead_watcher_on_the_maestro(
         assert text.startswith("note: the maestro's watcher had stopped mid-run: restarted "
                                "(pid 4242)\nTABLE"), text
         assert said == ["note: the maestro's watcher had stopped mid-run: restarted (pid 4242)"]
+
+
+def test_maestro_transport_tells_unreachable_from_answered(sshd_host: Any, tmp_path: Path) -> None:
+    """Over a real sshd: a command that fails there is MaestroAnswered (its exit code); with
+    the sshd gone, run, get and reading are MaestroUnreachable naming the address."""
+    from cloudsend.pipeline.maestro_link import (
+        MaestroAnswered,
+        MaestroTransport,
+        MaestroUnreachable,
+    )
+    from cloudsend.transport.ssh import SshTransport
+
+    inner = SshTransport(sshd_host.target(tmp_path / "kh"))
+    where = f"root@127.0.0.1:{sshd_host.port}"
+    link = MaestroTransport(inner, where, inner.target.label)
+    try:
+        assert link.run("echo hi").stdout == "hi\n"
+        with pytest.raises(MaestroAnswered) as answered:
+            link.run("echo broken >&2; exit 3", what="a test command")
+        assert answered.value.exit_code == 3 and "broken" in answered.value.message
+        assert not link.run("exit 5", check=False).ok  # check=False: a Result, as before
+        sshd_host.kill()
+        for call in (
+            lambda: link.run("true"),
+            lambda: link.get("/etc/hostname", tmp_path / "x"),
+            lambda: link.reading("/etc/hostname").__enter__(),
+        ):
+            with pytest.raises(MaestroUnreachable) as lost:
+                call()
+            assert lost.value.message.startswith(f"could not reach the maestro {where}")
+            assert lost.value.exit_code == 4 and "nothing is lost" in (lost.value.hint or "")
+    finally:
+        link.close()

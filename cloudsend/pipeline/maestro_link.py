@@ -11,10 +11,10 @@ does it with the maestro's `run --detach`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,8 +101,13 @@ class MaestroTransport:
         except TransportError as exc:
             raise self.unreachable(exc) from exc
 
-    def reading(self, remote_path: str) -> AbstractContextManager[RemoteFile]:
-        return self.inner.reading(remote_path)
+    @contextlib.contextmanager
+    def reading(self, remote_path: str) -> Iterator[RemoteFile]:
+        try:
+            with self.inner.reading(remote_path) as fh:
+                yield fh
+        except TransportError as exc:
+            raise self.unreachable(exc) from exc
 
     def close(self) -> None:
         self.inner.close()
