@@ -193,33 +193,56 @@ def _install_script(folder: str, wheel: Wheel, extras: tuple[str, ...] = ()) -> 
     )
 
 
+@dataclass(frozen=True)
+class ShipPlan:
+    """What a ship still has to do, from the look's answer (`plan_ship`)."""
+
+    folder: str  # <root>/cloudsend/<key>, absolute
+    upload: bool  # the wheel is missing there, or not this wheel (a torn or foreign file)
+    install: bool  # no `done` marker: the venv is made (again, from clean) under the lock
+
+
+def plan_ship(answer: str, wheel: Wheel, name: str = "the maestro") -> ShipPlan:
+    """The look's answer (`_look_script`) as a plan. Only the `done` marker (written last, by
+    rename, after `cloudsend --version` ran) makes a venv ready: a venv dir, a log or an
+    upload temp left by a killed ship count for nothing. The wheel counts when its sha256 is
+    this wheel's: a half-sent one never has the final name (put writes a temp, then
+    renames), and one that does with other bytes is sent again."""
+    lines = answer.split(_MARK + "\n")[-1].splitlines()
+    if len(lines) < 2 or lines[0] not in ("done", "todo"):
+        raise ProvisionError(f"{name}: unexpected answer {answer[-300:]!r}")
+    folder = lines[1]
+    if lines[0] == "done":
+        return ShipPlan(folder, upload=False, install=False)
+    python, remote_sha = (lines[2:4] + ["none", "none"])[:2]
+    found = None if python == "none" else tuple(int(p) for p in python.split("."))
+    if found is None or found < MIN_PYTHON:
+        need = ".".join(map(str, MIN_PYTHON))
+        raise ProvisionError(
+            f"maestro {name}: cloudsend needs python3 >= {need} there, found "
+            f"{'none' if python == 'none' else python}",
+            hint="install python3 (with venv: apt-get install python3-venv) on the maestro",
+        )
+    return ShipPlan(folder, upload=remote_sha != wheel.sha256, install=True)
+
+
 def ship(
     transport: Transport, wheel: Wheel, root: str = DEFAULT_ROOT, extras: tuple[str, ...] = ()
 ) -> ShipReport:
     """Make `<root>/cloudsend/<key>/venv` on the maestro hold this cloudsend (see above),
-    with its `extras` (an aws maestro: `("aws",)`, what provider aws needs there)."""
+    with its `extras` (an aws maestro: what provider aws needs there)."""
     start = time.monotonic()
     res = transport.run(
         _look_script(root, wheel, extras), what="look for cloudsend on the maestro"
     )
-    lines = res.stdout.split(_MARK + "\n")[-1].splitlines()
-    if len(lines) < 2 or lines[0] not in ("done", "todo"):
-        raise ProvisionError(f"{transport.name}: unexpected answer {res.stdout[-300:]!r}")
-    folder = lines[1]
+    plan = plan_ship(res.stdout, wheel, transport.name)
+    folder = plan.folder
     venv = f"{folder}/venv"
     absolute_root = folder[: -len(f"/cloudsend/{_folder(wheel, extras)}")]
-    if lines[0] == "done":
+    if not plan.install:
         return ShipReport(venv, absolute_root, False, 0, 1, time.monotonic() - start)
-    python, remote_sha = (lines[2:4] + ["none", "none"])[:2]
-    if python == "none" or tuple(int(p) for p in python.split(".")) < MIN_PYTHON:
-        need = ".".join(map(str, MIN_PYTHON))
-        raise ProvisionError(
-            f"maestro {transport.name}: cloudsend needs python3 >= {need} there, found "
-            f"{'none' if python == 'none' else python}",
-            hint="install python3 (with venv: apt-get install python3-venv) on the maestro",
-        )
     trips, uploaded = 1, 0
-    if remote_sha != wheel.sha256:
+    if plan.upload:
         transport.put(wheel.path, f"{folder}/{wheel.path.name}")
         trips, uploaded = trips + 1, wheel.path.stat().st_size
     done = transport.run(

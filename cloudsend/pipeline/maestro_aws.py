@@ -38,9 +38,9 @@ from cloudsend.pipeline import maestro_control as control
 from cloudsend.transport.base import Transport
 
 if TYPE_CHECKING:
+    from cloudsend.pipeline.maestro_link import MaestroTransport
     from cloudsend.providers.aws.monitor import InstanceInfo
     from cloudsend.providers.aws.provider import AwsProvider
-    from cloudsend.transport.ssh import SshTransport
 
 Say = Callable[[str], None]
 EXTRAS = ("aws",)  # what provider aws needs installed on the maestro (pulumi, boto3)
@@ -173,6 +173,7 @@ def endpoint_of(
         key=_key(provider, outputs),
         root=shipping.DEFAULT_ROOT,
         instance=maestro.id,
+        origin=f"the stack's maestro {maestro.id}",
     )
 
 
@@ -183,12 +184,16 @@ def endpoint(config: Config) -> control.Endpoint:
     return endpoint_of(provider, outputs, look(provider, outputs))
 
 
-def _answering(transport: SshTransport, timeout: float = SSH_READY_TIMEOUT) -> None:
+def _answering(transport: MaestroTransport, timeout: float = SSH_READY_TIMEOUT) -> None:
     """Wait for the maestro's sshd (an instance just started takes a while)."""
+    from cloudsend.transport.ssh import SshTransport
+
+    inner = transport.inner
+    assert isinstance(inner, SshTransport), "the maestro is reached over SSH"
     deadline = time.monotonic() + timeout
     while True:
         try:
-            transport.probe()
+            inner.probe()
             return
         except CloudsendError:
             if time.monotonic() > deadline:

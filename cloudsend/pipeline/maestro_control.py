@@ -22,14 +22,22 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from cloudsend.config.layout import project_paths
 from cloudsend.config.models import Config, MaestroHostConfig
 from cloudsend.digest import sha256_file
-from cloudsend.errors import ConfigError, TransportError
+from cloudsend.errors import CloudsendError, ConfigError, TransportError
 from cloudsend.maestro import remote
 from cloudsend.maestro import ship as shipping
+from cloudsend.pipeline.maestro_link import (
+    MaestroAnswered,
+    MaestroTransport,
+    probed,
+    revive,
+    split_probe,
+)
+from cloudsend.providers.base import Host, HostsNotCleaned
 from cloudsend.transport.base import Transport
 
 if TYPE_CHECKING:  # fabric is imported lazily
@@ -70,11 +78,18 @@ class Endpoint:
     root: str = shipping.DEFAULT_ROOT
     instance: str = ""
     user_known_hosts: bool = False  # also trust the user's own known_hosts (maestro_host)
+    origin: str = "maestro_host"  # where its address came from, in messages
 
     def run_dir(self, project: str) -> str:
         return f"{self.root}/runs/{project}"
 
-    def transport(self, config: Config) -> SshTransport:
+    def transport(self, config: Config) -> MaestroTransport:
+        """A transport whose failures say their kind: not reached, or answered an error."""
+        inner = self.ssh(config)
+        t = inner.target
+        return MaestroTransport(inner, f"{t.user}@{t.address}:{t.port}", t.label, self.origin)
+
+    def ssh(self, config: Config) -> SshTransport:
         from cloudsend.transport.ssh import SshTarget, SshTransport
 
         return SshTransport(
@@ -144,6 +159,30 @@ def _cloudsend(point: Endpoint, config: Config, *args: str) -> str:
     folder = shipping.shell_path(point.run_dir(config.project_name))
     argv = " ".join(shlex.quote(a) for a in args)
     return f"cd {folder} && {VENV_LINK}/bin/cloudsend {argv}"
+
+
+def _probed(point: Endpoint, config: Config, command: str) -> str:
+    project = config.project_name
+    return probed(f"{point.run_dir(project)}/.cloudsend/projects/{project}", command)
+
+
+def restart_watcher(point: Endpoint, config: Config, maestro: Transport) -> int | None:
+    """Restart the maestro's watcher with the maestro's own `run --detach` (daemon.decide
+    there: a dead watcher's run resumes from its store, a live one is attached to, never a
+    rival). Returns the new watcher's pid."""
+    res = maestro.run(
+        _cloudsend(point, config, "run", "--detach", "--yes", "--json", "cloudsend.yaml"),
+        timeout=120,
+        check=False,
+        what="restart the watcher on the maestro",
+    )
+    if not res.ok:
+        raise MaestroAnswered(res.tail(5), exit_code=res.exit_code)
+    try:
+        pid = _json_tail(res.stdout).get("pid")
+    except (ValueError, CloudsendError):
+        return None
+    return pid if isinstance(pid, int) else None
 
 
 def start(
@@ -230,10 +269,12 @@ def _json_tail(text: str) -> dict[str, Any]:
     """The JSON document at the end of the maestro's output (notes may precede it)."""
     start = text.find("{")
     if start < 0:
-        raise TransportError(f"the maestro did not answer with JSON: {text[-300:]!r}")
+        raise MaestroAnswered(
+            f"the maestro did not answer with JSON: {text[-300:]!r}", exit_code=1
+        )
     doc = json.loads(text[start:])
     if not isinstance(doc, dict):
-        raise TransportError("the maestro's status is not a JSON object")
+        raise MaestroAnswered("the maestro's status is not a JSON object", exit_code=1)
     return doc
 
 
@@ -243,17 +284,43 @@ def status_text(
     transport: Transport | None = None,
     *,
     where: Endpoint | None = None,
+    command: str = "status",
+    say: Callable[[str], None] | None = None,
 ) -> str:
-    """The maestro's own `cloudsend status [--json]` output."""
+    """The maestro's own `cloudsend status [--json]` output. A watcher that died mid-run there
+    is restarted first (see `revive`); `say` hears it (default: a note atop the text form)."""
+    args = ["status", "--json", "cloudsend.yaml"] if as_json else ["status", "cloudsend.yaml"]
+    note = ""
     with _talk(config, transport, where) as (point, maestro):
-        args = ["status", "--json", "cloudsend.yaml"] if as_json else ["status", "cloudsend.yaml"]
-        res = maestro.run(_cloudsend(point, config, *args), check=False, what="ask the maestro")
-    if res.exit_code != 0 and not res.stdout.strip():
-        raise TransportError(
+        res = maestro.run(
+            _probed(point, config, _cloudsend(point, config, *args)),
+            check=False,
+            what="ask the maestro",
+        )
+        probe, out = split_probe(res.stdout)
+        if revive(command, probe):
+            try:
+                pid = restart_watcher(point, config, maestro)
+                note = f"note: the maestro's watcher had stopped mid-run: restarted (pid {pid})"
+            except MaestroAnswered as exc:  # the status still shows; the note says why
+                why = [ln for ln in exc.message.splitlines() if not ln.strip().startswith("hint:")]
+                note = ("note: the maestro's watcher had stopped mid-run and could not be "
+                        f"restarted: {(why or [''])[-1].strip()[:300]}")
+            if say is not None:
+                say(note)
+            res = maestro.run(
+                _cloudsend(point, config, *args), check=False, what="ask the maestro"
+            )
+            out = res.stdout
+    if res.exit_code != 0 and not out.strip():
+        raise MaestroAnswered(
             f"the maestro's status failed (exit {res.exit_code}): {res.stderr.strip()[-500:]}",
+            exit_code=res.exit_code,
             hint="`cloudsend run CONFIG` starts the run on the maestro",
         )
-    return res.stdout
+    if note and say is None and not as_json:
+        return f"{note}\n{out}"
+    return out
 
 
 def forward(
@@ -269,17 +336,26 @@ def forward(
             _cloudsend(point, config, *argv), check=False, what=f"cloudsend {argv[0]}"
         )
     if res.exit_code != 0:
-        raise TransportError(
-            f"on the maestro: {(res.stderr or res.stdout).strip()[-2000:]}",
-            hint="`cloudsend status CONFIG` shows the maestro's run",
+        said = (res.stderr or res.stdout).strip()[-2000:]
+        raise MaestroAnswered(  # its own message (and hint) as it gave it
+            said,
+            exit_code=res.exit_code,
+            hint=None if "hint:" in said else "`cloudsend status CONFIG` shows the maestro's run",
         )
     return res.stdout
 
 
 def status(
-    config: Config, transport: Transport | None = None, *, where: Endpoint | None = None
+    config: Config,
+    transport: Transport | None = None,
+    *,
+    where: Endpoint | None = None,
+    command: str = "status",
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    return _json_tail(status_text(config, True, transport, where=where))
+    return _json_tail(
+        status_text(config, True, transport, where=where, command=command, say=say)
+    )
 
 
 def all_final(doc: dict[str, Any]) -> bool:
@@ -300,7 +376,7 @@ def attach(
     last = ""
     with _talk(config, transport, where) as (point, maestro):
         while True:
-            doc = status(config, maestro, where=point)
+            doc = status(config, maestro, where=point, command="attach", say=say)
             jobs = doc.get("jobs") or []
             counts: dict[str, int] = {}
             for j in jobs:
@@ -382,8 +458,11 @@ class Holding:
     unfinished: list[str]  # final jobs the maestro has not fetched from their worker yet
 
 
-def holding(config: Config, point: Endpoint, maestro: Transport) -> Holding:
-    """Ask the maestro (its status, its results folder) what `fetch` would bring home."""
+def holding(
+    config: Config, point: Endpoint, maestro: Transport, command: str = "fetch"
+) -> Holding:
+    """Ask the maestro (its status, its results folder) what `fetch` would bring home
+    (`command` "fetch" restarts a watcher that died there; "down" does not)."""
     paths = project_paths(config)
     rel_root = "results/" + paths.results_root.name
     if paths.results_root.parent.parent == config.base_dir:
@@ -397,7 +476,7 @@ def holding(config: Config, point: Endpoint, maestro: Transport) -> Holding:
         local = home / rel
         return sha256_file(local) if local.is_file() else None
 
-    jobs = status(config, maestro, where=point).get("jobs") or []
+    jobs = status(config, maestro, where=point, command=command).get("jobs") or []
     complete = {str(j["job_id"]) for j in jobs if j.get("state") in FINAL and j.get("fetched")}
     unfinished = [
         str(j["job_id"]) for j in jobs
@@ -451,6 +530,21 @@ def fetch(
     return got
 
 
+DownStep = Literal["keys", "keys, then report", "stop"]
+
+
+def after_maestro_down(exit_code: int, said: str) -> DownStep:
+    """What the laptop's `down` does once the maestro's own `down` answered: remove the run
+    key from the workers ("keys": it went down, or nothing ever ran there), also when some
+    workers were not cleaned (unreachable: "keys, then report" them), but not when the
+    maestro refused (results not fetched, jobs left unconfirmed: the run goes on, "stop")."""
+    if exit_code == 0 or "No such file" in said:
+        return "keys"
+    if exit_code == HostsNotCleaned.exit_code and "down did not clean" in said:
+        return "keys, then report"
+    return "stop"
+
+
 def down(
     config: Config,
     keep: bool = False,
@@ -473,17 +567,39 @@ def down(
         if force:
             args.insert(1, "--force")
         res = maestro.run(_cloudsend(point, config, *args), check=False, what="take the run down")
-    if res.exit_code != 0 and "No such file" not in res.stderr:
-        raise TransportError(
-            f"the maestro's down failed (exit {res.exit_code}): "
-            f"{(res.stderr or res.stdout).strip()[-500:]}",
+    said = (res.stderr or res.stdout).strip()
+    step = after_maestro_down(res.exit_code, res.stderr)
+    if step == "stop":
+        raise MaestroAnswered(
+            f"the maestro's down failed (exit {res.exit_code}): {said[-500:]}",
+            exit_code=res.exit_code,
             hint="`cloudsend fetch` first, or `down --force` to drop unfetched results",
         )
     provider = SshProvider(config)
     hosts = provider.up()
+    failed: dict[str, str] = {}
     try:
+        if step == "keys, then report":  # what the maestro could not stop, stopped from here
+            _stop_agents(hosts)
         provider.down(hosts, keep=keep)
+    except HostsNotCleaned as exc:
+        failed.update(exc.hosts)
     finally:
         for h in hosts:
             h.transport.close()
+    for name, why in provider.unreachable.items():
+        failed[name] = f"the run key stays in its authorized_keys: {why.splitlines()[0][:200]}"
+    if failed:
+        raise HostsNotCleaned(failed)
     return res.stdout
+
+
+def _stop_agents(hosts: list[Host]) -> None:
+    """Stop the project's agent (and its jobs) on each host, with the user's key: after a
+    maestro's down that left some workers (the maestro reaches them with the run key only,
+    which a first down may have removed already). No agent there is fine."""
+    from cloudsend.pipeline.agent_client import AgentClient
+
+    for host in hosts:
+        with contextlib.suppress(CloudsendError):
+            AgentClient(host).stop(kill_jobs=True)
