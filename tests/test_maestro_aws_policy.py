@@ -443,6 +443,20 @@ def test_offline_preview_shows_the_recreation_policy(tmp_path: Path) -> None:
         assert words in note, (words, note)
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [("", False), (f"state_backend: {S3}\n", False),
+     (f"state_backend: {S3}\nsecrets_provider: {KMS}\n", True)],
+)
+def test_what_the_laptop_tells_the_maestro(tmp_path: Path, extra: str, expected: bool) -> None:
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    path = tmp_path / "cloudsend.yaml"
+    path.write_text("project: demo\nprovider: aws\nregion: us-east-1\nmaestro: remote\n" + extra
+                    + "instances:\n  - {type: t3.small}\njobs:\n  - run_command: 'true'\n")
+    assert AwsProvider(load_config(path)).maestro_runs_pulumi is expected
+
+
 def test_offline_preview_says_the_laptop_recreates_with_a_passphrase(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -484,6 +498,7 @@ def test_a_maestro_told_to_run_pulumi_with_a_passphrase_leaves_it_to_the_laptop(
                  "maestro": {"id": maestro, "type": "t3.micro"}}))
     provider = AwsProvider(load_config(run_dir / "cloudsend.yaml"))
     assert provider.side is not None and not provider.side.pulumi_here
+    assert not provider.maestro_runs_pulumi and provider.shared_backend
     moto_aws.terminate(worker)
     with pytest.raises(RecreationDeferred) as refused:
         provider.machines.replace(["demo-0-0"])

@@ -27,6 +27,7 @@ from cloudsend.providers.base import Host, Preview
 if TYPE_CHECKING:
     from cloudsend.providers.aws.machines import AwsMachines
     from cloudsend.providers.aws.monitor import InstanceMonitor
+    from cloudsend.providers.aws.recreation import RecreationPlan
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -141,13 +142,17 @@ class AwsProvider:
         from cloudsend.providers.aws.maestro_side import MaestroSide
         from cloudsend.providers.aws.recreation import maestro_recreation
 
-        # maestro: remote: who re-creates a lost worker (pure: the state and secrets settings)
-        self.recreation = maestro_recreation(
-            config.aws.state_backend, config.aws.secrets_provider
-        )
         # set when this runs ON the stack's maestro (the laptop's run sent the contract)
         self.side: MaestroSide | None = MaestroSide.find(config.base_dir)
-        if self.side is not None and self.side.pulumi_here and not self.recreation.on_maestro:
+        # maestro: remote: who re-creates a lost worker (pure: the state and secrets settings)
+        self.recreation: RecreationPlan | None = None
+        if config.maestro == "remote" or self.side is not None:
+            self.recreation = maestro_recreation(
+                config.aws.state_backend, config.aws.secrets_provider
+            )
+        if self.side is not None and self.side.pulumi_here and not (
+            self.recreation is not None and self.recreation.on_maestro
+        ):
             # a contract asking for Pulumi here that its role could not carry out (a passphrase
             # the maestro never gets, a backend it cannot reach): the laptop re-creates
             contract = dataclasses.replace(self.side.contract, pulumi_here=False)
@@ -278,6 +283,12 @@ class AwsProvider:
         from cloudsend.providers.aws.zones import zone_choices
 
         return place_in_zones(spec, zone_choices(self.session(), spec))
+
+    @property
+    def maestro_runs_pulumi(self) -> bool:
+        """What the laptop tells a `maestro: remote` (OnAwsMaestro.pulumi_here): True only when
+        the maestro's role can run Pulumi for this stack (an s3:// state, awskms:// secrets)."""
+        return self.recreation is not None and self.recreation.on_maestro
 
     @property
     def shared_backend(self) -> bool:
@@ -715,7 +726,9 @@ class AwsProvider:
                 is LostWorker.LEAVE_TO_LAPTOP
             ]
             if left:
-                raise RecreationDeferred(left, why=self.recreation.reason)
+                raise RecreationDeferred(
+                    left, why=self.recreation.reason if self.recreation is not None else None
+                )
         return [h for h in self._engine_up(refresh=True) if h.name in wanted]
 
     def active(self, spec: Any) -> Any:
