@@ -242,6 +242,12 @@ def test_no_wildcard_action_and_every_write_is_conditioned_or_named(shared: Any)
     assert not any(a.startswith(("sts:", "secretsmanager:", "ssm:Put", "ssm:GetParameters"))
                    for a in actions)
     assert "ec2:RunInstances" in actions and "ec2:TerminateInstances" in actions
+    # what a refresh of each resource type and a worker's creation read (terraform-provider-aws)
+    for read in ("ec2:DescribeVpcAttribute", "ec2:DescribeRouteTables", "ec2:DescribeKeyPairs",
+                 "ec2:DescribeInstanceAttribute", "ec2:DescribeVolumes", "ec2:DescribeImages",
+                 "ec2:DescribeInstanceTypeOfferings", "iam:GetRole", "iam:GetRolePolicy",
+                 "iam:ListAttachedRolePolicies", "iam:GetInstanceProfile", "ssm:GetParameter"):
+        assert read in actions, read
 
 
 def test_passrole_only_to_the_workers_role_and_only_to_ec2(shared: Any) -> None:
@@ -455,6 +461,24 @@ def test_what_the_laptop_tells_the_maestro(tmp_path: Path, extra: str, expected:
     path.write_text("project: demo\nprovider: aws\nregion: us-east-1\nmaestro: remote\n" + extra
                     + "instances:\n  - {type: t3.small}\njobs:\n  - run_command: 'true'\n")
     assert AwsProvider(load_config(path)).maestro_runs_pulumi is expected
+
+
+def test_the_maestros_pulumi_is_told_the_stacks_region(tmp_path: Path) -> None:
+    """No AWS config on the maestro names a region: its engine (the s3:// backend, awskms://
+    secrets) gets the stack's; on the laptop the profile's chain decides, as before."""
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    path = tmp_path / "cloudsend.yaml"
+    path.write_text("project: demo\nprovider: aws\nregion: eu-west-1\nmaestro: local\n"
+                    f"state_backend: {S3}\nsecrets_provider: {KMS}\n"
+                    "instances:\n  - {type: t3.small}\njobs:\n  - run_command: 'true'\n")
+    laptop = AwsProvider(load_config(path))._engine(lambda: None)
+    assert "AWS_REGION" not in laptop.workspace_env()
+    write(tmp_path, OnAwsMaestro(instance_id="i-m", region="eu-west-1", stack="demo",
+                                 pulumi_here=True, outputs={"maestro": {"type": "t3.micro"}}))
+    provider = AwsProvider(load_config(path))
+    assert provider.side is not None and provider.side.pulumi_here  # s3 + kms: it may
+    assert provider._engine(lambda: None).workspace_env()["AWS_REGION"] == "eu-west-1"
 
 
 def test_offline_preview_says_the_laptop_recreates_with_a_passphrase(

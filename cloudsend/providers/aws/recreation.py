@@ -26,7 +26,8 @@ program declares, and of aws_instance's Create) and from what the maestro's own 
   DescribeRouteTables, DescribeSecurityGroups), Subnet, InternetGateway, RouteTable(+Association),
   SecurityGroup (inline rules), KeyPair, Instance (DescribeInstances, DescribeInstanceTypes,
   DescribeInstanceAttribute, DescribeInstanceCreditSpecifications for burstable types,
-  DescribeVolumes for the root block device, DescribeSpotInstanceRequests for spot ones);
+  DescribeVolumes for the root block device, DescribeSpotInstanceRequests for spot ones;
+  its Create describes the image for its root device name: DescribeImages);
   EC2 supports no resource-level permission on Describe* calls: Resource "*". IAM Role,
   RolePolicy, RolePolicyAttachment and InstanceProfile reads (GetRole, ListRolePolicies,
   GetRolePolicy, ListAttachedRolePolicies, GetInstanceProfile, and the tag listings) only on
@@ -42,10 +43,12 @@ program declares, and of aws_instance's Create) and from what the maestro's own 
   in RunInstances (no volume_tags) but afterwards (resourceInstanceCreate tags the root block
   device with a separate CreateTags), and a RequestTag condition on an untagged resource fails
   the whole call. A one-time spot request is not evaluated unless it is tagged at launch,
-  which the program does not do. ec2:CreateTags at launch (ec2:CreateAction = RunInstances),
-  and on volumes afterwards only with the stack's tags and the program's tag keys; the spot
-  workers' shutdown behaviour is set after launch (ModifyInstanceAttribute on the stack's
-  tagged instances); iam:PassRole of the workers' role only, to EC2 only.
+  which the program does not do; the EC2 Spot service-linked role a spot launch needs exists
+  already (the laptop's first `up` launched the stack's spot workers). ec2:CreateTags at
+  launch (ec2:CreateAction = RunInstances), and on volumes afterwards only with the stack's
+  tags and the program's tag keys; the spot workers' shutdown behaviour is set after launch
+  (ModifyInstanceAttribute on the stack's tagged instances); iam:PassRole of the workers' role
+  only, to EC2 only.
 - the state: s3:GetObject/PutObject/DeleteObject under the backend's prefix (Pulumi's DIY
   backend keeps everything under <prefix>/.pulumi/: stacks, locks, history, backups; a copy
   is a Get then a Put), s3:ListBucket with s3:prefix under it (it lists locks and stack files).
@@ -86,6 +89,7 @@ RECREATE_EC2_READS = (
     "ec2:DescribeInstanceTypes",
     "ec2:DescribeInstanceTypeOfferings",
     "ec2:DescribeInstanceCreditSpecifications",
+    "ec2:DescribeImages",
     "ec2:DescribeVolumes",
     "ec2:DescribeSpotInstanceRequests",
     "ec2:DescribeTags",
