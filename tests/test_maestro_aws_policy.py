@@ -529,3 +529,21 @@ def test_a_maestro_told_to_run_pulumi_with_a_passphrase_leaves_it_to_the_laptop(
     assert refused.value.hosts == ("demo-0-0",)
     assert "waits for `cloudsend up` from the laptop" in refused.value.message
     assert "passphrase" in refused.value.message and "awskms://" in (refused.value.hint or "")
+
+
+def test_both_inline_policies_fit_in_iams_quota() -> None:
+    """IAM limits a role's inline policies to 10,240 characters together (whitespace not
+    counted): a big stack (many types and zones, pinned images, spot) stays well inside."""
+    spec = make_spec({"maestro": "remote", "state_backend": S3, "secrets_provider": KMS,
+                      "instances": [{"type": f"c5.{size}", "number": 3, "eco": True,
+                                     "eco_life": "3h", "img_id": f"ami-0123456789abcde{n}"}
+                                    for n, size in enumerate(["large", "xlarge", "2xlarge",
+                                                              "4xlarge", "9xlarge"])]})
+    zones = {("us-east-1", t): ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d"]
+             for t in {i.type for i in spec.instances} | {"t3.micro"}}
+    from cloudsend.providers.aws.spec import place_in_zones
+
+    found, _ = policies_of(place_in_zones(spec, zones))
+    text = "".join(json.dumps({k: v for k, v in d.items() if k != "role"}) for d in found.values())
+    size = len("".join(text.split()))
+    assert 2000 < size < 9000, size  # ~5.7k today: room for more subnets or images
