@@ -494,6 +494,7 @@ def test_a_maestro_with_pulumi_recreates_a_lost_worker_with_refresh_and_up(
     for h in first:
         h.transport.close()
     moto_aws.terminate(handover.ids[WORKERS[1]])
+    calls = ec2_recorder(monkeypatch)  # the maestro's own boto3 calls (the harness's are cached)
     again = provider.machines.replace([WORKERS[1]])
     try:
         assert [h.name for h in again] == [WORKERS[1]]
@@ -509,6 +510,32 @@ def test_a_maestro_with_pulumi_recreates_a_lost_worker_with_refresh_and_up(
     declared = declared_resources(spec)
     names = {r["name"] for r in declared if r["type"] == "aws:ec2/instance:Instance"}
     assert names == {MAESTRO, *WORKERS}
+
+    # every AWS call the maestro's plan and watch made for that (AMI parameter, zones offering
+    # its type, instance types and states) is one its role's two policies allow, as the
+    # program declares them for this spec (the mocks' account is moto's)
+    from tests.iam_eval import allows
+
+    documents = {r["name"]: json.loads(r["inputs"]["policy"]) for r in declared
+                 if r["type"] == "aws:iam/rolePolicy:RolePolicy"}
+    assert sorted(documents) == [f"{MAESTRO}-policy", f"{MAESTRO}-recreate"]
+    ops = {(service, op) for service, op, _ in calls}
+    assert {("ssm", "GetParameter"), ("ec2", "DescribeInstanceTypeOfferings"),
+            ("ec2", "DescribeInstanceTypes")} <= ops, ops  # the monitor's client came earlier
+    for service, op, params in calls:
+        if service == "ssm" and op == "GetParameter":
+            targets = [(f"arn:aws:ssm:us-east-1::parameter{params['Name']}", {})]
+        elif service == "ec2" and op.startswith("Describe"):
+            targets = [("*", {})]
+        elif service == "ec2" and op in ("StartInstances", "StopInstances"):
+            targets = [(f"arn:aws:ec2:us-east-1:123456789012:instance/{i}",
+                        {f"aws:ResourceTag/{k}": v for k, v in TAGS.items()})
+                       for i in params["InstanceIds"]]
+        else:
+            raise AssertionError(f"the maestro called {service}:{op}, which no test maps")
+        for resource, context in targets:
+            assert allows(documents.values(), f"{service}:{op}", resource, context), (
+                f"{service}:{op} on {resource} is not allowed by the maestro's role")
 
     # a shared stack whose outputs lack the key: refused, no key made on the maestro
     del outputs["stack_key"]

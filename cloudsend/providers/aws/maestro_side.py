@@ -119,14 +119,17 @@ class RecreationDeferred(ProvisionError):
     """The maestro's replace refused: Pulumi cannot run here (file:// state backend). `hosts`:
     the workers left to the laptop; their jobs go to the remaining workers meanwhile."""
 
-    def __init__(self, hosts: Iterable[str]) -> None:
+    def __init__(self, hosts: Iterable[str], why: str | None = None) -> None:
         self.hosts = tuple(sorted(hosts))
+        why = why or (
+            "the stack's state is in a file:// backend on the laptop: Pulumi cannot run on "
+            "the maestro"
+        )
         super().__init__(
-            "; ".join(recreation_waits(h) for h in self.hosts)
-            + " (the stack's state is in a file:// backend on the laptop: Pulumi cannot run "
-            "on the maestro)",
+            "; ".join(recreation_waits(h) for h in self.hosts) + f" ({why})",
             hint="run `cloudsend up CONFIG` on the laptop, or use a shared state_backend "
-            "(s3://...) so the maestro re-creates lost workers itself",
+            "(s3://...) with secrets_provider: awskms://... so the maestro re-creates lost "
+            "workers itself",
         )
 
 

@@ -91,7 +91,8 @@ class OfflineMocks(Mocks):
             state.setdefault("keyName", args.name)
         elif kind in ("Role", "InstanceProfile"):
             state.setdefault("name", args.name)
-            state["arn"] = f"arn:aws:iam::123456789012:{kind[0].lower()}{kind[1:]}/{args.name}"
+            path = "role" if kind == "Role" else "instance-profile"  # IAM's ARN spelling
+            state["arn"] = f"arn:aws:iam::123456789012:{path}/{args.name}"
         return ident, state
 
     def call(self, args: MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]]]:

@@ -16,6 +16,8 @@ Four ComponentResources, each with a typed args dataclass and its children paren
   security group of its own (SSH from `spec.ssh_cidrs` only), admitted by the workers' group;
   its role may only describe EC2 and stop/start/terminate instances tagged with this stack
   (an inline policy with IAM conditions on the stack's tags; no AWS credentials anywhere).
+  With a shared s3:// state and awskms:// secrets (recreation.maestro_recreation) a second
+  inline policy lets it re-create a lost worker with Pulumi (recreation.recreate_policy).
 
 Every region, the default included, gets an explicit `aws.Provider`: resources must never
 depend on an ambient `aws:region` setting that may name another region than the spec.
@@ -40,6 +42,12 @@ import pulumi
 import pulumi_aws as aws
 
 from cloudsend.errors import ConfigError
+from cloudsend.providers.aws.recreation import (
+    RecreateGrant,
+    RecreationPlan,
+    account_of,
+    recreate_policy,
+)
 from cloudsend.providers.aws.spec import (
     ECO_LIFE_TAG,
     InstanceSpec,
@@ -255,6 +263,8 @@ class IdentityArgs:
 class Identity(pulumi.ComponentResource):
     instance_profile: pulumi.Output[str]
     role_name: pulumi.Output[str]
+    role_arn: pulumi.Output[str]  # the maestro's re-creation statements pass only this role
+    profile_arn: pulumi.Output[str]
 
     def __init__(self, name: str, args: IdentityArgs, opts: pulumi.ResourceOptions) -> None:
         super().__init__("cloudsend:aws:Identity", name, None, opts)
@@ -277,7 +287,9 @@ class Identity(pulumi.ComponentResource):
             opts=child,
         )
         self.role_name = role.name
+        self.role_arn = role.arn
         self.instance_profile = profile.name
+        self.profile_arn = profile.arn
         self.register_outputs({"role": self.role_name, "instance_profile": self.instance_profile})
 
 
@@ -329,6 +341,20 @@ class MaestroArgs:
     vpc_id: pulumi.Input[str]
     ssh_cidrs: Sequence[str]
     tags: dict[str, str]
+    # a shared s3:// state with awskms:// secrets: the maestro re-creates lost workers itself
+    spec_recreation: RecreationPlan | None = None
+
+
+@dataclass
+class RecreateArgs:
+    """This stack's resources the maestro's re-creation statements name."""
+
+    instances: Sequence[InstanceSpec]  # the workers (their types, disks, images)
+    worker_role_arn: pulumi.Input[str]
+    worker_profile_arn: pulumi.Input[str]
+    subnet_ids: Sequence[pulumi.Input[str]]
+    security_group_id: pulumi.Input[str]
+    key_name: pulumi.Input[str]
 
 
 class Maestro(pulumi.ComponentResource):
@@ -343,6 +369,7 @@ class Maestro(pulumi.ComponentResource):
         super().__init__("cloudsend:aws:Maestro", name, None, opts)
         ssh = _ssh_from(args.ssh_cidrs)
         self.args = args
+        self.name = name
         child = pulumi.ResourceOptions(parent=self)
         group = aws.ec2.SecurityGroup(
             f"{name}-sg",
@@ -371,6 +398,68 @@ class Maestro(pulumi.ComponentResource):
         )
         self.security_group_id = group.id
         self.instance_profile = profile.name
+        self.role = role
+        self.profile = profile
+
+    def allow_recreation(self, args: RecreateArgs) -> aws.iam.RolePolicy:
+        """The second statement set of the maestro's role (a shared s3:// state and awskms://
+        secrets only): what Pulumi's refresh + up of this stack needs to re-create a lost
+        worker (recreation.recreate_policy), naming this stack's own resources."""
+        plan = self.args.spec_recreation
+        assert plan is not None and plan.state is not None and plan.key is not None
+        state, key = plan.state, plan.key
+        workers = list(args.instances)
+        maestro = self.args.spec
+        tag_keys = {*self.args.tags, "Name", "cloudsend:instance"}
+        if any(i.eco and i.eco_life_hours is not None for i in workers):
+            tag_keys.add(ECO_LIFE_TAG)
+        parameters = sorted(
+            {i.ssm_parameter for i in workers if not i.ami_pinned} | {maestro.ssm_parameter}
+        )
+        region, tags = maestro.region, dict(self.args.tags)
+
+        def document(values: list[Any]) -> str:
+            role_arn, profile_arn, maestro_role, maestro_profile, group, key_name, *subnets = (
+                values
+            )
+            grant = RecreateGrant(
+                region=region,
+                account=account_of(str(role_arn)),
+                tags=tags,
+                worker_role_arn=str(role_arn),
+                worker_profile_arn=str(profile_arn),
+                role_arns=[str(role_arn), str(maestro_role)],
+                profile_arns=[str(profile_arn), str(maestro_profile)],
+                subnet_ids=[str(s) for s in subnets],
+                security_group_ids=[str(group)],
+                key_name=str(key_name),
+                instance_types=sorted({i.type for i in workers}),
+                volume_types=sorted({i.disk_type for i in workers}),
+                max_volume_gb=max([i.disk_size for i in workers], default=maestro.disk_size),
+                state=state,
+                key=key,
+                ubuntu_parameters=parameters,
+                pinned_images=sorted({i.ami for i in workers if i.ami_pinned and i.ami}),
+                volume_tag_keys=sorted(tag_keys),
+                spot=any(i.eco for i in workers),
+            )
+            return json.dumps(recreate_policy(grant), sort_keys=True)
+
+        policy = pulumi.Output.all(
+            args.worker_role_arn,
+            args.worker_profile_arn,
+            self.role.arn,
+            self.profile.arn,
+            args.security_group_id,
+            args.key_name,
+            *args.subnet_ids,
+        ).apply(document)
+        return aws.iam.RolePolicy(
+            f"{self.name}-recreate",
+            role=self.role.name,
+            policy=policy,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
 
     def launch(
         self, subnet_id: pulumi.Input[str], key_name: pulumi.Input[str], ami: pulumi.Input[str]
@@ -550,7 +639,15 @@ def declare_all(spec: StackSpec) -> tuple[dict[str, aws.ec2.Instance], aws.ec2.I
         if maestro_spec is not None:
             maestro = Maestro(
                 f"{spec.project}-maestro",
-                MaestroArgs(maestro_spec, network.vpc_id, spec.ssh_cidrs, spec.tags),
+                MaestroArgs(
+                    maestro_spec,
+                    network.vpc_id,
+                    spec.ssh_cidrs,
+                    spec.tags,
+                    spec_recreation=spec.recreation
+                    if spec.recreation is not None and spec.recreation.on_maestro
+                    else None,
+                ),
                 opts,
             )
         access = Access(
@@ -574,6 +671,17 @@ def declare_all(spec: StackSpec) -> tuple[dict[str, aws.ec2.Instance], aws.ec2.I
             maestro_instance = maestro.launch(
                 network.subnet_ids[zone] if zone else network.subnet_id, access.key_name, ami
             )
+            if maestro.args.spec_recreation is not None:
+                maestro.allow_recreation(
+                    RecreateArgs(
+                        instances=members,
+                        worker_role_arn=identity.role_arn,
+                        worker_profile_arn=identity.profile_arn,
+                        subnet_ids=list(network.subnet_ids.values()) or [network.subnet_id],
+                        security_group_id=access.security_group_id,
+                        key_name=access.key_name,
+                    )
+                )
         if not members:
             continue
         compute = Compute(

@@ -27,6 +27,7 @@ from cloudsend.providers.base import Host, Preview
 if TYPE_CHECKING:
     from cloudsend.providers.aws.machines import AwsMachines
     from cloudsend.providers.aws.monitor import InstanceMonitor
+    from cloudsend.providers.aws.recreation import RecreationPlan
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -73,6 +74,7 @@ def plan_notes(spec: Any, *, shared: bool) -> list[str]:
             f"only {', '.join(MAESTRO_READ_ACTIONS)} and "
             f"{', '.join(MAESTRO_POWER_ACTIONS)} on instances tagged {tags}"
         )
+        notes.extend(recreation_notes(spec))
     if shared:
         notes.append(
             f"shared stack: SSH allowed from {', '.join(spec.ssh_cidrs)} (each caller's address "
@@ -80,6 +82,39 @@ def plan_notes(spec: Any, *, shared: bool) -> list[str]:
             "as a secret, so every teammate installs the same one"
         )
     return notes
+
+
+def recreation_notes(spec: Any) -> list[str]:
+    """What `preview` says about who re-creates a lost worker of a `maestro: remote` stack, and
+    (when the maestro does) the second statement set its role gets for that."""
+    maestro, plan = spec.maestro, spec.recreation
+    if maestro is None or plan is None:
+        return []
+    if not plan.on_maestro:
+        return [f"maestro {maestro.name}: a lost worker is re-created by `cloudsend up` from the "
+                f"laptop, not by the maestro: {plan.reason}"]
+    from cloudsend.providers.aws.recreation import (
+        RECREATE_EC2_READS,
+        SECRETS_ACTIONS,
+        STATE_OBJECT_ACTIONS,
+    )
+
+    tags = ", ".join(f"{k}={v}" for k, v in sorted(spec.tags.items()))
+    types = ", ".join(sorted({i.type for i in spec.instances})) or "none"
+    key = plan.key.alias or plan.key.key_id
+    return [
+        f"maestro {maestro.name}: a lost worker is re-created on the maestro (Pulumi refresh, "
+        f"then up, with the state in {plan.state.url}); its role gets a second policy, "
+        f"{maestro.name}-recreate: the reads a refresh makes ({len(RECREATE_EC2_READS)} EC2 "
+        "Describe calls; IAM reads of this stack's roles and profiles only; ssm:GetParameter "
+        "of the Ubuntu AMI parameter), ec2:RunInstances only of instances tagged "
+        f"{tags} of type {types} with the workers' instance profile, in the stack's subnets, "
+        "security group and key pair, on an encrypted root volume, ec2:CreateTags at launch "
+        "(and on volumes with the stack's tags only), iam:PassRole of the workers' role to "
+        f"ec2.amazonaws.com only, {', '.join(STATE_OBJECT_ACTIONS)} on {plan.state.object_arn} "
+        f"and s3:ListBucket under that prefix, {', '.join(SECRETS_ACTIONS)} with the KMS key "
+        f"{key}"
+    ]
 
 
 class AwsProvider:
@@ -105,9 +140,23 @@ class AwsProvider:
         # other hosts) leaves them out instead of re-creating them with a new eco_life
         self.retired: set[str] = set()
         from cloudsend.providers.aws.maestro_side import MaestroSide
+        from cloudsend.providers.aws.recreation import maestro_recreation
 
         # set when this runs ON the stack's maestro (the laptop's run sent the contract)
         self.side: MaestroSide | None = MaestroSide.find(config.base_dir)
+        # maestro: remote: who re-creates a lost worker (pure: the state and secrets settings)
+        self.recreation: RecreationPlan | None = None
+        if config.maestro == "remote" or self.side is not None:
+            self.recreation = maestro_recreation(
+                config.aws.state_backend, config.aws.secrets_provider
+            )
+        if self.side is not None and self.side.pulumi_here and not (
+            self.recreation is not None and self.recreation.on_maestro
+        ):
+            # a contract asking for Pulumi here that its role could not carry out (a passphrase
+            # the maestro never gets, a backend it cannot reach): the laptop re-creates
+            contract = dataclasses.replace(self.side.contract, pulumi_here=False)
+            self.side = MaestroSide(contract, self.side.base_dir)
         self._adopted: dict[str, str] = {}  # maestro: worker → instance id it rejoined under
 
     @property
@@ -237,6 +286,12 @@ class AwsProvider:
         return place_in_zones(spec, zone_choices(self.session(), spec))
 
     @property
+    def maestro_runs_pulumi(self) -> bool:
+        """What the laptop tells a `maestro: remote` (OnAwsMaestro.pulumi_here): True only when
+        the maestro's role can run Pulumi for this stack (an s3:// state, awskms:// secrets)."""
+        return self.recreation is not None and self.recreation.on_maestro
+
+    @property
     def shared_backend(self) -> bool:
         """True when the stack's state lives where teammates reach it (not file://)."""
         from cloudsend.providers.aws.engine import is_shared_backend
@@ -305,8 +360,13 @@ class AwsProvider:
             backend_url=backend_for_profile(backend, profile) if backend else None,
             secrets_provider=self.config.aws.secrets_provider,
             region=region,
-            # the engine and its plugins (an s3:// backend, awskms:// secrets) use the profile too
-            env={"AWS_PROFILE": profile} if profile else None,
+            # the engine and its plugins (an s3:// backend, awskms:// secrets) use the profile too;
+            # on the maestro no AWS config names a region: the stack's (a URL's ?region= wins)
+            env={"AWS_PROFILE": profile}
+            if profile
+            else {"AWS_REGION": self.side.contract.region}
+            if self.side is not None
+            else None,
         )
 
     def offline(self) -> tuple[list[dict[str, Any]], Any]:
@@ -669,7 +729,9 @@ class AwsProvider:
                 is LostWorker.LEAVE_TO_LAPTOP
             ]
             if left:
-                raise RecreationDeferred(left)
+                raise RecreationDeferred(
+                    left, why=self.recreation.reason if self.recreation is not None else None
+                )
         return [h for h in self._engine_up(refresh=True) if h.name in wanted]
 
     def active(self, spec: Any) -> Any:

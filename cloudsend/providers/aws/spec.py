@@ -35,6 +35,7 @@ from typing import Any
 
 from cloudsend.config.models import Config, InstanceConfig
 from cloudsend.errors import ConfigError
+from cloudsend.providers.aws.recreation import RecreationPlan, maestro_recreation
 
 DEFAULT_TYPE = "t3.micro"
 DEFAULT_USERNAME = "ubuntu"
@@ -139,6 +140,9 @@ class StackSpec:
     # The stack key's private half (OpenSSH PEM), exported as a secret stack output so a
     # teammate's `up` reuses it instead of replacing the key pair and every instance.
     private_key: str | None = field(default=None, repr=False)
+    # maestro: remote: who re-creates a lost worker (the maestro with a shared s3:// state and
+    # awskms:// secrets, which adds the re-creation statements to its role; else the laptop)
+    recreation: RecreationPlan | None = None
 
     @property
     def vpc_id(self) -> str | None:
@@ -275,6 +279,9 @@ def stack_spec(
         profile=config.aws.profile or None,
         maestro=maestro,
         private_key=private_key,
+        recreation=None
+        if maestro is None
+        else maestro_recreation(config.aws.state_backend, config.aws.secrets_provider),
     )
 
 
