@@ -210,7 +210,7 @@ def on_maestro(provider: AwsProvider, outputs: dict[str, Any], maestro: Maestro)
         region=maestro.region,
         stack=provider.stack,
         outputs={k: v for k, v in outputs.items() if k not in SECRET_OUTPUTS},
-        pulumi_here=provider.shared_backend,
+        pulumi_here=provider.maestro_runs_pulumi,
     )
 
 
