@@ -198,6 +198,24 @@ def test_event_reporter_ends_quietly_when_its_reader_left() -> None:
         assert left.value.code == 0
 
 
+# -- status --json: one shape for both maestros -----------------------------------------------
+
+STATUS_KEYS = {"stale", "error", "jobs", "hosts", "watcher", "maestro"}
+JOB_KEYS = {"job_id", "index", "rep", "state", "host", "attempt", "exit_code", "reason",
+            "fetched", "elapsed", "stale"}
+
+
+def test_local_status_json_has_the_remote_shape(project: Any) -> None:
+    """Scripts read `status --json` the same way on both: "maestro" says which answered."""
+    project.config("jobs:\n  - run_command: echo hi\n")
+    project.cli("run", check=True, timeout=120)
+    doc = json.loads(project.cli("status", "--json", check=True).stdout)
+    assert set(doc) == STATUS_KEYS
+    assert all(set(j) == JOB_KEYS for j in doc["jobs"]) and doc["jobs"]
+    assert doc["maestro"] == {"mode": "local", "address": None, "run_dir": None,
+                              "reachable": True}
+
+
 # -- end to end: one maestro, two workers ----------------------------------------------------
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
@@ -257,14 +275,31 @@ class Terminal:
 
 def _maestro_attaches(root: Path) -> list[int]:
     """The maestro's `attach --events` processes (they must not outlive their laptop)."""
+    return [pid for pid in _maestro_processes(root)
+            if {b"attach", b"--events"} <= set(_argv(pid))]
+
+
+def _maestro_follows(root: Path) -> list[int]:
+    """The maestro's `logs ... -f` processes."""
+    return [pid for pid in _maestro_processes(root) if b"logs" in _argv(pid)]
+
+
+def _argv(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+def _maestro_processes(root: Path) -> list[int]:
+    """cloudsend processes whose working directory is under the maestro's root."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
             cwd = (entry / "cwd").resolve()
         except OSError:
             continue
-        if b"--events" in argv and b"attach" in argv and cwd.is_relative_to(root):
+        if entry.name.isdigit() and cwd.is_relative_to(root):
             found.append(int(entry.name))
     return found
 
@@ -294,7 +329,8 @@ def test_remote_attach_logs_status_live(sshd_factory: Callable[..., list[SshdHos
         f"    time.sleep(1)\n"
     )
     (laptop / "wait.py").write_text(
-        "import sys, time\ntime.sleep(float(sys.argv[1]))\nprint('waited', sys.argv[1])\n"
+        "import sys, time\ntime.sleep(float(sys.argv[1]))\n"
+        "print('waited', sys.argv[1], time.time(), flush=True)\n"
     )
     config = {
         "project": "live",
@@ -365,7 +401,7 @@ def test_remote_attach_logs_status_live(sshd_factory: Callable[..., list[SshdHos
         "mode": "remote", "address": address, "run_dir": f"{m_root}/runs/live",
         "reachable": True,
     }
-    assert set(doc) == {"stale", "error", "jobs", "hosts", "watcher", "maestro"}
+    assert set(doc) == STATUS_KEYS and all(set(j) == JOB_KEYS for j in doc["jobs"])
     assert any(j["state"] == "RUNNING" for j in doc["jobs"]), doc["jobs"]
 
     # the maestro's connection drops mid-attach: one clear message, non-zero, no traceback
@@ -373,9 +409,18 @@ def test_remote_attach_logs_status_live(sshd_factory: Callable[..., list[SshdHos
         [sys.executable, "-m", "cloudsend", "attach", "cloudsend.yaml"],
         cwd=laptop, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    tail = subprocess.Popen(  # and a `logs -f` of the job still running
+        [sys.executable, "-m", "cloudsend", "logs", "2", "cloudsend.yaml", "-f"],
+        cwd=laptop, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
     wait_until(lambda: _maestro_attaches(m_root), 30, "the maestro's attach to start")
+    wait_until(lambda: _maestro_follows(m_root), 30, "the maestro's logs -f to start")
     maestro.kill()
     out, err = dropped.communicate(timeout=30)
+    tail_out, tail_err = tail.communicate(timeout=30)
+    assert tail.returncode == 4, tail_out + tail_err
+    assert f"lost the connection to the maestro {address}" in tail_err, tail_err
+    assert "Traceback" not in tail_err
     assert dropped.returncode == 4, out + err
     assert err.count("\n") <= 2 and "Traceback" not in err, err
     assert f"lost the connection to the maestro {address} while attached" in err, err
@@ -388,6 +433,15 @@ def test_remote_attach_logs_status_live(sshd_factory: Callable[..., list[SshdHos
     shown = attach3.text()
     assert "Traceback" not in shown
     assert attach3.seen_at("RUNNING 1") is not None, shown  # the live line, to the end
+    # promptly: the last job's end is on the laptop's live line within a few seconds (the
+    # watcher's poll of the workers, then an event; no polling from the laptop)
+    ended = next(
+        float(text.split()[2]) for h in workers for log in h.root.rglob("stdout*")
+        if log.is_file() and (text := log.read_text()).startswith("waited 30 ")
+    )
+    all_done = attach3.seen_at("DONE 3")
+    assert all_done is not None, shown
+    assert all_done - ended < 5, f"the end took {all_done - ended:.1f} s to show"
     final_table = shown[shown.index("run 1"):]
     for job in doc["jobs"]:
         assert re.search(rf"{re.escape(job['job_id'])}\s+DONE", final_table), final_table
@@ -398,4 +452,5 @@ def test_remote_attach_logs_status_live(sshd_factory: Callable[..., list[SshdHos
     assert all(j["state"] == "DONE" and j["fetched"] for j in final["jobs"]), final["jobs"]
     assert final["watcher"]["state"] == "ended" and final["maestro"]["reachable"] is True
     took = time.monotonic() - began
-    print(f"\nlive remote maestro: log lines within {lag:.2f} s ({steady}); test {took:.1f} s")
+    print(f"\nlive remote maestro: log lines within {lag:.2f} s ({steady}); a job's end shown "
+          f"after {all_done - ended:.2f} s; test {took:.1f} s")
