@@ -9,6 +9,7 @@ end-to-end test on real sshd hosts (one maestro, two workers) sharing its hosts 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -102,7 +103,7 @@ def test_stream_interrupted_closes_the_channel_and_the_command_sees_it(
     sshd_host: SshdHost, transport: SshTransport
 ) -> None:
     mark = sshd_host.root / "still-writing"
-    script = f"while true; do echo tick; date +%s.%N > {mark}; sleep 0.1; done"
+    script = f"while true; do date +%s.%N > {mark}; echo tick; sleep 0.1; done"
 
     def out(data: bytes) -> None:
         raise KeyboardInterrupt
@@ -226,12 +227,11 @@ class Terminal:
     """A CLI process on a pseudo-terminal (as a user sees it: rich draws its live line
     there), its output collected with the time each piece arrived."""
 
-    def __init__(self, folder: Path, *args: str) -> None:
+    def __init__(self, left: Leftovers, folder: Path, *args: str) -> None:
         master, slave = pty.openpty()
         env = {**os.environ, "COLUMNS": "200", "LINES": "50", "TERM": "xterm"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloudsend", *args],
-            cwd=folder, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env,
+        self.proc = left.popen(
+            folder, *args, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env
         )
         os.close(slave)
         self._master = master
@@ -311,9 +311,43 @@ def _status_json(folder: Path) -> dict[str, Any]:
     return doc
 
 
+class Leftovers:
+    """What the end-to-end test starts (CLI processes here, the watcher on the maestro),
+    ended if the test fails midway: nothing outlives it."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[Any]] = []
+        self.maestro_roots: list[Path] = []
+
+    def popen(self, folder: Path, *args: str, **kwargs: Any) -> subprocess.Popen[Any]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cloudsend", *args], cwd=folder, **kwargs
+        )
+        self.procs.append(proc)
+        return proc
+
+    def end(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        for root in self.maestro_roots:
+            for pid_file in root.rglob("watcher.pid"):
+                with contextlib.suppress(OSError, ValueError):
+                    os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+
+
+@pytest.fixture
+def leftovers() -> Iterator[Leftovers]:
+    left = Leftovers()
+    yield left
+    left.end()
+
+
 @pytest.mark.slow
-def test_remote_attach_logs_status_live(sshd_factory: Callable[..., list[SshdHost]],
-                                        tmp_path: Path) -> None:
+def test_remote_attach_logs_status_live(
+    sshd_factory: Callable[..., list[SshdHost]], tmp_path: Path, leftovers: Leftovers
+) -> None:
     began = time.monotonic()
     maestro = sshd_factory(1)[0]
     workers = [sshd_factory(1, user=f"csmaestro{i}")[0] for i in range(2)]
@@ -354,17 +388,18 @@ def test_remote_attach_logs_status_live(sshd_factory: Callable[..., list[SshdHos
     (laptop / "cloudsend.yaml").write_text(yaml.safe_dump(config))
     os.environ.setdefault("XDG_CACHE_HOME", str(tmp_path / "cache"))
     address = f"root@127.0.0.1:{maestro.port}"
+    m_root = maestro.root / "m"
+    leftovers.maestro_roots.append(m_root)
 
     started = _cli(laptop, "run", "--json", "cloudsend.yaml")
     assert started.returncode == 0, started.stdout + started.stderr
 
     # logs -f: the talking job's first line arrives while it sleeps, within ~1 s of being
     # written on its worker (same clock: all on loopback)
-    follow = subprocess.Popen(
-        [sys.executable, "-m", "cloudsend", "logs", "0", "cloudsend.yaml", "-f"],
-        cwd=laptop, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    follow = leftovers.popen(
+        laptop, "logs", "0", "cloudsend.yaml", "-f", stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    attach1 = Terminal(laptop, "attach", "cloudsend.yaml")
+    attach1 = Terminal(leftovers, laptop, "attach", "cloudsend.yaml")
     assert follow.stdout is not None
     lines: list[tuple[float, str]] = []
     for raw in follow.stdout:
@@ -388,7 +423,6 @@ def test_remote_attach_logs_status_live(sshd_factory: Callable[..., list[SshdHos
     assert attach1.wait(30) == 130, attach1.text()
     assert "detached: run 1 goes on (`cloudsend attach` follows it again)" in attach1.text()
     assert "Traceback" not in attach1.text()
-    m_root = maestro.root / "m"
     wait_until(lambda: not _maestro_attaches(m_root), 20, "the maestro's attach to end")
 
     # status names the maestro, in the local shape
@@ -405,13 +439,13 @@ def test_remote_attach_logs_status_live(sshd_factory: Callable[..., list[SshdHos
     assert any(j["state"] == "RUNNING" for j in doc["jobs"]), doc["jobs"]
 
     # the maestro's connection drops mid-attach: one clear message, non-zero, no traceback
-    dropped = subprocess.Popen(
-        [sys.executable, "-m", "cloudsend", "attach", "cloudsend.yaml"],
-        cwd=laptop, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    dropped = leftovers.popen(
+        laptop, "attach", "cloudsend.yaml", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
     )
-    tail = subprocess.Popen(  # and a `logs -f` of the job still running
-        [sys.executable, "-m", "cloudsend", "logs", "2", "cloudsend.yaml", "-f"],
-        cwd=laptop, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    tail = leftovers.popen(  # and a `logs -f` of the job still running
+        laptop, "logs", "2", "cloudsend.yaml", "-f", stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
     )
     wait_until(lambda: _maestro_attaches(m_root), 30, "the maestro's attach to start")
     wait_until(lambda: _maestro_follows(m_root), 30, "the maestro's logs -f to start")
@@ -428,7 +462,7 @@ def test_remote_attach_logs_status_live(sshd_factory: Callable[..., list[SshdHos
     maestro.start()
 
     # attach #3 follows the run (which went on meanwhile) to its end: exit 0, every job DONE
-    attach3 = Terminal(laptop, "attach", "cloudsend.yaml")
+    attach3 = Terminal(leftovers, laptop, "attach", "cloudsend.yaml")
     assert attach3.wait(120) == 0, attach3.text()
     shown = attach3.text()
     assert "Traceback" not in shown
