@@ -488,3 +488,27 @@ def test_remote_attach_logs_status_live(
     took = time.monotonic() - began
     print(f"\nlive remote maestro: log lines within {lag:.2f} s ({steady}); a job's end shown "
           f"after {all_done - ended:.2f} s; test {took:.1f} s")
+
+
+def test_attach_with_no_run_on_the_maestro_is_one_message(
+    sshd_host: SshdHost, tmp_path: Path
+) -> None:
+    """Nothing was ever started there: the maestro's own words, once, with what to do."""
+    folder = tmp_path / "laptop"
+    folder.mkdir()
+    config = {
+        "project": "none",
+        "provider": "ssh",
+        "maestro": "remote",
+        "maestro_host": {"address": "127.0.0.1", "port": sshd_host.port,
+                         "key": str(sshd_host.key), "root": str(sshd_host.root / "m")},
+        "hosts": [{"address": "127.0.0.1", "port": sshd_host.port, "key": str(sshd_host.key)}],
+        "jobs": [{"run_command": "true"}],
+    }
+    (folder / "cloudsend.yaml").write_text(yaml.safe_dump(config))
+    proc = _cli(folder, "attach", "cloudsend.yaml", timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(f"error on the maestro: root@127.0.0.1:{sshd_host.port}: "), (
+        proc.stderr)
+    assert "No such file" in proc.stderr and "`cloudsend run CONFIG` starts a run" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
