@@ -456,9 +456,15 @@ def attach(
             del said[:-4000]
 
         command = _cloudsend(point, config, "attach", "--events", "cloudsend.yaml")
+        running: list[bool] = []
         try:
-            code = maestro.stream(command, out, err, what="attach to the run on the maestro")
+            code = maestro.stream(
+                command, out, err, what="attach to the run on the maestro",
+                started=lambda: running.append(True),
+            )
         except TransportError as exc:
+            if not running:
+                raise  # never reached: as every call says it
             raise _lost(
                 seen.address, "while attached", exc,
                 "the run goes on there (nothing is lost); `cloudsend attach` follows it "
@@ -487,24 +493,17 @@ def follow_log(
     """`cloudsend logs ... -f` (argv) run on the maestro, its output handed to out/err as it
     is written there, until the job ends; its exit code. A maestro not reached is
     MaestroUnreachable, as for every call; a link lost while following says so."""
-    got: list[bytes] = []
-
-    def noted(sink: Callable[[bytes], object]) -> Callable[[bytes], object]:
-        def relay(data: bytes) -> object:
-            got[:] = [b"x"]
-            return sink(data)
-
-        return relay
-
+    running: list[bool] = []
     with _streaming(config, transport, where) as (point, maestro):
         command = _cloudsend(point, config, *argv)
         try:
             return maestro.stream(
-                command, noted(out), noted(err), what="follow the job's log on the maestro"
+                command, out, err, what="follow the job's log on the maestro",
+                started=lambda: running.append(True),
             )
         except TransportError as exc:
-            if not got and isinstance(exc, MaestroUnreachable):
-                raise  # never reached
+            if not running:
+                raise  # never reached: as every call says it
             raise _lost(
                 address(point), "while following the log", exc,
                 "the job goes on (nothing is lost); `cloudsend logs -f` follows it again once "
@@ -533,9 +532,11 @@ def status_report(
     where: Endpoint | None = None,
 ) -> str:
     """What the laptop's `status` prints for a remote run: the maestro's own table under a
-    line naming the maestro, or its `status --json` document with "maestro" (MaestroInfo)."""
+    line naming the maestro (a watcher-restart note first), or its `status --json` document
+    with "maestro" (MaestroInfo)."""
     point = where or endpoint(config)
-    text = status_text(config, as_json, transport, where=point)
+    notes: list[str] = []
+    text = status_text(config, as_json, transport, where=point, say=notes.append)
     info = MaestroInfo(
         mode="remote",
         address=address(point),
@@ -544,7 +545,7 @@ def status_report(
     )
     if as_json:
         return json.dumps({**_json_tail(text), "maestro": info}, indent=2, default=str)
-    return f"maestro {info['address']} ({info['run_dir']}):\n{text.rstrip()}"
+    return "\n".join([*notes, f"maestro {info['address']} ({info['run_dir']}):", text.rstrip()])
 
 
 _LIST = (

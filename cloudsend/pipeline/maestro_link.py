@@ -117,12 +117,13 @@ class MaestroTransport:
         err: Callable[[bytes], object] | None = None,
         *,
         what: str | None = None,
+        started: Callable[[], object] | None = None,
     ) -> int:
         """The command's output handed over as it comes (StreamingTransport); its exit code."""
         if not isinstance(self.inner, StreamingTransport):
             raise TransportError(f"{self.name} cannot stream a command's output")
         try:
-            return self.inner.stream(command, out, err, what=what)
+            return self.inner.stream(command, out, err, what=what, started=started)
         except TransportError as exc:
             raise self.unreachable(exc) from exc
 

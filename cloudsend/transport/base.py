@@ -105,7 +105,8 @@ class StreamingTransport(Transport, Protocol):
         err: Callable[[bytes], object] | None = None,
         *,
         what: str | None = None,
+        started: Callable[[], object] | None = None,
     ) -> int:
         """Run `command`, `out`/`err` getting its stdout/stderr bytes as they arrive; its
-        exit code. A link lost meanwhile is TransportError."""
+        exit code; `started()` once it runs. A link lost meanwhile is TransportError."""
         ...

@@ -254,9 +254,11 @@ class SshTransport:
         err: Callable[[bytes], object] | None = None,
         *,
         what: str | None = None,
+        started: Callable[[], object] | None = None,
     ) -> int:
         """Run `command` (no pty, stdin closed) handing its stdout and stderr bytes to `out`
-        and `err` as they arrive, on one channel; returns its exit code once it ends.
+        and `err` as they arrive, on one channel; returns its exit code once it ends;
+        `started()` is called once it runs (a failure after that is not "not reached").
         Opening the channel is retried as for `run`; a connection lost once it ran is
         TransportError. KeyboardInterrupt (or any exception in `out`/`err`) closes the
         channel: the command then sees its stdout closed (it is not signalled)."""
@@ -284,6 +286,8 @@ class SshTransport:
 
         conn, chan = self._retrying("run a command", opened)
         try:
+            if started is not None:
+                started()
             try:
                 code = _pump(chan, out, err or (lambda _data: None))
             except (OSError, EOFError, paramiko.SSHException) as exc:
