@@ -303,13 +303,18 @@ def _detached_note(
     click.echo("follow it: cloudsend attach · status: cloudsend status")
 
 
-def _attach(cfg: Config, files: WatcherFiles, as_json: bool) -> None:
+def _attach(cfg: Config, files: WatcherFiles, as_json: bool, events: bool = False) -> None:
     """Follow the project's watcher until the run ends, restarting it when it died; Ctrl-C
-    leaves it running. Ends with the run's summary and exit code."""
+    leaves it running. Ends with the run's summary and exit code. `events`: the progress
+    and the end as JSON lines (pipeline.attach_events), for a laptop attached over SSH."""
     from cloudsend.pipeline import daemon
-    from cloudsend.ui import print_json, print_summary
+    from cloudsend.pipeline.attach_events import EventReporter
+    from cloudsend.ui import print_json, print_summary, summary_doc
 
-    client, reporter = _client(cfg, quiet=as_json)
+    client, reporter = _client(cfg, quiet=as_json or events)
+    emitter = EventReporter() if events else None
+    if emitter is not None:
+        reporter = emitter
     session = client.session
     run_id: int | None = None
     try:
@@ -339,11 +344,15 @@ def _attach(cfg: Config, files: WatcherFiles, as_json: bool) -> None:
                 continue
             if record is not None and record.run_id is not None:
                 run_id = session.run_id = record.run_id
+                if emitter is not None:
+                    emitter.run = run_id
                 reporter.progress(session.views())
             time.sleep(0.5)
         reporter.close()
         assert record is not None
         if record.run_id is None:  # it ended before opening a run (the hosts could not start)
+            if emitter is not None:
+                emitter.end(record.exit_code or 1, record.message, {})
             click.echo(clean(record.message or "the watcher ended before the run began"), err=True)
             sys.exit(record.exit_code or 1)
         session.run_id = record.run_id
@@ -354,7 +363,10 @@ def _attach(cfg: Config, files: WatcherFiles, as_json: bool) -> None:
         summary.envs_submitted = int(done.get("envs_submitted", 0))
         summary.elapsed = float(done.get("elapsed_s", 0.0))
         summary.env_failures = dict(done.get("env_failures", {}))
-        if as_json:
+        if emitter is not None:
+            emitter.run = record.run_id
+            emitter.end(record.exit_code or 0, record.message, summary_doc(summary))
+        elif as_json:
             print_json(record.summary or {"run": record.run_id, "exit_code": record.exit_code})
         else:
             print_summary(_console(), summary)
@@ -374,21 +386,67 @@ def _attach(cfg: Config, files: WatcherFiles, as_json: bool) -> None:
 @cli.command()
 @CONFIG_ARG
 @JSON_OPT
-def attach(config: Path, as_json: bool) -> None:
+@click.option("--events", is_flag=True, hidden=True, help="Progress as JSON lines (a maestro).")
+def attach(config: Path, as_json: bool, events: bool) -> None:
     """Follow a detached run (`run --detach`) until it ends; Ctrl-C leaves it running.
 
     A watcher that died (killed, machine rebooted) is restarted and resumes the run: nothing
     done is redone. Ends with the run's summary and exit code."""
     cfg = _load(config)
     if cfg.maestro == "remote":
-        from cloudsend.pipeline import maestro_control as control
-
-        doc = control.attach(cfg, lambda line: click.echo(clean(line), err=True))
-        click.echo(control.status_text(cfg, as_json).rstrip())
-        if any(j.get("state") != "DONE" for j in doc.get("jobs") or []):
-            raise JobError("some jobs did not end DONE on the maestro", hint="see the table")
+        _remote_attach(cfg, as_json)
         return
-    _attach(cfg, _watcher_files(cfg), as_json)
+    _attach(cfg, _watcher_files(cfg), as_json, events=events)
+
+
+def _remote_attach(cfg: Config, as_json: bool) -> None:
+    """attach with maestro: remote: the maestro's live events drawn here as the local attach
+    draws its own; the same summary, exit code and Ctrl-C message."""
+    from cloudsend.pipeline import maestro_control as control
+    from cloudsend.pipeline.attach_events import job_view
+    from cloudsend.pipeline.reporting import RunSummary
+    from cloudsend.ui import RichReporter, print_json, print_summary
+
+    point = control.endpoint(cfg)
+    reporter = RichReporter(_console(), quiet=as_json)
+    seen = control.Attached(control.address(point))
+    try:
+        control.attach(
+            cfg, reporter, seen, where=point,
+            say=lambda line: click.echo(clean(line), err=True),
+        )
+    except KeyboardInterrupt:
+        reporter.close()
+        what = f"run {seen.run_id}" if seen.run_id is not None else "the run"
+        click.echo(f"\ndetached: {what} goes on (`cloudsend attach` follows it again)", err=True)
+        sys.exit(130)
+    finally:
+        reporter.close()
+    end = seen.end
+    assert end is not None  # control.attach raises otherwise
+    if end.run is None:  # it ended before opening a run (the hosts could not start)
+        click.echo(clean(end.message or "the watcher ended before the run began"), err=True)
+        sys.exit(end.exit_code or 1)
+    doc = end.summary
+    if as_json:
+        print_json(doc or {"run": end.run, "exit_code": end.exit_code})
+    else:
+        where = f"{seen.address}:{doc.get('results_dir', '')}"
+        summary = RunSummary(
+            run_id=end.run,
+            results_dir=Path(where),
+            jobs=[job_view(j) for j in doc.get("jobs") or []],
+            files_sent=int(doc.get("files_sent", 0)),
+            bytes_sent=int(doc.get("bytes_sent", 0)),
+            envs_submitted=int(doc.get("envs_submitted", 0)),
+            elapsed=float(doc.get("elapsed_s", 0.0)),
+            env_failures=dict(doc.get("env_failures") or {}),
+        )
+        print_summary(_console(), summary)
+        click.echo("on the maestro: `cloudsend fetch` brings them home")
+    if end.exit_code:
+        click.echo(clean(end.message, 20_000), err=True)
+        sys.exit(end.exit_code)
 
 
 def raise_for(summary: RunSummary) -> None:
@@ -502,10 +560,10 @@ def status(config: Path, as_json: bool) -> None:
     from cloudsend.ui import jobs_table, print_json, status_doc
 
     cfg = _load(config)
-    if cfg.maestro == "remote":  # the maestro's own answer, as it gives it
+    if cfg.maestro == "remote":  # the maestro's own answer, saying where it comes from
         from cloudsend.pipeline import maestro_control as control
 
-        click.echo(control.status_text(cfg, as_json).rstrip())
+        click.echo(control.status_report(cfg, as_json).rstrip())
         return
     client, _ = _client(cfg, quiet=True)
     session = client.session
@@ -525,7 +583,10 @@ def status(config: Path, as_json: bool) -> None:
     finally:
         client.close()
     if as_json:
-        print_json({**status_doc(views, hosts, answered, error), "watcher": watcher})
+        from cloudsend.pipeline.maestro_control import LOCAL_MAESTRO
+
+        doc = status_doc(views, hosts, answered, error)
+        print_json({**doc, "watcher": watcher, "maestro": LOCAL_MAESTRO})
         return
     from rich.text import Text
 
@@ -579,12 +640,38 @@ def logs(job: str, config: Path, stream: str, lines: int, follow: bool) -> None:
             out.write(data)
             last = data[-1:]
 
+    def finish() -> None:
+        nonlocal last
+        tail = shown.feed(b"", final=True) if shown is not None else b""
+        if tail:
+            out.write(tail)
+            last = tail[-1:]
+        if last != b"\n" and out.isatty():  # a terminal's prompt starts on a line of its own
+            out.write(b"\n")
+        out.flush()
+
     cfg = _load(config)
-    if cfg.maestro == "remote":  # the maestro's answer (with -f: once the job has ended)
+    if cfg.maestro == "remote":  # the maestro's answer; with -f streamed as it is written
         from cloudsend.pipeline import maestro_control as control
 
         argv = ["logs", job, "cloudsend.yaml", f"--{stream}", "-n", str(lines)]
-        click.echo(control.forward(cfg, argv + (["-f"] if follow else [])), nl=False)
+        if not follow:
+            click.echo(control.forward(cfg, argv), nl=False)
+            return
+        err = click.get_binary_stream("stderr")
+
+        def written(data: bytes) -> None:
+            write(data)
+            out.flush()
+
+        try:
+            code = control.follow_log(cfg, [*argv, "-f"], written, err.write)
+            finish()
+        except BrokenPipeError:  # the reader left (`| head`), as below
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+            return
+        if code:
+            sys.exit(code)
         return
     client, _ = _client(cfg, quiet=True)
     try:
@@ -594,21 +681,18 @@ def logs(job: str, config: Path, stream: str, lines: int, follow: bool) -> None:
         offset = write_log(session, job, write, stream, lines)
         out.flush()
         statuses: dict[str, Any] = {}
+        asked = time.monotonic()
         while follow:
             view = next(v for v in session.views() if v.job_id == job)
             if view.state.is_final:
                 break
-            time.sleep(1)
-            statuses = session.reconcile()
-            offset = write_log(session, job, write, stream, offset=offset)
-            out.flush()
-        tail = shown.feed(b"", final=True) if shown is not None else b""
-        if tail:
-            out.write(tail)
-            last = tail[-1:]
-        if last != b"\n" and out.isatty():  # a terminal's prompt starts on a line of its own
-            out.write(b"\n")
-        out.flush()
+            time.sleep(0.25)  # the log is read 4 times a second, the job's state once
+            if time.monotonic() - asked >= 1:
+                statuses = session.reconcile()
+                asked = time.monotonic()
+            offset = write_log(session, job, write, stream, offset=offset)  # after reconcile:
+            out.flush()  # a job seen ended has its last lines written before the loop ends
+        finish()
         if follow:
             from cloudsend.ui import follow_end_note
 

@@ -15,6 +15,7 @@ sha256, then marks the job done on the laptop; an interrupted fetch resumes from
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
 import shlex
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from cloudsend.config.layout import project_paths
 from cloudsend.config.models import Config, MaestroHostConfig
@@ -30,15 +31,18 @@ from cloudsend.digest import sha256_file
 from cloudsend.errors import CloudsendError, ConfigError, TransportError
 from cloudsend.maestro import remote
 from cloudsend.maestro import ship as shipping
+from cloudsend.pipeline import attach_events as events
 from cloudsend.pipeline.maestro_link import (
     MaestroAnswered,
     MaestroTransport,
+    MaestroUnreachable,
     probed,
     revive,
     split_probe,
 )
+from cloudsend.pipeline.reporting import JobView, Reporter
 from cloudsend.providers.base import Host, HostsNotCleaned
-from cloudsend.transport.base import Transport
+from cloudsend.transport.base import StreamingTransport, Transport
 
 if TYPE_CHECKING:  # fabric is imported lazily
     from cloudsend.transport.ssh import SshTransport
@@ -363,31 +367,185 @@ def all_final(doc: dict[str, Any]) -> bool:
     return bool(jobs) and all(j.get("state") in FINAL and j.get("fetched") for j in jobs)
 
 
+@dataclass
+class Attached:
+    """What `attach` saw of the maestro's run (kept up to date as events come, so a caller
+    interrupted meanwhile knows the run it was following)."""
+
+    address: str  # the maestro, user@address:port
+    run_id: int | None = None
+    jobs: list[JobView] = field(default_factory=list)
+    end: events.End | None = None  # how the run ended, once it did
+
+
+def address(point: Endpoint) -> str:
+    """The maestro as `user@address:port` (where status and attach say their answer is from)."""
+    return f"{point.user or getpass.getuser()}@{point.address}:{point.port}"
+
+
+@contextlib.contextmanager
+def _streaming(
+    config: Config, transport: StreamingTransport | None, where: Endpoint | None
+) -> Iterator[tuple[Endpoint, StreamingTransport]]:
+    """As _talk, with a transport that can stream a command's output."""
+    point = where or endpoint(config)
+    if transport is not None:
+        yield point, transport
+        return
+    maestro = point.transport(config)
+    try:
+        yield point, maestro
+    finally:
+        maestro.close()
+
+
+def _lost(where: str, doing: str, exc: TransportError, hint: str) -> MaestroUnreachable:
+    """The link broke once the maestro had answered: one message saying so."""
+    detail = exc.message.split(": ", 1)[-1] if isinstance(exc, MaestroUnreachable) else exc.message
+    return MaestroUnreachable(
+        f"lost the connection to the maestro {where} {doing}: {detail}", hint=hint
+    )
+
+
 def attach(
     config: Config,
-    say: Callable[[str], None],
-    poll: float = 2.0,
+    reporter: Reporter,
+    seen: Attached | None = None,
+    transport: StreamingTransport | None = None,
+    *,
+    where: Endpoint | None = None,
+    say: Callable[[str], None] | None = None,
+) -> Attached:
+    """Follow the maestro's run live until it ends: the maestro's own `attach --events` over
+    one SSH channel, each event handed to `reporter` as it arrives (the live line, notes);
+    returns with `end` set. A watcher that died there is restarted first (see `revive`; `say`
+    hears it). A maestro not reached is MaestroUnreachable; a connection lost once attached
+    is one too (the run goes on there); Ctrl-C closes the channel, which ends the maestro's
+    attach, not its run."""
+    reader = events.LineReader()
+    said = bytearray()
+    with _streaming(config, transport, where) as (point, maestro):
+        seen = seen or Attached(address(point))
+        res = maestro.run(_probed(point, config, "true"), check=False, what="ask the maestro")
+        probe, _ = split_probe(res.stdout)
+        if revive("attach", probe):
+            pid = restart_watcher(point, config, maestro)
+            (say or reporter.notice)(
+                f"note: the maestro's watcher had stopped mid-run: restarted (pid {pid})"
+            )
+
+        def out(data: bytes) -> None:
+            assert seen is not None
+            for event in reader.feed(data):
+                if isinstance(event, events.Progress):
+                    seen.run_id = event.run if event.run is not None else seen.run_id
+                    seen.jobs = event.jobs
+                    reporter.progress(event.jobs, event.activity)
+                elif isinstance(event, events.Notice):
+                    reporter.notice(event.message)
+                elif isinstance(event, events.Phase):
+                    reporter.phase(event.name, event.detail)
+                elif isinstance(event, events.Log):
+                    reporter.log(event.host, event.text)
+                elif isinstance(event, events.End):
+                    seen.end = event
+                    seen.run_id = event.run if event.run is not None else seen.run_id
+
+        def err(data: bytes) -> None:
+            said.extend(data)
+            del said[:-4000]
+
+        command = _cloudsend(point, config, "attach", "--events", "cloudsend.yaml")
+        running: list[bool] = []
+        try:
+            code = maestro.stream(
+                command, out, err, what="attach to the run on the maestro",
+                started=lambda: running.append(True),
+            )
+        except TransportError as exc:
+            if not running:
+                raise  # never reached: as every call says it
+            raise _lost(
+                seen.address, "while attached", exc,
+                "the run goes on there (nothing is lost); `cloudsend attach` follows it "
+                "again once the maestro answers",
+            ) from None
+    if seen.end is None:
+        why = bytes(said).decode("utf-8", "replace").strip()[-2000:]
+        raise MaestroAnswered(
+            f"{seen.address}: {why or f'attach ended (exit {code}) before the run did'}",
+            exit_code=code,
+            hint=None if "hint:" in why else
+            "`cloudsend run CONFIG` starts a run there; `cloudsend status CONFIG` shows it",
+        )
+    return seen
+
+
+def follow_log(
+    config: Config,
+    argv: list[str],
+    out: Callable[[bytes], object],
+    err: Callable[[bytes], object],
+    transport: StreamingTransport | None = None,
+    *,
+    where: Endpoint | None = None,
+) -> int:
+    """`cloudsend logs ... -f` (argv) run on the maestro, its output handed to out/err as it
+    is written there, until the job ends; its exit code. A maestro not reached is
+    MaestroUnreachable, as for every call; a link lost while following says so."""
+    running: list[bool] = []
+    with _streaming(config, transport, where) as (point, maestro):
+        command = _cloudsend(point, config, *argv)
+        try:
+            return maestro.stream(
+                command, out, err, what="follow the job's log on the maestro",
+                started=lambda: running.append(True),
+            )
+        except TransportError as exc:
+            if not running:
+                raise  # never reached: as every call says it
+            raise _lost(
+                address(point), "while following the log", exc,
+                "the job goes on (nothing is lost); `cloudsend logs -f` follows it again once "
+                "the maestro answers",
+            ) from None
+
+
+class MaestroInfo(TypedDict):
+    """`status --json`'s "maestro": where the answer comes from (the same key with
+    maestro: local, so scripts read both the same way)."""
+
+    mode: str  # "local" | "remote"
+    address: str | None  # user@address:port of a remote maestro
+    run_dir: str | None  # the run's folder there
+    reachable: bool
+
+
+LOCAL_MAESTRO = MaestroInfo(mode="local", address=None, run_dir=None, reachable=True)
+
+
+def status_report(
+    config: Config,
+    as_json: bool,
     transport: Transport | None = None,
     *,
     where: Endpoint | None = None,
-) -> dict[str, Any]:
-    """Follow the maestro's run until every job is final and on the maestro's disk; `say`
-    gets a line each time the counts change. Returns the last status."""
-    last = ""
-    with _talk(config, transport, where) as (point, maestro):
-        while True:
-            doc = status(config, maestro, where=point, command="attach", say=say)
-            jobs = doc.get("jobs") or []
-            counts: dict[str, int] = {}
-            for j in jobs:
-                counts[str(j.get("state"))] = counts.get(str(j.get("state")), 0) + 1
-            line = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-            if line != last:
-                say(f"maestro: {line}")
-                last = line
-            if all_final(doc):
-                return doc
-            time.sleep(poll)
+) -> str:
+    """What the laptop's `status` prints for a remote run: the maestro's own table under a
+    line naming the maestro (a watcher-restart note first), or its `status --json` document
+    with "maestro" (MaestroInfo)."""
+    point = where or endpoint(config)
+    notes: list[str] = []
+    text = status_text(config, as_json, transport, where=point, say=notes.append)
+    info = MaestroInfo(
+        mode="remote",
+        address=address(point),
+        run_dir=point.run_dir(config.project_name),
+        reachable=True,
+    )
+    if as_json:
+        return json.dumps({**_json_tail(text), "maestro": info}, indent=2, default=str)
+    return "\n".join([*notes, f"maestro {info['address']} ({info['run_dir']}):", text.rstrip()])
 
 
 _LIST = (

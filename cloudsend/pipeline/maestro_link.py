@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cloudsend.errors import CloudsendError, TransportError
 from cloudsend.pipeline import daemon
-from cloudsend.transport.base import RemoteFile, Result, Transport
+from cloudsend.transport.base import RemoteFile, Result, StreamingTransport, Transport
 
 # -- the maestro's two kinds of failure: not reached, or reached and answering an error ---------
 
@@ -107,6 +107,23 @@ class MaestroTransport:
     ) -> None:
         try:
             self.inner.get(remote_path, local, progress)
+        except TransportError as exc:
+            raise self.unreachable(exc) from exc
+
+    def stream(
+        self,
+        command: str,
+        out: Callable[[bytes], object],
+        err: Callable[[bytes], object] | None = None,
+        *,
+        what: str | None = None,
+        started: Callable[[], object] | None = None,
+    ) -> int:
+        """The command's output handed over as it comes (StreamingTransport); its exit code."""
+        if not isinstance(self.inner, StreamingTransport):
+            raise TransportError(f"{self.name} cannot stream a command's output")
+        try:
+            return self.inner.stream(command, out, err, what=what, started=started)
         except TransportError as exc:
             raise self.unreachable(exc) from exc
 

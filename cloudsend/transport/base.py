@@ -6,7 +6,7 @@ from collections.abc import Callable, Generator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from cloudsend.errors import TransportError
 
@@ -92,3 +92,21 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class StreamingTransport(Transport, Protocol):
+    """A transport that hands a command's output over as it is written (ssh)."""
+
+    def stream(
+        self,
+        command: str,
+        out: Callable[[bytes], object],
+        err: Callable[[bytes], object] | None = None,
+        *,
+        what: str | None = None,
+        started: Callable[[], object] | None = None,
+    ) -> int:
+        """Run `command`, `out`/`err` getting its stdout/stderr bytes as they arrive; its
+        exit code; `started()` once it runs. A link lost meanwhile is TransportError."""
+        ...

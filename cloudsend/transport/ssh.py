@@ -16,6 +16,7 @@ import os
 import posixpath
 import random
 import secrets
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -246,6 +247,70 @@ class SshTransport:
         result = self._retrying("run a command", attempt)
         return result.raise_for_status() if check else result
 
+    def stream(
+        self,
+        command: str,
+        out: Callable[[bytes], object],
+        err: Callable[[bytes], object] | None = None,
+        *,
+        what: str | None = None,
+        started: Callable[[], object] | None = None,
+    ) -> int:
+        """Run `command` (no pty, stdin closed) handing its stdout and stderr bytes to `out`
+        and `err` as they arrive, on one channel; returns its exit code once it ends;
+        `started()` is called once it runs (a failure after that is not "not reached").
+        Opening the channel is retried as for `run`; a connection lost once it ran is
+        TransportError. KeyboardInterrupt (or any exception in `out`/`err`) closes the
+        channel: the command then sees its stdout closed (it is not signalled)."""
+        self._count()
+        label = self.target.label
+        doing = f"during {what}" if what else f"while running: {command[:200]}"
+
+        def opened(conn: Connection) -> tuple[Connection, paramiko.Channel]:
+            if not self._channels.acquire(timeout=self.target.channel_timeout):
+                raise Retry(f"all {self.target.max_channels} channels stayed busy")
+            try:
+                chan = conn.create_session()
+                chan.fileno()  # readable when stdout or stderr data (or the close) arrives
+                chan.exec_command(command)
+                chan.shutdown_write()
+            except NotStarted as exc:
+                self._channels.release()
+                if not conn.is_connected:
+                    self._drop(conn)
+                raise Retry(str(exc)) from exc
+            except BaseException:
+                self._channels.release()
+                raise
+            return conn, chan
+
+        conn, chan = self._retrying("run a command", opened)
+        try:
+            if started is not None:
+                started()
+            try:
+                code = _pump(chan, out, err or (lambda _data: None))
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                self._drop_if_dead(conn)
+                raise TransportError(
+                    f"connection to {label} failed {doing}: {conn.lost or describe(exc)}",
+                    hint="the command may still be running there",
+                ) from exc
+            if code is None:  # closed without an exit status
+                if not alive(conn, self.target.dead_after):
+                    self._drop(conn)
+                    raise TransportError(
+                        f"connection to {label} lost {doing}"
+                        + (f" ({conn.lost})" if conn.lost else ""),
+                        hint="the command may still be running there",
+                    )
+                code = -1  # a signal ended it (paramiko ignores exit-signal)
+            return code
+        finally:
+            with contextlib.suppress(Exception):
+                chan.close()
+            self._channels.release()
+
     def _sftp_client(self, conn: Connection) -> paramiko.SFTPClient:
         """The connection's SFTP client (the caller holds self._sftp_lock)."""
         sftp = self._sftp
@@ -410,6 +475,35 @@ class SshTransport:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+STREAM_CHUNK = 1 << 15
+
+
+def _pump(
+    chan: paramiko.Channel, out: Callable[[bytes], object], err: Callable[[bytes], object]
+) -> int | None:
+    """Hand a running command's output to out/err as it arrives, until it ends; its exit
+    code, or None when the channel closed without one (the link broke, or a signal)."""
+    while True:
+        # chan.fileno() became readable on data from either stream, EOF or close; the
+        # 1 s cap only bounds how long a missed wake-up could last
+        select.select([chan], [], [], 1.0)
+        while chan.recv_ready():
+            out(chan.recv(STREAM_CHUNK))
+        while chan.recv_stderr_ready():
+            err(chan.recv_stderr(STREAM_CHUNK))
+        if chan.closed:  # (exit_status_ready() is also true once closed, status or not)
+            break
+        # EOF comes just before the exit status: wait for it (or the close) without
+        # spinning on the pipe, which stays readable after EOF
+        if chan.eof_received and chan.status_event.wait(0.1):
+            break
+    while chan.recv_ready():  # what came with the close
+        out(chan.recv(STREAM_CHUNK))
+    while chan.recv_stderr_ready():
+        err(chan.recv_stderr(STREAM_CHUNK))
+    return None if chan.exit_status == -1 else chan.exit_status  # -1: paramiko's none
 
 
 def probe(target: SshTarget) -> HostFacts:
