@@ -2,7 +2,8 @@
 stack (providers/aws/program.py, Maestro), created with the workers.
 
 `run`: AwsProvider.up() (workers and maestro), then the maestro is made ready as on ssh
-(maestro.remote.prepare: cloudsend shipped with its `aws` extra, the run key installed on each
+(maestro.remote.prepare: cloudsend shipped with boto3, plus pulumi and the Pulumi CLI only
+when the maestro runs Pulumi (a shared backend), the run key installed on each
 worker from here over their public addresses but restricted to the maestro's PRIVATE address,
 since the maestro reaches the workers inside the VPC, and the bundle sent with
 `.cloudsend/on_maestro.json`: cloudsend.onmaestro, what cloudsend there needs to know about the
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloudsend import onmaestro
+from cloudsend.bootstrap.maestro import maestro_extra_setup
 from cloudsend.config.models import Config
 from cloudsend.errors import CloudsendError, ProvisionError, StateError, TransportError
 from cloudsend.maestro import bundle as bundling
@@ -43,7 +45,17 @@ if TYPE_CHECKING:
     from cloudsend.transport.ssh import SshTransport
 
 Say = Callable[[str], None]
-EXTRAS = ("aws",)  # what provider aws needs installed on the maestro (pulumi, boto3)
+# What provider aws needs installed on the maestro: boto3 only when Pulumi does not run there
+# (a file:// backend: the laptop re-creates workers), the whole `aws` extra (pulumi,
+# pulumi-aws: a large download) and the Pulumi CLI when it does (a shared backend).
+EXTRAS = ("aws-maestro",)
+PULUMI_EXTRAS = ("aws",)
+
+
+def extras(pulumi_here: bool) -> tuple[str, ...]:
+    return PULUMI_EXTRAS if pulumi_here else EXTRAS
+
+
 SECRET_OUTPUTS = ("stack_key",)  # never written into the bundle (on_maestro.json is not secret)
 SSH_READY_TIMEOUT = 300.0  # an instance started again takes a minute or so before sshd answers
 
@@ -257,8 +269,15 @@ def _ready(config: Config, say: Say) -> Iterator[tuple[control.Endpoint, Transpo
                 sources=[maestro.private_ip],
                 root=point.root,
                 bundle=plan_bundle(config, side),
-                extras=EXTRAS,
+                extras=extras(side.pulumi_here),
             )
+            setup = maestro_extra_setup(config, pulumi_here=side.pulumi_here)
+            if setup:  # the Pulumi CLI and its aws plugin (once: the script checks)
+                say("installing the Pulumi CLI on the maestro")
+                to_maestro.run(
+                    "bash -s", stdin=setup, timeout=1800,
+                    what="install the Pulumi CLI on the maestro",
+                )
             yield point, to_maestro, prepared
         finally:
             to_maestro.close()
