@@ -582,3 +582,39 @@ def test_a_shared_stack_reaches_the_maestro_with_the_stack_key_from_its_outputs(
     stopped = maestro_aws.Maestro("i-1", "us-east-1", "ubuntu", 22, "10.0.0.5", "stopped", None)
     with pytest.raises(maestro_aws.MaestroStopped, match="is stopped"):
         maestro_aws.endpoint_of(provider, {}, stopped)
+
+
+# -- the workers' host keys, for the address the maestro uses ---------------------------------
+
+
+def test_the_maestros_first_contact_with_a_worker_checks_the_key_the_laptop_pinned(
+    sshd_factory: Any, tmp_path: Path
+) -> None:
+    """The laptop pins a worker's host key under its public address; the maestro reaches it
+    by private IP. The bundled known_hosts carries the key under the private address too, so
+    the maestro's first contact is a check (strict passes, nothing pinned), not TOFU."""
+    from cloudsend.errors import TransportError
+    from cloudsend.pipeline.maestro_aws import private_names, rekeyed_known_hosts
+    from cloudsend.transport.known_hosts import KnownHosts, host_key_name
+    from cloudsend.transport.ssh import SshTransport
+
+    host = sshd_factory(1)[0]
+    first = tmp_path / "first_known_hosts"
+    with SshTransport(host.target(first)) as seen:  # what sshd offers (its real key)
+        seen.run("true")
+    (key,) = KnownHosts(first).lookup(host_key_name("127.0.0.1", host.port))
+    laptop = tmp_path / "laptop" / "known_hosts"  # pinned where the laptop reached it
+    public = host_key_name(NOWHERE.format(10), host.port)
+    KnownHosts(laptop).pin(public, key)
+    outputs = {"instances": {"w0": {"private_ip": "127.0.0.1", "port": host.port},
+                             "w1": {"public_ip": NOWHERE.format(11)}}}  # no private: no move
+    moves = private_names([("w0", NOWHERE.format(10)), ("w1", NOWHERE.format(11))], outputs)
+    assert moves == [(public, host_key_name("127.0.0.1", host.port))]
+    bundled = rekeyed_known_hosts(laptop, moves, tmp_path / "bundle" / "known_hosts")
+    assert KnownHosts(bundled).lookup(public) == [key]  # the laptop's entries are kept
+    with SshTransport(host.target(bundled, host_key_policy="strict")) as maestro:
+        maestro.run("true")
+        assert maestro.first_contact == ""  # checked against the pinned key, nothing pinned
+    # the laptop's file as it is would leave the maestro to trust on first use
+    with pytest.raises(TransportError):
+        SshTransport(host.target(laptop, host_key_policy="strict")).run("true")

@@ -221,13 +221,60 @@ def on_maestro(provider: AwsProvider, outputs: dict[str, Any], maestro: Maestro)
     )
 
 
-def plan_bundle(config: Config, side: onmaestro.OnAwsMaestro) -> bundling.Bundle:
+def private_names(
+    hosts: Sequence[tuple[str, str]], outputs: dict[str, Any]
+) -> list[tuple[str, str]]:
+    """(the name a worker's host key is pinned under here, the name the maestro looks it up
+    under) for each of `hosts` (name, the address this machine reached it at): the laptop
+    reaches workers by public address, the maestro by the outputs' private_ip (same port).
+    Pure."""
+    from cloudsend.transport.known_hosts import host_key_name
+
+    instances = outputs.get("instances") or {}
+    moves: list[tuple[str, str]] = []
+    for name, address in hosts:
+        inst = instances.get(name) or {}
+        private, port = inst.get("private_ip"), int(inst.get("port") or 22)
+        if private:
+            moves.append((host_key_name(address, port), host_key_name(str(private), port)))
+    return moves
+
+
+def rekeyed_known_hosts(known: Path, moves: Sequence[tuple[str, str]], out: Path) -> Path:
+    """`out`: the laptop's pinned host keys (`known`) plus each worker's under the address the
+    maestro uses (`moves`: private_names), so the maestro's first contact with a worker is a
+    check against the key pinned here, not trust on first use."""
+    from cloudsend.transport.known_hosts import KnownHosts
+
+    out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    if known.is_file():
+        out.write_text(known.read_text())
+        out.chmod(0o600)
+    here, there = KnownHosts(known), KnownHosts(out)
+    for pinned, private in moves:
+        for key in here.lookup(pinned):
+            there.pin(private, key)
+    return out
+
+
+def plan_bundle(
+    config: Config,
+    side: onmaestro.OnAwsMaestro,
+    moves: Sequence[tuple[str, str]] = (),
+) -> bundling.Bundle:
     """The ssh bundle, plus on_maestro.json, without `profile:` (the maestro's credentials
-    are its instance profile's; a laptop's profile name means nothing there)."""
+    are its instance profile's; a laptop's profile name means nothing there), its
+    known_hosts re-keyed to the workers' private addresses (`moves`: private_names)."""
     planned = bundling.plan_bundle(config)
     data = {k: v for k, v in planned.config.items() if k != "profile"}
-    path = onmaestro.write(control.key_dir(config) / "bundle", side)
-    return bundling.Bundle(config=data, files={**planned.files, onmaestro.FILE: path})
+    folder = control.key_dir(config) / "bundle"
+    path = onmaestro.write(folder, side)
+    files = {**planned.files, onmaestro.FILE: path}
+    if moves:
+        known = config.state_dir / "known_hosts"
+        files[bundling.KNOWN_HOSTS] = rekeyed_known_hosts(known, moves, folder / "known_hosts")
+    return bundling.Bundle(config=data, files=files)
 
 
 @contextlib.contextmanager
@@ -268,7 +315,10 @@ def _ready(config: Config, say: Say) -> Iterator[tuple[control.Endpoint, Transpo
                 wheel_cache=control.wheel_cache(),
                 sources=[maestro.private_ip],
                 root=point.root,
-                bundle=plan_bundle(config, side),
+                bundle=plan_bundle(config, side, private_names(
+                    [(h.name, str(h.info.get("address"))) for h in hosts],
+                    outputs,
+                )),
                 extras=extras(side.pulumi_here),
             )
             setup = maestro_extra_setup(config, pulumi_here=side.pulumi_here)
