@@ -14,9 +14,10 @@ to, so where the laptop turns a live EC2 instance into an SSH address
 ids onto the loopback sshd hosts. The outputs' own public IPs are TEST-NET-1 addresses
 (192.0.2.0/24, never routed): code that used them instead of EC2's live answer would fail.
 
-The maestro logs in as a test user whose home holds cloudsend's venv (shipped with the `aws`
-extra once per session, ~1 min; removed at the end); its sshd sets AWS_EC2_METADATA_DISABLED
-(it is not an EC2 instance: its boto3 has no instance profile to look for).
+The maestro logs in as a test user whose home holds cloudsend's venv (shipped with the
+`aws-maestro` extra, boto3 only, once per module, ~20 s; removed at the end); its sshd sets
+AWS_EC2_METADATA_DISABLED (it is not an EC2 instance). In the end-to-end test its ~/.aws stands
+in for the instance profile (_maestro_reaches_moto).
 """
 
 from __future__ import annotations
@@ -509,6 +510,38 @@ def test_lost_by_down(
     from cloudsend.pipeline.maestro_aws import lost_by_down
 
     assert lost_by_down(todo, unfetched) == expected
+
+
+@pytest.mark.parametrize(
+    ("pulumi_here", "shipped", "needs"),
+    [
+        (False, ("aws-maestro",), ("boto3",)),  # file://: boto3 only on the maestro
+        (True, ("aws",), None),  # shared backend: pulumi and pulumi-aws too
+    ],
+)
+def test_what_the_maestro_gets_installed(
+    tmp_path: Path, pulumi_here: bool, shipped: tuple[str, ...], needs: tuple[str, ...] | None
+) -> None:
+    import tomllib
+
+    from cloudsend import onmaestro
+    from cloudsend.config import load_config
+    from cloudsend.pipeline import maestro_aws
+    from cloudsend.providers.aws.maestro_side import needs_modules
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    everywhere = tuple(AwsProvider.needs_modules)
+    assert maestro_aws.extras(pulumi_here) == shipped
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert extras["project"]["optional-dependencies"]["aws-maestro"] == ["boto3>=1.28"]
+    assert needs_modules(tmp_path, everywhere) == everywhere  # the laptop: no contract
+    onmaestro.write(tmp_path, onmaestro.OnAwsMaestro("i-1", "us-east-1", "s", {}, pulumi_here))
+    assert needs_modules(tmp_path, everywhere) == (needs or everywhere)
+    (tmp_path / "cloudsend.yaml").write_text(CONFIG)
+    from cloudsend.bootstrap.maestro import maestro_extra_setup
+
+    setup = maestro_extra_setup(load_config(tmp_path / "cloudsend.yaml"), pulumi_here=pulumi_here)
+    assert ("pulumi" in setup) == pulumi_here  # the Pulumi CLI step only where Pulumi runs
 
 
 def test_on_maestro_never_carries_the_stack_key(tmp_path: Path) -> None:
