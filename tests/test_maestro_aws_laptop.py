@@ -353,7 +353,12 @@ def test_run_on_an_aws_maestro_end_to_end(
         wait_until(stopped_itself, 150, lambda: f"auto_stop on the maestro; seen {seen[-3:]}",
                    every=2)
     assert {moto_aws.state(i) for i in stack.worker_ids} == {"stopped"}  # before the maestro
-    assert any(doc.get("jobs") for doc in seen), seen  # the laptop saw the run go
+    # the maestro reached every worker checking the host key the laptop pinned (bundled under
+    # the private address): its own first contact pinned nothing more
+    sent = control.key_dir(config) / "bundle" / "known_hosts"
+    there_known = stack.run_dir / ".cloudsend" / "known_hosts"
+    assert len(sent.read_text().splitlines()) == 3  # the maestro's and the two workers' keys
+    assert there_known.read_text() == sent.read_text()
 
     # fetch: the stopped maestro started, every result home once, stopped again
     said = []
