@@ -14,13 +14,15 @@ to, so where the laptop turns a live EC2 instance into an SSH address
 ids onto the loopback sshd hosts. The outputs' own public IPs are TEST-NET-1 addresses
 (192.0.2.0/24, never routed): code that used them instead of EC2's live answer would fail.
 
-The maestro logs in as a test user whose home holds cloudsend's venv (shipped with the `aws`
-extra once per session, ~1 min; removed at the end); its sshd sets AWS_EC2_METADATA_DISABLED
-(it is not an EC2 instance: its boto3 has no instance profile to look for).
+The maestro logs in as a test user whose home holds cloudsend's venv (shipped with the
+`aws-maestro` extra, boto3 only, once per module, ~20 s; removed at the end); its sshd sets
+AWS_EC2_METADATA_DISABLED (it is not an EC2 instance). In the end-to-end test its ~/.aws stands
+in for the instance profile (_maestro_reaches_moto).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -248,73 +250,140 @@ def _ship_and_place(stack: Stack, jobs_done: int) -> list[str]:
 # -- run ------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _maestro_reaches_moto(moto_url: str) -> Iterator[None]:
+    """The maestro user's ~/.aws: moto's dummy keys and `endpoint_url` in the profile. It
+    stands in for the instance profile real EC2 gives the maestro (and for EC2's endpoint):
+    cloudsend there passes no credentials and no endpoint of its own (boto3's default chain,
+    botocore reading endpoint_url from the config file)."""
+    account = pwd.getpwnam(MAESTRO_USER)
+    aws = Path(account.pw_dir) / ".aws"
+    aws.mkdir(mode=0o700, exist_ok=True)
+    (aws / "credentials").write_text(
+        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+    )
+    (aws / "config").write_text(
+        f"[default]\nregion = us-east-1\nendpoint_url = {moto_url}\n"
+    )
+    for path in (aws, aws / "credentials", aws / "config"):
+        os.chown(path, account.pw_uid, account.pw_gid)
+    try:
+        yield
+    finally:
+        shutil.rmtree(aws, ignore_errors=True)
+
+
+def _inside_the_vpc(stack: Stack, moto_aws: Any) -> None:
+    """Every private address is 127.0.0.1 (the loopback sshd hosts, reached by the maestro
+    at the outputs' private_ip and port), in the outputs and in moto's EC2 alike."""
+    for entry in [*stack.stub.outputs()["instances"].values(), stack.stub.outputs()["maestro"]]:
+        entry["private_ip"] = "127.0.0.1"
+    for ident in [stack.maestro_id, *stack.worker_ids]:
+        moto_aws.instance(ident).nics[0].private_ip_address = "127.0.0.1"
+    stack.maestro_private_ip = "127.0.0.1"
+
+
 @pytest.mark.slow
-def test_run_creates_the_stack_prepares_the_maestro_and_starts_the_run_there(
-    stack: Stack, moto_aws: Any
+@pytest.mark.timeout(300)
+def test_run_on_an_aws_maestro_end_to_end(
+    stack: Stack, moto_aws: Any, project: Project
 ) -> None:
+    """`run` creates the stack, prepares the maestro and starts the run there; the maestro's
+    own cloudsend (boto3 through its stand-in instance profile, see _maestro_reaches_moto)
+    runs every job on the workers it reaches by private IP with the run key, then auto_stop
+    stops the workers and the maestro itself; the laptop's `fetch` starts the maestro, brings
+    every result home once and stops it again; `down` destroys the stack."""
     from cloudsend import onmaestro
     from cloudsend.config import load_config
-    from cloudsend.errors import TransportError
+    from cloudsend.config.layout import project_paths
     from cloudsend.pipeline import maestro_control as control
+    from tests.waiting import wait_until
 
+    config = load_config(project.config(CONFIG + "auto_stop: true\n"))
+    _inside_the_vpc(stack, moto_aws)
     moto_aws.stop(stack.maestro_id)  # auto_stop of an earlier run: `run` starts it again
-    said: list[str] = []
-    try:
-        started = control.start(stack.config, say=said.append)
-        outcome = f"run {started.run_id}"
-    except TransportError as exc:
-        # In this branch cloudsend on an AWS maestro cannot watch yet (the maestro-side
-        # provider is the other half of part 3): its `run --detach` fails there, with its own
-        # message, after everything below was sent.
-        outcome = exc.message
-        assert "start the run on the maestro" in outcome, outcome
-    print("\nthe maestro's run:", outcome[:300])
-    assert said == [f"starting the maestro {stack.maestro_id}"]
-    assert moto_aws.state(stack.maestro_id) == "running"
-    assert "up" in stack.stub.calls
-    # the started command: the maestro's own cloudsend, detached, on the bundled config
-    run_dir = str(stack.run_dir).replace(str(Path("/home") / MAESTRO_USER), "~", 1)
-    assert stack.commands[-1] == (
-        f"cd \"$HOME\"/{run_dir[2:]} && .cloudsend/venv/bin/cloudsend run --detach --yes "
-        "--json cloudsend.yaml"
-    )
-    # the bundle on the maestro's disk: the config as the maestro loads it ...
-    there = load_config(stack.run_dir / "cloudsend.yaml")
-    assert there.provider == "aws" and there.maestro == "local"
-    assert there.aws.profile is None
-    # ... the contract for cloudsend there (nothing secret in it) ...
-    side = onmaestro.read(stack.run_dir)
-    assert side is not None
-    assert (side.instance_id, side.region, side.stack) == (
-        stack.maestro_id, "us-east-1", stack.provider.stack
-    )
-    assert side.outputs == stack.stub.outputs() and not side.pulumi_here  # file:// backend
-    assert side.key == onmaestro.RUN_KEY
-    # ... and the run key (0600), whose public half is on each worker, for the maestro's
-    # private address only (it reaches the workers inside the VPC); the user's lines kept
-    private = stack.run_dir / onmaestro.RUN_KEY
-    assert stat.S_IMODE(private.stat().st_mode) == 0o600
-    from cryptography.hazmat.primitives import serialization
+    with _maestro_reaches_moto(moto_aws.url):
+        said: list[str] = []
+        started = control.start(config, say=said.append)
+        assert started.run_id == 1
+        assert said == [f"starting the maestro {stack.maestro_id}"]
+        assert "up" in stack.stub.calls
+        # the started command: the maestro's own cloudsend, detached, on the bundled config
+        run_dir = str(stack.run_dir).replace(str(Path("/home") / MAESTRO_USER), "~", 1)
+        assert stack.commands[-1] == (
+            f"cd \"$HOME\"/{run_dir[2:]} && .cloudsend/venv/bin/cloudsend run --detach --yes "
+            "--json cloudsend.yaml"
+        )
+        there = load_config(stack.run_dir / "cloudsend.yaml")  # the config as the maestro has it
+        assert there.provider == "aws" and there.maestro == "local" and there.aws.profile is None
+        side = onmaestro.read(stack.run_dir)  # the contract (nothing secret in it)
+        assert side is not None and side.outputs == stack.stub.outputs()
+        assert (side.instance_id, side.stack, side.pulumi_here) == (
+            stack.maestro_id, stack.provider.stack, False
+        )
+        # the run key (0600) is on each worker for the address the maestro comes from only
+        private = stack.run_dir / onmaestro.RUN_KEY
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+        for path in stack.worker_keys:
+            text = path.read_text()
+            assert text.startswith(USER_LINES), text
+            ours = [t for t in text.splitlines() if "cloudsend-run" in t]
+            assert len(ours) == 1 and ours[0].startswith('from="127.0.0.1",'), text
+        # a file:// stack's maestro gets boto3, not pulumi (nothing re-creates workers there)
+        venv = stack.run_dir / ".cloudsend" / "venv" / "bin" / "python"
+        check = subprocess.run(
+            ["sudo", "-u", MAESTRO_USER, str(venv), "-c",
+             "import boto3, cloudsend, importlib.util as u; print(u.find_spec('pulumi'))"],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert check.stdout.strip() == "None", check.stdout + check.stderr
 
-    loaded = serialization.load_ssh_private_key(private.read_bytes(), password=None)
-    line = loaded.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    ).decode()
-    for path in stack.worker_keys:
-        text = path.read_text()
-        assert text.startswith(USER_LINES), text
-        ours = [t for t in text.splitlines() if line in t]
-        assert len(ours) == 1 and ours[0].startswith(f'from="{stack.maestro_private_ip}",')
-    # cloudsend's venv there has what provider aws needs
-    venv = stack.run_dir / ".cloudsend" / "venv"
-    check = subprocess.run(
-        ["sudo", "-u", MAESTRO_USER, str(venv / "bin" / "python"), "-c",
-         "import boto3, pulumi, cloudsend; print('ok')"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert check.stdout.strip() == "ok", check.stderr
-    # the maestro was reached at EC2's live address (through the seam), after its start
-    assert (stack.maestro_id, "running") in stack.asked
+        # followed from the laptop through the maestro's own cloudsend, until auto_stop
+        seen: list[dict[str, Any]] = []
+
+        def stopped_itself() -> bool:
+            if moto_aws.state(stack.maestro_id) == "stopped":
+                return True
+            try:
+                seen.append(control.status(config))
+            except Exception as exc:  # noqa: BLE001 (it may stop between the look and the call)
+                seen.append({"error": str(exc)})
+            return moto_aws.state(stack.maestro_id) == "stopped"
+
+        wait_until(stopped_itself, 150, lambda: f"auto_stop on the maestro; seen {seen[-3:]}",
+                   every=2)
+    assert {moto_aws.state(i) for i in stack.worker_ids} == {"stopped"}  # before the maestro
+    # the maestro reached every worker checking the host key the laptop pinned (bundled under
+    # the private address): its own first contact pinned nothing more
+    sent = control.key_dir(config) / "bundle" / "known_hosts"
+    there_known = stack.run_dir / ".cloudsend" / "known_hosts"
+    assert len(sent.read_text().splitlines()) == 3  # the maestro's and the two workers' keys
+    assert there_known.read_text() == sent.read_text()
+
+    # fetch: the stopped maestro started, every result home once, stopped again
+    said = []
+    got = control.fetch(config, say=said.append)
+    assert said == [f"starting the maestro {stack.maestro_id} to fetch", "stopping it again"]
+    assert moto_aws.state(stack.maestro_id) == "stopped"
+    assert len(got.jobs) == 2, got
+    home = project_paths(config).results_root
+    outs = sorted(home.glob("run-1/*/out.txt"))
+    assert len(outs) == 2 and {p.read_text() for p in outs} == {"hi\n"}
+    # a second fetch brings nothing (it starts the maestro to ask, and stops it again)
+    said = []
+    again = control.fetch(config, say=said.append)
+    assert (again.jobs, again.files) == ([], 0)
+    assert said == [f"starting the maestro {stack.maestro_id} to fetch", "stopping it again"]
+    assert moto_aws.state(stack.maestro_id) == "stopped"
+    # the run's last state, as the maestro's cloudsend keeps it: every job DONE and fetched
+    moto_aws.client("ec2").start_instances(InstanceIds=[stack.maestro_id])
+    doc = control.status(config)
+    assert [j["state"] for j in doc["jobs"]] == ["DONE", "DONE"], doc
+    assert all(j.get("fetched") for j in doc["jobs"]), doc
+    # down: everything is home, so it destroys the stack
+    control.down(config, say=said.append)
+    assert stack.stub.destroyed
+    assert {moto_aws.state(i) for i in [stack.maestro_id, *stack.worker_ids]} == {"terminated"}
 
 
 @pytest.mark.slow
@@ -448,6 +517,38 @@ def test_lost_by_down(
     assert lost_by_down(todo, unfetched) == expected
 
 
+@pytest.mark.parametrize(
+    ("pulumi_here", "shipped", "needs"),
+    [
+        (False, ("aws-maestro",), ("boto3",)),  # file://: boto3 only on the maestro
+        (True, ("aws",), None),  # shared backend: pulumi and pulumi-aws too
+    ],
+)
+def test_what_the_maestro_gets_installed(
+    tmp_path: Path, pulumi_here: bool, shipped: tuple[str, ...], needs: tuple[str, ...] | None
+) -> None:
+    import tomllib
+
+    from cloudsend import onmaestro
+    from cloudsend.config import load_config
+    from cloudsend.pipeline import maestro_aws
+    from cloudsend.providers.aws.maestro_side import needs_modules
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    everywhere = tuple(AwsProvider.needs_modules)
+    assert maestro_aws.extras(pulumi_here) == shipped
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert extras["project"]["optional-dependencies"]["aws-maestro"] == ["boto3>=1.28"]
+    assert needs_modules(tmp_path, everywhere) == everywhere  # the laptop: no contract
+    onmaestro.write(tmp_path, onmaestro.OnAwsMaestro("i-1", "us-east-1", "s", {}, pulumi_here))
+    assert needs_modules(tmp_path, everywhere) == (needs or everywhere)
+    (tmp_path / "cloudsend.yaml").write_text(CONFIG)
+    from cloudsend.bootstrap.maestro import maestro_extra_setup
+
+    setup = maestro_extra_setup(load_config(tmp_path / "cloudsend.yaml"), pulumi_here=pulumi_here)
+    assert ("pulumi" in setup) == pulumi_here  # the Pulumi CLI step only where Pulumi runs
+
+
 def test_on_maestro_never_carries_the_stack_key(tmp_path: Path) -> None:
     from cloudsend.config import load_config
     from cloudsend.pipeline import maestro_aws
@@ -519,3 +620,39 @@ def test_a_shared_stack_reaches_the_maestro_with_the_stack_key_from_its_outputs(
     stopped = maestro_aws.Maestro("i-1", "us-east-1", "ubuntu", 22, "10.0.0.5", "stopped", None)
     with pytest.raises(maestro_aws.MaestroStopped, match="is stopped"):
         maestro_aws.endpoint_of(provider, {}, stopped)
+
+
+# -- the workers' host keys, for the address the maestro uses ---------------------------------
+
+
+def test_the_maestros_first_contact_with_a_worker_checks_the_key_the_laptop_pinned(
+    sshd_factory: Any, tmp_path: Path
+) -> None:
+    """The laptop pins a worker's host key under its public address; the maestro reaches it
+    by private IP. The bundled known_hosts carries the key under the private address too, so
+    the maestro's first contact is a check (strict passes, nothing pinned), not TOFU."""
+    from cloudsend.errors import TransportError
+    from cloudsend.pipeline.maestro_aws import private_names, rekeyed_known_hosts
+    from cloudsend.transport.known_hosts import KnownHosts, host_key_name
+    from cloudsend.transport.ssh import SshTransport
+
+    host = sshd_factory(1)[0]
+    first = tmp_path / "first_known_hosts"
+    with SshTransport(host.target(first)) as seen:  # what sshd offers (its real key)
+        seen.run("true")
+    (key,) = KnownHosts(first).lookup(host_key_name("127.0.0.1", host.port))
+    laptop = tmp_path / "laptop" / "known_hosts"  # pinned where the laptop reached it
+    public = host_key_name(NOWHERE.format(10), host.port)
+    KnownHosts(laptop).pin(public, key)
+    outputs = {"instances": {"w0": {"private_ip": "127.0.0.1", "port": host.port},
+                             "w1": {"public_ip": NOWHERE.format(11)}}}  # no private: no move
+    moves = private_names([("w0", NOWHERE.format(10)), ("w1", NOWHERE.format(11))], outputs)
+    assert moves == [(public, host_key_name("127.0.0.1", host.port))]
+    bundled = rekeyed_known_hosts(laptop, moves, tmp_path / "bundle" / "known_hosts")
+    assert KnownHosts(bundled).lookup(public) == [key]  # the laptop's entries are kept
+    with SshTransport(host.target(bundled, host_key_policy="strict")) as maestro:
+        maestro.run("true")
+        assert maestro.first_contact == ""  # checked against the pinned key, nothing pinned
+    # the laptop's file as it is would leave the maestro to trust on first use
+    with pytest.raises(TransportError):
+        SshTransport(host.target(laptop, host_key_policy="strict")).run("true")

@@ -767,3 +767,52 @@ def test_a_worker_the_laptop_recreates_rejoins_the_maestros_run(
         for h in again:
             h.transport.close()
     assert not machines.poll()  # adopted: not asked for again
+
+
+@pytest.mark.slow
+def test_the_running_watcher_uses_the_contract_the_laptop_sent_again(
+    sshd_factory: Any, project: Project, moto_aws: Any, maestro_home: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, no_pulumi: None, workers_clean: None,
+) -> None:
+    """Each laptop `run`/`up` re-sends on_maestro.json with fresh outputs; the watcher that
+    is already running reads it again when a worker rejoins (the only outputs that change
+    under a running file:// maestro: a re-created worker's id and address), so the new worker
+    is reached where the NEW contract says (here another sshd, on another port), without a
+    watcher restart."""
+    from cloudsend.providers.aws import provider as aws_provider
+    from cloudsend.providers.aws.provider import AwsProvider
+
+    monkeypatch.setattr(aws_provider, "SSH_READY_TIMEOUT", 20.0)
+    hosts = sshd_factory(1, user="ubuntu") + sshd_factory(1)
+    handover = Handover(project, moto_aws, hosts, tmp_path, pulumi_here=False)
+    provider = AwsProvider(load_config(project.config(config_text())))
+    for h in provider.up():
+        h.transport.close()
+    machines = provider.machines
+    assert not machines.poll()
+    victim = WORKERS[1]
+    hosts[1].kill()
+    moto_aws.terminate(handover.ids[victim])
+    assert machines.poll().replace == [victim]
+    with pytest.raises(RecreationDeferred):
+        machines.replace([victim])
+
+    # the laptop's `up`: a new machine, somewhere else, in a contract sent again
+    (fresh,) = sshd_factory(1)
+    fresh.authorized_keys.write_text(hosts[1].authorized_keys.read_text())  # the run key
+    new_id = moto_aws.run_instances(1, TAGS, names=[victim])[0]
+    outputs = json.loads(json.dumps(handover.outputs))
+    outputs["instances"][victim].update(id=new_id, port=fresh.port)
+    write(project.path, OnAwsMaestro(instance_id=handover.maestro_id, region="us-east-1",
+                                     stack=PROJECT, outputs=outputs))
+    assert machines.poll().replace == [victim]
+    again = machines.replace([victim])
+    try:
+        assert [h.name for h in again] == [victim]
+        assert again[0].transport.run("echo $SSH_CONNECTION").stdout.split()[-1] == str(
+            fresh.port
+        )
+    finally:
+        for h in again:
+            h.transport.close()
+    assert provider.side is not None and provider.side.outputs == outputs

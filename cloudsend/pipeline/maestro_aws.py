@@ -2,7 +2,8 @@
 stack (providers/aws/program.py, Maestro), created with the workers.
 
 `run`: AwsProvider.up() (workers and maestro), then the maestro is made ready as on ssh
-(maestro.remote.prepare: cloudsend shipped with its `aws` extra, the run key installed on each
+(maestro.remote.prepare: cloudsend shipped with boto3, plus pulumi and the Pulumi CLI only
+when the maestro runs Pulumi (a shared backend), the run key installed on each
 worker from here over their public addresses but restricted to the maestro's PRIVATE address,
 since the maestro reaches the workers inside the VPC, and the bundle sent with
 `.cloudsend/on_maestro.json`: cloudsend.onmaestro, what cloudsend there needs to know about the
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloudsend import onmaestro
+from cloudsend.bootstrap.maestro import maestro_extra_setup
 from cloudsend.config.models import Config
 from cloudsend.errors import CloudsendError, ProvisionError, StateError, TransportError
 from cloudsend.maestro import bundle as bundling
@@ -43,7 +45,17 @@ if TYPE_CHECKING:
     from cloudsend.providers.aws.provider import AwsProvider
 
 Say = Callable[[str], None]
-EXTRAS = ("aws",)  # what provider aws needs installed on the maestro (pulumi, boto3)
+# What provider aws needs installed on the maestro: boto3 only when Pulumi does not run there
+# (a file:// backend: the laptop re-creates workers), the whole `aws` extra (pulumi,
+# pulumi-aws: a large download) and the Pulumi CLI when it does (a shared backend).
+EXTRAS = ("aws-maestro",)
+PULUMI_EXTRAS = ("aws",)
+
+
+def extras(pulumi_here: bool) -> tuple[str, ...]:
+    return PULUMI_EXTRAS if pulumi_here else EXTRAS
+
+
 SECRET_OUTPUTS = ("stack_key",)  # never written into the bundle (on_maestro.json is not secret)
 SSH_READY_TIMEOUT = 300.0  # an instance started again takes a minute or so before sshd answers
 
@@ -214,13 +226,60 @@ def on_maestro(provider: AwsProvider, outputs: dict[str, Any], maestro: Maestro)
     )
 
 
-def plan_bundle(config: Config, side: onmaestro.OnAwsMaestro) -> bundling.Bundle:
+def private_names(
+    hosts: Sequence[tuple[str, str]], outputs: dict[str, Any]
+) -> list[tuple[str, str]]:
+    """(the name a worker's host key is pinned under here, the name the maestro looks it up
+    under) for each of `hosts` (name, the address this machine reached it at): the laptop
+    reaches workers by public address, the maestro by the outputs' private_ip (same port).
+    Pure."""
+    from cloudsend.transport.known_hosts import host_key_name
+
+    instances = outputs.get("instances") or {}
+    moves: list[tuple[str, str]] = []
+    for name, address in hosts:
+        inst = instances.get(name) or {}
+        private, port = inst.get("private_ip"), int(inst.get("port") or 22)
+        if private:
+            moves.append((host_key_name(address, port), host_key_name(str(private), port)))
+    return moves
+
+
+def rekeyed_known_hosts(known: Path, moves: Sequence[tuple[str, str]], out: Path) -> Path:
+    """`out`: the laptop's pinned host keys (`known`) plus each worker's under the address the
+    maestro uses (`moves`: private_names), so the maestro's first contact with a worker is a
+    check against the key pinned here, not trust on first use."""
+    from cloudsend.transport.known_hosts import KnownHosts
+
+    out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    if known.is_file():
+        out.write_text(known.read_text())
+        out.chmod(0o600)
+    here, there = KnownHosts(known), KnownHosts(out)
+    for pinned, private in moves:
+        for key in here.lookup(pinned):
+            there.pin(private, key)
+    return out
+
+
+def plan_bundle(
+    config: Config,
+    side: onmaestro.OnAwsMaestro,
+    moves: Sequence[tuple[str, str]] = (),
+) -> bundling.Bundle:
     """The ssh bundle, plus on_maestro.json, without `profile:` (the maestro's credentials
-    are its instance profile's; a laptop's profile name means nothing there)."""
+    are its instance profile's; a laptop's profile name means nothing there), its
+    known_hosts re-keyed to the workers' private addresses (`moves`: private_names)."""
     planned = bundling.plan_bundle(config)
     data = {k: v for k, v in planned.config.items() if k != "profile"}
-    path = onmaestro.write(control.key_dir(config) / "bundle", side)
-    return bundling.Bundle(config=data, files={**planned.files, onmaestro.FILE: path})
+    folder = control.key_dir(config) / "bundle"
+    path = onmaestro.write(folder, side)
+    files = {**planned.files, onmaestro.FILE: path}
+    if moves:
+        known = config.state_dir / "known_hosts"
+        files[bundling.KNOWN_HOSTS] = rekeyed_known_hosts(known, moves, folder / "known_hosts")
+    return bundling.Bundle(config=data, files=files)
 
 
 @contextlib.contextmanager
@@ -261,9 +320,19 @@ def _ready(config: Config, say: Say) -> Iterator[tuple[control.Endpoint, Transpo
                 wheel_cache=control.wheel_cache(),
                 sources=[maestro.private_ip],
                 root=point.root,
-                bundle=plan_bundle(config, side),
-                extras=EXTRAS,
+                bundle=plan_bundle(config, side, private_names(
+                    [(h.name, str(h.info.get("address"))) for h in hosts],
+                    outputs,
+                )),
+                extras=extras(side.pulumi_here),
             )
+            setup = maestro_extra_setup(config, pulumi_here=side.pulumi_here)
+            if setup:  # the Pulumi CLI and its aws plugin (once: the script checks)
+                say("installing the Pulumi CLI on the maestro")
+                to_maestro.run(
+                    "bash -s", stdin=setup, timeout=1800,
+                    what="install the Pulumi CLI on the maestro",
+                )
             yield point, to_maestro, prepared
         finally:
             to_maestro.close()

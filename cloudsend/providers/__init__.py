@@ -63,7 +63,12 @@ def require_aws_extra() -> None:
 
 def get_provider(config: Config) -> Provider:
     cls = _provider_class(config.provider)
-    _require_extra(config.provider, tuple(cls.needs_modules))
+    needs = tuple(cls.needs_modules)
+    if config.provider == "aws":  # on a file:// stack's maestro: boto3 only (no Pulumi there)
+        from cloudsend.providers.aws.maestro_side import needs_modules
+
+        needs = needs_modules(config.base_dir, needs)
+    _require_extra(config.provider, needs)
     provider: Provider = cls(config)
     return provider
 

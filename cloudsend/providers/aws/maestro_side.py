@@ -76,6 +76,18 @@ class MaestroSide:
         return str(maestro.get("type") or DEFAULT_MAESTRO_TYPE)
 
 
+# What cloudsend needs installed on a maestro that runs no Pulumi (the laptop ships it with
+# the `aws-maestro` extra: boto3, not pulumi and pulumi-aws).
+MAESTRO_MODULES = ("boto3",)
+
+
+def needs_modules(base_dir: Path, everywhere: tuple[str, ...]) -> tuple[str, ...]:
+    """The modules provider aws needs in the run dir `base_dir`: `everywhere` (the `aws`
+    extra) on the laptop and on a maestro that runs Pulumi, boto3 alone on one that does not."""
+    side = MaestroSide.find(base_dir)
+    return everywhere if side is None or side.pulumi_here else MAESTRO_MODULES
+
+
 # ---- a lost worker -------------------------------------------------------------------------
 
 
