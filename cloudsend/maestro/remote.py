@@ -81,7 +81,7 @@ def prepare(
     the maestro_host address: see runkey.maestro_sources) and send the run's bundle
     (default plan_bundle(config)). `root`: cloudsend's folder on the maestro (default
     maestro_host's; aws passes it, with the maestro's private address as `sources` and
-    the `aws` extra in `extras`)."""
+    its extra in `extras`: `aws-maestro`, or `aws` when Pulumi runs there)."""
     start = time.monotonic()
     entry = config.ssh.maestro_host  # ssh: where the maestro is and its root
     project = config.project_name
