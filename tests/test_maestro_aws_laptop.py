@@ -38,7 +38,8 @@ import pytest
 
 from tests.conftest import Project
 from tests.test_aws_provider_hosts import EngineStub
-from tests.test_maestro_ship import USER_LINES, _reads_home_authorized_keys
+from tests.test_maestro_ship import USER_LINES
+from tests.test_maestro_ship import worker_home as _worker_home
 
 MAESTRO_USER = "csawsmaestro"
 WORKER_USERS = ("csawsw0", "csawsw1")
@@ -84,15 +85,6 @@ def _no_instance_metadata(host: Any) -> None:
     host.restart()
 
 
-def _worker_home(host: Any) -> Path:
-    _reads_home_authorized_keys(host)
-    account = pwd.getpwnam(host.user)
-    ssh_dir = Path(account.pw_dir) / ".ssh"
-    ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    (ssh_dir / "authorized_keys").write_text(USER_LINES)
-    for path in (ssh_dir, ssh_dir / "authorized_keys"):
-        os.chown(path, account.pw_uid, account.pw_gid)
-    return ssh_dir / "authorized_keys"
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.test_maestro_ship import USER_LINES, _reads_home_authorized_keys
+from tests.test_maestro_ship import USER_LINES
+from tests.test_maestro_ship import worker_home as _worker_home
 
 FIGURES: list[str] = []
 
@@ -31,15 +31,6 @@ def _cli(folder: Path, *args: str, timeout: float = 600) -> subprocess.Completed
     )
 
 
-def _worker_home(host: Any) -> Path:
-    _reads_home_authorized_keys(host)
-    account = pwd.getpwnam(host.user)
-    ssh_dir = Path(account.pw_dir) / ".ssh"
-    ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    (ssh_dir / "authorized_keys").write_text(USER_LINES)
-    for path in (ssh_dir, ssh_dir / "authorized_keys"):
-        os.chown(path, account.pw_uid, account.pw_gid)
-    return ssh_dir / "authorized_keys"
 
 
 def _status(folder: Path) -> dict[str, Any]:

@@ -452,23 +452,28 @@ def _reads_home_authorized_keys(host: Any) -> None:
     host.restart()
 
 
-def test_down_removes_the_run_key_from_every_worker(sshd_factory: Any, tmp_path: Path) -> None:
+def worker_home(host: Any) -> Path:
+    """A worker whose sshd reads its login's ~/.ssh/authorized_keys, holding USER_LINES (the
+    user's own lines cloudsend must keep); returns that file."""
     import pwd
+
+    _reads_home_authorized_keys(host)
+    account = pwd.getpwnam(host.user)
+    ssh_dir = Path(account.pw_dir) / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text(USER_LINES)
+    for path in (ssh_dir, ssh_dir / "authorized_keys"):
+        os.chown(path, account.pw_uid, account.pw_gid)
+    return ssh_dir / "authorized_keys"
+
+
+def test_down_removes_the_run_key_from_every_worker(sshd_factory: Any, tmp_path: Path) -> None:
 
     from cloudsend.providers.ssh import SshProvider
     from cloudsend.transport.ssh import SshTransport
 
     workers = [sshd_factory(1, user=f"csmaestro{i}")[0] for i in range(2)]
-    before = {}
-    for host in workers:
-        _reads_home_authorized_keys(host)
-        account = pwd.getpwnam(host.user)
-        ssh_dir = Path(account.pw_dir) / ".ssh"
-        ssh_dir.mkdir(mode=0o700, exist_ok=True)
-        (ssh_dir / "authorized_keys").write_text(USER_LINES)
-        for path in (ssh_dir, ssh_dir / "authorized_keys"):
-            os.chown(path, account.pw_uid, account.pw_gid)
-        before[host.name] = ssh_dir / "authorized_keys"
+    before = {host.name: worker_home(host) for host in workers}
     config = load_config(
         {
             "project": "demo",
@@ -526,13 +531,7 @@ def test_prepare_a_remote_maestro_then_down(sshd_factory: Any, tmp_path: Path) -
     maestro = sshd_factory(1)[0]
     workers = [sshd_factory(1, user=f"csmaestro{i}")[0] for i in range(2)]
     for host in workers:
-        _reads_home_authorized_keys(host)
-        account = pwd.getpwnam(host.user)
-        ssh_dir = Path(account.pw_dir) / ".ssh"
-        ssh_dir.mkdir(mode=0o700, exist_ok=True)
-        (ssh_dir / "authorized_keys").write_text(USER_LINES)
-        for path in (ssh_dir, ssh_dir / "authorized_keys"):
-            os.chown(path, account.pw_uid, account.pw_gid)
+        worker_home(host)
     (tmp_path / "job.py").write_text("print('hi')\n")
     config = load_config(
         {

@@ -388,15 +388,10 @@ def _streaming(
     config: Config, transport: StreamingTransport | None, where: Endpoint | None
 ) -> Iterator[tuple[Endpoint, StreamingTransport]]:
     """As _talk, with a transport that can stream a command's output."""
-    point = where or endpoint(config)
-    if transport is not None:
-        yield point, transport
-        return
-    maestro = point.transport(config)
-    try:
+    with _talk(config, transport, where) as (point, maestro):
+        # the maestro's transport is ssh, which streams (the Protocol says what that means)
+        assert isinstance(maestro, StreamingTransport)
         yield point, maestro
-    finally:
-        maestro.close()
 
 
 def _lost(where: str, doing: str, exc: TransportError, hint: str) -> MaestroUnreachable:
