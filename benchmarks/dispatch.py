@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.sshd_harness import SshdHost, stop_agents  # noqa: E402
+from tests.sshd_harness import SshdHost, ensure_user, release_users, stop_agents  # noqa: E402
 
 HOSTS, JOBS, SLOTS = 4, 200, 4
 USER = os.environ.get("BENCH_USER", "ubuntu")  # as on cloud images; see the note below
@@ -39,6 +39,8 @@ ROUNDS = 3
 
 
 def make_hosts(base: Path) -> tuple[list[SshdHost], Path]:
+    if USER != "root":
+        ensure_user(USER)  # made (and removed at the end) as the test harness does
     key = base / "client_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     hosts = [SshdHost(f"b{i}", base, key, user=USER) for i in range(HOSTS)]
@@ -217,6 +219,8 @@ def main() -> None:
             h.kill()
             stop_agents(h.root)
         shutil.rmtree(base, ignore_errors=True)
+        for warning in release_users():
+            print(f"warning: {warning}", file=sys.stderr)
 
 
 if __name__ == "__main__":

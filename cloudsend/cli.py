@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from cloudsend import phases
 from cloudsend.core import JobState
 from cloudsend.errors import EXIT_CODES_HELP, BudgetError, CloudsendError, ConfigError, JobError
 from cloudsend.textsafe import clean
@@ -121,7 +122,9 @@ def run(
     from cloudsend.pipeline import daemon
     from cloudsend.ui import print_json, print_summary, summary_doc
 
-    cfg = _load(config)
+    phases.since_born("start-up: cloudsend's imports (cli, click)")
+    with phases.span("config load (pydantic imports + validation)"):
+        cfg = _load(config)
     _confirm_plan(cfg, yes)  # `run` creates machines too: same review as `up`
     if cfg.maestro == "remote":  # ssh (the gate refuses the rest): the watcher runs there
         _remote_run(cfg, as_json)
@@ -151,25 +154,33 @@ def run(
         _detached_note(files, daemon.wait_for_run(files, since), "detached: watched by", as_json)
         return
     owner = daemon.Ownership(files, detached=False)
-    client, reporter = _client(cfg, quiet=as_json)
+    with phases.span("imports: pipeline, transport, rich"):
+        client, reporter = _client(cfg, quiet=as_json)
     try:
-        client.start(reset=reset, resume=resume)
+        with phases.span("up: hosts, run opened, earlier run cancelled"):
+            client.start(reset=reset, resume=resume)
         owner.opened(client.session.current_run())
-        client.deploy()
-        submitted = client.run(retry_cancelled=retry_cancelled)
+        with phases.span("deploy: agent check, file listing"):
+            client.deploy()
+        with phases.span("status check + plan + submit"):
+            submitted = client.run(retry_cancelled=retry_cancelled)
         unfinished = sum(v.state != JobState.DONE for v in client.session.views())
-        client.wait()
-        client.fetch_results()
-        client.finalize()
-        summary = client.summary()
-        _record_end(owner, summary)
-        client.session.end_of_run()  # recorded first: on a maestro this stops it last
+        with phases.span("watch: long polls, fetches, store"):
+            client.wait()
+        with phases.span("end: fetch_results, finalize, summary"):
+            client.fetch_results()
+            client.finalize()
+            summary = client.summary()
+            _record_end(owner, summary)
+            client.session.end_of_run()  # recorded first: on a maestro this stops it last
     finally:
-        reporter.close()
-        client.close()
-        owner.release()
+        with phases.span("end: close"):
+            reporter.close()
+            client.close()
+            owner.release()
     if as_json:
-        print_json(summary_doc(summary))
+        with phases.span("report printed"):
+            print_json(summary_doc(summary))
     else:
         print_summary(_console(), summary)
         _nothing_ran(summary, submitted, unfinished, config)

@@ -8,6 +8,7 @@ import shlex
 import time
 from typing import Any, cast
 
+from cloudsend import phases
 from cloudsend.agent.protocol import (
     CancelAnswer,
     CollectAnswer,
@@ -63,7 +64,10 @@ class AgentClient:
         began = time.monotonic()
         # messages say what the call was for (`what`), never the internal command line
         doing = what or f"the agent's {args[0]!r} call"
-        result = h.transport.run(command, stdin=stdin, timeout=timeout, check=False, what=doing)
+        with phases.span(f"agent call: {args[0]}"):
+            result = h.transport.run(
+                command, stdin=stdin, timeout=timeout, check=False, what=doing
+            )
         log.debug(
             "agent %s on %s: exit %d in %.0f ms",
             args[0], h.name, result.exit_code, (time.monotonic() - began) * 1000,

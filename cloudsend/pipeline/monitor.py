@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from cloudsend import phases
 from cloudsend.config.models import Config
 from cloudsend.core import FINAL, CloudSendProcessState, JobState, in_states
 from cloudsend.errors import CloudsendError
@@ -160,9 +161,11 @@ class RunMonitor:
                 if not any(w.is_alive() for w in self.watchers.values()) and self.events.empty():
                     break  # nothing left that could change a job
                 with contextlib.suppress(queue.Empty):
-                    self._apply(self.events.get(timeout=0.5))
-                    while True:  # drain: one look at the store for a burst of events
-                        self._apply(self.events.get_nowait())
+                    event = self.events.get(timeout=0.5)
+                    with phases.span("watch: events applied to the store (main thread)"):
+                        self._apply(event)
+                        while True:  # drain: one look at the store for a burst of events
+                            self._apply(self.events.get_nowait())
                 now = time.monotonic()
                 if self.s.provider.machines is not None and now >= self.next_instance_poll:
                     self.next_instance_poll = now + self.s.instance_poll
@@ -177,8 +180,9 @@ class RunMonitor:
                         and now - self.last_ok.get(name, now) > lost_after
                     ):
                         self._declare_lost(name)
-                views = self.s.views()
-                self.s.reporter.progress(views, self.activity())
+                with phases.span("watch: job views + progress line (main thread)"):
+                    views = self.s.views()
+                    self.s.reporter.progress(views, self.activity())
         finally:
             self.stop.set()
         if self.s.config.auto_stop and self.satisfied(views):

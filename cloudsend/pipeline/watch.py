@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from cloudsend import phases
 from cloudsend.core import FINAL
 from cloudsend.errors import AgentError, CloudsendError
 from cloudsend.pipeline.agent_client import AgentClient
@@ -154,9 +155,10 @@ class HostWatcher(threading.Thread):
         """One round trip: wait for a change, get the status and the finished jobs' outputs."""
         out = f"{self.host.root}/outbox/collect-{uuid.uuid4().hex}.tar.gz"
         issued = time.monotonic()
-        doc = client.collect(
-            out, self._wanted(), since=version, wait=wait if version is not None else 0
-        )
+        with phases.span("watch: collect calls (long poll + pack), per host"):
+            doc = client.collect(
+                out, self._wanted(), since=version, wait=wait if version is not None else 0
+            )
         status = cast(dict[str, Any], doc["status"])
         self.events.put(HostEvent(self.host.name, status=status, at=issued))
         if self.stream_logs:
@@ -166,14 +168,15 @@ class HostWatcher(threading.Thread):
         if packed:
             ready = self._ready(status.get("jobs", {}))
             jobs = [j for j in packed.get("jobs", []) if j in ready]
-            got = download(
-                self.host,
-                packed["path"],
-                jobs,
-                self.results_dir,
-                self.tmp_dir,
-                progress=self._heartbeat(),
-            )
+            with phases.span("watch: archive download + unpack, per host"):
+                got = download(
+                    self.host,
+                    packed["path"],
+                    jobs,
+                    self.results_dir,
+                    self.tmp_dir,
+                    progress=self._heartbeat(),
+                )
             with self._lock:
                 self._fetched.update(jobs)
             problems = Fetched(

@@ -26,6 +26,7 @@ from typing import TypedDict, TypeVar
 import paramiko
 from invoke.exceptions import CommandTimedOut
 
+from cloudsend import phases
 from cloudsend.errors import TransportError
 from cloudsend.transport.base import Result, shown
 from cloudsend.transport.known_hosts import KnownHosts
@@ -111,7 +112,8 @@ class SshTransport:
                     raise type(failed)(failed.message, hint=failed.hint)
                 raise Retry(str(failed))
             try:
-                conn = connect(self.target, self._known)
+                with phases.span("ssh connect (handshake + auth), per host"):
+                    conn = connect(self.target, self._known)
             except Exception as exc:
                 self._failed = (time.monotonic(), exc)
                 raise
