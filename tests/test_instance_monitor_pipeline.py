@@ -94,6 +94,7 @@ def test_spot_interruption_requeues_jobs_and_auto_stop_stops_machines(
     ids = dict(zip(names, moto_aws.run_instances(3, TAGS, spot=True, names=names), strict=True))
     client = paired_client(project, moto_aws, jobs=9, sleep=2)
     victim = project.path / ".cloudsend/projects/mon/hosts/local-0-1"
+    home_before_loss: set[str] = set()  # finished on local-0-1 and fetched before it died
 
     def interrupt() -> None:
         store, run_id = client.session.store, client.session.current_run()
@@ -114,6 +115,9 @@ def test_spot_interruption_requeues_jobs_and_auto_stop_stops_machines(
             "the kills to be recorded",
             check=False,  # if AWS's report comes first, that order is tested too
         )
+        home_before_loss.update(
+            r.job_id for r in store.jobs(run_id) if r.host == "local-0-1" and r.fetched
+        )
         shutil.rmtree(victim, ignore_errors=True)
         moto_aws.spot_interrupt(ids["local-0-1"])
 
@@ -128,7 +132,12 @@ def test_spot_interruption_requeues_jobs_and_auto_stop_stops_machines(
     finally:
         client.close()
     assert [v.state for v in views] == ["DONE"] * 9, (views, client.notices)
-    assert all(v.fetched and v.host != "local-0-1" for v in views)
+    assert all(v.fetched for v in views), views
+    # on a loaded machine a job can finish and come home from local-0-1 before the loss; any
+    # other job that was there ran again elsewhere
+    assert all(v.host != "local-0-1" or v.job_id in home_before_loss for v in views), (
+        views, home_before_loss)
+    assert any(v.host != "local-0-1" for v in views)
     assert any("local-0-1 is gone" in n for n in client.notices), client.notices
     assert any("re-queuing" in n for n in client.notices), client.notices
     outs = list(Path(client.session.results_dir).glob("*/out.txt"))
