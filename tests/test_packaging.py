@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -40,7 +41,12 @@ def test_wheel_runs_a_job_in_a_fresh_venv(wheel: Path, tmp_path: Path) -> None:
     # into the venv, whose site-packages come first, and we check that copy is the one used.
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     py = venv / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    # a PYTHONPATH naming a checkout (as a second suite run from a worktree sets) would win
+    # over the venv: the wheel's copy must be the one tested
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, env=env
+    )
     where = subprocess.run(
         [
             str(py),
@@ -52,6 +58,7 @@ def test_wheel_runs_a_job_in_a_fresh_venv(wheel: Path, tmp_path: Path) -> None:
         text=True,
         check=True,
         cwd=tmp_path,
+        env=env,
     ).stdout.split()
     assert all(str(venv) in w for w in where), where
     proj = tmp_path / "proj"
@@ -67,10 +74,13 @@ def test_wheel_runs_a_job_in_a_fresh_venv(wheel: Path, tmp_path: Path) -> None:
             capture_output=True,
             text=True,
             timeout=120,
+            env=env,
         )
         assert proc.returncode == 0, proc.stderr
         doc = json.loads(proc.stdout)
         out = next(Path(doc["results_dir"]).glob("*/o.txt"))
         assert out.read_text().strip() == "from-wheel"
     finally:
-        subprocess.run([str(venv / "bin" / "cloudsend"), "down"], cwd=proj, capture_output=True)
+        subprocess.run(
+            [str(venv / "bin" / "cloudsend"), "down"], cwd=proj, capture_output=True, env=env
+        )
