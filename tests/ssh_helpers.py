@@ -116,9 +116,9 @@ def processes_under(root: Path) -> list[str]:
 
 
 class FetchSpy:
-    """Counts the archives actually downloaded (pipeline.fetch.download, used by the watch
-    loop and by fetch_results), per job: a job whose outputs arrive twice shows 2, even
-    though the store would record the second fetch over the first."""
+    """Counts the archives actually unpacked (pipeline.fetch.unpack: the watch loop's, streamed
+    with its collect, and fetch_results' downloads), per job: a job whose outputs arrive twice
+    shows 2, even though the store would record the second fetch over the first."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         import cloudsend.pipeline.fetch as fetch_mod
@@ -126,7 +126,7 @@ class FetchSpy:
 
         self.downloads: list[tuple[str, dict[str, int]]] = []  # (host, job → files)
         self._lock = threading.Lock()
-        original = fetch_mod.download
+        original = fetch_mod.unpack
 
         def spy(host: Any, *args: Any, **kwargs: Any) -> dict[str, list[tuple[str, int]]]:
             got = original(host, *args, **kwargs)
@@ -134,8 +134,8 @@ class FetchSpy:
                 self.downloads.append((host.name, {j: len(f) for j, f in got.items() if f}))
             return got
 
-        monkeypatch.setattr(fetch_mod, "download", spy)
-        monkeypatch.setattr(watch_mod, "download", spy)
+        monkeypatch.setattr(fetch_mod, "unpack", spy)  # download() unpacks through it
+        monkeypatch.setattr(watch_mod, "unpack", spy)
 
     def per_job(self) -> Counter[str]:
         with self._lock:
@@ -158,8 +158,9 @@ def agent_op(command: str) -> str:
 
 
 class CallCounter:
-    """Counts every SshTransport run/put/get/reading per host, by kind (agent subcommand,
-    'shell', 'put', 'get' for both downloads), and the watch rounds each HostWatcher made."""
+    """Counts every SshTransport run/output/put/get/reading per host, by kind (agent
+    subcommand, 'shell', 'put', 'get' for both downloads), and the watch rounds each
+    HostWatcher made."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from cloudsend.pipeline.watch import HostWatcher
@@ -169,7 +170,7 @@ class CallCounter:
         self.rounds: Counter[str] = Counter()
         self._lock = threading.Lock()
         run, put, get = SshTransport.run, SshTransport.put, SshTransport.get
-        reading = SshTransport.reading
+        reading, output = SshTransport.reading, SshTransport.output
         one_round = HostWatcher._round
 
         def note(host: str, kind: str) -> None:
@@ -179,6 +180,10 @@ class CallCounter:
         def counted_run(self_: SshTransport, command: str, **kwargs: Any) -> Any:
             note(self_.name, agent_op(command))
             return run(self_, command, **kwargs)
+
+        def counted_output(self_: SshTransport, command: str, **kwargs: Any) -> Any:
+            note(self_.name, agent_op(command))  # a command whose output is streamed
+            return output(self_, command, **kwargs)
 
         def counted_put(self_: SshTransport, *args: Any, **kwargs: Any) -> None:
             note(self_.name, "put")
@@ -201,6 +206,7 @@ class CallCounter:
         monkeypatch.setattr(SshTransport, "put", counted_put)
         monkeypatch.setattr(SshTransport, "get", counted_get)
         monkeypatch.setattr(SshTransport, "reading", counted_reading)
+        monkeypatch.setattr(SshTransport, "output", counted_output)
         monkeypatch.setattr(HostWatcher, "_round", counted_round)
 
     def mark(self) -> int:

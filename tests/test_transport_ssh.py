@@ -381,3 +381,62 @@ def test_reading_when_sshd_dies_midway_is_a_transport_error(
             assert time.monotonic() - started < 20
     sshd_host.start()
     assert t.run("echo back").stdout == "back\n"  # and the transport reconnects
+
+
+# ---- output(): a command's stdout as bytes while it comes (collect --stream) ---------------
+
+
+def test_output_hands_over_stdout_then_exit_code_and_stderr(
+    sshd_host: SshdHost, connect: Callable
+) -> None:
+    t = connect(sshd_host)
+    blob = sshd_host.root / "blob.bin"
+    blob.write_bytes(os.urandom(3 * CHUNK + 123))
+    # a document line, then bytes; stdin read first, as the agent's collect does; a lot
+    # of stderr before any stdout must not stall stdout on the channel's shared window
+    command = (
+        f"head -c 5000000 /dev/zero | tr '\\0' e >&2; "
+        f"python3 -c 'import sys; print(len(sys.stdin.read()))'; cat {blob}; exit 3"
+    )
+    with t.output(command, stdin="x" * 100_000, timeout=30) as out:
+        got = b"".join(out.chunks())
+        res = out.finish()
+    line, _, rest = got.partition(b"\n")
+    assert line == b"100000" and rest == blob.read_bytes()
+    assert res.exit_code == 3 and res.stdout == ""
+    assert len(res.stderr) == 1 << 16 and set(res.stderr) == {"e"}  # its last 64 KB kept
+    # finish() without reading: the rest is discarded, the exit code still known
+    with t.output("seq 1 200000; exit 0", timeout=30) as out:
+        assert out.finish().ok
+    assert t.connects == 1
+
+
+def test_output_timeout_and_link_loss_are_transport_errors(
+    sshd_host: SshdHost, connect: Callable
+) -> None:
+    t = connect(sshd_host)
+    started = time.monotonic()
+    with (
+        pytest.raises(TransportError, match=r"timed out after 1 s without output on h0"),
+        t.output("echo first; sleep 20", timeout=1) as out,
+    ):
+        for _ in out.chunks():
+            pass
+    assert time.monotonic() - started < 5
+    assert t.run("echo still").stdout == "still\n"  # the connection survived
+
+    started = time.monotonic()
+    with (
+        pytest.raises(TransportError, match=r"h0 .*127\.0\.0\.1:\d+\) (lost|failed)"),
+        t.output("while true; do echo x; sleep 0.1; done", timeout=30) as out,
+    ):
+        chunks = out.chunks()
+        next(chunks)
+        sshd_host.kill()
+        for _ in chunks:
+            assert time.monotonic() - started < 20
+        out.finish()  # closed without an exit status on a dead link
+    assert time.monotonic() - started < 20
+    sshd_host.start()
+    with t.output("echo back") as out:  # and the transport reconnects
+        assert b"".join(out.chunks()) == b"back\n" and out.finish().ok

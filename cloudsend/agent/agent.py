@@ -1884,7 +1884,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "cancel": {"--all": None},
     "tail": {"--stream": str, "--lines": int},
     "pack": {"--out": str},
-    "collect": {"--out": str, "--since": int, "--wait": float},
+    "collect": {"--out": str, "--since": int, "--wait": float, "--stream": None},
     "stop": {"--kill-jobs": None},
 }
 
@@ -1974,14 +1974,37 @@ def run(argv: list[str]) -> dict[str, Any] | bytes:
             raise AgentError(f"collect: stdin is not JSON: {exc}") from None
         if not isinstance(want, dict):
             raise AgentError("collect: stdin must be a JSON object {job_id: attempt}")
-        return cmd_collect(
+        doc = cmd_collect(
             paths, opts["--out"], opts.get("--since"), float(opts.get("--wait") or 0), want
         )
+        if opts.get("--stream"):
+            return Streamed(doc, (doc.get("pack") or {}).get("path"))
+        return doc
     if command == "pack":
         if not opts.get("--out") or not args:
             raise UsageError("pack needs --out PATH and at least one JOB id")
         return cmd_pack(paths, opts["--out"], args)
     raise UsageError(USAGE)  # pragma: no cover
+
+
+class Streamed(dict):
+    """An answer whose archive follows its JSON line on stdout (collect --stream): the
+    client reads both from one command, and the archive file is removed once sent."""
+
+    def __init__(self, doc: dict[str, Any], archive: str | None) -> None:
+        super().__init__(doc)
+        self.archive = archive
+
+
+def send_archive(path: str) -> None:
+    with open(path, "rb") as fh:
+        while True:
+            data = fh.read(1 << 20)
+            if not data:
+                break
+            sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+    unlink(path)  # sent whole; one cut short stays for collect's clean-up of old archives
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1999,6 +2022,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sys.stdout.write(json.dumps(out) + "\n")
     sys.stdout.flush()
+    if isinstance(out, Streamed) and out.archive:
+        try:
+            send_archive(out.archive)
+        except OSError:  # the reader went away: the next round packs these jobs again
+            return 1
     return code
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
 import time
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from cloudsend import phases
@@ -23,6 +25,7 @@ from cloudsend.agent.protocol import (
 )
 from cloudsend.errors import AgentError, TransportError
 from cloudsend.providers.base import Host
+from cloudsend.transport.base import Result
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +75,34 @@ class AgentClient:
             "agent %s on %s: exit %d in %.0f ms",
             args[0], h.name, result.exit_code, (time.monotonic() - began) * 1000,
         )
+        return self._document(args[0], result.stdout, lambda: result)
+
+    def _document(
+        self, name: str, stdout: str, ended: Callable[[], Result], streamed: bool = False
+    ) -> dict[str, Any]:
+        """The agent's answer in `stdout`; `ended()` says how its command ended. `streamed`:
+        the command is still sending (an archive follows), so a document is taken as it is
+        and `ended()` is asked only when there is none."""
         doc: object = None
-        if result.stdout.strip():
+        if stdout.strip():
             try:
-                doc = json.loads(result.stdout)
+                doc = json.loads(stdout)
             except json.JSONDecodeError:
                 doc = None
-        failed = f"agent on host {h.name!r} failed running {args[0]!r}"
+        failed = f"agent on host {self.host.name!r} failed running {name!r}"
         hint = "run with --debug; the agent log is agent.log in the host's root dir"
         if isinstance(doc, dict) and "error" in doc:
             raise AgentError(f"{failed}: {str(doc['error'])[:2000]}", hint=hint)
+        if streamed and isinstance(doc, dict):
+            return doc
+        result = ended()
         if not result.ok:
             if isinstance(doc, dict):  # a document but a failure exit: not the protocol
                 raise AgentError(f"{failed}: exit {result.exit_code}: {result.tail()}", hint=hint)
             raise TransportError(f"{failed}: {result.tail()}", hint=hint)
         if not isinstance(doc, dict):
             raise AgentError(
-                f"{failed}: its answer is not a JSON object: {result.stdout[:200]!r}", hint=hint
+                f"{failed}: its answer is not a JSON object: {stdout[:200]!r}", hint=hint
             )
         return doc
 
@@ -127,6 +141,53 @@ class AgentClient:
             CollectAnswer,
             self._call(*args, stdin=json.dumps(want), timeout=wait + 60, what=what),
         )
+
+    @contextlib.contextmanager
+    def collecting(
+        self, out: str, want: dict[str, int], since: int | None = None, wait: float = 0
+    ) -> Iterator[tuple[CollectAnswer, Iterator[bytes]]]:
+        """`collect` with its archive on the same channel (`--stream`): one round trip per
+        round, no file to fetch after. Yields the answer and the archive's bytes (empty when
+        `pack` is null), to be read before the block ends. Errors as for every call."""
+        h = self.host
+        args = ["collect", "--stream", "--out", out]
+        if since is not None and wait > 0:
+            args += ["--since", str(since), "--wait", str(wait)]
+        what = f"watching {_jobs(list(want))}" if want else "a job status check"
+        with (
+            phases.span("agent call: collect"),
+            h.transport.output(
+                self.command(*args), stdin=json.dumps(want), timeout=wait + 60, what=what
+            ) as output,
+        ):
+            chunks = output.chunks()
+            head = bytearray()
+            rest = b""
+            for chunk in chunks:  # the JSON line first
+                end = chunk.find(b"\n")
+                if end < 0:
+                    head += chunk
+                    continue
+                head += chunk[:end]
+                rest = chunk[end + 1 :]
+                break
+            text = head.decode("utf-8", "replace")
+            doc = self._document(args[0], text, output.finish, streamed=True)
+
+            def archive() -> Iterator[bytes]:
+                if rest:
+                    yield rest
+                yield from chunks
+
+            yield cast(CollectAnswer, doc), archive()
+            if doc.get("pack"):
+                done = output.finish()  # the archive read whole: how the command ended
+                if not done.ok:
+                    raise TransportError(
+                        f"agent on host {h.name!r} failed sending the results archive: "
+                        f"{done.tail()}",
+                        hint="run again: the jobs are packed again next round",
+                    )
 
     def pack(self, out: str, job_ids: list[str]) -> PackAnswer:
         what = f"packing the outputs of {_jobs(job_ids)}"

@@ -135,18 +135,44 @@ def download(
 ) -> dict[str, list[tuple[str, int]]]:
     """Stream an archive made by the agent and extract it safely into results_dir/<job>/.
     `progress(bytes so far)` is called as chunks arrive."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    wanted = set(job_ids)
-    got: dict[str, list[tuple[str, int]]] = {job: [] for job in job_ids}
     opened = False
     try:
         with (
             host.transport.reading(remote) as remote_file,
             contextlib.closing(remote_file.chunks()) as chunks,
-            tarfile.open(fileobj=_ChunkStream(chunks, progress), mode="r|gz") as tar,
         ):
             opened = True
+            return unpack(host, chunks, job_ids, results_dir, tmp_dir, progress)
+    except FileNotFoundError as exc:
+        if opened:
+            raise TransportError(f"bad results archive from host {host.name!r}: {exc}") from exc
+        raise TransportError(f"results archive {remote} missing on host {host.name!r}") from exc
+
+
+def _tar_stream(stream: _ChunkStream) -> tarfile.TarFile:
+    try:
+        return tarfile.open(fileobj=stream, mode="r|gz")
+    except TypeError as exc:  # CPython's gzip header parse, on a stream cut inside it
+        raise tarfile.ReadError(f"archive cut short in its header ({exc})") from exc
+
+
+def unpack(
+    host: Host,
+    chunks: Iterator[bytes],
+    job_ids: list[str],
+    results_dir: Path,
+    tmp_dir: Path,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, list[tuple[str, int]]]:
+    """Extract an archive of the agent's, read from `chunks` as they come (a file being
+    read, or the rest of a `collect --stream`), into results_dir/<job>/: only regular files
+    under the wanted jobs, each written whole. What arrived, per job."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    wanted = set(job_ids)
+    got: dict[str, list[tuple[str, int]]] = {job: [] for job in job_ids}
+    try:
+        with _tar_stream(_ChunkStream(chunks, progress)) as tar:
             for member in tar:
                 if not _safe(member, wanted):
                     continue
@@ -167,10 +193,6 @@ def download(
                     ) from exc
                 job, _, rel = member.name.partition("/")
                 got[job].append((rel, member.size))
-    except FileNotFoundError as exc:
-        if opened:
-            raise TransportError(f"bad results archive from host {host.name!r}: {exc}") from exc
-        raise TransportError(f"results archive {remote} missing on host {host.name!r}") from exc
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise TransportError(f"bad results archive from host {host.name!r}: {exc}") from exc
     return got

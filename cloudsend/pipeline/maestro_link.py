@@ -20,7 +20,13 @@ from pathlib import Path
 
 from cloudsend.errors import CloudsendError, TransportError
 from cloudsend.pipeline import daemon
-from cloudsend.transport.base import RemoteFile, Result, StreamingTransport, Transport
+from cloudsend.transport.base import (
+    Output,
+    RemoteFile,
+    Result,
+    StreamingTransport,
+    Transport,
+)
 
 # -- the maestro's two kinds of failure: not reached, or reached and answering an error ---------
 
@@ -124,6 +130,21 @@ class MaestroTransport:
             raise TransportError(f"{self.name} cannot stream a command's output")
         try:
             return self.inner.stream(command, out, err, what=what, started=started)
+        except TransportError as exc:
+            raise self.unreachable(exc) from exc
+
+    @contextlib.contextmanager
+    def output(
+        self,
+        command: str,
+        *,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        what: str | None = None,
+    ) -> Iterator[Output]:
+        try:
+            with self.inner.output(command, stdin=stdin, timeout=timeout, what=what) as out:
+                yield out
         except TransportError as exc:
             raise self.unreachable(exc) from exc
 

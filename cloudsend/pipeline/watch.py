@@ -24,7 +24,7 @@ from cloudsend import phases
 from cloudsend.core import FINAL
 from cloudsend.errors import AgentError, CloudsendError
 from cloudsend.pipeline.agent_client import AgentClient
-from cloudsend.pipeline.fetch import Fetched, download
+from cloudsend.pipeline.fetch import Fetched, unpack
 from cloudsend.providers.base import Host
 
 AGENT_ERROR_LIMIT = 4  # the same call answered with an error this many times in a row: give up
@@ -155,28 +155,28 @@ class HostWatcher(threading.Thread):
         """One round trip: wait for a change, get the status and the finished jobs' outputs."""
         out = f"{self.host.root}/outbox/collect-{uuid.uuid4().hex}.tar.gz"
         issued = time.monotonic()
-        with phases.span("watch: collect calls (long poll + pack), per host"):
-            doc = client.collect(
-                out, self._wanted(), since=version, wait=wait if version is not None else 0
-            )
-        status = cast(dict[str, Any], doc["status"])
-        self.events.put(HostEvent(self.host.name, status=status, at=issued))
+        with client.collecting(
+            out, self._wanted(), since=version, wait=wait if version is not None else 0
+        ) as (doc, archive):
+            status = cast(dict[str, Any], doc["status"])
+            self.events.put(HostEvent(self.host.name, status=status, at=issued))
+            packed = doc.get("pack")
+            if packed:
+                ready = self._ready(status.get("jobs", {}))
+                jobs = [j for j in packed.get("jobs", []) if j in ready]
+                with phases.span("watch: archive unpack (streamed with the answer), per host"):
+                    got = unpack(
+                        self.host,
+                        archive,
+                        jobs,
+                        self.results_dir,
+                        self.tmp_dir,
+                        progress=self._heartbeat(),
+                    )
         if self.stream_logs:
             # log growth does not bump the agent's version: poll faster while building
             wait = 0.5 if self._stream_env_logs(status.get("envs", {})) else self.poll_wait
-        packed = doc.get("pack")
         if packed:
-            ready = self._ready(status.get("jobs", {}))
-            jobs = [j for j in packed.get("jobs", []) if j in ready]
-            with phases.span("watch: archive download + unpack, per host"):
-                got = download(
-                    self.host,
-                    packed["path"],
-                    jobs,
-                    self.results_dir,
-                    self.tmp_dir,
-                    progress=self._heartbeat(),
-                )
             with self._lock:
                 self._fetched.update(jobs)
             problems = Fetched(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +64,20 @@ class RemoteFile(Protocol):
         ...
 
 
+class Output(Protocol):
+    """A running command's stdout, handed over as it arrives (see Transport.output)."""
+
+    def chunks(self) -> Iterator[bytes]:
+        """Its stdout, CHUNK at most at a time, until it closes; a link lost or the timeout
+        passed meanwhile is TransportError."""
+        ...
+
+    def finish(self) -> Result:
+        """Once it ended (the rest of stdout is discarded): its exit code and stderr
+        (`stdout` is empty: it was handed over by chunks)."""
+        ...
+
+
 class Transport(Protocol):
     name: str
 
@@ -77,6 +91,18 @@ class Transport(Protocol):
         what: str | None = None,
     ) -> Result:
         """`what`: the command in the user's words, for messages (default: the command)."""
+        ...
+
+    def output(
+        self,
+        command: str,
+        *,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        what: str | None = None,
+    ) -> AbstractContextManager[Output]:
+        """Run `command` as `run` does, its stdout read as bytes while it comes (a document
+        followed by an archive, in one round trip); closing ends the read."""
         ...
 
     def put(self, local: Path, remote: str) -> None: ...

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import subprocess
+import tempfile
+import threading
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from cloudsend.errors import TransportError
 from cloudsend.transport.base import CHUNK, Result, shown
@@ -59,6 +62,56 @@ def open_local(path: str | Path, label: str) -> Iterator[LocalFile]:
         yield LocalFile(fh, label)
 
 
+def _feed(pipe: IO[bytes] | None, data: bytes) -> None:
+    assert pipe is not None
+    with contextlib.suppress(OSError):  # it exited without reading it all
+        pipe.write(data)
+    with contextlib.suppress(OSError):
+        pipe.close()
+
+
+class LocalOutput:
+    """An Output of a local process (stderr goes to a temporary file: no pipe to fill)."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        err: BinaryIO,
+        command: str,
+        name: str,
+        timeout: float | None,
+        what: str | None,
+    ) -> None:
+        self._proc, self._err, self._command = proc, err, command
+        self._name, self._timeout, self._what = name, timeout, what
+
+    def chunks(self) -> Iterator[bytes]:
+        out = self._proc.stdout
+        assert out is not None
+        while True:
+            ready, _, _ = select.select([out], [], [], self._timeout)
+            if not ready:
+                self._proc.kill()
+                raise TransportError(
+                    f"command timed out after {self._timeout} s on host {self._name!r}: "
+                    f"{shown(self._command, self._what)}"
+                )
+            data = out.read1(CHUNK)  # type: ignore[attr-defined]
+            if not data:
+                return
+            yield data
+
+    def finish(self) -> Result:
+        out = self._proc.stdout
+        assert out is not None
+        while out.read(CHUNK):  # what the caller did not read
+            pass
+        code = self._proc.wait()
+        self._err.seek(0)
+        stderr = self._err.read().decode("utf-8", "replace")
+        return Result(self._command, code, "", stderr, host=self._name, what=self._what or "")
+
+
 class LocalTransport:
     def __init__(self, name: str = "local") -> None:
         self.name = name
@@ -92,6 +145,39 @@ class LocalTransport:
             command, proc.returncode, proc.stdout, proc.stderr, host=self.name, what=what or ""
         )
         return result.raise_for_status() if check else result
+
+    @contextlib.contextmanager
+    def output(
+        self,
+        command: str,
+        *,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        what: str | None = None,
+    ) -> Iterator[LocalOutput]:
+        """`timeout`: seconds the command may go without writing anything."""
+        self.calls += 1
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(
+                ["bash", "-c", command],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                start_new_session=True,  # as run: a Ctrl-C here must not reach it
+            )
+            feeder = threading.Thread(  # a stdin bigger than a pipe must not block our read
+                target=_feed, args=(proc.stdin, (stdin or "").encode()), daemon=True
+            )
+            feeder.start()
+            try:
+                yield LocalOutput(proc, err, command, self.name, timeout, what)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                feeder.join()
+                if proc.stdout is not None:
+                    proc.stdout.close()
 
     def put(self, local: Path, remote: str) -> None:
         self.calls += 1

@@ -28,7 +28,7 @@ from invoke.exceptions import CommandTimedOut
 
 from cloudsend import phases
 from cloudsend.errors import TransportError
-from cloudsend.transport.base import Result, shown
+from cloudsend.transport.base import CHUNK, Result, shown
 from cloudsend.transport.known_hosts import KnownHosts
 from cloudsend.transport.ssh_file import SftpReader
 from cloudsend.transport.ssh_link import (
@@ -267,26 +267,7 @@ class SshTransport:
         self._count()
         label = self.target.label
         doing = f"during {what}" if what else f"while running: {command[:200]}"
-
-        def opened(conn: Connection) -> tuple[Connection, paramiko.Channel]:
-            if not self._channels.acquire(timeout=self.target.channel_timeout):
-                raise Retry(f"all {self.target.max_channels} channels stayed busy")
-            try:
-                chan = conn.create_session()
-                chan.fileno()  # readable when stdout or stderr data (or the close) arrives
-                chan.exec_command(command)
-                chan.shutdown_write()
-            except NotStarted as exc:
-                self._channels.release()
-                if not conn.is_connected:
-                    self._drop(conn)
-                raise Retry(str(exc)) from exc
-            except BaseException:
-                self._channels.release()
-                raise
-            return conn, chan
-
-        conn, chan = self._retrying("run a command", opened)
+        conn, chan = self._exec(command, what=what)
         try:
             if started is not None:
                 started()
@@ -312,6 +293,80 @@ class SshTransport:
             with contextlib.suppress(Exception):
                 chan.close()
             self._channels.release()
+
+    def _exec(
+        self,
+        command: str,
+        stdin: bytes = b"",
+        timeout: float | None = None,
+        what: str | None = None,
+    ) -> tuple[Connection, paramiko.Channel]:
+        """A channel running `command`, its stdin sent and closed, holding one of the
+        connection's channel slots (the caller releases it). Opening is retried as for run."""
+
+        def opened(conn: Connection) -> tuple[Connection, paramiko.Channel]:
+            if not self._channels.acquire(timeout=self.target.channel_timeout):
+                raise Retry(f"all {self.target.max_channels} channels stayed busy")
+            try:
+                chan = conn.create_session()
+            except NotStarted as exc:
+                self._channels.release()
+                if not conn.is_connected:
+                    self._drop(conn)
+                raise Retry(str(exc)) from exc
+            except BaseException:
+                self._channels.release()
+                raise
+            # from the exec request on, the command may run: a failure is not retried
+            try:
+                chan.fileno()  # readable when stdout or stderr data (or the close) arrives
+                chan.settimeout(timeout)
+                chan.exec_command(command)
+                if stdin:
+                    chan.sendall(stdin)  # the command reads it first (the agent does)
+                chan.shutdown_write()
+            except BaseException as exc:
+                self._channels.release()
+                with contextlib.suppress(Exception):
+                    chan.close()
+                if isinstance(exc, (OSError, EOFError, paramiko.SSHException)):
+                    raise self._lost(conn, command, what, exc) from exc
+                raise
+            return conn, chan
+
+        return self._retrying("run a command", opened)
+
+    @contextlib.contextmanager
+    def output(
+        self,
+        command: str,
+        *,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        what: str | None = None,
+    ) -> Iterator[ChannelOutput]:
+        """Run `command` on one channel, its stdout handed over by `chunks()` as it arrives
+        (`timeout`: seconds without any output). A link lost meanwhile is TransportError."""
+        self._count()
+        conn, chan = self._exec(command, (stdin or "").encode(), timeout, what)
+        try:
+            yield ChannelOutput(self, conn, chan, command, what, timeout)
+        finally:
+            with contextlib.suppress(Exception):
+                chan.close()
+            self._channels.release()
+
+    def _lost(
+        self, conn: Connection, command: str, what: str | None, exc: BaseException
+    ) -> TransportError:
+        """A channel's link failed mid-command: the error for it (the connection dropped if
+        dead, so the next call reconnects)."""
+        self._drop_if_dead(conn)
+        doing = f"during {what}" if what else f"while running: {command[:200]}"
+        return TransportError(
+            f"connection to {self.target.label} failed {doing}: {conn.lost or describe(exc)}",
+            hint="the command may or may not have run; run again to resume",
+        )
 
     def _sftp_client(self, conn: Connection) -> paramiko.SFTPClient:
         """The connection's SFTP client (the caller holds self._sftp_lock)."""
@@ -480,6 +535,91 @@ class SshTransport:
 
 
 STREAM_CHUNK = 1 << 15
+
+
+class ChannelOutput:
+    """An Output over an SSH channel. stderr is drained whenever the channel wakes, so a
+    command that writes a lot of it never stalls stdout on the channel's shared window
+    (kept: its last 64 KB)."""
+
+    def __init__(
+        self,
+        transport: SshTransport,
+        conn: Connection,
+        chan: paramiko.Channel,
+        command: str,
+        what: str | None,
+        timeout: float | None,
+    ) -> None:
+        self._t, self._conn, self._chan = transport, conn, chan
+        self._command, self._what, self._timeout = command, what, timeout
+        self._err = bytearray()
+
+    def _drain_stderr(self) -> None:
+        while self._chan.recv_stderr_ready():
+            self._err += self._chan.recv_stderr(STREAM_CHUNK)
+            del self._err[: -(1 << 16)]
+
+    def chunks(self) -> Iterator[bytes]:
+        chan = self._chan
+        heard = time.monotonic()
+        try:
+            while True:
+                if chan.recv_ready():
+                    data = chan.recv(CHUNK)
+                    self._drain_stderr()
+                    if data:
+                        heard = time.monotonic()
+                        yield data
+                        continue
+                self._drain_stderr()
+                # EOF and close come after all the data: read them first, the buffer then
+                if (chan.eof_received or chan.closed) and not chan.recv_ready():
+                    if chan.closed and not chan.status_event.is_set():
+                        self._check_link()  # cut short by the link, or by a signal?
+                    return
+                if self._timeout is not None and time.monotonic() - heard > self._timeout:
+                    raise TransportError(
+                        f"command timed out after {self._timeout} s without output on "
+                        f"{self._t.target.label}: {shown(self._command, self._what)}",
+                        hint="the host may be overloaded or frozen",
+                    )
+                # readable on data from either stream, EOF or close; the 1 s cap only
+                # bounds a missed wake-up (as in _pump)
+                select.select([chan], [], [], 1.0)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._t._lost(self._conn, self._command, self._what, exc) from exc
+
+    def _check_link(self) -> None:
+        if not alive(self._conn, self._t.target.dead_after):
+            self._t._drop(self._conn)
+            raise TransportError(
+                f"connection to {self._t.target.label} lost "
+                + (f"during {self._what}" if self._what else "while running a command")
+                + (f" ({self._conn.lost})" if self._conn.lost else ""),
+                hint="the command may still be running there; run again to resume",
+            )
+
+    def finish(self) -> Result:
+        chan = self._chan
+        for _ in self.chunks():  # what the caller did not read
+            pass
+        try:
+            chan.status_event.wait(self._timeout)
+            self._drain_stderr()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._t._lost(self._conn, self._command, self._what, exc) from exc
+        code = chan.exit_status
+        if code == -1:
+            self._check_link()
+        return Result(
+            self._command,
+            code,
+            "",
+            self._err.decode("utf-8", "replace"),
+            host=self._t.name,
+            what=self._what or "",
+        )
 
 
 def _pump(
