@@ -1673,6 +1673,19 @@ def cmd_start(paths: Paths, slots: int | None) -> dict[str, Any]:
     return {"pid": pid, "started": started, "slots": configured_slots(paths)}
 
 
+def cmd_open(paths: Paths, slots: int | None, cancel_all: bool) -> bytes:
+    """A run's first call: start (as cmd_start), cancel every job if asked (an earlier run's),
+    then the status: three calls' answers in one, so one round trip."""
+    started = cmd_start(paths, slots)
+    cancelled = None
+    if cancel_all:
+        cancelled = request(paths, {"op": "cancel", "jobs": [], "all": True})["cancelled"]
+    if not wait_until(lambda: os.path.exists(paths.status), 10.0):  # a new daemon's first
+        raise AgentError("no status yet (the daemon has not written one)")
+    head = json.dumps({"start": started, "cancelled": cancelled})
+    return head[:-1].encode() + b', "status": ' + cmd_status(paths, None, 0).strip() + b"}"
+
+
 def cmd_status(paths: Paths, since: int | None, wait: float) -> bytes:
     if since is not None and wait > 0:
         deadline = time.monotonic() + wait
@@ -1872,13 +1885,15 @@ def try_lock(fd: int) -> bool:
 # argument parsing (hand-rolled: argparse would cost import time on every status call)
 
 USAGE = (
-    "usage: agent.py --root ROOT start [--slots N] | submit < specs.json | "
+    "usage: agent.py --root ROOT start [--slots N] | open [--slots N] [--cancel-all] | "
+    "submit < specs.json | "
     "status [--since V] [--wait S] | cancel JOB... | cancel --all | "
     "tail JOB [--stream stdout|stderr] [--lines N] | pack --out PATH JOB... | "
     "collect --out PATH [--since V] [--wait S] < want.json | stop [--kill-jobs]"
 )
 OPTIONS: dict[str, dict[str, Any]] = {
     "start": {"--slots": int},
+    "open": {"--slots": int, "--cancel-all": None},
     "submit": {},
     "status": {"--since": int, "--wait": float},
     "cancel": {"--all": None},
@@ -1939,9 +1954,11 @@ def run(argv: list[str]) -> dict[str, Any] | bytes:
     paths = Paths(root)
     if command == "stop":
         return cmd_stop(paths, bool(opts.get("--kill-jobs")))
-    if command == "start":
+    if command in ("start", "open"):
         if opts.get("--slots") is not None and opts["--slots"] < 1:
             raise UsageError("--slots must be >= 1")
+        if command == "open":
+            return cmd_open(paths, opts.get("--slots"), bool(opts.get("--cancel-all")))
         return cmd_start(paths, opts.get("--slots"))
     if not os.path.isdir(paths.inbox):
         make_dirs(paths)

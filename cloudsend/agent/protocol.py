@@ -84,6 +84,14 @@ class StartAnswer(TypedDict):
     slots: int
 
 
+class OpenAnswer(TypedDict):
+    """`open`: a run's first call on a host (start, cancel an earlier run's jobs, status)."""
+
+    start: StartAnswer
+    cancelled: list[str] | None  # None: not asked to cancel
+    status: StatusDoc
+
+
 class AgentInfo(TypedDict):
     pid: int
     slots: int

@@ -16,6 +16,7 @@ from cloudsend.agent.protocol import (
     CollectAnswer,
     EnvSpec,
     JobSpec,
+    OpenAnswer,
     PackAnswer,
     StartAnswer,
     StatusDoc,
@@ -110,6 +111,16 @@ class AgentClient:
         return cast(
             StartAnswer, self._call("start", "--slots", str(slots), what="starting the agent")
         )
+
+    def open(self, slots: int, cancel_all: bool = False) -> OpenAnswer:
+        """A run's first call: start, cancel every job (an earlier run's) if asked, status."""
+        args = ["open", "--slots", str(slots)] + (["--cancel-all"] if cancel_all else [])
+        return cast(OpenAnswer, self._call(*args, what="starting the agent"))
+
+    def answer(self, name: str, text: str, result: Result) -> dict[str, Any]:
+        """The agent's answer `text`, printed within a longer shell command that ended as
+        `result`: errors as for a call (an error document is an AgentError)."""
+        return self._document(name, text, lambda: result)
 
     def submit(self, envs: list[EnvSpec], jobs: list[JobSpec]) -> SubmitAnswer:
         request: SubmitRequest = {"envs": envs, "jobs": jobs}

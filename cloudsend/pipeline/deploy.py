@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from typing import cast
 
 from cloudsend.agent import AGENT_FILES, agent_sha256
+from cloudsend.agent.protocol import OpenAnswer
 from cloudsend.pipeline.agent_client import AgentClient
 from cloudsend.pipeline.files import FileIndex, sync_files
 from cloudsend.providers.base import Host
@@ -21,17 +23,29 @@ class DeployReport:
     bytes_sent: int = 0
 
 
-def ensure_agent(host: Host, project: str) -> set[str]:
+@dataclass
+class Opened:
+    """A host made ready for a run by ensure_agent."""
+
+    listing: set[str]  # the content-addressed files it already has
+    answer: OpenAnswer  # its agent's start, what it cancelled if asked, its status
+
+
+def ensure_agent(host: Host, project: str, cancel_all: bool = False) -> Opened:
     """Make sure the host runs the current agent, in one round trip when it already has it.
 
     The same command claims the host root for `project` (providers.roots: a folder that is
     not cloudsend's is refused with a ProvisionError, never written into), lists the
     content-addressed files the host already has (the submit step then needs not ask again)
-    and, when the host's agent (agent.py and protocol.py) is the current one, starts it.
-    Returns that listing.
+    and, when the host's agent (agent.py and protocol.py) is the current one, opens it (agent
+    `open`: started, every job cancelled if `cancel_all` — a new run's first step — and its
+    status, which the run's first reconcile then needs not ask again).
     """
     root = shlex.quote(host.root)
-    start = AgentClient(host).command("start", "--slots", str(host.cpus))
+    client = AgentClient(host)
+    opening = client.command(
+        "open", "--slots", str(host.cpus), *(["--cancel-all"] if cancel_all else [])
+    )
     want = agent_sha256()
     probe = host.transport.run(
         f"cs_claim=$({claim_command(host.root, project)}); "
@@ -39,18 +53,25 @@ def ensure_agent(host: Host, project: str) -> set[str]:
         f'case "$cs_claim" in {CLAIMED}*) '
         f"mkdir -p {root}/files && cd {root} && ls -1 files && "
         f'{{ [ "$(cat agent.py protocol.py 2>/dev/null | sha256sum | cut -c1-64)" != {want} ] || '
-        f"{{ echo {_STARTED}; {start} >/dev/null; }}; }};; esac",
+        f"{{ echo {_STARTED}; {opening}; }}; }};; esac",
         what="checking the host's cloudsend folder and agent",
+        check=False,  # the agent's own error, if it answers one, is an AgentError
     )
+    lines = probe.stdout.splitlines()[1:]
+    if _STARTED not in lines:
+        probe.raise_for_status()  # failed before the agent answered: not the agent's error
     refused = claim_outcome(host.name, host.root, probe.stdout)
     if refused is not None:
         raise refusal_error(refused)
-    lines = {line.strip() for line in probe.stdout.splitlines()[1:] if line.strip()}
-    if _STARTED not in lines:
-        for path in AGENT_FILES:  # agent.py and the protocol.py it imports, side by side
-            host.transport.put(path, f"{host.root}/{path.name}")
-        AgentClient(host).start(host.cpus)
-    return lines - {_STARTED}
+    if _STARTED in lines:  # the listing, the marker, then the agent's answer
+        at = lines.index(_STARTED)
+        listing = {line.strip() for line in lines[:at] if line.strip()}
+        text = "\n".join(lines[at + 1 :])
+        return Opened(listing, cast(OpenAnswer, client.answer("open", text, probe)))
+    for path in AGENT_FILES:  # agent.py and the protocol.py it imports, side by side
+        host.transport.put(path, f"{host.root}/{path.name}")
+    listing = {line.strip() for line in lines if line.strip()}
+    return Opened(listing, client.open(host.cpus, cancel_all))
 
 
 def deploy_host(

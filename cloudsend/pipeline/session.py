@@ -55,6 +55,9 @@ def config_hash(config: Config) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
+OPENED_FRESH = 2.0  # seconds a status answered by deploy's open stands for the first reconcile
+
+
 class Session:
     def __init__(
         self, config: Config, reporter: Reporter | None = None, *, poll_wait: float = 2.0
@@ -76,6 +79,11 @@ class Session:
         self.state = RunState()  # what this run learns while watched (lost, stopped, ...)
         self.instance_poll = 15.0  # seconds between instance checks (providers with machines)
         self._present: dict[str, set[str]] = {}
+        # a new run's first step on each host, done by deploy's open (one round trip): cancel
+        # what an earlier run left there; and the status that open answered, for the first
+        # reconcile while it is fresh
+        self._cancel_first: set[str] = set()
+        self._opened: dict[str, tuple[float, dict[str, Any]]] = {}
         self.started_at = time.monotonic()
         # recover: false opens a new run over hosts that may still hold the last run's jobs:
         # those are not adopted, and this run's attempts start above theirs (job → highest)
@@ -166,9 +174,9 @@ class Session:
         self.run_id = run.id
         self.fresh_run = not reset and fresh
         if self.fresh_run:
-            # nothing of an earlier run goes on: its unfinished jobs are cancelled
-            # a failure is a host with no agent yet: nothing of it to cancel
-            self.each_host(lambda host: AgentClient(host).cancel())
+            # nothing of an earlier run goes on: its unfinished jobs are cancelled, by the
+            # agent's open in deploy (or before the first status, whichever comes first)
+            self._cancel_first = {h.name for h in self.hosts}
         for host in self.hosts:
             self.store.upsert_host(run.id, host.name, self.provider.name, host.cpus, host.info)
         self._record_unreachable()
@@ -248,16 +256,39 @@ class Session:
         )
         # the listing of files each host has, used once by the submit that follows
 
-        group = self.each_host(lambda host: ensure_agent(host, self.config.project_name))
+        project = self.config.project_name
+        group = self.each_host(
+            lambda host: ensure_agent(host, project, cancel_all=host.name in self._cancel_first)
+        )
         # an unreachable host is not fatal: it is left out of scheduling until it answers
         self.record_reachability(group, notice=True)
-        self._present = dict(group.ok)
+        now = time.monotonic()
+        for name, opened in group.ok.items():
+            self._present[name] = opened.listing
+            self._opened[name] = (now, dict(opened.answer["status"]))
+            self._cancel_first.discard(name)
 
     def _statuses(self) -> dict[str, dict[str, Any]]:
-        """One status call per host; unreachable hosts are reported, not fatal here."""
-        group = self.each_host(lambda host: AgentClient(host).status())
+        """One status call per host (none where deploy's open just answered one); unreachable
+        hosts are reported, not fatal here."""
+        now = time.monotonic()
+        fresh = {
+            name: doc for name, (at, doc) in self._opened.items() if now - at < OPENED_FRESH
+        }
+        self._opened.clear()  # once: later reconciles ask again
+
+        def status(host: Host) -> dict[str, Any]:
+            if host.name in fresh:
+                return fresh[host.name]
+            client = AgentClient(host)
+            if host.name in self._cancel_first:  # a new run whose deploy did not reach it
+                client.cancel()
+                self._cancel_first.discard(host.name)
+            return dict(client.status())
+
+        group = self.each_host(status)
         self.record_reachability(group)
-        return {name: dict(doc) for name, doc in group.ok.items()}  # protocol.StatusDoc
+        return dict(group.ok)  # protocol.StatusDoc
 
     def reconcile(self) -> dict[str, dict[str, Any]]:
         """Bring the store up to date with what the agents report."""
